@@ -1,0 +1,79 @@
+"""`build_model`: the real `transformers.GPT2LMHeadModel` with one attention variant installed.
+
+Everything around the attention core is GPT-2's own block (layer norms, MLP, `c_proj`, dropouts, tied
+embeddings). Variants with an `attention_function` run inside GPT-2's `GPT2Attention` through transformers'
+attention interface; variants with an `attention_module` (own projections) replace `block.attn`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from .registry import VariantSpec, get_variant
+
+GPT2_SMALL: dict[str, Any] = dict(n_layer=12, n_embd=768, n_head=12, n_positions=1024, vocab_size=50257)
+# No attention-probability dropout by default: FlexAttention, linear and LSH cores have none, and a fair
+# comparison gives every variant the same regularisation. Residual and embedding dropout stay GPT-2's 0.1.
+DEFAULTS: dict[str, Any] = {**GPT2_SMALL, "attn_pdrop": 0.0, "use_cache": False}
+_GPT2_FIELDS = set(GPT2Config().to_dict()) | set(GPT2Config.attribute_map)
+
+
+def build_config(variant: str, seq_len: int | None = None, **overrides: Any) -> GPT2Config:
+    """Resolve and validate the GPT2Config for `variant`; raises `ValueError` naming the bad parameter.
+
+    Args:
+        variant: a name in `attnlib.VARIANTS`.
+        seq_len: the sequence length the model will be trained on (default `n_positions`); checked against
+            `n_positions` and the variant's tiling (chunk sizes).
+        **overrides: GPT2Config fields (`n_layer`, `n_embd`, `n_head`, `n_positions`, `vocab_size`, ...) and the
+            variant's own parameters (see `VARIANTS[variant].params`).
+    """
+    spec = get_variant(variant)
+    unknown = set(overrides) - _GPT2_FIELDS - set(spec.params)
+    if unknown:
+        raise ValueError(
+            f"{sorted(unknown)[0]}: neither a GPT2Config field nor a parameter of variant {variant!r} "
+            f"(its parameters: {', '.join(spec.params) or 'none'})"
+        )
+    config = GPT2Config(**{**DEFAULTS, **spec.params, **overrides})
+    config.attnlib_variant = variant
+    config._attn_implementation = spec.attn_implementation
+    _validate(spec, config, config.n_positions if seq_len is None else seq_len)
+    return config
+
+
+def _validate(spec: VariantSpec, config: GPT2Config, seq_len: int) -> None:
+    for name in ("n_layer", "n_embd", "n_head", "n_positions", "vocab_size"):
+        if not isinstance(getattr(config, name), int) or getattr(config, name) < 1:
+            raise ValueError(f"{name}: must be an integer >= 1, got {getattr(config, name)!r}")
+    if config.n_embd % config.n_head:
+        raise ValueError(f"n_head: n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head})")
+    if not isinstance(seq_len, int) or seq_len < 1:
+        raise ValueError(f"seq_len: must be an integer >= 1, got {seq_len!r}")
+    if seq_len > config.n_positions:
+        raise ValueError(f"seq_len: {seq_len} is longer than n_positions ({config.n_positions})")
+    if config.attn_pdrop and not spec.attn_dropout:
+        raise ValueError(f"attn_pdrop: variant {spec.name!r} has no attention dropout; set attn_pdrop=0")
+    if spec.validate is not None:
+        spec.validate(config, seq_len)
+
+
+def build_model(variant: str, seq_len: int | None = None, **overrides: Any) -> GPT2LMHeadModel:
+    """A freshly initialised GPT-2 (small by default) with `variant`'s attention; see `build_config`.
+
+    All argument checks happen here, before any tensor is allocated on a device.
+    """
+    config = build_config(variant, seq_len, **overrides)
+    spec = get_variant(variant)
+    model = GPT2LMHeadModel(config)
+    if spec.attention_module is not None:
+        for layer_idx, block in enumerate(model.transformer.h):
+            block.attn = spec.attention_module(config, layer_idx=layer_idx)
+    return model
+
+
+def attention_parameters(model: GPT2LMHeadModel) -> int:
+    """Parameters in the attention modules (projections included), summed over layers."""
+    return sum(p.numel() for block in model.transformer.h for p in block.attn.parameters())

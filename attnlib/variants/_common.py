@@ -1,0 +1,41 @@
+"""Small helpers the variant modules share."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import GPT2Config
+from transformers.pytorch_utils import Conv1D
+
+
+def require_plain_causal(attention_mask: torch.Tensor | None, variant: str) -> None:
+    """Kernels pinned to a causal mask cannot honour padding or KV-cache masks: fail instead of ignoring them."""
+    if attention_mask is not None:
+        raise NotImplementedError(
+            f"{variant}: this core computes plain causal self-attention and cannot apply an explicit attention "
+            "mask (padding or KV cache); use the 'sdpa' variant for masked inputs"
+        )
+
+
+def require_positive(config: GPT2Config, name: str) -> None:
+    """`ValueError` naming `name` unless `config.<name>` is an integer >= 1."""
+    value = getattr(config, name)
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
+
+
+def gpt2_init_(module: nn.Module, config: GPT2Config, residual: bool = False) -> None:
+    """GPT-2's initialisation for a projection we add: N(0, 0.02), zero bias; residual outputs scaled by
+    1/sqrt(2 n_layer) (the GPT-2 paper's scheme, as transformers applies it to `c_proj`)."""
+    std = config.initializer_range / (2 * config.n_layer) ** 0.5 if residual else config.initializer_range
+    with torch.no_grad():
+        module.weight.normal_(0.0, std)
+        if getattr(module, "bias", None) is not None:
+            module.bias.zero_()
+
+
+def gpt2_output_projection(config: GPT2Config) -> tuple[Conv1D, nn.Dropout]:
+    """GPT-2's `c_proj` and residual dropout, unchanged, for variants that bring their own input projections."""
+    c_proj = Conv1D(config.n_embd, config.n_embd)
+    gpt2_init_(c_proj, config, residual=True)
+    return c_proj, nn.Dropout(config.resid_pdrop)

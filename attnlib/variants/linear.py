@@ -1,0 +1,96 @@
+"""`linear`: causal linear attention (Katharopoulos et al., 2020, arXiv:2006.16236), feature map elu(x) + 1.
+
+    o_i = phi(q_i)^T S_i / (phi(q_i)^T z_i),   S_i = sum_{j<=i} phi(k_j) v_j^T,   z_i = sum_{j<=i} phi(k_j)
+
+computed in chunks of `chunk_size` tokens: quadratic inside a chunk, a running [D, D] state between chunks, so
+memory is O(T) in sequence length and FLOPs are O(T (chunk_size + D) D) instead of O(T^2 D). On CUDA with
+flash-linear-attention installed its Triton `chunk_linear_attn` runs; otherwise `chunked_linear_attention` below.
+`naive_linear_attention` is the quadratic reference the tests hold both to.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import GPT2Config
+
+from ..registry import VariantSpec, register
+from ._common import require_plain_causal, require_positive
+
+try:
+    from fla.ops.linear_attn import chunk_linear_attn
+except ImportError:  # optional extra: `pip install attnlib[fla]`
+    chunk_linear_attn = None
+
+
+def feature_map(x: torch.Tensor) -> torch.Tensor:
+    return F.elu(x) + 1.0
+
+
+def naive_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Reference: the quadratic causal formula on feature-mapped `[B, H, T, D]` inputs; returns `[B, H, T, D]`."""
+    scores = q @ k.transpose(-1, -2)  # [B, H, T, T], all > 0
+    scores = scores.tril()
+    return (scores @ v) / scores.sum(-1, keepdim=True)
+
+
+def chunked_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Chunked causal linear attention on feature-mapped `[B, H, T, D]` inputs (T % chunk_size == 0).
+
+    Accumulates in at least float32: the prefix sums of phi(k) v^T grow with T, beyond what bf16's 8-bit
+    mantissa resolves.
+    """
+    B, H, T, D = q.shape
+    n = T // chunk_size
+    dtype = v.dtype
+    acc = torch.promote_types(dtype, torch.float32)
+    q, k, v = (t.to(acc).reshape(B, H, n, chunk_size, -1) for t in (q, k, v))  # [B, H, n, c, D]
+    kv = k.transpose(-1, -2) @ v  # [B, H, n, D, D] per-chunk state increments
+    state = kv.cumsum(2) - kv  # exclusive prefix: what earlier chunks contribute
+    k_sum = k.sum(-2)  # [B, H, n, D]
+    normaliser = k_sum.cumsum(2) - k_sum
+    intra = (q @ k.transpose(-1, -2)).tril()  # [B, H, n, c, c]
+    numerator = intra @ v + q @ state
+    denominator = intra.sum(-1) + (q * normaliser.unsqueeze(-2)).sum(-1)
+    out = numerator / denominator.unsqueeze(-1)
+    return out.reshape(B, H, T, -1).to(dtype)
+
+
+def kernel(device: str) -> str:
+    if device == "cuda" and chunk_linear_attn is not None:
+        return "fla chunk_linear_attn (Triton)"
+    return "attnlib chunked_linear_attention (PyTorch)"
+
+
+def linear_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers attention core: `[B, H, T, D]` in, `([B, T, H, D], None)` out. `scaling` does not apply:
+    the normalisation by phi(q)^T z_i makes the output scale-free."""
+    require_plain_causal(attention_mask, "linear")
+    q, k = feature_map(query), feature_map(key)
+    if query.is_cuda and chunk_linear_attn is not None:
+        q, k, v = (t.transpose(1, 2) for t in (q, k, value))  # fla takes [B, T, H, D]
+        out, _ = chunk_linear_attn(q, k, v, scale=1.0, normalize=True)
+        return out, None
+    chunk_size = module.config.chunk_size
+    if query.shape[-2] % chunk_size:
+        raise ValueError(f"chunk_size: sequence length {query.shape[-2]} is not a multiple of chunk_size {chunk_size}")
+    return chunked_linear_attention(q, k, value, chunk_size).transpose(1, 2), None
+
+
+def validate(config: GPT2Config, seq_len: int) -> None:
+    require_positive(config, "chunk_size")
+    if seq_len % config.chunk_size:
+        raise ValueError(f"chunk_size: {config.chunk_size} does not tile the sequence length {seq_len}")
+
+
+register(
+    VariantSpec(
+        name="linear",
+        description="causal linear attention, elu(x)+1 feature map, chunked O(T) form",
+        exact=False,
+        kernel=kernel,
+        params={"chunk_size": 64},
+        attention_function=linear_attention,
+        validate=validate,
+    )
+)

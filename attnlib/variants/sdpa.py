@@ -1,0 +1,62 @@
+"""`sdpa`: PyTorch's fused scaled dot-product attention, letting PyTorch pick its backend.
+
+Exact softmax attention (Vaswani et al., 2017) in O(T) memory through the fused kernels SDPA dispatches to
+(FlashAttention-2, memory-efficient, cuDNN or math). Cost: 4 T^2/2 H D forward FLOPs with the causal mask.
+Also home of `sdpa_causal`, the pinned-backend call that `flash` and `cudnn` use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from ..registry import VariantSpec, register
+
+
+def is_gqa(query: torch.Tensor, key: torch.Tensor) -> bool:
+    """True when keys have fewer heads than queries (`[B, H, T, D]`), as in GQA models using our cores."""
+    return key.shape[1] != query.shape[1]
+
+
+def sdpa_causal(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scaling: float | None,
+    dropout: float = 0.0,
+    backend: SDPBackend | None = None,
+) -> torch.Tensor:
+    """Causal SDPA on `[B, H, T, D]` inputs, pinned to `backend` on CUDA (SDPA raises if it cannot run it,
+    so a pinned call never falls back silently). Keys/values may have fewer heads (GQA models).
+    Returns `[B, T, H, D]`."""
+    pin = sdpa_kernel([backend]) if backend is not None and query.is_cuda else contextlib.nullcontext()
+    with pin:
+        out = F.scaled_dot_product_attention(
+            query, key, value, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=is_gqa(query, key)
+        )
+    return out.transpose(1, 2)
+
+
+def sdpa_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers attention core: `[B, H, T, D]` in, `([B, T, H, D], None)` out; honours padding masks."""
+    if attention_mask is None:
+        return sdpa_causal(query, key, value, scaling, dropout), None
+    out = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, enable_gqa=is_gqa(query, key)
+    )
+    return out.transpose(1, 2), None
+
+
+register(
+    VariantSpec(
+        name="sdpa",
+        description="torch scaled_dot_product_attention, PyTorch's own backend choice",
+        exact=True,
+        kernel=lambda device: "sdpa (PyTorch picks flash / mem-efficient / cuDNN / math)",
+        attention_function=sdpa_attention,
+        attn_dropout=True,
+    )
+)

@@ -1,0 +1,49 @@
+"""`sliding_window`: causal local attention over the last `window` tokens (Longformer / Mistral style).
+
+Query i sees keys i - window + 1 ... i. On CUDA, FlexAttention with a block mask skips every block outside the
+band, so cost grows as T x window, not T^2: forward FLOPs 4 H D x (band area), band area = sum_i min(i + 1, window).
+On CPU the same mask is applied densely (see `flex`). `window >= T` equals full causal attention.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from transformers import GPT2Config
+
+from ..registry import VariantSpec, register
+from ._common import require_plain_causal, require_positive
+from .flex import flex_masked
+
+
+@functools.lru_cache(maxsize=32)
+def sliding_window_mask_mod(window: int):
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & (q_idx - kv_idx < window)
+
+    return mask_mod
+
+
+def sliding_window_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers attention core; the window comes from the `sliding_window` kwarg (as other HF models pass it)
+    or from `config.window`."""
+    require_plain_causal(attention_mask, "sliding_window")
+    window = kwargs.get("sliding_window") or module.config.window
+    return flex_masked(query, key, value, scaling, sliding_window_mask_mod(int(window))), None
+
+
+def validate(config: GPT2Config, seq_len: int) -> None:
+    require_positive(config, "window")
+
+
+register(
+    VariantSpec(
+        name="sliding_window",
+        description="causal local attention over the last `window` tokens, block-sparse FlexAttention on CUDA",
+        exact=False,
+        kernel=lambda device: "flex_attention block-sparse band (compiled Triton)" if device == "cuda" else "sdpa + dense band mask",
+        params={"window": 128},
+        attention_function=sliding_window_attention,
+        validate=validate,
+    )
+)

@@ -1,0 +1,194 @@
+"""Every variant is causal, mixes tokens, trains, and matches its exact reference (CPU, fp32, tiny GPT-2)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import attnlib
+from attnlib.variants.flex import causal_mask_mod
+from attnlib.variants.linear import chunked_linear_attention, feature_map, naive_linear_attention
+from attnlib.variants.lsh import lsh_attention
+from attnlib.variants.sliding_window import sliding_window_mask_mod
+from conftest import SEQ_LEN, TINY, random_tokens, tiny_model
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("t", [1, 17, 40, 63])
+def test_causal(variant: str, t: int) -> None:
+    """Changing tokens at positions >= t leaves the logits at positions < t unchanged."""
+    model = tiny_model(variant)
+    x = random_tokens()
+    changed = x.clone()
+    changed[:, t:] = random_tokens(seed=2)[:, t:]
+    torch.testing.assert_close(model(changed).logits[:, :t], model(x).logits[:, :t], rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("t", [1, 16, 33, 63])
+def test_token_mixing(variant: str, t: int) -> None:
+    """Changing the token at t - 1 changes the logits at t."""
+    model = tiny_model(variant)
+    x = random_tokens()
+    changed = x.clone()
+    changed[:, t - 1] = (x[:, t - 1] + 1) % TINY["vocab_size"]
+    difference = (model(changed).logits[:, t] - model(x).logits[:, t]).abs().amax(dim=-1)
+    assert (difference > 1e-4).all(), difference
+
+
+EXACT = {
+    "sdpa": {},
+    "flash": {},
+    "cudnn": {},
+    "flex": {},
+    "sliding_window": {"window": SEQ_LEN},
+    "gqa": {"n_kv_head": TINY["n_head"]},
+}
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", list(EXACT))
+def test_exact_variants_match_baseline(name: str) -> None:
+    """Same weights, same logits as GPT-2's eager attention (fp32)."""
+    baseline = tiny_model("baseline")
+    model = tiny_model(name, **EXACT[name])
+    model.load_state_dict(baseline.state_dict())
+    x = random_tokens()
+    torch.testing.assert_close(model(x).logits, baseline(x).logits, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("mask_mod", [causal_mask_mod, sliding_window_mask_mod(7)], ids=["causal", "window7"])
+def test_flex_kernel_matches_dense_mask(mask_mod) -> None:
+    """The FlexAttention kernel with our BlockMask equals SDPA with the dense mask of the same mask_mod
+    (FlexAttention runs forward-only on CPU, so this is the check of the block mask itself)."""
+    from torch.nn.attention import flex_attention as flex_module
+    from torch.nn.attention.flex_attention import create_block_mask, create_mask, flex_attention
+
+    flex_module._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True  # eager on purpose: silence the "not compiled" warning
+
+    q, k, v = torch.randn(3, 2, 4, 128, 16).unbind(0)
+    block = create_block_mask(mask_mod, None, None, 128, 128, device="cpu")
+    dense = create_mask(mask_mod, None, None, 128, 128, device="cpu")
+    torch.testing.assert_close(
+        flex_attention(q, k, v, block_mask=block), F.scaled_dot_product_attention(q, k, v, attn_mask=dense),
+        rtol=1e-5, atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("chunk_size", [1, 8, 64])
+def test_linear_chunked_equals_naive(chunk_size: int) -> None:
+    q, k, v = (torch.randn(2, 3, 64, 16, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    fq, fk = feature_map(q), feature_map(k)
+    chunked = chunked_linear_attention(fq, fk, v, chunk_size)
+    naive = naive_linear_attention(fq, fk, v)
+    torch.testing.assert_close(chunked, naive)
+    grads = torch.autograd.grad(chunked.sum(), (q, k, v), retain_graph=True)
+    grads_ref = torch.autograd.grad(naive.sum(), (q, k, v))
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref)
+
+
+def shared_qk_reference(qk: torch.Tensor, v: torch.Tensor, visible: torch.Tensor, scaling: float) -> tuple:
+    """Dense shared-QK attention under a boolean `visible` [.., T, T] mask (self excluded), where a token with
+    nothing visible attends to itself. Returns (out, logsumexp)."""
+    T = qk.shape[-2]
+    scores = (qk @ F.normalize(qk, dim=-1).transpose(-1, -2)) * scaling
+    eye = torch.eye(T, dtype=torch.bool)
+    scores = scores.masked_fill(~visible, float("-inf")).masked_fill(eye, -5e4)
+    lse = scores.logsumexp(-1, keepdim=True)
+    return (scores - lse).exp() @ v, lse
+
+
+def test_lsh_one_bucket_one_chunk_is_full_causal_shared_qk() -> None:
+    qk, v = torch.randn(2, 2, 3, 32, 8, dtype=torch.float64).unbind(0)
+    rotations = torch.zeros(8, 1, 0, dtype=torch.float64)  # one bucket
+    out = lsh_attention(qk, v, rotations, chunk_size=32, scaling=8**-0.5)
+    strictly_causal = torch.ones(32, 32, dtype=torch.bool).tril(-1)
+    torch.testing.assert_close(out, shared_qk_reference(qk, v, strictly_causal, 8**-0.5)[0])
+
+
+def test_lsh_matches_brute_force_bucket_reference() -> None:
+    """Several buckets, rounds and chunks: each round equals dense attention over the last `chunk_size`
+    same-bucket predecessors, and rounds combine by their log-sum-exp."""
+    torch.manual_seed(0)
+    B, H, T, D, n_hashes, n_buckets, chunk = 2, 2, 48, 8, 3, 4, 8
+    qk, v = torch.randn(2, B, H, T, D, dtype=torch.float64).unbind(0)
+    rotations = torch.randn(D, n_hashes, n_buckets // 2, dtype=torch.float64)
+    out = lsh_attention(qk, v, rotations, chunk_size=chunk, scaling=D**-0.5)
+
+    rotated = torch.einsum("bhtd,dnr->bhntr", F.normalize(qk, dim=-1), rotations)
+    buckets = torch.cat([rotated, -rotated], -1).argmax(-1)  # [B, H, n, T]
+    outs, lses = [], []
+    for r in range(n_hashes):
+        visible = torch.zeros(B, H, T, T, dtype=torch.bool)
+        for b in range(B):
+            for h in range(H):
+                for i in range(T):
+                    same = [j for j in range(i) if buckets[b, h, r, j] == buckets[b, h, r, i]]
+                    visible[b, h, i, same[-chunk:]] = True
+        o, lse = shared_qk_reference(qk, v, visible, D**-0.5)
+        outs.append(o)
+        lses.append(lse)
+    weights = torch.softmax(torch.stack(lses), dim=0)
+    torch.testing.assert_close(out, (torch.stack(outs) * weights).sum(0))
+
+
+@torch.no_grad()
+def test_mla_matches_explicit_reference() -> None:
+    model = tiny_model("mla")
+    attn = model.transformer.h[0].attn
+    x = torch.randn(2, SEQ_LEN, TINY["n_embd"])
+    H, D = TINY["n_head"], TINY["n_embd"] // TINY["n_head"]
+
+    def linear(conv, t):  # transformers' Conv1D: t @ W + b with W [in, out]
+        return t @ conv.weight + conv.bias
+
+    latent = attn.kv_norm(linear(attn.kv_down, x))
+    latent_ref = linear(attn.kv_down, x)
+    latent_ref = latent_ref * torch.rsqrt(latent_ref.pow(2).mean(-1, keepdim=True) + attn.kv_norm.eps) * attn.kv_norm.weight
+    torch.testing.assert_close(latent, latent_ref)
+    q, k, v = (linear(p, t).view(2, SEQ_LEN, H, D).transpose(1, 2)
+               for p, t in ((attn.q_proj, x), (attn.k_up, latent_ref), (attn.v_up, latent_ref)))
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(D)
+    scores = scores.masked_fill(~torch.ones(SEQ_LEN, SEQ_LEN, dtype=torch.bool).tril(), float("-inf"))
+    y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(2, SEQ_LEN, -1)
+    torch.testing.assert_close(attn(x)[0], linear(attn.c_proj, y), rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_finite_and_nonzero(variant: str) -> None:
+    model = tiny_model(variant).train()
+    x = random_tokens()
+    model(x, labels=x).loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{variant}: no gradient for {name}"
+        assert torch.isfinite(p.grad).all(), f"{variant}: non-finite gradient for {name}"
+        assert p.grad.abs().sum() > 0, f"{variant}: zero gradient for {name}"
+
+
+@torch.no_grad()
+def test_bf16_forward(variant: str) -> None:
+    model = tiny_model(variant).to(torch.bfloat16)
+    x = random_tokens()
+    try:
+        logits = model(x).logits
+    except RuntimeError as error:  # a CPU without bf16 kernels for some op
+        pytest.skip(f"bf16 not supported on this CPU: {error}")
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+    reference = tiny_model(variant)(x).logits
+    assert (logits.float() - reference).abs().max() < 0.1 * reference.abs().max()
+
+
+def test_attention_parameter_counts() -> None:
+    """At GPT-2 small width, gqa and mla have fewer attention parameters than baseline."""
+    counts = {name: attnlib.attention_parameters(attnlib.build_model(name, n_layer=1)) for name in attnlib.VARIANTS}
+    print("\nattention parameters per layer, GPT-2 small width:")
+    for name, count in counts.items():
+        print(f"  {name:15s} {count:>10,d}")
+    assert counts["gqa"] < counts["baseline"]
+    assert counts["mla"] < counts["baseline"]
+    for name in ("sdpa", "flash", "cudnn", "flex", "sliding_window", "linear"):
+        assert counts[name] == counts["baseline"]
