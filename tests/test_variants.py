@@ -81,6 +81,7 @@ def test_flex_kernel_matches_dense_mask(mask_mod) -> None:
 
 @pytest.mark.parametrize("chunk_size", [1, 8, 64])
 def test_linear_chunked_equals_naive(chunk_size: int) -> None:
+    torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, 64, 16, dtype=torch.float64, requires_grad=True) for _ in range(3))
     fq, fk = feature_map(q), feature_map(k)
     chunked = chunked_linear_attention(fq, fk, v, chunk_size)
@@ -104,6 +105,7 @@ def shared_qk_reference(qk: torch.Tensor, v: torch.Tensor, visible: torch.Tensor
 
 
 def test_lsh_one_bucket_one_chunk_is_full_causal_shared_qk() -> None:
+    torch.manual_seed(0)
     qk, v = torch.randn(2, 2, 3, 32, 8, dtype=torch.float64).unbind(0)
     rotations = torch.zeros(8, 1, 0, dtype=torch.float64)  # one bucket
     out = lsh_attention(qk, v, rotations, chunk_size=32, scaling=8**-0.5)

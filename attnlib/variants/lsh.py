@@ -52,7 +52,8 @@ def lsh_attention(qk: torch.Tensor, v: torch.Tensor, rotations: torch.Tensor, ch
     if rotations.shape[-1] == 0:
         buckets = qk.new_zeros(B, H, n_hashes, T, dtype=torch.long)
     else:
-        rotated = torch.einsum("bhtd,dnr->bhntr", keys, rotations.to(keys.dtype))
+        # hash in fp32 so bf16 rounding of the rotation moves as few tokens across bucket borders as possible
+        rotated = torch.einsum("bhtd,dnr->bhntr", keys.float(), rotations.float())
         buckets = torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)  # [B, H, n, T]
     position = torch.arange(T, device=qk.device)
     order = (buckets * T + position).argsort(dim=-1)  # sort by (bucket, position); [B, H, n, T]
@@ -71,7 +72,8 @@ def lsh_attention(qk: torch.Tensor, v: torch.Tensor, rotations: torch.Tensor, ch
     k_bucket, k_idx = with_previous_chunk(bucket_s), with_previous_chunk(sorted_idx.expand(B, H, n_hashes, -1, -1))
     q_idx = sorted_idx.view(1, 1, 1, n_chunks, chunk_size, 1)
 
-    scores = (q_s @ with_previous_chunk(k_s).transpose(-1, -2)).float() * scaling  # [B, H, n, nc, c, 2c]
+    score_dtype = torch.promote_types(qk.dtype, torch.float32)  # softmax statistics in >= fp32
+    scores = (q_s @ with_previous_chunk(k_s).transpose(-1, -2)).to(score_dtype) * scaling  # [B, H, n, nc, c, 2c]
     k_idx = k_idx.unsqueeze(-2)
     visible = (k_idx < q_idx) & (k_idx >= q_idx - chunk_size) & (k_bucket.unsqueeze(-2) == bucket_s.unsqueeze(-1))
     scores = scores.masked_fill(~visible, float("-inf")).masked_fill(k_idx == q_idx, SELF_SCORE)
