@@ -33,6 +33,9 @@ class VariantSpec:
             stored as attributes of the model's `GPT2Config`.
         validate: `validate(config, seq_len)` raises `ValueError` naming the bad parameter.
         attn_dropout: whether the core implements attention-probability dropout (`attn_pdrop`).
+        attention_flops: `attention_flops(config, seq_len)` -> forward FLOPs of one layer's attention core on one
+            sequence, all heads, by the mask-exact convention (see `attnlib.flops`); None means exact causal
+            softmax attention, 4 x T(T+1)/2 x n_head x head_dim.
         hf_name: the core's name in transformers' AttentionInterface (default `attnlib_<name>`; it must not
             contain "flash", which transformers reserves for its own FlashAttention loader).
     """
@@ -47,6 +50,7 @@ class VariantSpec:
     validate: Callable[[Any, int], None] | None = None
     builtin_implementation: str | None = None
     attn_dropout: bool = False
+    attention_flops: Callable[[Any, int], float] | None = None
     hf_name: str | None = None
 
     def __post_init__(self) -> None:

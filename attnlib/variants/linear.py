@@ -77,6 +77,13 @@ def linear_attention(module, query, key, value, attention_mask, scaling=None, dr
     return chunked_linear_attention(q, k, value, chunk_size).transpose(1, 2), None
 
 
+def attention_flops(config: GPT2Config, seq_len: int) -> float:
+    """Forward FLOPs of one layer on one sequence, all heads (D = head_dim, c = chunk_size): inside chunks
+    4 D per visible pair, T (c + 1) / 2 pairs; between chunks phi(k)^T v and phi(q) S, 4 D^2 per token."""
+    head_dim = config.n_embd // config.n_head
+    return 4.0 * config.n_embd * seq_len * ((config.chunk_size + 1) / 2 + head_dim)
+
+
 def validate(config: GPT2Config, seq_len: int) -> None:
     require_positive(config, "chunk_size")
     if seq_len % config.chunk_size:
@@ -91,6 +98,7 @@ register(
         kernel=kernel,
         params={"chunk_size": 64},
         attention_function=linear_attention,
+        attention_flops=attention_flops,
         validate=validate,
     )
 )

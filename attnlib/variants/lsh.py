@@ -117,6 +117,12 @@ class LSHAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y)), None
 
 
+def attention_flops(config: GPT2Config, seq_len: int) -> float:
+    """Forward FLOPs of one layer on one sequence, all heads, an upper bound: per round and token, hashing
+    (2 D x n_buckets/2) and scores + values over at most chunk_size visible keys (4 D each)."""
+    return config.n_hashes * seq_len * config.n_embd * (4.0 * config.chunk_size + config.n_buckets)
+
+
 def validate(config: GPT2Config, seq_len: int) -> None:
     for name in ("n_hashes", "n_buckets", "chunk_size"):
         require_positive(config, name)
@@ -134,6 +140,7 @@ register(
         kernel=lambda device: "attnlib lsh_attention (PyTorch sort + chunked matmul)",
         params={"n_hashes": 2, "n_buckets": 8, "chunk_size": 64, "lsh_seed": 0},
         attention_module=LSHAttention,
+        attention_flops=attention_flops,
         validate=validate,
     )
 )

@@ -32,6 +32,13 @@ def sliding_window_attention(module, query, key, value, attention_mask, scaling=
     return flex_masked(query, key, value, scaling, sliding_window_mask_mod(int(window))), None
 
 
+def attention_flops(config: GPT2Config, seq_len: int) -> float:
+    """Forward FLOPs of one layer on one sequence: 4 x band area x n_embd, band area = sum_i min(i + 1, window)."""
+    w = min(config.window, seq_len)
+    band_area = w * (w + 1) / 2 + (seq_len - w) * w
+    return 4.0 * band_area * config.n_embd
+
+
 def validate(config: GPT2Config, seq_len: int) -> None:
     require_positive(config, "window")
 
@@ -44,6 +51,7 @@ register(
         kernel=lambda device: "flex_attention block-sparse band (compiled Triton)" if device == "cuda" else "sdpa + dense band mask",
         params={"window": 128},
         attention_function=sliding_window_attention,
+        attention_flops=attention_flops,
         validate=validate,
     )
 )

@@ -1,0 +1,74 @@
+"""Analytic training FLOPs per token for GPT-2 with each attention variant (the mask-exact convention).
+
+    training FLOPs / token = 6 x P_matmul + 3.5 x (attention forward FLOPs per sequence x n_layer) / T
+
+P_matmul counts every weight matrix a token is multiplied by (projections, MLP and the tied output head;
+embedding lookups are not FLOPs). Attention forward FLOPs follow FlashAttention's convention: 4 x (unmasked
+area) x n_head x head_dim, the causal area being T(T+1)/2 and a sliding window's the real band; backward costs
+2.5 x forward (FlashAttention recomputes the scores), so training = 3.5 x forward. Linear and LSH attention
+declare their own forward counts next to their code (`VariantSpec.attention_flops`).
+
+`counted_training_flops` measures the same thing with `torch.utils.flop_counter.FlopCounterMode`, which counts
+matmuls as executed: the full T x T square (no causal saving) and a backward of 2 x forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.pytorch_utils import Conv1D
+
+from .registry import get_variant
+
+BACKWARD_OVER_FORWARD = 2.5
+
+
+def causal_attention_flops(config: GPT2Config, seq_len: int) -> float:
+    """Exact causal softmax attention, one layer, one sequence: 4 x T(T+1)/2 x n_embd (= n_head x head_dim)."""
+    return 4.0 * seq_len * (seq_len + 1) / 2 * config.n_embd
+
+
+def matmul_parameters(model: GPT2LMHeadModel) -> int:
+    """Weights a token is multiplied by: every Conv1D/Linear weight, the output head included."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, (Conv1D, nn.Linear)))
+
+
+@dataclass(frozen=True)
+class FlopCount:
+    variant: str
+    seq_len: int
+    matmul_parameters: int
+    dense_flops_per_token: float  # 6 x P_matmul
+    attention_flops_per_token: float  # 3.5 x forward attention / T, all layers
+    training_flops_per_token: float
+    formula: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def training_flops_per_token(model: GPT2LMHeadModel, seq_len: int) -> FlopCount:
+    """Training (forward + backward) FLOPs per token of `model` (built by `attnlib.build_model`) at `seq_len`."""
+    config = model.config
+    spec = get_variant(config.attnlib_variant)
+    per_layer = (spec.attention_flops or causal_attention_flops)(config, seq_len)
+    attention = (1 + BACKWARD_OVER_FORWARD) * per_layer * config.n_layer / seq_len
+    p = matmul_parameters(model)
+    return FlopCount(
+        variant=spec.name, seq_len=seq_len, matmul_parameters=p, dense_flops_per_token=6.0 * p,
+        attention_flops_per_token=attention, training_flops_per_token=6.0 * p + attention,
+        formula="6 x P_matmul + 3.5 x attention_forward(mask-exact) x n_layer / T",
+    )
+
+
+def counted_training_flops(model: nn.Module, input_ids: torch.Tensor) -> int:
+    """FLOPs that FlopCounterMode sees in one forward + backward of `model` on `input_ids` (labels = inputs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(input_ids, labels=input_ids).loss.backward()
+    return counter.get_total_flops()

@@ -1,0 +1,66 @@
+"""`calibrate_peak`: what this GPU really delivers on a large bf16 matrix product, and at what energy per FLOP.
+
+The TFLOP/s is the practical ceiling for MFU; the J/FLOP is the practical floor for energy per FLOP, so a
+training run's J/FLOP can be quoted as "x times the floor".
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .window import Measurement, measure
+
+
+@dataclass(frozen=True)
+class Calibration:
+    device: str
+    size: int
+    dtype: str
+    tflops: float
+    j_per_flop: float | None  # gross, NVML counter
+    j_per_flop_net: float | None
+    pj_per_flop: float | None
+    window: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def calibrate_peak(size: int = 8192, seconds: float = 10.0, dtype: torch.dtype = torch.bfloat16) -> Calibration:
+    """Time `size`^3 matrix products for about `seconds` in one measurement window (after a warm-up).
+
+    On a machine without CUDA this runs float32 products on the CPU, and the energy figures are None.
+    """
+    if size < 1 or seconds <= 0:
+        raise ValueError(f"size and seconds must be positive, got {size}, {seconds}")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = dtype if device == "cuda" else torch.float32
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))  # random: zeros run faster
+    out = torch.empty(size, size, device=device, dtype=dtype)
+    flops_per_product = 2.0 * size**3
+
+    def products(n: int) -> None:
+        for _ in range(n):
+            torch.matmul(a, b, out=out)
+
+    products(3)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    products(3)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    per_product_s = (time.perf_counter() - start) / 3
+    n = max(1, int(seconds / per_product_s))
+    with measure("calibrate_peak", flops=n * flops_per_product, codecarbon=False) as window:
+        products(n)
+    r: Measurement = window.result
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    return Calibration(
+        device=name, size=size, dtype=str(dtype).removeprefix("torch."), tflops=r.tflops, j_per_flop=r.j_per_flop,
+        j_per_flop_net=r.j_per_flop_net, pj_per_flop=None if r.j_per_flop is None else r.j_per_flop * 1e12,
+        window=r.to_dict(),
+    )

@@ -1,0 +1,61 @@
+"""CodeCarbon's offline tracker: CPU and RAM power *estimates* (TDP x load, RAM size) and a grid carbon
+intensity for the configured country. No network call. Its GPU figure is ignored: ours comes from NVML."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .base import Unavailable
+
+JOULES_PER_KWH = 3.6e6
+
+
+@dataclass(frozen=True)
+class CodeCarbonEstimate:
+    cpu_energy_j: float
+    ram_energy_j: float
+    kg_co2_per_kwh: float | None
+    cpu_model: str
+    method: str
+
+
+class CodeCarbonTracker:
+    """Start/stop wrapper around `codecarbon.OfflineEmissionsTracker` (starting takes about 2 s of hardware
+    probing, so the window starts its clock after it)."""
+
+    def __init__(self, country_iso_code: str):
+        self.country_iso_code = country_iso_code
+        self._tracker = None
+
+    def start(self) -> Unavailable | None:
+        try:
+            from codecarbon import OfflineEmissionsTracker
+
+            logging.getLogger("codecarbon").setLevel(logging.ERROR)
+            self._tracker = OfflineEmissionsTracker(
+                country_iso_code=self.country_iso_code, output_methods=[], log_level="error",
+                measure_power_secs=1, tracking_mode="process", allow_multiple_runs=True, gpu_ids=[],
+            )
+            self._tracker.start()
+        except Exception as error:  # missing package, unknown country, ...
+            self._tracker = None
+            return Unavailable(f"CodeCarbon could not start: {error}")
+        return None
+
+    def stop(self) -> CodeCarbonEstimate | Unavailable:
+        if self._tracker is None:
+            return Unavailable("CodeCarbon was not running")
+        try:
+            self._tracker.stop()
+            data = self._tracker.final_emissions_data
+        except Exception as error:
+            return Unavailable(f"CodeCarbon failed to stop: {error}")
+        cpu = next((h for h in self._tracker._hardware if type(h).__name__ == "CPU"), None)
+        generic = getattr(cpu, "_is_generic_tdp", False)
+        method = f"estimated: CodeCarbon {getattr(cpu, '_mode', 'cpu')} model" + (" with a generic TDP" if generic else "")
+        intensity = data.emissions / data.energy_consumed if data.energy_consumed > 0 else None
+        return CodeCarbonEstimate(
+            cpu_energy_j=data.cpu_energy * JOULES_PER_KWH, ram_energy_j=data.ram_energy * JOULES_PER_KWH,
+            kg_co2_per_kwh=intensity, cpu_model=str(data.cpu_model), method=method,
+        )

@@ -1,0 +1,94 @@
+"""NVIDIA GPUs through NVML: the total-energy counter, instantaneous power, memory, clocks and temperature.
+
+Energy comes from `nvmlDeviceGetTotalEnergyConsumption` (mJ since driver load, Volta and newer), read at the two
+synchronised ends of a window, as Zeus and CodeCarbon do. Power for traces comes from the field
+`NVML_FI_DEV_POWER_INSTANT` (a 25 ms window updated every 100 ms); `nvmlDeviceGetPowerUsage` is a 1 s moving
+average on Hopper and lags the load, so it is only a labelled fallback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Unavailable
+
+
+class NvmlGPUs:
+    """The NVIDIA devices this process uses (all CUDA devices torch sees, matched to NVML by UUID)."""
+
+    def __init__(self, pynvml: Any, handles: list[Any]):
+        self._nvml, self.handles = pynvml, handles
+        self._instant_power = True
+
+    @property
+    def count(self) -> int:
+        return len(self.handles)
+
+    def energy_mj(self) -> list[int]:
+        """Total-energy counter of each device, mJ."""
+        return [int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(h)) for h in self.handles]
+
+    def power_w(self) -> float:
+        """Summed instantaneous board power, W (POWER_INSTANT; the 1 s average where that field is missing)."""
+        total_mw = 0
+        for handle in self.handles:
+            if self._instant_power:
+                value = self._nvml.nvmlDeviceGetFieldValues(handle, [self._nvml.NVML_FI_DEV_POWER_INSTANT])[0]
+                if value.nvmlReturn == 0:
+                    total_mw += value.value.uiVal
+                    continue
+                self._instant_power = False
+            total_mw += self._nvml.nvmlDeviceGetPowerUsage(handle)
+        return total_mw / 1000.0
+
+    @property
+    def power_source(self) -> str:
+        return "NVML_FI_DEV_POWER_INSTANT" if self._instant_power else "nvmlDeviceGetPowerUsage (1 s average)"
+
+    def memory_used_bytes(self) -> int:
+        return sum(int(self._nvml.nvmlDeviceGetMemoryInfo(h).used) for h in self.handles)
+
+    def state(self) -> dict[str, list]:
+        """Clocks (MHz) and temperature (C) of each device: the thermal and DVFS state at one instant."""
+        nvml = self._nvml
+        return {
+            "sm_clock_mhz": [nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_SM) for h in self.handles],
+            "mem_clock_mhz": [nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_MEM) for h in self.handles],
+            "temperature_c": [nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU) for h in self.handles],
+        }
+
+    def environment(self) -> dict[str, Any]:
+        nvml = self._nvml
+        return {
+            "gpu_names": [_text(nvml.nvmlDeviceGetName(h)) for h in self.handles],
+            "driver": _text(nvml.nvmlSystemGetDriverVersion()),
+            "power_limit_w": [nvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1000.0 for h in self.handles],
+        }
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def open_nvml() -> NvmlGPUs | Unavailable:
+    """NVML handles for the CUDA devices torch sees, or `Unavailable` with the reason."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return Unavailable("no CUDA device visible to torch")
+        uuids = [str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
+    except Exception as error:  # a broken CUDA install is an unavailable GPU, said so
+        return Unavailable(f"CUDA not usable: {error}")
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handles = [pynvml.nvmlDeviceGetHandleByUUID(("GPU-" + u).encode()) for u in uuids]
+        gpus = NvmlGPUs(pynvml, handles)
+        gpus.energy_mj()  # fails on pre-Volta GPUs and some virtual GPUs
+    except ImportError:
+        return Unavailable("nvidia-ml-py (pynvml) is not installed")
+    except Exception as error:
+        return Unavailable(f"NVML energy counter not readable: {error}")
+    return gpus

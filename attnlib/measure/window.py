@@ -1,0 +1,337 @@
+"""`measure`: a measurement window with a synchronised begin and end, and a plain result.
+
+    with attnlib.measure("train sdpa", tokens=n_tokens, flops=n_flops) as window:
+        train_steps()
+    window.result.j_per_token
+
+At both ends the window synchronises CUDA, then reads the clock, the NVML energy counters, RAPL or CodeCarbon and
+the process CPU time. A background thread samples instantaneous power (~10 Hz) for the mean/peak and for traces.
+Anything that cannot be measured is `None` with a reason in `reasons`; estimates say so in their `*_source`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+import torch
+
+from .base import Unavailable
+from .codecarbon_estimate import JOULES_PER_KWH, CodeCarbonTracker
+from .nvml import open_nvml
+from .rapl import open_rapl
+
+SHORT_WINDOW_S = 1.0
+MIN_COUNTER_UPDATES = 10  # the counter updates every 100 ms on H100/H200: 10 updates = 1 s
+
+
+@dataclass
+class Measurement:
+    """One window's figures. Units are in the names; `None` means not measurable, see `reasons`."""
+
+    label: str
+    status: str = "ok"  # "ok" or "failed" (the block raised; what was measured is kept)
+    error: str | None = None
+    wall_s: float | None = None
+    tokens: int | None = None
+    flops: float | None = None
+    # GPU energy: NVML total-energy counter, summed over devices
+    gpu_count: int = 0
+    gpu_energy_j: float | None = None
+    gpu_energy_net_j: float | None = None
+    gpu_energy_source: str | None = None
+    idle_power_w: float | None = None
+    idle_power_source: str | None = None
+    energy_counter_updates: int | None = None
+    # GPU power: sampled POWER_INSTANT
+    gpu_power_mean_w: float | None = None  # counter energy / wall time
+    gpu_power_sampled_mean_w: float | None = None
+    gpu_power_peak_w: float | None = None
+    gpu_power_samples: int = 0
+    gpu_power_source: str | None = None
+    gpu_energy_trace_j: float | None = None  # integral of the power samples: a cross-check, not the figure
+    power_trace: list[tuple[float, float]] | None = None  # (s since start, W), when keep_trace=True
+    # memory
+    torch_peak_mem_bytes: int | None = None
+    gpu_mem_used_peak_bytes: int | None = None
+    # CPU, RAM, CO2
+    process_cpu_percent: float | None = None  # 100 = one core busy for the whole window
+    cpu_energy_j: float | None = None
+    ram_energy_j: float | None = None
+    cpu_energy_source: str | None = None
+    co2_kg: float | None = None
+    co2_source: str | None = None
+    # derived
+    tokens_per_s: float | None = None
+    j_per_token: float | None = None
+    j_per_token_net: float | None = None
+    j_per_flop: float | None = None
+    j_per_flop_net: float | None = None
+    tflops: float | None = None
+    peak_tflops: float | None = None
+    mfu: float | None = None
+    environment: dict[str, Any] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)  # figure -> why it is None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class IdleBaseline:
+    power_w: float | None
+    source: str
+    wall_s: float
+
+
+_idle: IdleBaseline | None = None
+_open_windows: list["measure"] = []  # innermost last; peak-memory bookkeeping across nested windows
+
+
+class _PowerSampler(threading.Thread):
+    """Samples power, the energy counter and device memory every `period_s` until stopped."""
+
+    def __init__(self, gpus, period_s: float):
+        super().__init__(daemon=True)
+        self.gpus, self.period_s = gpus, period_s
+        self.samples: list[tuple[float, float]] = []
+        self.energy_values: set[int] = set()
+        self.mem_peak_bytes = 0
+        self._stop_event = threading.Event()
+        self.t0 = time.perf_counter()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            now = time.perf_counter() - self.t0
+            self.samples.append((now, self.gpus.power_w()))
+            self.energy_values.add(sum(self.gpus.energy_mj()))
+            self.mem_peak_bytes = max(self.mem_peak_bytes, self.gpus.memory_used_bytes())
+            self._stop_event.wait(self.period_s)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+
+def energy_between(start_mj: list[int], end_mj: list[int]) -> tuple[float | None, str | None]:
+    """Joules between two counter reads summed over devices, or None and why (a counter that went backwards
+    has wrapped or been reset; one that did not move cannot give a figure)."""
+    for device, (a, b) in enumerate(zip(start_mj, end_mj)):
+        if b < a:
+            return None, f"energy counter of device {device} went backwards ({a} -> {b} mJ): wrapped or reset"
+    total_mj = sum(b - a for a, b in zip(start_mj, end_mj))
+    if total_mj == 0:
+        return None, "energy counter did not advance during the window"
+    return total_mj / 1000.0, None
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def _software_environment() -> dict[str, Any]:
+    return {
+        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+        "system": platform.system(), "machine": platform.machine(), "cpu_count": psutil.cpu_count(),
+    }
+
+
+class measure:  # noqa: N801  (used as a function-like context manager, like torch.no_grad)
+    """Measurement window; see the module docstring. `window.result` is a `Measurement`, also when the block
+    raised (status "failed"; the exception propagates). Windows may nest.
+
+    Args:
+        label: names the window in results.
+        tokens: tokens processed in the window (for tokens/s and J/token).
+        flops: floating-point operations done in the window (for TFLOP/s, J/FLOP, MFU).
+        peak_tflops: the MFU denominator (e.g. from `calibrate_peak`); MFU is None without it.
+        idle_power_w: idle power for net energy; default: the last `measure_idle` of this process.
+        keep_trace: keep the (time, power) samples in `result.power_trace`.
+        sample_hz: power sampling rate (the counter and POWER_INSTANT update at 10 Hz).
+        codecarbon: use CodeCarbon for CPU/RAM estimates (where RAPL is missing) and CO2.
+        country_iso_code: CodeCarbon's grid for CO2 (offline, no network).
+        gpus: a GPU reader to use instead of NVML (recorded counters in tests).
+    """
+
+    def __init__(self, label: str, tokens: int | None = None, flops: float | None = None, *,
+                 peak_tflops: float | None = None, idle_power_w: float | None = None, keep_trace: bool = False,
+                 sample_hz: float = 10.0, codecarbon: bool = True, country_iso_code: str = "USA", gpus: Any = None):
+        if not label:
+            raise ValueError("label: a window needs a non-empty label")
+        for name, value in (("tokens", tokens), ("flops", flops), ("peak_tflops", peak_tflops),
+                            ("idle_power_w", idle_power_w)):
+            if value is not None and (not isinstance(value, (int, float)) or value < 0):
+                raise ValueError(f"{name}: must be a non-negative number, got {value!r}")
+        if not sample_hz > 0:
+            raise ValueError(f"sample_hz: must be > 0, got {sample_hz!r}")
+        self.result = Measurement(label=label, tokens=tokens, flops=flops, peak_tflops=peak_tflops)
+        self._idle_power_w, self._keep_trace, self._period_s = idle_power_w, keep_trace, 1.0 / sample_hz
+        self._gpus = gpus if gpus is not None else open_nvml()
+        self._rapl = open_rapl()
+        self._codecarbon = CodeCarbonTracker(country_iso_code) if codecarbon else None
+
+    def __enter__(self) -> "measure":
+        r = self.result
+        r.environment = _software_environment()
+        if self._codecarbon is not None:  # its ~2 s start-up stays outside the window
+            failed = self._codecarbon.start()
+            if failed:
+                r.reasons["codecarbon"] = failed.reason
+                self._codecarbon = None
+        if self._gpus:
+            r.gpu_count = self._gpus.count
+            r.environment.update(self._gpus.environment())
+            r.environment["start"] = self._gpus.state()
+            self._reset_peak_memory()
+            self._sampler = _PowerSampler(self._gpus, self._period_s)
+        self._process = psutil.Process()
+        _synchronize()
+        self._cpu_start = self._process.cpu_times()
+        self._rapl_start = self._rapl.read_uj() if self._rapl else None
+        self._energy_start = self._gpus.energy_mj() if self._gpus else None
+        self._t0 = time.perf_counter()
+        if self._gpus:
+            self._sampler.t0 = self._t0
+            self._sampler.start()
+        return self
+
+    def _reset_peak_memory(self) -> None:
+        """Reset torch's peak counter for this window, first handing the peak so far to enclosing windows."""
+        self._mem_peak_bytes = 0
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            for outer in _open_windows:
+                outer._mem_peak_bytes = max(outer._mem_peak_bytes, torch.cuda.max_memory_allocated())
+            torch.cuda.reset_peak_memory_stats()
+        _open_windows.append(self)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        _synchronize()
+        t1 = time.perf_counter()
+        energy_end = self._gpus.energy_mj() if self._gpus else None
+        rapl_end = self._rapl.read_uj() if self._rapl else None
+        cpu_end = self._process.cpu_times()
+        r = self.result
+        r.wall_s = t1 - self._t0
+        if exc_type is not None:
+            r.status, r.error = "failed", f"{exc_type.__name__}: {exc}"
+        cpu_s = (cpu_end.user - self._cpu_start.user) + (cpu_end.system - self._cpu_start.system)
+        r.process_cpu_percent = 100.0 * cpu_s / r.wall_s if r.wall_s > 0 else None
+        self._finish_gpu(energy_end)
+        self._finish_cpu(rapl_end)
+        self._derive()
+        return False  # never swallow the exception
+
+    def _finish_gpu(self, energy_end: list[int] | None) -> None:
+        r = self.result
+        if not self._gpus:
+            for name in ("gpu_energy_j", "gpu_energy_net_j", "gpu_power_mean_w", "torch_peak_mem_bytes"):
+                r.reasons[name] = self._gpus.reason
+            return
+        self._sampler.stop()
+        r.environment["end"] = self._gpus.state()
+        r.gpu_energy_j, reason = energy_between(self._energy_start, energy_end)
+        r.gpu_energy_source = "NVML total-energy counter" if reason is None else None
+        if reason:
+            r.reasons["gpu_energy_j"] = reason
+        samples = self._sampler.samples
+        r.gpu_power_samples, r.gpu_power_source = len(samples), self._gpus.power_source
+        r.energy_counter_updates = len(self._sampler.energy_values | {sum(self._energy_start), sum(energy_end)}) - 1
+        if samples:
+            powers = [w for _, w in samples]
+            r.gpu_power_sampled_mean_w, r.gpu_power_peak_w = sum(powers) / len(powers), max(powers)
+        if len(samples) >= 2:
+            r.gpu_energy_trace_j = sum((t1 - t0) * (w0 + w1) / 2 for (t0, w0), (t1, w1) in zip(samples, samples[1:]))
+        if self._keep_trace:
+            r.power_trace = samples
+        r.gpu_mem_used_peak_bytes = self._sampler.mem_peak_bytes or None
+        _open_windows.remove(self)
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            r.torch_peak_mem_bytes = max(self._mem_peak_bytes, torch.cuda.max_memory_allocated())
+        else:
+            r.reasons["torch_peak_mem_bytes"] = "CUDA not initialised in this process"
+        if r.gpu_energy_j is not None and r.wall_s > 0:
+            r.gpu_power_mean_w = r.gpu_energy_j / r.wall_s
+        idle_w, r.idle_power_source = self._idle_power()
+        r.idle_power_w = idle_w
+        if idle_w is None:
+            r.reasons["gpu_energy_net_j"] = r.idle_power_source
+        elif r.gpu_energy_j is not None:
+            r.gpu_energy_net_j = r.gpu_energy_j - idle_w * r.wall_s
+        if r.wall_s < SHORT_WINDOW_S or (r.energy_counter_updates or 0) < MIN_COUNTER_UPDATES:
+            r.warnings.append(
+                f"too short for the energy counter: {r.wall_s:.2f} s, {r.energy_counter_updates} counter updates "
+                f"(want >= {SHORT_WINDOW_S:.0f} s and >= {MIN_COUNTER_UPDATES} updates; better 5 s of steady work)"
+            )
+
+    def _idle_power(self) -> tuple[float | None, str]:
+        if self._idle_power_w is not None:
+            return self._idle_power_w, "given by the caller"
+        if _idle is not None and _idle.power_w is not None:
+            return _idle.power_w, _idle.source
+        return None, "no idle baseline: call attnlib.measure_idle() first or pass idle_power_w"
+
+    def _finish_cpu(self, rapl_end: dict[str, int] | None) -> None:
+        r = self.result
+        estimate = self._codecarbon.stop() if self._codecarbon is not None else Unavailable("codecarbon=False")
+        if self._rapl:
+            per_domain = self._rapl.joules_between(self._rapl_start, rapl_end)
+            r.cpu_energy_j = sum(j for name, j in per_domain.items() if name.startswith("package"))
+            dram = [j for name, j in per_domain.items() if name.startswith("dram")]
+            r.ram_energy_j = sum(dram) if dram else None
+            r.cpu_energy_source = "measured: RAPL"
+            if not dram:
+                r.reasons["ram_energy_j"] = "RAPL exposes no dram domain here"
+        elif estimate:
+            r.cpu_energy_j, r.ram_energy_j = estimate.cpu_energy_j, estimate.ram_energy_j
+            r.cpu_energy_source = f"{estimate.method} (RAPL: {self._rapl.reason})"
+        else:
+            r.reasons["cpu_energy_j"] = f"RAPL: {self._rapl.reason}; CodeCarbon: {estimate.reason}"
+        if estimate and estimate.kg_co2_per_kwh is not None:
+            known = [e for e in (r.gpu_energy_j, r.cpu_energy_j, r.ram_energy_j) if e is not None]
+            r.co2_kg = sum(known) / JOULES_PER_KWH * estimate.kg_co2_per_kwh
+            r.co2_source = (f"estimated: CodeCarbon offline grid intensity {estimate.kg_co2_per_kwh:.3f} kg/kWh "
+                            f"({self._codecarbon.country_iso_code}) x (GPU + CPU + RAM energy)")
+            r.environment["cpu_model"] = estimate.cpu_model
+        else:
+            r.reasons["co2_kg"] = estimate.reason if not estimate else "CodeCarbon gave no carbon intensity"
+
+    def _derive(self) -> None:
+        r = self.result
+        per = lambda num, den: None if num is None or not den else num / den  # noqa: E731
+        r.tokens_per_s = per(r.tokens, r.wall_s)
+        r.j_per_token, r.j_per_token_net = per(r.gpu_energy_j, r.tokens), per(r.gpu_energy_net_j, r.tokens)
+        r.j_per_flop, r.j_per_flop_net = per(r.gpu_energy_j, r.flops), per(r.gpu_energy_net_j, r.flops)
+        r.tflops = None if r.flops is None else per(r.flops / 1e12, r.wall_s)
+        if r.tflops is not None and r.peak_tflops:
+            mfu = r.tflops / r.peak_tflops
+            if mfu > 1.0:
+                r.warnings.append(f"MFU {mfu:.2f} > 1: the FLOP count or the peak is wrong; MFU not reported")
+                r.reasons["mfu"] = "computed MFU exceeded 100%"
+            else:
+                r.mfu = mfu
+
+
+def measure_idle(seconds: float = 5.0, **kwargs: Any) -> IdleBaseline:
+    """Idle GPU power with this process's CUDA context alive (measured in the same process: a context adds
+    tens of watts). Later windows use it for net energy."""
+    global _idle
+    if not seconds > 0:
+        raise ValueError(f"seconds: must be > 0, got {seconds!r}")
+    if torch.cuda.is_available():
+        torch.zeros(1, device="cuda")  # make sure the context exists
+    with measure("idle", codecarbon=False, **kwargs) as window:
+        time.sleep(seconds)
+    r = window.result
+    if r.gpu_power_mean_w is None:
+        baseline = IdleBaseline(None, r.reasons.get("gpu_energy_j", "no GPU energy"), r.wall_s)
+    else:
+        baseline = IdleBaseline(r.gpu_power_mean_w, f"measure_idle: NVML counter over {r.wall_s:.1f} s idle, CUDA context alive", r.wall_s)
+    _idle = baseline
+    return baseline

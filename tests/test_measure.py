@@ -1,0 +1,196 @@
+"""attnlib.measure on the CPU: the real CPU path end to end, and the GPU arithmetic on recorded counters."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+
+import attnlib.measure.window as window_module
+from attnlib.measure import Candidate, energy_between, measure, measure_idle, run_trials, summarize
+from attnlib.measure.rapl import open_rapl
+
+
+class RecordedGPU:
+    """A GPU reader replaying a steady load: a counter of `power_w` that updates every `update_s`, like NVML's."""
+
+    count = 1
+    power_source = "recorded"
+
+    def __init__(self, power_w: float = 300.0, update_s: float = 0.1, energy_mj: list[int] | None = None):
+        self.power_w_value, self.update_s, self.t0 = power_w, update_s, time.perf_counter()
+        self.replay = list(energy_mj) if energy_mj else None
+
+    def energy_mj(self) -> list[int]:
+        if self.replay:  # a fixed sequence of counter reads (the last one repeats)
+            return [self.replay.pop(0) if len(self.replay) > 1 else self.replay[0]]
+        elapsed = math.floor((time.perf_counter() - self.t0) / self.update_s) * self.update_s
+        return [int(1e6 + self.power_w_value * elapsed * 1000)]
+
+    def power_w(self) -> float:
+        return self.power_w_value
+
+    def memory_used_bytes(self) -> int:
+        return 2**30
+
+    def state(self) -> dict:
+        return {"sm_clock_mhz": [1980], "mem_clock_mhz": [2619], "temperature_c": [40]}
+
+    def environment(self) -> dict:
+        return {"gpu_names": ["recorded"], "driver": "-", "power_limit_w": [700.0]}
+
+
+def busy(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def test_cpu_path_end_to_end() -> None:
+    """No GPU here: GPU figures None with a reason; CPU/RAM energy from RAPL or CodeCarbon's estimate, labelled."""
+    with measure("cpu work", tokens=1000) as window:
+        busy(1.2)
+    r = window.result
+    assert r.status == "ok" and r.wall_s == pytest.approx(1.2, rel=0.02)
+    assert r.gpu_energy_j is None and "gpu_energy_j" in r.reasons and r.j_per_token is None
+    assert r.tokens_per_s == pytest.approx(1000 / r.wall_s)
+    assert 50 < r.process_cpu_percent < 150
+    assert r.cpu_energy_j > 0 and r.ram_energy_j > 0
+    assert r.cpu_energy_source.startswith(("measured: RAPL", "estimated"))
+    assert r.co2_kg > 0 and r.co2_source.startswith("estimated")
+    assert r.environment["torch"] and "hostname" not in str(r.to_dict()).lower()
+
+
+@pytest.mark.parametrize("work", [time.sleep, busy], ids=["sleep", "busy loop"])
+def test_wall_time_of_known_work(work) -> None:
+    with measure("timed", codecarbon=False) as window:
+        work(0.5)
+    assert window.result.wall_s == pytest.approx(0.5, rel=0.02)
+
+
+def test_derived_figures_on_recorded_counter() -> None:
+    gpu = RecordedGPU(power_w=300.0)
+    with measure("steady", tokens=10_000, flops=5e14, peak_tflops=1000.0, idle_power_w=100.0,
+                 codecarbon=False, gpus=gpu, keep_trace=True) as window:
+        time.sleep(1.5)
+    r = window.result
+    assert r.gpu_energy_j == pytest.approx(300.0 * r.wall_s, abs=300 * 0.1 + 1)  # within one counter update
+    assert r.gpu_energy_net_j == pytest.approx(r.gpu_energy_j - 100.0 * r.wall_s)
+    assert r.j_per_token == pytest.approx(r.gpu_energy_j / 10_000)
+    assert r.j_per_token_net == pytest.approx(r.gpu_energy_net_j / 10_000)
+    assert r.j_per_flop == pytest.approx(r.gpu_energy_j / 5e14)
+    assert r.tflops == pytest.approx(500 / r.wall_s)
+    assert r.mfu == pytest.approx(r.tflops / 1000.0)
+    assert r.gpu_power_mean_w == pytest.approx(r.gpu_energy_j / r.wall_s)
+    assert r.gpu_power_peak_w == 300.0 and r.gpu_power_samples >= 10 and len(r.power_trace) == r.gpu_power_samples
+    assert r.energy_counter_updates >= 10 and not r.warnings
+    assert r.idle_power_source == "given by the caller"
+    assert r.environment["start"]["sm_clock_mhz"] == [1980] and r.environment["end"]["temperature_c"] == [40]
+
+
+def test_mfu_above_one_is_not_reported() -> None:
+    with measure("impossible", flops=1e18, peak_tflops=1.0, codecarbon=False, gpus=RecordedGPU()) as window:
+        time.sleep(0.2)
+    assert window.result.mfu is None and "mfu" in window.result.reasons
+    assert any("MFU" in w for w in window.result.warnings)
+
+
+@pytest.mark.parametrize("reads,reason", [([5000, 4000], "went backwards"), ([5000, 5000], "did not advance")])
+def test_counter_faults_give_none_with_reason(reads: list[int], reason: str) -> None:
+    with measure("fault", codecarbon=False, gpus=RecordedGPU(energy_mj=reads)) as window:
+        time.sleep(0.05)
+    assert window.result.gpu_energy_j is None and reason in window.result.reasons["gpu_energy_j"]
+    assert window.result.j_per_token is None
+
+
+def test_energy_between_sums_devices() -> None:
+    assert energy_between([1000, 2000], [3000, 2500]) == (2.5, None)
+
+
+def test_short_window_warns() -> None:
+    with measure("short", codecarbon=False, gpus=RecordedGPU()) as window:
+        time.sleep(0.3)
+    assert any("too short for the energy counter" in w for w in window.result.warnings)
+
+
+def test_idle_baseline_is_used_for_net_energy(monkeypatch) -> None:
+    monkeypatch.setattr(window_module, "_idle", None)
+    with measure("before idle", codecarbon=False, gpus=RecordedGPU()) as window:
+        time.sleep(0.1)
+    assert window.result.gpu_energy_net_j is None and "measure_idle" in window.result.reasons["gpu_energy_net_j"]
+    baseline = measure_idle(1.0, gpus=RecordedGPU(power_w=80.0))
+    assert baseline.power_w == pytest.approx(80.0, rel=0.12)
+    with measure("after idle", codecarbon=False, gpus=RecordedGPU(power_w=300.0)) as window:
+        time.sleep(1.0)
+    r = window.result
+    assert r.idle_power_w == baseline.power_w and r.gpu_energy_net_j == pytest.approx(r.gpu_energy_j - baseline.power_w * r.wall_s)
+
+
+def test_nested_windows() -> None:
+    with measure("outer", codecarbon=False) as outer:
+        busy(0.2)
+        with measure("inner", codecarbon=False) as inner:
+            busy(0.3)
+    assert inner.result.wall_s == pytest.approx(0.3, rel=0.05)
+    assert outer.result.wall_s > inner.result.wall_s + 0.19
+
+
+def test_exception_marks_failed_and_propagates() -> None:
+    window = measure("explodes", tokens=10, codecarbon=False)
+    with pytest.raises(RuntimeError, match="boom"):
+        with window:
+            busy(0.1)
+            raise RuntimeError("boom")
+    r = window.result
+    assert r.status == "failed" and "boom" in r.error and r.wall_s == pytest.approx(0.1, rel=0.2)
+
+
+@pytest.mark.parametrize("kwargs", [dict(label=""), dict(label="x", tokens=-1), dict(label="x", sample_hz=0),
+                                    dict(label="x", flops="many")])
+def test_invalid_arguments(kwargs) -> None:
+    with pytest.raises(ValueError):
+        measure(**kwargs)
+
+
+def test_summary_maths() -> None:
+    s = summarize([1.0, 2.0, 3.0, 4.0])
+    assert s.n == 4 and s.mean == 2.5
+    assert s.std == pytest.approx(1.2909944)
+    assert s.ci95 == pytest.approx(3.182 * 1.2909944 / 2)
+    assert s.cv == pytest.approx(1.2909944 / 2.5)
+    assert summarize([None, 2.0]).ci95 is None and summarize([]).mean is None
+
+
+def test_trials_interleave_and_record_failures() -> None:
+    order: list[str] = []
+
+    def fails() -> None:
+        order.append("C")
+        raise RuntimeError("out of memory")
+
+    candidates = [Candidate("A", lambda: order.append("A"), tokens=10), Candidate("B", lambda: order.append("B")),
+                  Candidate("C", fails)]
+    with pytest.raises(RuntimeError):  # warm-up failures are not hidden
+        run_trials(candidates, warmup=1, trials=2, codecarbon=False, progress=False)
+    order.clear()
+    result = run_trials(candidates[:2] + [Candidate("C", fails)], warmup=0, trials=3, codecarbon=False, progress=False)
+    assert order == ["A", "B", "C"] * 3
+    assert [m.status for m in result.trials["C"]] == ["failed"] * 3
+    summary = result.summary("A")
+    assert summary["wall_s"].n == 3 and summary["tokens_per_s"].mean > 0
+    assert result.summary("C")["wall_s"].n == 0
+    assert set(result.to_dict()) == {"A", "B", "C"}
+
+
+def test_rapl_counters_with_wraparound(tmp_path) -> None:
+    zone = tmp_path / "intel-rapl:0"
+    zone.mkdir()
+    (zone / "name").write_text("package-0\n")
+    (zone / "energy_uj").write_text("999000000")
+    (zone / "max_energy_range_uj").write_text("1000000000")
+    rapl = open_rapl(tmp_path)
+    start = rapl.read_uj()
+    (zone / "energy_uj").write_text("1000000")  # wrapped
+    assert rapl.joules_between(start, rapl.read_uj()) == {"package-0@intel-rapl:0": pytest.approx(2.0)}
+    assert not open_rapl(tmp_path / "missing") and "no readable RAPL" in open_rapl(tmp_path / "missing").reason
