@@ -28,8 +28,8 @@ class RecordedGPU:
         elapsed = math.floor((time.perf_counter() - self.t0) / self.update_s) * self.update_s
         return [int(1e6 + self.power_w_value * elapsed * 1000)]
 
-    def power_w(self) -> float:
-        return self.power_w_value
+    def sample(self) -> tuple[float, int]:
+        return self.power_w_value, self.energy_mj()[0]
 
     def memory_used_bytes(self) -> int:
         return 2**30

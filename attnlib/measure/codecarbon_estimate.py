@@ -35,7 +35,7 @@ class CodeCarbonTracker:
             logging.getLogger("codecarbon").setLevel(logging.ERROR)
             self._tracker = OfflineEmissionsTracker(
                 country_iso_code=self.country_iso_code, output_methods=[], log_level="error",
-                measure_power_secs=1, tracking_mode="process", allow_multiple_runs=True, gpu_ids=[],
+                measure_power_secs=15, tracking_mode="process", allow_multiple_runs=True, gpu_ids=[],
             )
             self._tracker.start()
         except Exception as error:  # missing package, unknown country, ...

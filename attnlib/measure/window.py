@@ -95,7 +95,7 @@ _open_windows: list["measure"] = []  # innermost last; peak-memory bookkeeping a
 
 
 class _PowerSampler(threading.Thread):
-    """Samples power, the energy counter and device memory every `period_s` until stopped."""
+    """Samples power and the energy counter every `period_s`, device memory every second, until stopped."""
 
     def __init__(self, gpus, period_s: float):
         super().__init__(daemon=True)
@@ -107,11 +107,14 @@ class _PowerSampler(threading.Thread):
         self.t0 = time.perf_counter()
 
     def run(self) -> None:
+        memory_every = max(1, round(1.0 / self.period_s))
         while not self._stop_event.is_set():
             now = time.perf_counter() - self.t0
-            self.samples.append((now, self.gpus.power_w()))
-            self.energy_values.add(sum(self.gpus.energy_mj()))
-            self.mem_peak_bytes = max(self.mem_peak_bytes, self.gpus.memory_used_bytes())
+            power_w, energy_mj = self.gpus.sample()
+            self.samples.append((now, power_w))
+            self.energy_values.add(energy_mj)
+            if len(self.samples) % memory_every == 1 or memory_every == 1:
+                self.mem_peak_bytes = max(self.mem_peak_bytes, self.gpus.memory_used_bytes())
             self._stop_event.wait(self.period_s)
 
     def stop(self) -> None:
