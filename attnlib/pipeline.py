@@ -1,0 +1,179 @@
+"""The study's orchestration: profiles, the job plan, papermill execution, resumption.
+
+A profile (`attnlib/profiles/<name>.toml`) fixes the model, data, hyper-parameters, measurement and the modes and
+number of trials. The plan interleaves trials across variants and modes (round 0: every variant, round 1: every
+variant, ...), then adds one quality run per variant and mode. Each job is one execution of
+`notebooks/variant.ipynb` by papermill, in its own process (no allocator or compile state carried between
+variants), and writes one JSON result; a job whose result exists is skipped unless forced, so a killed run
+resumes where it stopped.
+
+    python -m attnlib.pipeline run --profile smoke [--variants a,b] [--force] [--max-minutes 8]
+    python -m attnlib.pipeline report --profile smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .registry import VARIANTS, get_variant
+from .train import STATUSES, TrainConfig, result_skeleton, write_json_atomic
+
+REPO = Path(__file__).resolve().parent.parent
+PROFILES = Path(__file__).resolve().parent / "profiles"
+TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"variant", "mode"}
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    modes: tuple[str, ...]
+    trials: int
+    train: dict
+    variant_params: dict[str, dict]
+
+    def train_config(self, variant: str, mode: str) -> TrainConfig:
+        """The TrainConfig of `variant` in `mode`: the profile's settings plus its parameters for that variant."""
+        train = dict(self.train)
+        train["model"] = {**train.get("model", {}), **self.variant_params.get(variant, {})}
+        return TrainConfig(variant=variant, mode=mode, **train)
+
+
+def load_profile(name: str) -> Profile:
+    """A profile by name (`smoke`, `paper`) or path; `ValueError` for unknown names and malformed files."""
+    path = Path(name) if name.endswith(".toml") else PROFILES / f"{name}.toml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in PROFILES.glob("*.toml")))
+        raise ValueError(f"profile: unknown profile {name!r}; known: {known}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"profile: {path} is not valid TOML: {error}") from None
+    unknown = set(raw) - {"run", "train", "variants"}
+    if unknown:
+        raise ValueError(f"profile: unknown section(s) {sorted(unknown)} in {path}")
+    run, train, variant_params = raw.get("run", {}), raw.get("train", {}), raw.get("variants", {})
+    if set(train) - TRAIN_FIELDS:
+        raise ValueError(f"profile: unknown [train] key(s) {sorted(set(train) - TRAIN_FIELDS)} in {path}")
+    for variant in variant_params:
+        get_variant(variant)
+    profile = Profile(path.stem, tuple(run.get("modes", ["eager"])), int(run.get("trials", 3)), train, variant_params)
+    for variant in VARIANTS:  # build every config now: bad values fail before any work
+        for mode in profile.modes:
+            profile.train_config(variant, mode)
+    return profile
+
+
+@dataclass(frozen=True)
+class Job:
+    variant: str
+    mode: str
+    kind: str  # "trial" or "quality"
+    trial: int | None = None
+
+    @property
+    def name(self) -> str:
+        suffix = f"trial{self.trial}" if self.kind == "trial" else "quality"
+        return f"{self.variant}__{self.mode}__{suffix}"
+
+
+def plan(profile: Profile, variants: list[str]) -> list[Job]:
+    """Trials interleaved (A B C A B C ...), then quality runs."""
+    jobs = [Job(v, m, "trial", r) for r in range(profile.trials) for v in variants for m in profile.modes]
+    return jobs + [Job(v, m, "quality") for v in variants for m in profile.modes]
+
+
+def result_path(results_dir: Path, job: Job) -> Path:
+    return results_dir / "raw" / f"{job.name}.json"
+
+
+def is_done(path: Path) -> bool:
+    """A result exists and is complete (any recorded status counts: a failure is a result, too)."""
+    try:
+        return json.loads(path.read_text()).get("status") in STATUSES
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def execute(job: Job, profile: Profile, results_dir: Path, cache_dir: Path) -> None:
+    """Run `notebooks/variant.ipynb` for `job` through papermill; record a failure if the notebook died."""
+    import papermill
+
+    out = result_path(results_dir, job)
+    executed = results_dir / "notebooks" / f"{job.name}.ipynb"
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    parameters = {"profile": profile.name, "variant": job.variant, "mode": job.mode, "kind": job.kind,
+                  "trial": job.trial if job.trial is not None else 0, "result_path": str(out.resolve()),
+                  "cache_dir": str(cache_dir.resolve())}
+    try:
+        papermill.execute_notebook(REPO / "notebooks" / "variant.ipynb", executed, parameters=parameters,
+                                   kernel_name="python3", progress_bar=False, cwd=str(REPO / "notebooks"))
+    except Exception as error:  # the kernel died (e.g. a hard crash): the run goes on, the table shows it
+        if not is_done(out):
+            result = result_skeleton(job.kind, profile.train_config(job.variant, job.mode), trial=job.trial)
+            result["status"], result["error"] = "error", f"notebook failed: {str(error)[-2000:]}"
+            write_json_atomic(out, result)
+
+
+def run(profile: Profile, variants: list[str], results_dir: Path, cache_dir: Path, force: bool = False,
+        max_minutes: float | None = None) -> int:
+    """Execute the plan; returns the number of jobs still to do (0 when complete)."""
+    jobs = plan(profile, variants)
+    todo = [j for j in jobs if force or not is_done(result_path(results_dir, j))]
+    print(f"{profile.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} already done, {len(todo)} to run", flush=True)
+    start = time.monotonic()
+    for index, job in enumerate(todo):
+        if index and max_minutes is not None and time.monotonic() - start > max_minutes * 60:  # >= 1 job per call
+            print(f"stopped after {max_minutes} min; {len(todo) - index} jobs left: run again to resume", flush=True)
+            return len(todo) - index
+        job_start = time.monotonic()
+        execute(job, profile, results_dir, cache_dir)
+        status = json.loads(result_path(results_dir, job).read_text())["status"]
+        print(f"[{index + 1}/{len(todo)}] {job.name}: {status} ({time.monotonic() - job_start:.0f} s)", flush=True)
+    return 0
+
+
+def report(profile: Profile, results_dir: Path) -> None:
+    """Execute `notebooks/aggregate.ipynb`: tables, figures and macros from every result of the profile."""
+    import papermill
+
+    executed = results_dir / "notebooks" / "aggregate.ipynb"
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    papermill.execute_notebook(REPO / "notebooks" / "aggregate.ipynb", executed,
+                               parameters={"profile": profile.name, "results_dir": str(results_dir.resolve())},
+                               kernel_name="python3", progress_bar=False, cwd=str(REPO / "notebooks"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m attnlib.pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["run", "report"])
+    parser.add_argument("--profile", required=True)
+    parser.add_argument("--variants", default="all", help="comma-separated names, or 'all'")
+    parser.add_argument("--results", type=Path, help="results folder (default results/<profile>)")
+    parser.add_argument("--cache", type=Path, default=REPO / ".cache", help="tokenized-data cache")
+    parser.add_argument("--force", action="store_true", help="redo jobs whose result exists")
+    parser.add_argument("--max-minutes", type=float, help="start no new job after this long (resumable chunks)")
+    args = parser.parse_args(argv)
+    try:
+        profile = load_profile(args.profile)
+        variants = list(VARIANTS) if args.variants == "all" else [get_variant(v).name for v in args.variants.split(",")]
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    results_dir = args.results or REPO / "results" / profile.name
+    if args.command == "run":
+        left = run(profile, variants, results_dir, args.cache, args.force, args.max_minutes)
+        return 3 if left else 0
+    report(profile, results_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

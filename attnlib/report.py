@@ -1,0 +1,303 @@
+"""From JSON results to the paper's tables (CSV, LaTeX booktabs), figures (PDF, PNG) and number macros.
+
+Every number the paper prints comes from here: tables are `\\input`, figures `\\includegraphics`, and numbers in
+the text are macros in `macros.tex`, so text and data cannot disagree. Figures that have no data (energy on a
+CPU-only run) say so on the figure instead of showing zeros.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from .measure.stats import summarize
+
+GIB = 2**30
+# The prior study's published figures (RTX 4090, GPT-2 small, 20 epochs x 400 batches of 16 x 512),
+# as listed in shared/reference/prior-implementation-pitfalls.md; their flaws are the paper's section 2.
+PRIOR_STUDY = pd.DataFrame(
+    [("baseline", "Baseline", 261, 18.3, 1.39, 2.85), ("sliding_window", "Sliding window", 256, 19.8, 1.43, 4.6),
+     ("gqa", "GQA", 232, 18.6, 1.33, 2.85), ("mla", "MLA", 232, 17.7, 1.17, 1.2),
+     ("flash", "Flash", 213, 16.5, 1.07, 3.6), ("sdpa", "SDPA", 211, 17.6, 1.27, 2.7),
+     ("linear", "Linear", 207, 18.5, 1.21, 3.0), ("lsh", "LSH", 206, 17.2, 1.17, 3.1)],
+    columns=["variant", "prior_name", "prior_epoch_s", "prior_mem_gb", "prior_energy_mj", "prior_final_loss"],
+)
+PRIOR_NOTES = {"mla": "label leak", "flash": "wrong layout", "linear": "non-causal", "lsh": "random buckets",
+               "sliding_window": "saw the future"}
+
+
+def load_results(results_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob("raw/*.json"))]
+
+
+def trial_frame(results: list[dict]) -> pd.DataFrame:
+    """One row per trial window."""
+    rows = []
+    for r in results:
+        if r["kind"] != "trial":
+            continue
+        m, model = r.get("measurement") or {}, r.get("model") or {}
+        rows.append({
+            "variant": r["variant"], "mode": r["mode"], "trial": r.get("trial"), "status": r["status"],
+            "error": r.get("error"), "device": (m.get("environment", {}).get("gpu_names") or ["cpu"])[0],
+            "kernel": model.get("kernel"), "params": model.get("params"), "tokens_per_s": m.get("tokens_per_s"),
+            "gpu_j_per_token": m.get("j_per_token"), "gpu_j_per_token_net": m.get("j_per_token_net"),
+            "mean_power_w": m.get("gpu_power_mean_w"), "peak_mem_bytes": m.get("torch_peak_mem_bytes"),
+            "tflops": m.get("tflops"), "mfu": m.get("mfu"), "j_per_flop": m.get("j_per_flop"),
+            "cpu_j_per_token_estimated": (m["cpu_energy_j"] / m["tokens"]) if m.get("cpu_energy_j") and m.get("tokens") else None,
+            "co2_g_per_mtoken": (m["co2_kg"] * 1e3 / m["tokens"] * 1e6) if m.get("co2_kg") and m.get("tokens") else None,
+            "window_s": m.get("wall_s"), "warmup_s": (r.get("timing") or {}).get("warmup_s"),
+            "first_step_s": (r.get("timing") or {}).get("first_step_s"),
+        })
+    return pd.DataFrame(rows)
+
+
+def quality_frame(results: list[dict]) -> pd.DataFrame:
+    rows = []
+    for r in results:
+        if r["kind"] == "quality":
+            m = r.get("measurement") or {}
+            rows.append({"variant": r["variant"], "mode": r["mode"], "quality_status": r["status"],
+                         "val_loss": r.get("val_loss"), "quality_tokens": m.get("tokens"),
+                         "quality_gpu_energy_j": m.get("gpu_energy_j"), "loss_curve": r.get("loss_curve")})
+    return pd.DataFrame(rows)
+
+
+def _stat(values: pd.Series) -> tuple[float | None, float | None, float | None]:
+    s = summarize([None if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in values])
+    return s.mean, s.ci95, s.cv
+
+
+def summary_frame(results: list[dict], variant_order: list[str] | None = None) -> pd.DataFrame:
+    """One row per (variant, mode): means, 95% CIs and CVs over the successful trials, and quality."""
+    trials, quality = trial_frame(results), quality_frame(results)
+    rows = []
+    if trials.empty:
+        return pd.DataFrame()
+    for (variant, mode), group in trials.groupby(["variant", "mode"], sort=False):
+        ok = group[group.status == "ok"]
+        failed = group[group.status != "ok"]
+        tps, tps_ci, _ = _stat(ok.tokens_per_s)
+        jpt, jpt_ci, jpt_cv = _stat(ok.gpu_j_per_token)
+        jpt_net, _, _ = _stat(ok.gpu_j_per_token_net)
+        rows.append({
+            "variant": variant, "mode": mode,
+            "status": "ok" if failed.empty else failed.status.iloc[0],
+            "error": None if failed.empty else failed.error.iloc[0],
+            "device": group.device.iloc[0], "kernel": group.kernel.iloc[0], "trials": len(ok),
+            "tokens_per_s_mean": tps, "tokens_per_s_ci95": tps_ci,
+            "gpu_j_per_token_mean": jpt, "gpu_j_per_token_ci95": jpt_ci, "gpu_j_per_token_cv": jpt_cv,
+            "gpu_j_per_token_net_mean": jpt_net,
+            "mean_power_w": _stat(ok.mean_power_w)[0],
+            "peak_mem_gib": None if ok.peak_mem_bytes.isna().all() else ok.peak_mem_bytes.max() / GIB,
+            "params_m": None if group.params.isna().all() else group.params.iloc[0] / 1e6,
+            "model_tflops": _stat(ok.tflops)[0], "mfu": _stat(ok.mfu)[0], "j_per_flop": _stat(ok.j_per_flop)[0],
+            "cpu_j_per_token_estimated": _stat(ok.cpu_j_per_token_estimated)[0],
+            "co2_g_per_mtoken_estimated": _stat(ok.co2_g_per_mtoken)[0],
+            "warmup_s": _stat(ok.warmup_s)[0],
+        })
+    summary = pd.DataFrame(rows)
+    if not quality.empty:
+        summary = summary.merge(quality.drop(columns=["loss_curve"]), on=["variant", "mode"], how="left")
+    else:
+        summary["val_loss"] = None
+    order = {v: i for i, v in enumerate(variant_order or [])}
+    summary["_order"] = summary.variant.map(lambda v: order.get(v, len(order)))
+    return summary.sort_values(["_order", "mode"]).drop(columns="_order").reset_index(drop=True)
+
+
+def _fmt(value, spec: str, scale: float = 1.0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return format(value * scale, spec)
+
+
+def _pm(mean, ci, spec: str, scale: float = 1.0) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    return _fmt(mean, spec, scale) + ("" if ci is None or math.isnan(ci) else r" $\pm$ " + _fmt(ci, spec, scale))
+
+
+def booktabs(header: list[str], rows: list[list[str]], align: str) -> str:
+    """A LaTeX booktabs tabular (no jinja2 needed)."""
+    esc = lambda s: str(s).replace("_", r"\_").replace("%", r"\%")  # noqa: E731
+    body = "\n".join(" & ".join(esc(c) if "$" not in str(c) else str(c) for c in row) + r" \\" for row in rows)
+    return (f"\\begin{{tabular}}{{{align}}}\n\\toprule\n" + " & ".join(header) + " \\\\\n\\midrule\n" + body
+            + "\n\\bottomrule\n\\end{tabular}\n")
+
+
+def summary_latex(summary: pd.DataFrame) -> str:
+    rows = [[r.variant, r["mode"], r.status if r.status == "ok" else f"\\textbf{{{r.status}}}", int(r.trials),
+             _pm(r.tokens_per_s_mean, r.tokens_per_s_ci95, ",.0f"),
+             _pm(r.gpu_j_per_token_mean, r.gpu_j_per_token_ci95, ".3f", 1e3),
+             _fmt(r.gpu_j_per_token_net_mean, ".3f", 1e3), _fmt(r.mean_power_w, ".0f"), _fmt(r.peak_mem_gib, ".1f"),
+             _fmt(r.mfu, ".1f", 100), _fmt(r.get("val_loss"), ".3f")] for _, r in summary.iterrows()]
+    header = ["variant", "mode", "status", "n", "tokens/s", "mJ/token", "net mJ/token", "W", "peak GiB", r"MFU \%",
+              "val loss"]
+    return booktabs(header, rows, "llllrrrrrrr")
+
+
+def prior_latex(summary: pd.DataFrame) -> str:
+    ours = summary[summary["mode"] == "eager"].set_index("variant")
+    rows = []
+    for _, p in PRIOR_STUDY.iterrows():
+        o = ours.loc[p.variant] if p.variant in ours.index else None
+        get = lambda key: None if o is None else o.get(key)  # noqa: E731
+        rows.append([p.prior_name, f"{p.prior_epoch_s:.0f}", f"{p.prior_mem_gb:.1f}", f"{p.prior_energy_mj:.2f}",
+                     f"{p.prior_final_loss:.2f}" + (f" ({PRIOR_NOTES[p.variant]})" if p.variant in PRIOR_NOTES else ""),
+                     _fmt(get("tokens_per_s_mean"), ",.0f"), _fmt(get("gpu_j_per_token_mean"), ".3f", 1e3),
+                     _fmt(get("peak_mem_gib"), ".1f"), _fmt(get("val_loss"), ".3f")])
+    header = ["variant", "s/epoch", "GB", "MJ", "final loss", "tokens/s", "mJ/token", "peak GiB", "val loss"]
+    return booktabs(header, rows, "lrrrlrrrr")
+
+
+def write_tables(summary: pd.DataFrame, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(out_dir / "summary.csv", index=False)
+    (out_dir / "summary.tex").write_text(summary_latex(summary))
+    (out_dir / "prior_comparison.tex").write_text(prior_latex(summary))
+
+
+def _macro_name(*parts: str) -> str:
+    return "".join(p.replace("_", " ").title().replace(" ", "") for p in parts)
+
+
+def write_macros(summary: pd.DataFrame, results: list[dict], profile: str, path: Path) -> dict[str, str]:
+    """`\\newcommand`s for every number the text quotes. Returns them as a dict too."""
+    macros: dict[str, str] = {"Profile": profile}
+    trials = trial_frame(results)
+    macros["Device"] = str(trials.device.iloc[0]) if not trials.empty else "n/a"
+    data = next((r["data"] for r in results if r.get("data")), {})
+    macros["Dataset"] = data.get("dataset", "n/a")
+    macros["DatasetSha"] = data.get("dataset_sha256", "n/a")[:12]
+    macros["Tokenizer"] = data.get("tokenizer", "n/a")
+    macros["TrainTokens"] = f"{data.get('train_tokens', 0):,}"
+    macros["NumVariants"] = str(summary.variant.nunique())
+    macros["NumResults"] = str(len(results))
+    eager = summary[(summary["mode"] == "eager") & (summary.status == "ok")]
+    energy = eager.dropna(subset=["gpu_j_per_token_mean"])
+    if not energy.empty:
+        best = energy.loc[energy.gpu_j_per_token_mean.idxmin()]
+        macros["BestEnergyVariant"] = best.variant
+        macros["BestEnergyMjPerToken"] = _fmt(best.gpu_j_per_token_mean, ".3f", 1e3)
+    speed = eager.dropna(subset=["tokens_per_s_mean"])
+    if not speed.empty:
+        fastest = speed.loc[speed.tokens_per_s_mean.idxmax()]
+        macros["FastestVariant"] = fastest.variant
+        macros["FastestTokensPerS"] = _fmt(fastest.tokens_per_s_mean, ",.0f")
+    for _, r in summary.iterrows():
+        key = _macro_name(r.variant, r["mode"])
+        macros[f"{key}TokensPerS"] = _fmt(r.tokens_per_s_mean, ",.0f")
+        macros[f"{key}MjPerToken"] = _fmt(r.gpu_j_per_token_mean, ".3f", 1e3)
+        macros[f"{key}ValLoss"] = _fmt(r.get("val_loss"), ".3f")
+    macros["MaxEnergyCv"] = _fmt(summary.gpu_j_per_token_cv.max() if "gpu_j_per_token_cv" in summary else None, ".1f", 100)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    esc = lambda s: str(s).replace("_", r"\_").replace("%", r"\%").replace("#", r"\#")  # noqa: E731
+    path.write_text("".join(f"\\newcommand{{\\data{k}}}{{{esc(v)}}}\n" for k, v in macros.items()))
+    return macros
+
+
+def write_figures(summary: pd.DataFrame, results: list[dict], out_dir: Path) -> list[Path]:
+    """The paper's figures as PDF and PNG; returns the PNG paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="paper")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        for ext in ("pdf", "png"):
+            fig.savefig(out_dir / f"{name}.{ext}", dpi=150)
+        plt.close(fig)
+        written.append(out_dir / f"{name}.png")
+
+    def empty(ax, message: str) -> None:
+        ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, fontsize=10, color="0.3")
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+    def bars(column: str, ci: str | None, scale: float, label: str, name: str) -> None:
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        data = summary.dropna(subset=[column]) if column in summary else summary.iloc[0:0]
+        if data.empty:
+            empty(ax, f"no {label} in these results (not measurable here: see the JSON reasons)")
+        else:
+            modes = list(dict.fromkeys(data["mode"]))
+            variants = list(dict.fromkeys(data.variant))
+            width = 0.8 / len(modes)
+            for i, mode in enumerate(modes):
+                d = data[data["mode"] == mode].set_index("variant").reindex(variants)
+                xs = [j + (i - (len(modes) - 1) / 2) * width for j in range(len(variants))]
+                err = None if ci is None else d[ci].fillna(0) * scale
+                ax.bar(xs, d[column] * scale, width, yerr=err, capsize=3, label=mode)
+            ax.set_xticks(range(len(variants)), variants, rotation=30, ha="right")
+            ax.set_ylabel(label)
+            if len(modes) > 1:
+                ax.legend(title="mode")
+        save(fig, name)
+
+    bars("gpu_j_per_token_mean", "gpu_j_per_token_ci95", 1e3, "GPU energy, mJ/token (95% CI)", "energy_per_token")
+    bars("tokens_per_s_mean", "tokens_per_s_ci95", 1.0, "training tokens/s (95% CI)", "tokens_per_s")
+    bars("peak_mem_gib", None, 1.0, "peak allocated GPU memory, GiB", "peak_memory")
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    traced = [r for r in results if r["kind"] == "trial" and (r.get("measurement") or {}).get("power_trace")]
+    if not traced:
+        empty(ax, "no GPU power trace in these results (CPU-only run)")
+    for r in traced:
+        if r.get("trial") == 0 and r["mode"] == (traced[0]["mode"]):
+            t, w = zip(*r["measurement"]["power_trace"])
+            ax.plot(t, w, label=r["variant"], lw=1)
+    if traced:
+        ax.set_xlabel("time in window, s")
+        ax.set_ylabel("GPU power, W (POWER_INSTANT)")
+        ax.legend(ncol=4, fontsize=7)
+    save(fig, "power_trace")
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    pareto = summary.dropna(subset=["gpu_j_per_token_mean", "val_loss"]) if "val_loss" in summary else summary.iloc[0:0]
+    if pareto.empty:
+        empty(ax, "energy vs loss needs GPU energy and quality runs")
+    else:
+        sns.scatterplot(data=pareto.assign(mj=pareto.gpu_j_per_token_mean * 1e3), x="mj", y="val_loss",
+                        hue="variant", style="mode", ax=ax, s=60)
+        ax.set_xlabel("GPU energy, mJ/token")
+        ax.set_ylabel("validation loss after the fixed token budget")
+    save(fig, "energy_vs_loss")
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    curves = [r for r in results if r["kind"] == "quality" and r.get("loss_curve")]
+    if not curves:
+        empty(ax, "no quality runs in these results")
+    for r in curves:
+        points = [(p["tokens"], p["val_loss"]) for p in r["loss_curve"]]
+        ax.plot(*zip(*points), marker=".", label=f"{r['variant']} ({r['mode']})", lw=1)
+    if curves:
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel("validation loss")
+        ax.legend(ncol=3, fontsize=7)
+    save(fig, "loss_curves")
+    return written
+
+
+def build_report(results_dir: Path, profile: str, figures_dir: Path, paper_dir: Path,
+                 variant_order: list[str] | None = None) -> pd.DataFrame:
+    """Everything the paper needs from one results folder: summary.csv, LaTeX tables, macros, figures."""
+    results = load_results(results_dir)
+    if not results:
+        raise ValueError(f"results_dir: no results under {results_dir}/raw; run the pipeline first")
+    summary = summary_frame(results, variant_order)
+    write_tables(summary, results_dir)
+    generated = paper_dir / "generated" / profile
+    write_tables(summary, generated)
+    write_macros(summary, results, profile, generated / "macros.tex")
+    write_figures(summary, results, figures_dir / profile)
+    return summary

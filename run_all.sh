@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The one command: environment, measurements (papermill, one notebook per job), tables, figures, paper.
+#
+#   ./run_all.sh                       # profile from the hardware: CUDA -> paper, else smoke
+#   ./run_all.sh --profile smoke       # choose the profile
+#   ./run_all.sh --variants sdpa,flash # a subset of attnlib.VARIANTS
+#   ./run_all.sh --force               # redo results that already exist (otherwise they are kept: resumable)
+#   ./run_all.sh --max-minutes 8       # start no new job after 8 minutes (run again to resume)
+#   ./run_all.sh --report-only         # rebuild tables, figures and the PDF from results/<profile>/ (no GPU needed)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+profile="" variants="all" force="" max_minutes="" report_only=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --profile) profile="$2"; shift 2 ;;
+    --variants) variants="$2"; shift 2 ;;
+    --force) force="--force"; shift ;;
+    --max-minutes) max_minutes="--max-minutes $2"; shift 2 ;;
+    --report-only) report_only=1; shift ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "run_all.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+fail() { echo "run_all.sh: $*" >&2; exit 1; }
+
+# 1. Environment: the active conda env (from environment.yml) or virtualenv if it has attnlib, else ./.venv.
+if ! python3 -c "import attnlib, papermill" 2>/dev/null; then
+  if [ ! -x .venv/bin/python ]; then
+    echo "== creating .venv and installing attnlib (pip install -e .)"
+    python3 -m venv .venv || fail "could not create a virtualenv (is python3-venv installed?)"
+  fi
+  # shellcheck disable=SC1091
+  . .venv/bin/activate
+  if ! python -c "import attnlib, papermill" 2>/dev/null; then
+    # ATTNLIB_TORCH: a torch requirement to install first, e.g. a CPU build on a machine without a GPU
+    # (README, "CPU-only machines"); otherwise pip picks PyPI's default build.
+    [ -n "${ATTNLIB_TORCH:-}" ] && { python -m pip install -q "$ATTNLIB_TORCH" || fail "could not install $ATTNLIB_TORCH"; }
+    python -m pip install -q -e ".[dev]" || fail "pip install -e . failed; see the messages above"
+  fi
+fi
+python -c "import attnlib" || fail "attnlib does not import in $(command -v python)"
+
+# 2. Profile from the hardware unless given.
+if [ -z "$profile" ]; then
+  if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then profile=paper; else profile=smoke; fi
+  echo "== profile: $profile (from the hardware; --profile overrides)"
+fi
+results="results/$profile"
+
+# 3. Measurements (skipped with --report-only). Exit code 3: stopped by --max-minutes, resumable.
+if [ -z "$report_only" ]; then
+  set +e
+  # shellcheck disable=SC2086
+  python -m attnlib.pipeline run --profile "$profile" --variants "$variants" $force $max_minutes
+  code=$?
+  set -e
+  if [ "$code" = 3 ]; then echo "== partial run: run the same command again to resume"; exit 0; fi
+  [ "$code" = 0 ] || fail "the measurement pipeline failed (exit $code)"
+fi
+[ -d "$results/raw" ] || fail "no results in $results/raw: run without --report-only first"
+
+# 4. Tables, figures, macros (the aggregation notebook).
+python -m attnlib.pipeline report --profile "$profile" || fail "aggregation failed"
+
+# 5. The paper.
+pdf="paper/paper-$profile.pdf"
+if command -v latexmk >/dev/null 2>&1; then
+  (cd paper && latexmk -pdf -interaction=nonstopmode -halt-on-error -jobname="paper-$profile" \
+      -usepretex="\\def\\attnprofile{$profile}" paper.tex >"latexmk-$profile.log" 2>&1) \
+    || fail "LaTeX failed: see paper/latexmk-$profile.log"
+  [ "$profile" = paper ] && cp "$pdf" paper/paper.pdf
+else
+  echo "== LaTeX (latexmk) is not installed: tables and figures are written, the PDF is not"
+  pdf=""
+fi
+
+echo
+echo "== done ($profile)"
+echo "   results:  $results/ (raw/*.json, notebooks/*.ipynb, summary.csv)"
+echo "   tables:   paper/generated/$profile/"
+echo "   figures:  figures/$profile/"
+[ -n "$pdf" ] && echo "   paper:    $pdf"
+exit 0
