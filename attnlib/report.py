@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -178,6 +179,8 @@ def write_macros(summary: pd.DataFrame, results: list[dict], profile: str, path:
     macros["NumVariants"] = str(summary.variant.nunique())
     macros["NumResults"] = str(len(results))
     eager = summary[(summary["mode"] == "eager") & (summary.status == "ok")]
+    for key in ("BestEnergyVariant", "BestEnergyMjPerToken", "FastestVariant", "FastestTokensPerS"):
+        macros[key] = "n/a"  # stays so where the figure cannot be measured (no GPU energy on a CPU run)
     energy = eager.dropna(subset=["gpu_j_per_token_mean"])
     if not energy.empty:
         best = energy.loc[energy.gpu_j_per_token_mean.idxmin()]
@@ -220,6 +223,7 @@ def write_figures(summary: pd.DataFrame, results: list[dict], out_dir: Path) -> 
         written.append(out_dir / f"{name}.png")
 
     def empty(ax, message: str) -> None:
+        message = "\n".join(textwrap.wrap(message, 50))
         ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, fontsize=10, color="0.3")
         ax.set_xticks([])
         ax.set_yticks([])
@@ -228,7 +232,7 @@ def write_figures(summary: pd.DataFrame, results: list[dict], out_dir: Path) -> 
         fig, ax = plt.subplots(figsize=(7, 3.2))
         data = summary.dropna(subset=[column]) if column in summary else summary.iloc[0:0]
         if data.empty:
-            empty(ax, f"no {label} in these results (not measurable here: see the JSON reasons)")
+            empty(ax, f"no {label} in these results: not measurable on this hardware (the JSON results give the reason)")
         else:
             modes = list(dict.fromkeys(data["mode"]))
             variants = list(dict.fromkeys(data.variant))

@@ -31,7 +31,9 @@ PAIRS, SECONDS = 7, 5.0
 
 def plain_loop(data, steps_hint: int):
     torch.manual_seed(1234)
-    model = GPT2LMHeadModel(GPT2Config(attn_pdrop=0.0, use_cache=False), attn_implementation="sdpa").cuda().train()
+    config = GPT2Config(attn_pdrop=0.0, use_cache=False)
+    config._attn_implementation = "sdpa"
+    model = GPT2LMHeadModel(config).cuda().train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
     order = torch.randperm(len(data.train_ids), generator=torch.Generator().manual_seed(1234))
     position = 0
