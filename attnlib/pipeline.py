@@ -35,6 +35,7 @@ class Profile:
     name: str
     modes: tuple[str, ...]
     trials: int
+    quality_modes: tuple[str, ...]  # compiling does not change the maths: one quality run per variant suffices
     train: dict
     variant_params: dict[str, dict]
 
@@ -55,15 +56,19 @@ def load_profile(name: str) -> Profile:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"profile: {path} is not valid TOML: {error}") from None
-    unknown = set(raw) - {"run", "train", "variants"}
+    unknown = (set(raw) - {"run", "train", "variants"}) | (set(raw.get("run", {})) - {"modes", "trials", "quality_modes"})
     if unknown:
-        raise ValueError(f"profile: unknown section(s) {sorted(unknown)} in {path}")
+        raise ValueError(f"profile: unknown section(s) or [run] key(s) {sorted(unknown)} in {path}")
     run, train, variant_params = raw.get("run", {}), raw.get("train", {}), raw.get("variants", {})
     if set(train) - TRAIN_FIELDS:
         raise ValueError(f"profile: unknown [train] key(s) {sorted(set(train) - TRAIN_FIELDS)} in {path}")
     for variant in variant_params:
         get_variant(variant)
-    profile = Profile(path.stem, tuple(run.get("modes", ["eager"])), int(run.get("trials", 3)), train, variant_params)
+    modes = tuple(run.get("modes", ["eager"]))
+    quality_modes = tuple(run.get("quality_modes", modes[:1]))
+    if not set(quality_modes) <= set(modes):
+        raise ValueError(f"profile: quality_modes {quality_modes} must be among modes {modes} in {path}")
+    profile = Profile(path.stem, modes, int(run.get("trials", 3)), quality_modes, train, variant_params)
     for variant in VARIANTS:  # build every config now: bad values fail before any work
         for mode in profile.modes:
             profile.train_config(variant, mode)
@@ -86,7 +91,7 @@ class Job:
 def plan(profile: Profile, variants: list[str]) -> list[Job]:
     """Trials interleaved (A B C A B C ...), then quality runs."""
     jobs = [Job(v, m, "trial", r) for r in range(profile.trials) for v in variants for m in profile.modes]
-    return jobs + [Job(v, m, "quality") for v in variants for m in profile.modes]
+    return jobs + [Job(v, m, "quality") for v in variants for m in profile.quality_modes]
 
 
 def result_path(results_dir: Path, job: Job) -> Path:
