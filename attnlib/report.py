@@ -43,7 +43,7 @@ def trial_frame(results: list[dict]) -> pd.DataFrame:
         m, model = r.get("measurement") or {}, r.get("model") or {}
         rows.append({
             "variant": r["variant"], "mode": r["mode"], "trial": r.get("trial"), "status": r["status"],
-            "error": r.get("error"), "device": (m.get("environment", {}).get("gpu_names") or ["cpu"])[0],
+            "error": r.get("error"), "device": r.get("device", "unknown"),
             "kernel": model.get("kernel"), "params": model.get("params"), "tokens_per_s": m.get("tokens_per_s"),
             "gpu_j_per_token": m.get("j_per_token"), "gpu_j_per_token_net": m.get("j_per_token_net"),
             "mean_power_w": m.get("gpu_power_mean_w"), "peak_mem_bytes": m.get("torch_peak_mem_bytes"),

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import TokenData, prepare_data
+from .data import IGNORE_INDEX, TokenData, prepare_data
 from .flops import training_flops_per_token
 from .measure import measure, measure_idle
 from .model import attention_parameters, build_model
@@ -41,7 +42,7 @@ class TrainConfig:
     """One training setup. `model` holds `build_model` overrides (GPT2Config fields and variant parameters)."""
 
     variant: str = "sdpa"
-    mode: str = "eager"  # "eager" or "compile" (torch.compile of the whole model)
+    mode: str = "eager"  # "eager" or "compile" (torch.compile of each transformer block)
     model: dict[str, Any] = field(default_factory=dict)
     dataset: str = "auto"
     max_documents: int | None = None
@@ -90,7 +91,16 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr, betas=(0.9, 0.95), fused=fused)
         self.optimizer_name = f"AdamW ({'fused' if fused else 'foreach'})"
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor(total_steps))
-        self.forward = torch.compile(self.model) if config.mode == "compile" else self.model
+        self.head_loss = causal_lm_loss
+        if config.mode == "compile":
+            # Regional compilation: each transformer block and the head + loss, not GPT2Model.forward.
+            # transformers builds the causal mask with data-dependent checks that, traced, always yield a dense
+            # mask (no causal kernel path, and pinned kernels refuse it); built eagerly it stays None for plain
+            # causal attention. The blocks are identical and share one compiled graph; the head + loss graph
+            # fuses the 50257-way logits with the cross-entropy.
+            for block in self.model.transformer.h:
+                block.compile()
+            self.head_loss = torch.compile(causal_lm_loss)
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
         self._batches = self._batch_stream()
         self.steps_done = 0
@@ -132,7 +142,7 @@ class Trainer:
         for _ in range(self.config.grad_accum):
             ids, labels = next(self._batches)
             with self.autocast:
-                loss = self.forward(ids, labels=labels).loss / self.config.grad_accum
+                loss = self.loss(ids, labels) / self.config.grad_accum
             loss.backward()
             total += loss.detach()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
@@ -142,6 +152,11 @@ class Trainer:
         self.steps_done += 1
         return total
 
+    def loss(self, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean next-token loss of a batch; the same computation in both modes (compiled or not)."""
+        hidden = self.model.transformer(ids).last_hidden_state
+        return self.head_loss(hidden, labels, self.model.lm_head)
+
     @torch.no_grad()
     def evaluate(self) -> float:
         """Mean validation loss over the first `eval_batches` validation blocks (the same for every variant)."""
@@ -149,12 +164,19 @@ class Trainer:
         ids, labels = self.data.val_ids, self.data.val_labels
         losses = []
         for start in range(0, min(len(ids), self.config.eval_batches * self.config.batch_size), self.config.batch_size):
+            batch = slice(start, start + self.config.batch_size)
             with self.autocast:
-                out = self.forward(ids[start:start + self.config.batch_size].to(self.device),
-                                   labels=labels[start:start + self.config.batch_size].to(self.device))
-            losses.append(out.loss.float().item())
+                loss = self.loss(ids[batch].to(self.device), labels[batch].to(self.device))
+            losses.append(loss.float().item())
         self.model.train()
         return sum(losses) / len(losses)
+
+
+def causal_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn.Module) -> torch.Tensor:
+    """Next-token cross-entropy from the last hidden states `[B, T, C]`, labels `[B, T]` (-100 ignored): the
+    logits of the last position predict nothing, so they are not computed. Same maths as transformers' loss."""
+    logits = lm_head(hidden[:, :-1]).float()
+    return F.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
 
 
 def default_device() -> torch.device:
@@ -199,6 +221,7 @@ def _run(kind: str, config: TrainConfig, out_path: Path, cache_dir: Path, body, 
     """Common frame of trials and quality runs: data, idle baseline, trainer, failure recording, JSON."""
     result = result_skeleton(kind, config, **fields)
     device = default_device()
+    result["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     start = time.perf_counter()
     try:
         data = prepare_data(config.dataset, config.seq_len, cache_dir, config.max_documents)

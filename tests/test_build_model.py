@@ -99,3 +99,4 @@ def test_variant_table_lists_every_variant() -> None:
     table = variant_table()
     for spec in attnlib.VARIANTS.values():
         assert spec.name in table and spec.kernel("cpu") in table
+

@@ -124,3 +124,22 @@ def test_profile_errors(tmp_path) -> None:
 def test_cli_rejects_unknown_variant(capsys) -> None:
     assert pipeline.main(["run", "--profile", "smoke", "--variants", "performer"]) == 2
     assert "performer" in capsys.readouterr().err
+
+
+def test_compile_mode_compiles_each_block(cache) -> None:
+    """Regional compilation: blocks compiled (lazily), mask building and the head stay eager."""
+    config = TrainConfig(variant="flex", mode="compile", **TINY_TRAIN)
+    data = prepare_data(config.dataset, config.seq_len, cache, config.max_documents)
+    trainer = Trainer(config, data, torch.device("cpu"), total_steps=1)
+    assert all(block._compiled_call_impl is not None for block in trainer.model.transformer.h)
+    assert trainer.model._compiled_call_impl is None
+
+
+def test_head_loss_equals_transformers_loss(cache) -> None:
+    config = TrainConfig(variant="sdpa", **TINY_TRAIN)
+    data = prepare_data(config.dataset, config.seq_len, cache, config.max_documents)
+    trainer = Trainer(config, data, torch.device("cpu"), total_steps=1)
+    trainer.model.eval()  # no dropout: both computations see the same network
+    ids, labels = data.train_ids[:2], data.train_labels[:2].clone()
+    labels[1, 20:] = -100
+    torch.testing.assert_close(trainer.loss(ids, labels), trainer.model(ids, labels=labels).loss)
