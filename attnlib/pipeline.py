@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 import tomllib
@@ -110,6 +111,9 @@ def execute(job: Job, profile: Profile, results_dir: Path, cache_dir: Path) -> N
     """Run `notebooks/variant.ipynb` for `job` through papermill; record a failure if the notebook died."""
     import papermill
 
+    # Every job is a fresh process: let Triton keep autotuning results on disk (fla's kernels autotune for
+    # about 90 s otherwise, in every process) alongside the compiled kernels and inductor's graph cache.
+    os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
     out = result_path(results_dir, job)
     executed = results_dir / "notebooks" / f"{job.name}.ipynb"
     executed.parent.mkdir(parents=True, exist_ok=True)

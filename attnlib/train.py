@@ -103,7 +103,6 @@ class Trainer:
             self.head_loss = torch.compile(causal_lm_loss)
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
         self._batches = self._batch_stream()
-        self.steps_done = 0
 
     def _param_groups(self) -> list[dict]:
         """Weight decay on matrices and embeddings (2-D), none on biases and norm gains (nanoGPT's split)."""
@@ -149,7 +148,6 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.schedule.step()
-        self.steps_done += 1
         return total
 
     def loss(self, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

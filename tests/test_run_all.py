@@ -43,6 +43,12 @@ def test_smoke_profile_end_to_end() -> None:
     if shutil.which("latexmk") or os.environ.get("CI"):  # CI installs LaTeX: there the PDF is required
         assert (REPO / "paper" / "paper-smoke.pdf").stat().st_size > 10_000
 
+    import papermill  # the exploration notebook is not part of run_all.sh; it must run on the same results
+
+    papermill.execute_notebook(REPO / "notebooks" / "explore.ipynb", results / "notebooks" / "explore.ipynb",
+                               parameters={"results_dir": str(results)}, kernel_name="python3", progress_bar=False,
+                               cwd=str(REPO / "notebooks"))
+
     table = (REPO / "paper" / "generated" / "smoke" / "summary.tex").read_text()
     again = run_all("--profile", "smoke", "--report-only")
     assert again.returncode == 0, again.stderr[-3000:]

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from transformers import GPT2Config
 
 from ..registry import VariantSpec, register
-from ._common import require_plain_causal, require_positive
+from ._common import require_plain_causal, require_positive, require_tiling
 
 try:
     from fla.ops.linear_attn import chunk_linear_attn
@@ -71,10 +71,8 @@ def linear_attention(module, query, key, value, attention_mask, scaling=None, dr
         q, k, v = (t.transpose(1, 2) for t in (q, k, value))  # fla takes [B, T, H, D]
         out, _ = chunk_linear_attn(q, k, v, scale=1.0, normalize=True)
         return out, None
-    chunk_size = module.config.chunk_size
-    if query.shape[-2] % chunk_size:
-        raise ValueError(f"chunk_size: sequence length {query.shape[-2]} is not a multiple of chunk_size {chunk_size}")
-    return chunked_linear_attention(q, k, value, chunk_size).transpose(1, 2), None
+    require_tiling(module.config.chunk_size, query.shape[-2])
+    return chunked_linear_attention(q, k, value, module.config.chunk_size).transpose(1, 2), None
 
 
 def attention_flops(config: GPT2Config, seq_len: int) -> float:
@@ -86,8 +84,7 @@ def attention_flops(config: GPT2Config, seq_len: int) -> float:
 
 def validate(config: GPT2Config, seq_len: int) -> None:
     require_positive(config, "chunk_size")
-    if seq_len % config.chunk_size:
-        raise ValueError(f"chunk_size: {config.chunk_size} does not tile the sequence length {seq_len}")
+    require_tiling(config.chunk_size, seq_len)
 
 
 register(
