@@ -130,9 +130,25 @@ def execute(job: Job, profile: Profile, results_dir: Path, cache_dir: Path) -> N
             write_json_atomic(out, result)
 
 
+def calibrate(results_dir: Path) -> None:
+    """On a GPU, measure its bf16 GEMM peak and J/FLOP once per results folder (`calibration.json`), in its own
+    process: the report divides by it for MFU and for energy as a multiple of the floor."""
+    import subprocess
+
+    import torch
+
+    path = results_dir / "calibration.json"
+    if path.exists() or not torch.cuda.is_available():
+        return
+    done = subprocess.run([sys.executable, "-m", "attnlib.measure.calibrate", "--out", str(path)])
+    if done.returncode != 0:
+        print("calibration failed: MFU and floor multiples will be n/a in the tables", flush=True)
+
+
 def run(profile: Profile, variants: list[str], results_dir: Path, cache_dir: Path, force: bool = False,
         max_minutes: float | None = None) -> int:
     """Execute the plan; returns the number of jobs still to do (0 when complete)."""
+    calibrate(results_dir)
     jobs = plan(profile, variants)
     todo = [j for j in jobs if force or not is_done(result_path(results_dir, j))]
     print(f"{profile.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} already done, {len(todo)} to run", flush=True)

@@ -72,8 +72,18 @@ def _stat(values: pd.Series) -> tuple[float | None, float | None, float | None]:
     return s.mean, s.ci95, s.cv
 
 
-def summary_frame(results: list[dict], variant_order: list[str] | None = None) -> pd.DataFrame:
-    """One row per (variant, mode): means, 95% CIs and CVs over the successful trials, and quality."""
+def load_calibration(results_dir: Path) -> dict | None:
+    """The GPU's calibrated bf16 GEMM peak (`attnlib.measure.calibrate_peak`), when the run measured one."""
+    path = Path(results_dir) / "calibration.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def summary_frame(results: list[dict], variant_order: list[str] | None = None,
+                  calibration: dict | None = None) -> pd.DataFrame:
+    """One row per (variant, mode): means, 95% CIs and CVs over the successful trials, and quality.
+
+    With a calibration, `mfu` is the achieved model TFLOP/s over the calibrated GEMM peak and
+    `energy_floor_multiple` the achieved J/FLOP over the GEMM's J/FLOP (the practical floor)."""
     trials, quality = trial_frame(results), quality_frame(results)
     rows = []
     if trials.empty:
@@ -101,8 +111,16 @@ def summary_frame(results: list[dict], variant_order: list[str] | None = None) -
             "warmup_s": _stat(ok.warmup_s)[0],
         })
     summary = pd.DataFrame(rows)
+    peak = (calibration or {}).get("tflops")
+    floor = (calibration or {}).get("j_per_flop")
+    summary["mfu"] = summary.model_tflops / peak if peak else summary.mfu
+    summary["energy_floor_multiple"] = summary.j_per_flop / floor if floor else None
     if not quality.empty:
         summary = summary.merge(quality.drop(columns=["loss_curve"]), on=["variant", "mode"], how="left")
+        # compiling changes the speed, not the maths: a mode without its own quality run takes the variant's
+        first = quality.dropna(subset=["val_loss"]).groupby("variant").first()
+        summary["val_loss_from_mode"] = summary["mode"].where(summary.val_loss.notna(), summary.variant.map(first["mode"]))
+        summary["val_loss"] = summary.val_loss.fillna(summary.variant.map(first.val_loss))
     else:
         summary["val_loss"] = None
     order = {v: i for i, v in enumerate(variant_order or [])}
@@ -166,7 +184,8 @@ def _macro_name(*parts: str) -> str:
     return "".join(p.replace("_", " ").title().replace(" ", "") for p in parts)
 
 
-def write_macros(summary: pd.DataFrame, results: list[dict], profile: str, path: Path) -> dict[str, str]:
+def write_macros(summary: pd.DataFrame, results: list[dict], profile: str, path: Path,
+                 calibration: dict | None = None) -> dict[str, str]:
     """`\\newcommand`s for every number the text quotes. Returns them as a dict too."""
     macros: dict[str, str] = {"Profile": profile}
     trials = trial_frame(results)
@@ -197,6 +216,12 @@ def write_macros(summary: pd.DataFrame, results: list[dict], profile: str, path:
         macros[f"{key}MjPerToken"] = _fmt(r.gpu_j_per_token_mean, ".3f", 1e3)
         macros[f"{key}ValLoss"] = _fmt(r.get("val_loss"), ".3f")
     macros["MaxEnergyCv"] = _fmt(summary.gpu_j_per_token_cv.max() if "gpu_j_per_token_cv" in summary else None, ".1f", 100)
+    calibration = calibration or {}
+    macros["CalibratedTflops"] = _fmt(calibration.get("tflops"), ".0f")
+    macros["FloorPjPerFlop"] = _fmt(calibration.get("pj_per_flop"), ".2f")
+    floor = summary.energy_floor_multiple.dropna() if "energy_floor_multiple" in summary else pd.Series(dtype=float)
+    macros["MinFloorMultiple"] = _fmt(floor.min() if len(floor) else None, ".1f")
+    macros["MaxFloorMultiple"] = _fmt(floor.max() if len(floor) else None, ".1f")
     path.parent.mkdir(parents=True, exist_ok=True)
     esc = lambda s: str(s).replace("_", r"\_").replace("%", r"\%").replace("#", r"\#")  # noqa: E731
     path.write_text("".join(f"\\newcommand{{\\data{k}}}{{{esc(v)}}}\n" for k, v in macros.items()))
@@ -298,10 +323,11 @@ def build_report(results_dir: Path, profile: str, figures_dir: Path, paper_dir: 
     results = load_results(results_dir)
     if not results:
         raise ValueError(f"results_dir: no results under {results_dir}/raw; run the pipeline first")
-    summary = summary_frame(results, variant_order)
+    calibration = load_calibration(results_dir)
+    summary = summary_frame(results, variant_order, calibration)
     write_tables(summary, results_dir)
     generated = paper_dir / "generated" / profile
     write_tables(summary, generated)
-    write_macros(summary, results, profile, generated / "macros.tex")
+    write_macros(summary, results, profile, generated / "macros.tex", calibration)
     write_figures(summary, results, figures_dir / profile)
     return summary

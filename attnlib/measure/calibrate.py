@@ -64,3 +64,24 @@ def calibrate_peak(size: int = 8192, seconds: float = 10.0, dtype: torch.dtype =
         j_per_flop_net=r.j_per_flop_net, pj_per_flop=None if r.j_per_flop is None else r.j_per_flop * 1e12,
         window=r.to_dict(),
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m attnlib.measure.calibrate --out calibration.json`: the pipeline runs this once per results
+    folder, in its own process, before the trials."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    calibration = calibrate_peak(seconds=args.seconds)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(calibration.to_dict(), indent=1, default=str))
+    print(f"calibrate_peak: {calibration.tflops:.0f} TFLOP/s, {calibration.pj_per_flop} pJ/FLOP on {calibration.device}")
+
+
+if __name__ == "__main__":
+    main()
