@@ -57,7 +57,7 @@ class TrainConfig:
     seed: int = 1234
     # measurement
     idle_s: float = 3.0  # idle baseline, CUDA context alive, at the start of each process
-    unmeasured_steps: int = 5  # compile, autotuning, allocator growth: before the window
+    unmeasured_steps: int = 5  # compile, autotuning, allocator growth: before the window (plus 3 timing steps)
     window_s: float = 10.0
     # quality run
     quality_tokens: int = 0
@@ -177,6 +177,11 @@ def causal_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn
     return F.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -248,6 +253,13 @@ def _describe_model(trainer: Trainer) -> dict:
     }
 
 
+def _show(bar: tqdm, window: measure, loss: float, tokens: int, **extra: str) -> None:
+    """Progress-bar postfix: loss, tokens/s so far and, on a GPU, the power now."""
+    power = window.power_now_w
+    tokens_per_s = tokens / max(bar.format_dict["elapsed"], 1e-9)
+    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", **({"W": f"{power:.0f}"} if power else {}), **extra)
+
+
 def run_trial(config: TrainConfig, trial: int, out_path: Path, cache_dir: Path, peak_tflops: float | None = None,
               progress: bool = True) -> dict:
     """Warm up, then one measured window of about `config.window_s` seconds. Returns and writes the result."""
@@ -256,14 +268,19 @@ def run_trial(config: TrainConfig, trial: int, out_path: Path, cache_dir: Path, 
         trainer = Trainer(config, data, device, total_steps=10**6)
         result["model"] = _describe_model(trainer)
         warm_start = time.perf_counter()
-        for i in range(config.unmeasured_steps):
-            step_start = time.perf_counter()
-            _check_finite(trainer.step(), "during warm-up")
-            if i == 0:
-                result["timing"]["first_step_s"] = time.perf_counter() - step_start  # compilation lands here
-        last_s = time.perf_counter() - step_start
+        _check_finite(trainer.step(), "at the first step")
+        result["timing"]["first_step_s"] = time.perf_counter() - warm_start  # compilation lands here (.item syncs)
+        for _ in range(config.unmeasured_steps - 1):
+            trainer.step()
+        # size the window from synchronised steady steps, 5% over so it is not shorter than window_s
+        _synchronize(device)
+        probe_start, probe_steps = time.perf_counter(), 3
+        for _ in range(probe_steps):
+            loss = trainer.step()
+        _check_finite(loss, "during warm-up")  # synchronises
+        per_step_s = (time.perf_counter() - probe_start) / probe_steps
         result["timing"]["warmup_s"] = time.perf_counter() - warm_start
-        steps = max(1, round(config.window_s / last_s))
+        steps = max(1, math.ceil(1.05 * config.window_s / per_step_s))
         tokens = steps * config.tokens_per_step
         with measure(f"{config.variant}/{config.mode}/trial{trial}", tokens=tokens,
                      flops=tokens * trainer.flops.training_flops_per_token, peak_tflops=peak_tflops,
@@ -272,7 +289,7 @@ def run_trial(config: TrainConfig, trial: int, out_path: Path, cache_dir: Path, 
             for i in bar:
                 loss = trainer.step()
                 if progress and (i % 10 == 9 or i == steps - 1):
-                    bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{(i + 1) * config.tokens_per_step / bar.format_dict['elapsed']:.0f}")
+                    _show(bar, window, loss.item(), (i + 1) * config.tokens_per_step)
         result["measurement"] = window.result.to_dict()
         result["steps"] = steps
         result["final_train_loss"] = _check_finite(loss, "at the end of the window")
@@ -303,7 +320,8 @@ def run_quality(config: TrainConfig, out_path: Path, cache_dir: Path, progress: 
                     entry = {"tokens": (step + 1) * config.tokens_per_step,
                              "train_loss": _check_finite(loss, f"at step {step + 1}"), "val_loss": trainer.evaluate()}
                     curve.append(entry)
-                    bar.set_postfix(loss=f"{entry['train_loss']:.3f}", val=f"{entry['val_loss']:.3f}")
+                    if progress:
+                        _show(bar, window, entry["train_loss"], entry["tokens"], val=f"{entry['val_loss']:.3f}")
         result["measurement"] = window.result.to_dict()
         result["loss_curve"] = curve
         result["steps"] = total_steps

@@ -205,6 +205,12 @@ class measure:  # noqa: N801  (used as a function-like context manager, like tor
             self._sampler.start()
         return self
 
+    @property
+    def power_now_w(self) -> float | None:
+        """The latest sampled GPU power while the window is open (for progress bars); None without a GPU."""
+        sampler = getattr(self, "_sampler", None)
+        return sampler.samples[-1][1] if sampler is not None and sampler.samples else None
+
     def _reset_peak_memory(self) -> None:
         """Reset torch's peak counter for this window, first handing the peak so far to enclosing windows."""
         self._mem_peak_bytes = 0
