@@ -103,21 +103,19 @@ def test_max_minutes_stops_early_and_reports_what_is_left(tmp_path, monkeypatch)
     assert pipeline.run(load_profile("smoke"), ["sdpa", "gqa"], tmp_path, tmp_path, max_minutes=0) == 5
 
 
-def test_profile_errors(tmp_path) -> None:
+def test_unknown_profile() -> None:
     with pytest.raises(ValueError, match="unknown profile"):
         load_profile("huge")
+
+
+@pytest.mark.parametrize("text,message", [("[train]\nbatch_sise = 4\n", "batch_sise"), ("[train\n", "TOML"),
+                                          ("[variants.performer]\nwindow = 3\n", "performer"),
+                                          ("[train]\nbatch_size = 0\n", "batch_size"),
+                                          ("[run]\nmodes = [\"eager\"]\nquality_modes = [\"compile\"]\n", "quality_modes")])
+def test_malformed_profiles(tmp_path, text: str, message: str) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text("[train]\nbatch_sise = 4\n")
-    with pytest.raises(ValueError, match="batch_sise"):
-        load_profile(str(bad))
-    bad.write_text("[train\n")
-    with pytest.raises(ValueError, match="TOML"):
-        load_profile(str(bad))
-    bad.write_text("[variants.performer]\nwindow = 3\n")
-    with pytest.raises(ValueError, match="performer"):
-        load_profile(str(bad))
-    bad.write_text("[train]\nbatch_size = 0\n")
-    with pytest.raises(ValueError, match="batch_size"):
+    bad.write_text(text)
+    with pytest.raises(ValueError, match=message):
         load_profile(str(bad))
 
 
