@@ -194,3 +194,16 @@ def test_rapl_counters_with_wraparound(tmp_path) -> None:
     (zone / "energy_uj").write_text("1000000")  # wrapped
     assert rapl.joules_between(start, rapl.read_uj()) == {"package-0@intel-rapl:0": pytest.approx(2.0)}
     assert not open_rapl(tmp_path / "missing") and "no readable RAPL" in open_rapl(tmp_path / "missing").reason
+
+
+def test_codecarbon_failure_is_a_reason_not_a_zero(monkeypatch) -> None:
+    from attnlib.measure.base import Unavailable
+    from attnlib.measure.codecarbon_estimate import CodeCarbonTracker
+
+    monkeypatch.setattr(CodeCarbonTracker, "start", lambda self: Unavailable("CodeCarbon could not start: test"))
+    with measure("no codecarbon") as window:
+        time.sleep(0.05)
+    r = window.result
+    assert r.reasons["codecarbon"] == "CodeCarbon could not start: test" and r.co2_kg is None
+    assert r.cpu_energy_j is None or r.cpu_energy_source.startswith("measured: RAPL")
+    assert "test" in r.reasons.get("cpu_energy_j", "test") and "test" in r.reasons["co2_kg"]

@@ -185,7 +185,7 @@ class measure:  # noqa: N801  (used as a function-like context manager, like tor
         r.environment = _software_environment()
         if self._codecarbon is not None:  # its ~2 s start-up stays outside the window
             failed = self._codecarbon.start()
-            if failed:
+            if failed is not None:  # an Unavailable (falsy, so test for None)
                 r.reasons["codecarbon"] = failed.reason
                 self._codecarbon = None
         if self._gpus:
@@ -288,7 +288,8 @@ class measure:  # noqa: N801  (used as a function-like context manager, like tor
 
     def _finish_cpu(self, rapl_end: dict[str, int] | None) -> None:
         r = self.result
-        estimate = self._codecarbon.stop() if self._codecarbon is not None else Unavailable("codecarbon=False")
+        estimate = (self._codecarbon.stop() if self._codecarbon is not None
+                    else Unavailable(r.reasons.get("codecarbon", "codecarbon=False")))
         if self._rapl:
             per_domain = self._rapl.joules_between(self._rapl_start, rapl_end)
             r.cpu_energy_j = sum(j for name, j in per_domain.items() if name.startswith("package"))
