@@ -140,7 +140,7 @@ def calibrate(results_dir: Path) -> None:
     path = results_dir / "calibration.json"
     if path.exists() or not torch.cuda.is_available():
         return
-    done = subprocess.run([sys.executable, "-m", "attnlib.measure.calibrate", "--out", str(path)])
+    done = subprocess.run([sys.executable, "-m", "attnlib.measurement.calibrate", "--out", str(path)])
     if done.returncode != 0:
         print("calibration failed: MFU and floor multiples will be n/a in the tables", flush=True)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .measure.stats import summarize
+from .measurement.stats import summarize
 
 GIB = 2**30
 # The prior study's published figures (RTX 4090, GPT-2 small, 20 epochs x 400 batches of 16 x 512),
@@ -73,7 +73,7 @@ def _stat(values: pd.Series) -> tuple[float | None, float | None, float | None]:
 
 
 def load_calibration(results_dir: Path) -> dict | None:
-    """The GPU's calibrated bf16 GEMM peak (`attnlib.measure.calibrate_peak`), when the run measured one."""
+    """The GPU's calibrated bf16 GEMM peak (`attnlib.calibrate_peak`), when the run measured one."""
     path = Path(results_dir) / "calibration.json"
     return json.loads(path.read_text()) if path.exists() else None
 

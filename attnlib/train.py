@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .data import IGNORE_INDEX, TokenData, prepare_data
 from .flops import training_flops_per_token
-from .measure import measure, measure_idle
+from .measurement import measure, measure_idle
 from .model import attention_parameters, build_model
 from .registry import get_variant
 

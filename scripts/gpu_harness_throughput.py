@@ -22,7 +22,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from attnlib.data import prepare_data
-from attnlib.measure import measure
+from attnlib import measure
 from attnlib.pipeline import load_profile
 from attnlib.train import Trainer, run_trial
 

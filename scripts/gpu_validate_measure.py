@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 import attnlib
-from attnlib.measure import calibrate_peak, measure, measure_idle, summarize
+from attnlib.measurement import calibrate_peak, measure, measure_idle, summarize
 
 BATCH, SEQ_LEN = 16, 512
 

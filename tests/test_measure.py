@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-import attnlib.measure.window as window_module
-from attnlib.measure import Candidate, energy_between, measure, measure_idle, run_trials, summarize
-from attnlib.measure.rapl import open_rapl
+import attnlib.measurement.window as window_module
+from attnlib.measurement import Candidate, energy_between, measure, measure_idle, run_trials, summarize
+from attnlib.measurement.rapl import open_rapl
 
 
 class RecordedGPU:
@@ -197,8 +197,8 @@ def test_rapl_counters_with_wraparound(tmp_path) -> None:
 
 
 def test_codecarbon_failure_is_a_reason_not_a_zero(monkeypatch) -> None:
-    from attnlib.measure.base import Unavailable
-    from attnlib.measure.codecarbon_estimate import CodeCarbonTracker
+    from attnlib.measurement.base import Unavailable
+    from attnlib.measurement.codecarbon_estimate import CodeCarbonTracker
 
     monkeypatch.setattr(CodeCarbonTracker, "start", lambda self: Unavailable("CodeCarbon could not start: test"))
     with measure("no codecarbon") as window:
@@ -207,3 +207,14 @@ def test_codecarbon_failure_is_a_reason_not_a_zero(monkeypatch) -> None:
     assert r.reasons["codecarbon"] == "CodeCarbon could not start: test" and r.co2_kg is None
     assert r.cpu_energy_j is None or r.cpu_energy_source.startswith("measured: RAPL")
     assert "test" in r.reasons.get("cpu_energy_j", "test") and "test" in r.reasons["co2_kg"]
+
+
+def test_top_level_api() -> None:
+    """The names the issues and the README promise, at the top of the package."""
+    import attnlib
+
+    for name in attnlib.__all__:
+        assert hasattr(attnlib, name), name
+    with attnlib.measure("top level", codecarbon=False) as window:
+        time.sleep(0.01)
+    assert isinstance(window.result, attnlib.Measurement) and window.result.wall_s > 0

@@ -67,7 +67,7 @@ def calibrate_peak(size: int = 8192, seconds: float = 10.0, dtype: torch.dtype =
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m attnlib.measure.calibrate --out calibration.json`: the pipeline runs this once per results
+    """`python -m attnlib.measurement.calibrate --out calibration.json`: the pipeline runs this once per results
     folder, in its own process, before the trials."""
     import argparse
     import json
