@@ -102,16 +102,20 @@ def load_tulu() -> Corpus | None:
         import datasets
     except ImportError:
         return None
-    for offline in (True, False):
-        if not offline and not _hub_reachable():
-            break
-        try:
+    configured = datasets.config.HF_HUB_OFFLINE
+    try:
+        for offline in (True, False):
+            if not offline and (configured or not _hub_reachable()):
+                break
             datasets.config.HF_HUB_OFFLINE = offline
-            rows = datasets.load_dataset(TULU, split="train")
-        except Exception:  # not cached / not reachable: the next source
-            continue
-        return _conversations(rows, "tulu-v2-sft-mixture", f"{TULU} via datasets ({len(rows)} conversations)")
-    return None
+            try:
+                rows = datasets.load_dataset(TULU, split="train")
+            except Exception:  # not cached / not reachable: the next source
+                continue
+            return _conversations(rows, "tulu-v2-sft-mixture", f"{TULU} via datasets ({len(rows)} conversations)")
+        return None
+    finally:
+        datasets.config.HF_HUB_OFFLINE = configured  # leave the library as we found it
 
 
 def python_docs_corpus() -> Corpus:

@@ -260,8 +260,7 @@ def _show(bar: tqdm, window: measure, loss: float, tokens: int, **extra: str) ->
     bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", **({"W": f"{power:.0f}"} if power else {}), **extra)
 
 
-def run_trial(config: TrainConfig, trial: int, out_path: Path, cache_dir: Path, peak_tflops: float | None = None,
-              progress: bool = True) -> dict:
+def run_trial(config: TrainConfig, trial: int, out_path: Path, cache_dir: Path, progress: bool = True) -> dict:
     """Warm up, then one measured window of about `config.window_s` seconds. Returns and writes the result."""
 
     def body(result: dict, config: TrainConfig, data: TokenData, device: torch.device) -> None:
@@ -283,7 +282,7 @@ def run_trial(config: TrainConfig, trial: int, out_path: Path, cache_dir: Path, 
         steps = max(1, math.ceil(1.05 * config.window_s / per_step_s))
         tokens = steps * config.tokens_per_step
         with measure(f"{config.variant}/{config.mode}/trial{trial}", tokens=tokens,
-                     flops=tokens * trainer.flops.training_flops_per_token, peak_tflops=peak_tflops,
+                     flops=tokens * trainer.flops.training_flops_per_token,
                      keep_trace=trial == 0) as window:
             bar = tqdm(range(steps), desc=f"{config.variant} {config.mode} trial {trial}", disable=not progress)
             for i in bar:

@@ -44,6 +44,7 @@ def test_trial_writes_a_self_describing_result(tmp_path, cache) -> None:
     m = saved["measurement"]
     assert m["tokens"] == saved["steps"] * 2 * 32 and m["tokens_per_s"] > 0 and m["flops"] > 0
     assert m["gpu_energy_j"] is None and m["reasons"]["gpu_energy_j"]  # CPU: none, with the reason
+    assert m["mfu"] is None and "peak" in m["reasons"]["mfu"]
     assert saved["timing"]["warmup_s"] > 0 and saved["model"]["kernel"]
 
 

@@ -319,6 +319,8 @@ class measure:  # noqa: N801  (used as a function-like context manager, like tor
         r.j_per_token, r.j_per_token_net = per(r.gpu_energy_j, r.tokens), per(r.gpu_energy_net_j, r.tokens)
         r.j_per_flop, r.j_per_flop_net = per(r.gpu_energy_j, r.flops), per(r.gpu_energy_net_j, r.flops)
         r.tflops = None if r.flops is None else per(r.flops / 1e12, r.wall_s)
+        if r.tflops is not None and not r.peak_tflops:
+            r.reasons["mfu"] = "no peak_tflops given (attnlib.report divides by the calibrated peak instead)"
         if r.tflops is not None and r.peak_tflops:
             mfu = r.tflops / r.peak_tflops
             if mfu > 1.0:
