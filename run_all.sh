@@ -6,11 +6,12 @@
 #   ./run_all.sh --variants sdpa,flash # a subset of attnlib.VARIANTS
 #   ./run_all.sh --force               # redo results that already exist (otherwise they are kept: resumable)
 #   ./run_all.sh --max-minutes 8       # start no new job after 8 minutes (run again to resume)
+#   ./run_all.sh --gpus 2              # share the plan between GPUs 0 and 1, one job per GPU at a time
 #   ./run_all.sh --report-only         # rebuild tables, figures and the PDF from results/<profile>/ (no GPU needed)
 set -euo pipefail
 cd "$(dirname "$0")"
 
-profile="" variants="all" force="" max_minutes="" report_only=""
+profile="" variants="all" force="" max_minutes="" report_only="" gpus=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile) profile="$2"; shift 2 ;;
@@ -18,12 +19,14 @@ while [ $# -gt 0 ]; do
     --force) force="--force"; shift ;;
     --max-minutes) max_minutes="--max-minutes $2"; shift 2 ;;
     --report-only) report_only=1; shift ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    --gpus) gpus="$2"; shift 2 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
 
 fail() { echo "run_all.sh: $*" >&2; exit 1; }
+[[ "$gpus" =~ ^[1-9][0-9]*$ ]] || fail "error: --gpus '$gpus' is not a positive number"
 
 # 1. Environment: the active conda env (from environment.yml) or virtualenv if it has attnlib, else ./.venv.
 if ! python3 -c "import attnlib, papermill" 2>/dev/null; then
@@ -50,14 +53,29 @@ fi
 results="results/$profile"
 
 # 3. Measurements (skipped with --report-only). Exit code 3: stopped by --max-minutes, resumable.
+# With --gpus N, one pipeline per GPU (CUDA_VISIBLE_DEVICES=i, --shard i/N), each measuring only its own card
+# and pinned to its own 1/N of the CPU cores: a compiled step of a small model is bound by the host's kernel
+# launches, and jobs sharing cores slowed each other (the first paper run, see the paper's threats to validity).
 if [ -z "$report_only" ]; then
-  set +e
-  # shellcheck disable=SC2086
-  python -m attnlib.pipeline run --profile "$profile" --variants "$variants" $force $max_minutes
-  code=$?
-  set -e
-  if [ "$code" = 3 ]; then echo "== partial run: run the same command again to resume"; exit 0; fi
-  [ "$code" = 0 ] || fail "the measurement pipeline failed (exit $code)"
+  pids=() cores=$(nproc)
+  for ((i = 0; i < gpus; i++)); do
+    # shellcheck disable=SC2086
+    if [ "$gpus" = 1 ]; then
+      python -m attnlib.pipeline run --profile "$profile" --variants "$variants" $force $max_minutes &
+    else
+      per=$((cores / gpus)) pin=()
+      command -v taskset >/dev/null && [ "$per" -ge 1 ] && pin=(taskset -c "$((i * per))-$((i * per + per - 1))")
+      CUDA_VISIBLE_DEVICES=$i "${pin[@]}" python -m attnlib.pipeline run --profile "$profile" \
+        --variants "$variants" $force $max_minutes --shard "$i/$gpus" > >(sed -u "s/^/[gpu $i] /") 2>&1 &
+    fi
+    pids+=($!)
+  done
+  codes=()
+  for pid in "${pids[@]}"; do set +e; wait "$pid"; codes+=($?); set -e; done
+  for code in "${codes[@]}"; do
+    [ "$code" = 0 ] || [ "$code" = 3 ] || fail "the measurement pipeline failed (exit codes: ${codes[*]})"
+  done
+  if [[ " ${codes[*]} " == *" 3 "* ]]; then echo "== partial run: run the same command again to resume"; exit 0; fi
 fi
 [ -d "$results/raw" ] || fail "no results in $results/raw: run without --report-only first"
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import os
 import socket
 import sys
 import sysconfig
@@ -253,17 +254,18 @@ def prepare_data(dataset: str, seq_len: int, cache_dir: Path, max_documents: int
         train_docs, val_docs = split_documents(documents)
         cache.mkdir(parents=True, exist_ok=True)
         streams = {"train": tokenize_stream(train_docs, tokenizer), "val": tokenize_stream(val_docs, tokenizer)}
+        tmp = f"tmp{os.getpid()}"  # per process: jobs on several GPUs may tokenize at the same time
         for split, stream in streams.items():
-            np.save(cache / f"{split}.tmp.npy", stream)
-            (cache / f"{split}.tmp.npy").replace(cache / f"{split}.npy")
+            np.save(cache / f"{split}.{tmp}.npy", stream)
+            (cache / f"{split}.{tmp}.npy").replace(cache / f"{split}.npy")
         info = {
             "dataset": corpus.name, "dataset_description": corpus.description, "dataset_sha256": corpus.sha256,
             "documents": len(documents), "train_documents": len(train_docs), "val_documents": len(val_docs),
             "tokenizer": tokenizer.source, "tokenizer_sha256": tokenizer.sha256,
             "train_tokens": int(len(streams["train"])), "val_tokens": int(len(streams["val"])),
         }
-        (cache / "info.tmp.json").write_text(json.dumps(info, indent=1))
-        (cache / "info.tmp.json").replace(cache / "info.json")  # written last: its presence means complete
+        (cache / f"info.{tmp}.json").write_text(json.dumps(info, indent=1))
+        (cache / f"info.{tmp}.json").replace(cache / "info.json")  # written last: its presence means complete
     info = {**json.loads((cache / "info.json").read_text()), "seq_len": seq_len}
     train_ids, train_labels = pack(np.load(cache / "train.npy"), seq_len)
     val_ids, val_labels = pack(np.load(cache / "val.npy"), seq_len)

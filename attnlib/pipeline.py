@@ -7,7 +7,7 @@ variant, ...), then adds one quality run per variant and mode. Each job is one e
 variants), and writes one JSON result; a job whose result exists is skipped unless forced, so a killed run
 resumes where it stopped.
 
-    python -m attnlib.pipeline run --profile smoke [--variants a,b] [--force] [--max-minutes 8]
+    python -m attnlib.pipeline run --profile smoke [--variants a,b] [--force] [--max-minutes 8] [--shard 0/2]
     python -m attnlib.pipeline report --profile smoke
 """
 
@@ -89,10 +89,18 @@ class Job:
         return f"{self.variant}__{self.mode}__{suffix}"
 
 
-def plan(profile: Profile, variants: list[str]) -> list[Job]:
-    """Trials interleaved (A B C A B C ...), then quality runs."""
-    jobs = [Job(v, m, "trial", r) for r in range(profile.trials) for v in variants for m in profile.modes]
-    return jobs + [Job(v, m, "quality") for v in variants for m in profile.quality_modes]
+def plan(profile: Profile, variants: list[str], shard: tuple[int, int] = (0, 1)) -> list[Job]:
+    """Trials interleaved (A B C A B C ...), then quality runs.
+
+    `shard=(i, n)`: the jobs of GPU i when n GPUs share the plan. Within a round, neighbouring jobs go to different
+    GPUs and the assignment shifts by one every round, so every variant and mode has trials on each GPU in the same
+    pattern: a card-to-card difference enters every variant's confidence interval alike, never one variant's mean."""
+    index, count = shard
+    per_round = len(variants) * len(profile.modes)
+    trials = [Job(v, m, "trial", r) for r in range(profile.trials) for v in variants for m in profile.modes]
+    trials = [job for k, job in enumerate(trials) if (k % per_round + k // per_round) % count == index]
+    quality = [Job(v, m, "quality") for v in variants for m in profile.quality_modes]
+    return trials + [job for k, job in enumerate(quality) if k % count == index]
 
 
 def result_path(results_dir: Path, job: Job) -> Path:
@@ -123,6 +131,7 @@ def execute(job: Job, profile: Profile, results_dir: Path, cache_dir: Path) -> N
     try:
         papermill.execute_notebook(REPO / "notebooks" / "variant.ipynb", executed, parameters=parameters,
                                    kernel_name="python3", progress_bar=False, cwd=str(REPO / "notebooks"))
+        trim_outputs(executed)
     except Exception as error:  # the kernel died (e.g. a hard crash): the run goes on, the table shows it
         if not is_done(out):
             result = result_skeleton(job.kind, profile.train_config(job.variant, job.mode), trial=job.trial)
@@ -130,26 +139,37 @@ def execute(job: Job, profile: Profile, results_dir: Path, cache_dir: Path) -> N
             write_json_atomic(out, result)
 
 
+def trim_outputs(notebook: Path) -> None:
+    """Drop stderr streams (library warnings) from an executed notebook: what stays is the result summary, the plot
+    and any error, which is what a reader of the committed notebooks needs; the JSON result holds the rest."""
+    nb = json.loads(notebook.read_text())
+    for cell in nb["cells"]:
+        if "outputs" in cell:
+            cell["outputs"] = [o for o in cell["outputs"] if not (o["output_type"] == "stream" and o["name"] == "stderr")]
+    notebook.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
 def calibrate(results_dir: Path) -> None:
-    """On a GPU, measure its bf16 GEMM peak and J/FLOP once per results folder (`calibration.json`), in its own
-    process: the report divides by it for MFU and for energy as a multiple of the floor."""
+    """On a GPU, measure its bf16 GEMM peak and J/FLOP once per card and results folder
+    (`calibration/<card uuid>.json`), in its own process: the report divides each result by its card's figures
+    for MFU and for energy as a multiple of the floor."""
     import subprocess
 
     import torch
 
-    path = results_dir / "calibration.json"
-    if path.exists() or not torch.cuda.is_available():
+    if not torch.cuda.is_available():
         return
-    done = subprocess.run([sys.executable, "-m", "attnlib.measurement.calibrate", "--out", str(path)])
+    done = subprocess.run([sys.executable, "-m", "attnlib.measurement.calibrate",
+                           "--out-dir", str(results_dir / "calibration")])
     if done.returncode != 0:
         print("calibration failed: MFU and floor multiples will be n/a in the tables", flush=True)
 
 
 def run(profile: Profile, variants: list[str], results_dir: Path, cache_dir: Path, force: bool = False,
-        max_minutes: float | None = None) -> int:
-    """Execute the plan; returns the number of jobs still to do (0 when complete)."""
+        max_minutes: float | None = None, shard: tuple[int, int] = (0, 1)) -> int:
+    """Execute the plan (this GPU's shard of it); returns the number of jobs still to do (0 when complete)."""
     calibrate(results_dir)
-    jobs = plan(profile, variants)
+    jobs = plan(profile, variants, shard)
     todo = [j for j in jobs if force or not is_done(result_path(results_dir, j))]
     print(f"{profile.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} already done, {len(todo)} to run", flush=True)
     start = time.monotonic()
@@ -175,6 +195,16 @@ def report(profile: Profile, results_dir: Path) -> None:
                                kernel_name="python3", progress_bar=False, cwd=str(REPO / "notebooks"))
 
 
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard: '{text}' is not I/N (e.g. 0/2)") from None
+    if not 0 <= index < count:
+        raise ValueError(f"--shard: {text} is not a GPU index I/N with 0 <= I < N")
+    return index, count
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m attnlib.pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -185,8 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=REPO / ".cache", help="tokenized-data cache")
     parser.add_argument("--force", action="store_true", help="redo jobs whose result exists")
     parser.add_argument("--max-minutes", type=float, help="start no new job after this long (resumable chunks)")
+    parser.add_argument("--shard", default="0/1", help="I/N: run GPU I's share of the plan when N GPUs run it "
+                        "(one process per GPU, each with its own CUDA_VISIBLE_DEVICES; run_all.sh --gpus N)")
     args = parser.parse_args(argv)
     try:
+        shard = _parse_shard(args.shard)
         profile = load_profile(args.profile)
         variants = list(VARIANTS) if args.variants == "all" else [get_variant(v).name for v in args.variants.split(",")]
     except ValueError as error:
@@ -194,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results_dir = args.results or REPO / "results" / profile.name
     if args.command == "run":
-        left = run(profile, variants, results_dir, args.cache, args.force, args.max_minutes)
+        left = run(profile, variants, results_dir, args.cache, args.force, args.max_minutes, shard)
         return 3 if left else 0
     report(profile, results_dir)
     return 0

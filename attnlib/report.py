@@ -26,6 +26,11 @@ PRIOR_STUDY = pd.DataFrame(
      ("linear", "Linear", 207, 18.5, 1.21, 3.0), ("lsh", "LSH", 206, 17.2, 1.17, 3.1)],
     columns=["variant", "prior_name", "prior_epoch_s", "prior_mem_gb", "prior_energy_mj", "prior_final_loss"],
 )
+PRIOR_TOKENS_PER_EPOCH = 400 * 16 * 512
+PRIOR_EPOCHS = 20  # their energy is the total over all epochs; their time is per epoch
+PRIOR_STUDY["prior_tokens_per_s"] = PRIOR_TOKENS_PER_EPOCH / PRIOR_STUDY.prior_epoch_s
+PRIOR_STUDY["prior_j_per_token"] = PRIOR_STUDY.prior_energy_mj * 1e6 / (PRIOR_EPOCHS * PRIOR_TOKENS_PER_EPOCH)
+PRIOR_STUDY["prior_power_w"] = PRIOR_STUDY.prior_energy_mj * 1e6 / (PRIOR_EPOCHS * PRIOR_STUDY.prior_epoch_s)
 PRIOR_NOTES = {"mla": "label leak", "flash": "wrong layout", "linear": "non-causal", "lsh": "random buckets",
                "sliding_window": "saw the future"}
 
@@ -43,14 +48,15 @@ def trial_frame(results: list[dict]) -> pd.DataFrame:
         m, model = r.get("measurement") or {}, r.get("model") or {}
         rows.append({
             "variant": r["variant"], "mode": r["mode"], "trial": r.get("trial"), "status": r["status"],
-            "error": r.get("error"), "device": r.get("device", "unknown"),
+            "error": r.get("error"), "device": r.get("device", "unknown"), "device_uuid": r.get("device_uuid"),
             "kernel": model.get("kernel"), "params": model.get("params"), "tokens_per_s": m.get("tokens_per_s"),
             "gpu_j_per_token": m.get("j_per_token"), "gpu_j_per_token_net": m.get("j_per_token_net"),
             "mean_power_w": m.get("gpu_power_mean_w"), "peak_mem_bytes": m.get("torch_peak_mem_bytes"),
             "tflops": m.get("tflops"), "mfu": m.get("mfu"), "j_per_flop": m.get("j_per_flop"),
             "cpu_j_per_token_estimated": (m["cpu_energy_j"] / m["tokens"]) if m.get("cpu_energy_j") and m.get("tokens") else None,
             "co2_g_per_mtoken": (m["co2_kg"] * 1e3 / m["tokens"] * 1e6) if m.get("co2_kg") and m.get("tokens") else None,
-            "window_s": m.get("wall_s"), "warmup_s": (r.get("timing") or {}).get("warmup_s"),
+            "window_s": m.get("wall_s"), "window_target_s": (r.get("config") or {}).get("window_s"),
+            "idle_power_w": (r.get("idle") or {}).get("power_w"), "warmup_s": (r.get("timing") or {}).get("warmup_s"),
             "first_step_s": (r.get("timing") or {}).get("first_step_s"),
         })
     return pd.DataFrame(rows)
@@ -72,22 +78,30 @@ def _stat(values: pd.Series) -> tuple[float | None, float | None, float | None]:
     return s.mean, s.ci95, s.cv
 
 
-def load_calibration(results_dir: Path) -> dict | None:
-    """The GPU's calibrated bf16 GEMM peak (`attnlib.calibrate_peak`), when the run measured one."""
-    path = Path(results_dir) / "calibration.json"
-    return json.loads(path.read_text()) if path.exists() else None
+def load_calibrations(results_dir: Path) -> dict[str, dict]:
+    """Each GPU's calibrated bf16 GEMM peak and J/FLOP (`calibration/<card uuid>.json`, `attnlib.calibrate_peak`),
+    by card; empty when the run measured none (a CPU run)."""
+    paths = sorted((Path(results_dir) / "calibration").glob("*.json"))
+    return {c["uuid"]: c for c in (json.loads(p.read_text()) for p in paths) if c.get("uuid")}
 
 
 def summary_frame(results: list[dict], variant_order: list[str] | None = None,
-                  calibration: dict | None = None) -> pd.DataFrame:
+                  calibrations: dict[str, dict] | None = None) -> pd.DataFrame:
     """One row per (variant, mode): means, 95% CIs and CVs over the successful trials, and quality.
 
-    With a calibration, `mfu` is the achieved model TFLOP/s over the calibrated GEMM peak and
-    `energy_floor_multiple` the achieved J/FLOP over the GEMM's J/FLOP (the practical floor)."""
+    With calibrations, each trial's `mfu` is its model TFLOP/s over its own card's calibrated GEMM peak and its
+    `energy_floor_multiple` its J/FLOP over that card's GEMM J/FLOP (the practical floor); a trial on an
+    uncalibrated card has neither. Without any, `mfu` is the window's (against the data-sheet peak, if known)."""
     trials, quality = trial_frame(results), quality_frame(results)
     rows = []
     if trials.empty:
         return pd.DataFrame()
+    if calibrations:
+        card = trials.device_uuid.map(lambda u: calibrations.get(u, {}))
+        trials["mfu"] = trials.tflops / card.map(lambda c: c.get("tflops") or math.nan)
+        trials["energy_floor_multiple"] = trials.j_per_flop / card.map(lambda c: c.get("j_per_flop") or math.nan)
+    else:
+        trials["energy_floor_multiple"] = math.nan
     for (variant, mode), group in trials.groupby(["variant", "mode"], sort=False):
         ok = group[group.status == "ok"]
         failed = group[group.status != "ok"]
@@ -106,15 +120,14 @@ def summary_frame(results: list[dict], variant_order: list[str] | None = None,
             "peak_mem_gib": None if ok.peak_mem_bytes.isna().all() else ok.peak_mem_bytes.max() / GIB,
             "params_m": None if group.params.isna().all() else group.params.iloc[0] / 1e6,
             "model_tflops": _stat(ok.tflops)[0], "mfu": _stat(ok.mfu)[0], "j_per_flop": _stat(ok.j_per_flop)[0],
+            "energy_floor_multiple": _stat(ok.energy_floor_multiple)[0],
             "cpu_j_per_token_estimated": _stat(ok.cpu_j_per_token_estimated)[0],
             "co2_g_per_mtoken_estimated": _stat(ok.co2_g_per_mtoken)[0],
             "warmup_s": _stat(ok.warmup_s)[0],
+            "window_s_min": ok.window_s.min() if len(ok) else None,
+            "short_windows": int((pd.to_numeric(ok.window_s) < pd.to_numeric(ok.window_target_s)).sum()),
         })
     summary = pd.DataFrame(rows)
-    peak = (calibration or {}).get("tflops")
-    floor = (calibration or {}).get("j_per_flop")
-    summary["mfu"] = summary.model_tflops / peak if peak else summary.mfu
-    summary["energy_floor_multiple"] = summary.j_per_flop / floor if floor else None
     if not quality.empty:
         summary = summary.merge(quality.drop(columns=["loss_curve"]), on=["variant", "mode"], how="left")
         # compiling changes the speed, not the maths: a mode without its own quality run takes the variant's
@@ -149,28 +162,37 @@ def booktabs(header: list[str], rows: list[list[str]], align: str) -> str:
 
 
 def summary_latex(summary: pd.DataFrame) -> str:
+    """The paper's main table. An energy CV over 3% is printed in bold: reported as such, not hidden."""
+    def cv(r) -> str:
+        text = _fmt(r.gpu_j_per_token_cv, ".1f", 100)
+        return f"\\textbf{{{text}}}" if (r.gpu_j_per_token_cv or 0) > 0.03 else text
+
     rows = [[r.variant, r["mode"], r.status if r.status == "ok" else f"\\textbf{{{r.status}}}", int(r.trials),
              _pm(r.tokens_per_s_mean, r.tokens_per_s_ci95, ",.0f"),
-             _pm(r.gpu_j_per_token_mean, r.gpu_j_per_token_ci95, ".3f", 1e3),
+             _pm(r.gpu_j_per_token_mean, r.gpu_j_per_token_ci95, ".3f", 1e3), cv(r),
              _fmt(r.gpu_j_per_token_net_mean, ".3f", 1e3), _fmt(r.mean_power_w, ".0f"), _fmt(r.peak_mem_gib, ".1f"),
-             _fmt(r.mfu, ".1f", 100), _fmt(r.get("val_loss"), ".3f")] for _, r in summary.iterrows()]
-    header = ["variant", "mode", "status", "n", "tokens/s", "mJ/token", "net mJ/token", "W", "peak GiB", r"MFU \%",
-              "val loss"]
-    return booktabs(header, rows, "llllrrrrrrr")
+             _fmt(r.mfu, ".1f", 100), _fmt(r.energy_floor_multiple, ".1f"), _fmt(r.get("val_loss"), ".3f")]
+            for _, r in summary.iterrows()]
+    header = ["variant", "mode", "status", "n", "tokens/s", "mJ/token", r"CV \%", "net mJ/token", "W", "peak GiB",
+              r"MFU \%", r"$\times$floor", "val loss"]
+    return booktabs(header, rows, "llllrrrrrrrrr")
 
 
 def prior_latex(summary: pd.DataFrame) -> str:
+    """Their published figures converted to per-token units (20 epochs x 400 batches of 16 x 512) beside ours."""
     ours = summary[summary["mode"] == "eager"].set_index("variant")
     rows = []
     for _, p in PRIOR_STUDY.iterrows():
         o = ours.loc[p.variant] if p.variant in ours.index else None
         get = lambda key: None if o is None else o.get(key)  # noqa: E731
-        rows.append([p.prior_name, f"{p.prior_epoch_s:.0f}", f"{p.prior_mem_gb:.1f}", f"{p.prior_energy_mj:.2f}",
+        rows.append([p.prior_name, f"{p.prior_tokens_per_s:,.0f}", f"{p.prior_j_per_token * 1e3:.1f}",
+                     f"{p.prior_power_w:.0f}", f"{p.prior_mem_gb:.1f}",
                      f"{p.prior_final_loss:.2f}" + (f" ({PRIOR_NOTES[p.variant]})" if p.variant in PRIOR_NOTES else ""),
-                     _fmt(get("tokens_per_s_mean"), ",.0f"), _fmt(get("gpu_j_per_token_mean"), ".3f", 1e3),
-                     _fmt(get("peak_mem_gib"), ".1f"), _fmt(get("val_loss"), ".3f")])
-    header = ["variant", "s/epoch", "GB", "MJ", "final loss", "tokens/s", "mJ/token", "peak GiB", "val loss"]
-    return booktabs(header, rows, "lrrrlrrrr")
+                     _fmt(get("tokens_per_s_mean"), ",.0f"), _fmt(get("gpu_j_per_token_mean"), ".2f", 1e3),
+                     _fmt(get("mean_power_w"), ".0f"), _fmt(get("peak_mem_gib"), ".1f"), _fmt(get("val_loss"), ".2f")])
+    header = ["variant", "tokens/s", "mJ/token", "W", "GB", "final loss", "tokens/s", "mJ/token", "W", "peak GiB",
+              "val loss"]
+    return booktabs(header, rows, "lrrrrlrrrrr")
 
 
 def write_tables(summary: pd.DataFrame, out_dir: Path) -> None:
@@ -180,12 +202,87 @@ def write_tables(summary: pd.DataFrame, out_dir: Path) -> None:
     (out_dir / "prior_comparison.tex").write_text(prior_latex(summary))
 
 
+def discussion_macros(summary: pd.DataFrame, results: list[dict]) -> dict[str, str]:
+    """The numbers the discussion quotes: method settings, data quality, per-row details, compile savings,
+    rankings and the prior study in per-token units. "n/a" where the results cannot give one."""
+    macros: dict[str, str] = {}
+    trials = trial_frame(results)
+    config = next((r["config"] for r in results if r.get("config")), {})
+    macros["IdleS"] = _fmt(config.get("idle_s"), "g")
+    macros["WindowS"] = _fmt(config.get("window_s"), "g")
+    macros["UnmeasuredSteps"] = str(config.get("unmeasured_steps", "n/a"))
+    macros["QualityMTokens"] = _fmt(config.get("quality_tokens"), ".1f", 1e-6)
+    train_tokens = next((r["data"]["train_tokens"] for r in results if (r.get("data") or {}).get("train_tokens")), None)
+    macros["QualityEpochs"] = _fmt(config["quality_tokens"] / train_tokens if train_tokens and
+                                   config.get("quality_tokens") else None, ".1f")
+    ok = trials[trials.status == "ok"] if not trials.empty else trials
+    macros["NumTrialWindows"] = str(len(ok))
+    macros["ShortWindows"] = str(int(summary.short_windows.sum())) if "short_windows" in summary else "n/a"
+    macros["MinWindowS"] = _fmt(ok.window_s.min() if len(ok) else None, ".1f")
+    macros["MaxWindowS"] = _fmt(ok.window_s.max() if len(ok) else None, ".1f")
+    idle = ok.idle_power_w.dropna() if len(ok) else pd.Series(dtype=float)
+    macros["IdlePowerRange"] = f"{idle.min():.0f}--{idle.max():.0f}" if len(idle) else "n/a"
+    noisy = summary[summary.gpu_j_per_token_cv > 0.03] if "gpu_j_per_token_cv" in summary else summary.iloc[:0]
+    macros["HighCvRows"] = ", ".join(f"{r.variant}/{r['mode']} ({r.gpu_j_per_token_cv * 100:.1f}%)"
+                                     for _, r in noisy.iterrows()) or "none"
+    for _, r in summary.iterrows():
+        key = _macro_name(r.variant, r["mode"])
+        macros[f"{key}MjPerTokenCi"] = _fmt(r.gpu_j_per_token_ci95, ".3f", 1e3)
+        macros[f"{key}PowerW"] = _fmt(r.mean_power_w, ".0f")
+        macros[f"{key}PeakGib"] = _fmt(r.peak_mem_gib, ".1f")
+        macros[f"{key}FloorMultiple"] = _fmt(r.get("energy_floor_multiple"), ".1f")
+        macros[f"{key}Mfu"] = _fmt(r.mfu, ".1f", 100)
+    by_mode = {m: g.set_index("variant") for m, g in summary[summary.status == "ok"].groupby("mode")}
+    eager, compiled = by_mode.get("eager"), by_mode.get("compile")
+    if eager is not None and compiled is not None:
+        both = eager.index.intersection(compiled.index)
+        saving = 1 - compiled.loc[both].gpu_j_per_token_mean / eager.loc[both].gpu_j_per_token_mean
+        speedup = compiled.loc[both].tokens_per_s_mean / eager.loc[both].tokens_per_s_mean
+        for variant in both:
+            macros[f"{_macro_name(variant)}CompileSavingPct"] = _fmt(saving[variant], ".0f", 100)
+            macros[f"{_macro_name(variant)}CompileSpeedup"] = _fmt(speedup[variant], ".2f")
+        if len(both):
+            macros["CompileSavingMinPct"] = _fmt(saving.min(), ".0f", 100)
+            macros["CompileSavingMinVariant"] = saving.idxmin()
+            macros["CompileSavingMaxPct"] = _fmt(saving.max(), ".0f", 100)
+            macros["CompileSavingMaxVariant"] = saving.idxmax()
+            power_drop = 1 - compiled.loc[both].mean_power_w.mean() / eager.loc[both].mean_power_w.mean()
+            macros["CompilePowerDropPct"] = _fmt(power_drop, ".0f", 100)
+    for mode, frame in by_mode.items():
+        ranked = frame.gpu_j_per_token_mean.dropna().sort_values()
+        if len(ranked):
+            macros[f"{_macro_name(mode)}EnergyRanking"] = " $<$ ".join(ranked.index)
+            macros[f"{_macro_name(mode)}WorstVariant"] = ranked.index[-1]
+            macros[f"{_macro_name(mode)}WorstMjPerToken"] = _fmt(ranked.iloc[-1], ".3f", 1e3)
+            macros[f"{_macro_name(mode)}EnergySpread"] = _fmt(ranked.iloc[-1] / ranked.iloc[0], ".2f")
+    if eager is not None and {"baseline", "sdpa"} <= set(eager.index):
+        base, fused = eager.loc["baseline"], eager.loc["sdpa"]
+        macros["SdpaOverBaselineEnergySavingPct"] = _fmt(1 - fused.gpu_j_per_token_mean / base.gpu_j_per_token_mean,
+                                                         ".0f", 100)
+        macros["SdpaOverBaselineSpeedup"] = _fmt(fused.tokens_per_s_mean / base.tokens_per_s_mean, ".2f")
+        macros["SdpaOverBaselinePowerRatio"] = _fmt(fused.mean_power_w / base.mean_power_w, ".2f")
+        macros["SdpaOverBaselineMemSavingPct"] = _fmt(1 - fused.peak_mem_gib / base.peak_mem_gib, ".0f", 100)
+    quality = summary.dropna(subset=["val_loss"]).drop_duplicates("variant") if "val_loss" in summary else summary.iloc[:0]
+    if len(quality):
+        best, worst = quality.loc[quality.val_loss.idxmin()], quality.loc[quality.val_loss.idxmax()]
+        macros.update(BestValLossVariant=best.variant, BestValLoss=_fmt(best.val_loss, ".3f"),
+                      WorstValLossVariant=worst.variant, WorstValLoss=_fmt(worst.val_loss, ".3f"))
+    prior = PRIOR_STUDY.set_index("variant")
+    macros["PriorEnergyRanking"] = " $<$ ".join(prior.prior_j_per_token.sort_values().index)
+    macros["PriorBaselineMjPerToken"] = _fmt(prior.loc["baseline"].prior_j_per_token, ".1f", 1e3)
+    macros["PriorBaselinePowerW"] = _fmt(prior.loc["baseline"].prior_power_w, ".0f")
+    macros["PriorBaselineTokensPerS"] = _fmt(prior.loc["baseline"].prior_tokens_per_s, ",.0f")
+    macros["PriorFlashTokensPerS"] = _fmt(prior.loc["flash"].prior_tokens_per_s, ",.0f")
+    macros["PriorEnergySpread"] = _fmt(prior.prior_j_per_token.max() / prior.prior_j_per_token.min(), ".2f")
+    return macros
+
+
 def _macro_name(*parts: str) -> str:
     return "".join(p.replace("_", " ").title().replace(" ", "") for p in parts)
 
 
 def write_macros(summary: pd.DataFrame, results: list[dict], profile: str, path: Path,
-                 calibration: dict | None = None) -> dict[str, str]:
+                 calibrations: dict[str, dict] | None = None) -> dict[str, str]:
     """`\\newcommand`s for every number the text quotes. Returns them as a dict too."""
     macros: dict[str, str] = {"Profile": profile}
     trials = trial_frame(results)
@@ -216,12 +313,17 @@ def write_macros(summary: pd.DataFrame, results: list[dict], profile: str, path:
         macros[f"{key}MjPerToken"] = _fmt(r.gpu_j_per_token_mean, ".3f", 1e3)
         macros[f"{key}ValLoss"] = _fmt(r.get("val_loss"), ".3f")
     macros["MaxEnergyCv"] = _fmt(summary.gpu_j_per_token_cv.max() if "gpu_j_per_token_cv" in summary else None, ".1f", 100)
-    calibration = calibration or {}
-    macros["CalibratedTflops"] = _fmt(calibration.get("tflops"), ".0f")
-    macros["FloorPjPerFlop"] = _fmt(calibration.get("pj_per_flop"), ".2f")
+    cards = list((calibrations or {}).values())
+    macros["CalibratedCards"] = str(len(cards))
+    for key, field, spec in (("CalibratedTflops", "tflops", ".0f"), ("FloorPjPerFlop", "pj_per_flop", ".2f")):
+        values = [c[field] for c in cards if c.get(field) is not None]
+        macros[key] = _fmt(sum(values) / len(values) if values else None, spec)  # mean over the cards
+        macros[key + "Range"] = (f"{_fmt(min(values), spec)}--{_fmt(max(values), spec)}" if len(values) > 1
+                                 else macros[key])
     floor = summary.energy_floor_multiple.dropna() if "energy_floor_multiple" in summary else pd.Series(dtype=float)
     macros["MinFloorMultiple"] = _fmt(floor.min() if len(floor) else None, ".1f")
     macros["MaxFloorMultiple"] = _fmt(floor.max() if len(floor) else None, ".1f")
+    macros.update(discussion_macros(summary, results))
     path.parent.mkdir(parents=True, exist_ok=True)
     esc = lambda s: str(s).replace("_", r"\_").replace("%", r"\%").replace("#", r"\#")  # noqa: E731
     path.write_text("".join(f"\\newcommand{{\\data{k}}}{{{esc(v)}}}\n" for k, v in macros.items()))
@@ -323,11 +425,11 @@ def build_report(results_dir: Path, profile: str, figures_dir: Path, paper_dir: 
     results = load_results(results_dir)
     if not results:
         raise ValueError(f"results_dir: no results under {results_dir}/raw; run the pipeline first")
-    calibration = load_calibration(results_dir)
-    summary = summary_frame(results, variant_order, calibration)
+    calibrations = load_calibrations(results_dir)
+    summary = summary_frame(results, variant_order, calibrations)
     write_tables(summary, results_dir)
     generated = paper_dir / "generated" / profile
     write_tables(summary, generated)
-    write_macros(summary, results, profile, generated / "macros.tex", calibration)
+    write_macros(summary, results, profile, generated / "macros.tex", calibrations)
     write_figures(summary, results, figures_dir / profile)
     return summary

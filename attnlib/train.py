@@ -4,7 +4,7 @@ Every variant gets the same seed, data order and hyper-parameters: bf16 autocast
 (fused on CUDA), linear warm-up then cosine decay, gradient clipping, gradient accumulation. Compilation and
 warm-up steps run before the measured window and are timed separately.
 
-- `run_trial`: warm up, then one `attnlib.measure` window of about `window_s` seconds of training steps.
+- `run_trial`: warm up, then one `attnlib.measure` window of at least `window_s` seconds of training steps.
 - `run_quality`: train from scratch on a fixed token budget, validation loss at fixed token counts (a loss
   curve), the whole run inside one window (its total energy against its final loss).
 Each writes one self-describing JSON result, atomically; failures (out of memory, NaN, unsupported kernel) are
@@ -57,7 +57,7 @@ class TrainConfig:
     seed: int = 1234
     # measurement
     idle_s: float = 3.0  # idle baseline, CUDA context alive, at the start of each process
-    unmeasured_steps: int = 5  # compile, autotuning, allocator growth: before the window (plus 3 timing steps)
+    unmeasured_steps: int = 5  # compile, autotuning, allocator growth: before the window
     window_s: float = 10.0
     # quality run
     quality_tokens: int = 0
@@ -186,6 +186,11 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def gpu_uuid(device: torch.device) -> str | None:
+    """NVML's name for the card ("GPU-..."), the same under any CUDA_VISIBLE_DEVICES; None on a CPU."""
+    return f"GPU-{torch.cuda.get_device_properties(device).uuid}" if device.type == "cuda" else None
+
+
 def _check_finite(loss: torch.Tensor, where: str) -> float:
     value = loss.float().item()
     if not math.isfinite(value):
@@ -225,6 +230,7 @@ def _run(kind: str, config: TrainConfig, out_path: Path, cache_dir: Path, body, 
     result = result_skeleton(kind, config, **fields)
     device = default_device()
     result["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    result["device_uuid"] = gpu_uuid(device)  # which card: the report divides by that card's calibration
     start = time.perf_counter()
     try:
         data = prepare_data(config.dataset, config.seq_len, cache_dir, config.max_documents)
@@ -261,34 +267,33 @@ def _show(bar: tqdm, window: measure, loss: float, tokens: int, **extra: str) ->
 
 
 def run_trial(config: TrainConfig, trial: int, out_path: Path, cache_dir: Path, progress: bool = True) -> dict:
-    """Warm up, then one measured window of about `config.window_s` seconds. Returns and writes the result."""
+    """Warm up, then one measured window of at least `config.window_s` seconds. Returns and writes the result."""
 
     def body(result: dict, config: TrainConfig, data: TokenData, device: torch.device) -> None:
         trainer = Trainer(config, data, device, total_steps=10**6)
         result["model"] = _describe_model(trainer)
         warm_start = time.perf_counter()
-        _check_finite(trainer.step(), "at the first step")
+        loss = trainer.step()
+        _check_finite(loss, "at the first step")
         result["timing"]["first_step_s"] = time.perf_counter() - warm_start  # compilation lands here (.item syncs)
         for _ in range(config.unmeasured_steps - 1):
-            trainer.step()
-        # size the window from synchronised steady steps, 5% over so it is not shorter than window_s
-        _synchronize(device)
-        probe_start, probe_steps = time.perf_counter(), 3
-        for _ in range(probe_steps):
             loss = trainer.step()
         _check_finite(loss, "during warm-up")  # synchronises
-        per_step_s = (time.perf_counter() - probe_start) / probe_steps
         result["timing"]["warmup_s"] = time.perf_counter() - warm_start
-        steps = max(1, math.ceil(1.05 * config.window_s / per_step_s))
-        tokens = steps * config.tokens_per_step
-        with measure(f"{config.variant}/{config.mode}/trial{trial}", tokens=tokens,
-                     flops=tokens * trainer.flops.training_flops_per_token,
-                     keep_trace=trial == 0) as window:
-            bar = tqdm(range(steps), desc=f"{config.variant} {config.mode} trial {trial}", disable=not progress)
-            for i in bar:
+        with measure(f"{config.variant}/{config.mode}/trial{trial}", keep_trace=trial == 0) as window:
+            bar = tqdm(desc=f"{config.variant} {config.mode} trial {trial}", unit="step", disable=not progress)
+            steps, start = 0, time.perf_counter()
+            # steps until window_s has passed on the host; the window's exit synchronises, so the GPU's window
+            # (which the energy covers) is never shorter than window_s, whatever the steps cost on this card
+            while time.perf_counter() - start < config.window_s:
                 loss = trainer.step()
-                if progress and (i % 10 == 9 or i == steps - 1):
-                    _show(bar, window, loss.item(), (i + 1) * config.tokens_per_step)
+                steps += 1
+                bar.update()
+                if progress and steps % 10 == 0:
+                    _show(bar, window, loss.item(), steps * config.tokens_per_step)
+            bar.close()
+            tokens = steps * config.tokens_per_step
+            window.add_work(tokens=tokens, flops=tokens * trainer.flops.training_flops_per_token)
         result["measurement"] = window.result.to_dict()
         result["steps"] = steps
         result["final_train_loss"] = _check_finite(loss, "at the end of the window")

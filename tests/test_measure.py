@@ -69,6 +69,15 @@ def test_wall_time_of_known_work(work) -> None:
     assert window.result.wall_s == pytest.approx(0.5, rel=0.02)
 
 
+def test_work_counted_inside_a_time_bounded_window() -> None:
+    with measure("by time", codecarbon=False) as window:
+        for _ in range(3):
+            busy(0.05)
+            window.add_work(tokens=100, flops=1e6)
+    r = window.result
+    assert (r.tokens, r.flops) == (300, 3e6) and r.tokens_per_s == pytest.approx(300 / r.wall_s)
+
+
 def test_derived_figures_on_recorded_counter() -> None:
     gpu = RecordedGPU(power_w=300.0)
     with measure("steady", tokens=10_000, flops=5e14, peak_tflops=1000.0, idle_power_w=100.0,

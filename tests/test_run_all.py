@@ -56,6 +56,7 @@ def test_smoke_profile_end_to_end() -> None:
 
 
 def test_bad_arguments_fail_before_any_work() -> None:
-    for args in (["--profile", "huge"], ["--variants", "performer", "--profile", "smoke"], ["--frobnicate"]):
+    for args in (["--profile", "huge"], ["--variants", "performer", "--profile", "smoke"], ["--frobnicate"],
+                 ["--gpus", "0", "--profile", "smoke"]):
         done = run_all(*args)
         assert done.returncode != 0 and ("error" in done.stderr or "unknown" in done.stderr), (args, done.stderr)

@@ -43,6 +43,8 @@ def test_trial_writes_a_self_describing_result(tmp_path, cache) -> None:
     assert saved["data"]["dataset"].startswith("python-docs") and saved["data"]["tokenizer_sha256"]
     m = saved["measurement"]
     assert m["tokens"] == saved["steps"] * 2 * 32 and m["tokens_per_s"] > 0 and m["flops"] > 0
+    assert m["wall_s"] >= 0.3  # the window runs for window_s, never shorter
+    assert m["flops"] == m["tokens"] * saved["model"]["flops"]["training_flops_per_token"]
     assert m["gpu_energy_j"] is None and m["reasons"]["gpu_energy_j"]  # CPU: none, with the reason
     assert m["mfu"] is None and "peak" in m["reasons"]["mfu"]
     assert saved["timing"]["warmup_s"] > 0 and saved["model"]["kernel"]
@@ -78,6 +80,34 @@ def test_plan_interleaves_trials_then_quality() -> None:
     jobs = plan(profile, ["a", "b"])
     assert [j.name for j in jobs] == ["a__eager__trial0", "b__eager__trial0", "a__eager__trial1", "b__eager__trial1",
                                       "a__eager__quality", "b__eager__quality"]
+
+
+def test_shards_split_the_plan_with_each_variant_on_every_gpu() -> None:
+    profile = load_profile("paper")
+    variants = ["a", "b", "c"]
+    whole = plan(profile, variants)
+    shards = [plan(profile, variants, (i, 2)) for i in range(2)]
+    assert sorted(j.name for s in shards for j in s) == sorted(j.name for j in whole)  # each job exactly once
+    assert abs(len(shards[0]) - len(shards[1])) <= 1
+    gpus = {(j.variant, j.mode): set() for j in whole}
+    for gpu, jobs in enumerate(shards):
+        for job in jobs:
+            if job.kind == "trial":
+                gpus[job.variant, job.mode].add(gpu)
+        assert [j.name for j in jobs] == [j.name for j in whole if j in jobs]  # still interleaved, in plan order
+    assert all(used == {0, 1} for used in gpus.values())  # 3 trials on 2 GPUs: every variant and mode on both
+    assert pipeline.main(["run", "--profile", "smoke", "--shard", "2/2"]) == 2
+
+
+def test_trimmed_notebooks_keep_results_plots_and_errors(tmp_path) -> None:
+    outputs = [{"output_type": "stream", "name": "stderr", "text": "TqdmWarning: IProgress not found"},
+               {"output_type": "stream", "name": "stdout", "text": "ok"},
+               {"output_type": "error", "ename": "RuntimeError", "evalue": "x", "traceback": []}]
+    path = tmp_path / "n.ipynb"
+    path.write_text(json.dumps({"cells": [{"cell_type": "code", "outputs": outputs}, {"cell_type": "markdown"}]}))
+    pipeline.trim_outputs(path)
+    kept = json.loads(path.read_text())["cells"][0]["outputs"]
+    assert [o["output_type"] for o in kept] == ["stream", "error"] and kept[0]["name"] == "stdout"
 
 
 def test_resume_skips_finished_and_redoes_broken(tmp_path, monkeypatch) -> None:

@@ -17,6 +17,7 @@ from .window import Measurement, measure
 @dataclass(frozen=True)
 class Calibration:
     device: str
+    uuid: str | None  # NVML's card name: the report matches each result to its own card's calibration
     size: int
     dtype: str
     tflops: float
@@ -59,28 +60,35 @@ def calibrate_peak(size: int = 8192, seconds: float = 10.0, dtype: torch.dtype =
         products(n)
     r: Measurement = window.result
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    uuid = f"GPU-{torch.cuda.get_device_properties(0).uuid}" if device == "cuda" else None
     return Calibration(
-        device=name, size=size, dtype=str(dtype).removeprefix("torch."), tflops=r.tflops, j_per_flop=r.j_per_flop,
+        device=name, uuid=uuid, size=size, dtype=str(dtype).removeprefix("torch."), tflops=r.tflops, j_per_flop=r.j_per_flop,
         j_per_flop_net=r.j_per_flop_net, pj_per_flop=None if r.j_per_flop is None else r.j_per_flop * 1e12,
         window=r.to_dict(),
     )
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m attnlib.measurement.calibrate --out calibration.json`: the pipeline runs this once per results
-    folder, in its own process, before the trials."""
+    """`python -m attnlib.measurement.calibrate --out-dir results/paper/calibration`: writes `<card uuid>.json`
+    for the first visible GPU unless that card is already calibrated. The pipeline runs it in its own process
+    before the trials, once per GPU it uses."""
     import argparse
     import json
     from pathlib import Path
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out-dir", type=Path, required=True)
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args(argv)
+    uuid = f"GPU-{torch.cuda.get_device_properties(0).uuid}" if torch.cuda.is_available() else "cpu"
+    out = args.out_dir / f"{uuid}.json"
+    if out.exists():
+        print(f"calibrate_peak: {uuid} already calibrated ({out})")
+        return
     calibration = calibrate_peak(seconds=args.seconds)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(calibration.to_dict(), indent=1, default=str))
-    print(f"calibrate_peak: {calibration.tflops:.0f} TFLOP/s, {calibration.pj_per_flop} pJ/FLOP on {calibration.device}")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(calibration.to_dict(), indent=1, default=str))
+    print(f"calibrate_peak: {calibration.tflops:.0f} TFLOP/s, {calibration.pj_per_flop} pJ/FLOP on {calibration.device} {uuid}")
 
 
 if __name__ == "__main__":

@@ -205,6 +205,11 @@ class measure:  # noqa: N801  (used as a function-like context manager, like tor
             self._sampler.start()
         return self
 
+    def add_work(self, tokens: int = 0, flops: float = 0.0) -> None:
+        """Count work done in the window, for windows whose length is set by time rather than known up front."""
+        r = self.result
+        r.tokens, r.flops = (r.tokens or 0) + tokens, (r.flops or 0.0) + flops
+
     @property
     def power_now_w(self) -> float | None:
         """The latest sampled GPU power while the window is open (for progress bars); None without a GPU."""
