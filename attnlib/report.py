@@ -217,6 +217,7 @@ def discussion_macros(summary: pd.DataFrame, results: list[dict]) -> dict[str, s
                                    config.get("quality_tokens") else None, ".1f")
     ok = trials[trials.status == "ok"] if not trials.empty else trials
     macros["NumTrialWindows"] = str(len(ok))
+    macros["TrialsPerRow"] = str(int(summary.trials.max())) if len(summary) else "n/a"
     macros["ShortWindows"] = str(int(summary.short_windows.sum())) if "short_windows" in summary else "n/a"
     macros["MinWindowS"] = _fmt(ok.window_s.min() if len(ok) else None, ".1f")
     macros["MaxWindowS"] = _fmt(ok.window_s.max() if len(ok) else None, ".1f")
@@ -345,7 +346,9 @@ def write_figures(summary: pd.DataFrame, results: list[dict], out_dir: Path) -> 
     def save(fig, name: str) -> None:
         fig.tight_layout()
         for ext in ("pdf", "png"):
-            fig.savefig(out_dir / f"{name}.{ext}", dpi=150)
+            # no creation date: a rebuild from the same results gives the same files
+            fig.savefig(out_dir / f"{name}.{ext}", dpi=150,
+                        metadata={"CreationDate": None} if ext == "pdf" else {"Software": None})
         plt.close(fig)
         written.append(out_dir / f"{name}.png")
 
