@@ -382,18 +382,23 @@ def write_figures(summary: pd.DataFrame, results: list[dict], out_dir: Path) -> 
     bars("tokens_per_s_mean", "tokens_per_s_ci95", 1.0, "training tokens/s (95% CI)", "tokens_per_s")
     bars("peak_mem_gib", None, 1.0, "peak allocated GPU memory, GiB", "peak_memory")
 
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    traced = [r for r in results if r["kind"] == "trial" and (r.get("measurement") or {}).get("power_trace")]
+    traced = [r for r in results if r["kind"] == "trial" and r.get("trial") == 0
+              and (r.get("measurement") or {}).get("power_trace")]
+    modes = sorted({r["mode"] for r in traced}, reverse=True) or ["none"]  # eager first
+    fig, axes = plt.subplots(1, len(modes), figsize=(3.6 * len(modes), 3.2), sharey=True, squeeze=False)
     if not traced:
-        empty(ax, "no GPU power trace in these results (CPU-only run)")
-    for r in traced:
-        if r.get("trial") == 0 and r["mode"] == (traced[0]["mode"]):
-            t, w = zip(*r["measurement"]["power_trace"])
-            ax.plot(t, w, label=r["variant"], lw=1)
+        empty(axes[0][0], "no GPU power trace in these results (CPU-only run)")
+    for ax, mode in zip(axes[0], modes):
+        for r in (r for r in traced if r["mode"] == mode):
+            trace = pd.DataFrame(r["measurement"]["power_trace"], columns=["t", "w"])
+            # 1 s moving mean of the 10 Hz samples: the level of each variant, not its step-by-step ripple
+            ax.plot(trace.t, trace.w.rolling(10).mean(), label=r["variant"], lw=1)
+        if traced:
+            ax.set_title(mode, fontsize=9)
+            ax.set_xlabel("time in window, s")
     if traced:
-        ax.set_xlabel("time in window, s")
-        ax.set_ylabel("GPU power, W (POWER_INSTANT)")
-        ax.legend(ncol=4, fontsize=7)
+        axes[0][0].set_ylabel("GPU power, W (1 s moving mean)")
+        axes[0][-1].legend(ncol=2, fontsize=6)
     save(fig, "power_trace")
 
     fig, ax = plt.subplots(figsize=(5, 4))
@@ -411,8 +416,8 @@ def write_figures(summary: pd.DataFrame, results: list[dict], out_dir: Path) -> 
     curves = [r for r in results if r["kind"] == "quality" and r.get("loss_curve")]
     if not curves:
         empty(ax, "no quality runs in these results")
-    for r in curves:
-        points = [(p["tokens"], p["val_loss"]) for p in r["loss_curve"]]
+    for r in curves:  # from the first evaluation after step 0: the initial loss (~ln 50257) would flatten the rest
+        points = [(p["tokens"], p["val_loss"]) for p in r["loss_curve"] if p["tokens"] > 0]
         ax.plot(*zip(*points), marker=".", label=f"{r['variant']} ({r['mode']})", lw=1)
     if curves:
         ax.set_xlabel("training tokens")
