@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from .measurement.stats import summarize
+from .registry import VARIANTS
 
 GIB = 2**30
 # The prior study's published figures (RTX 4090, GPT-2 small, 20 epochs x 400 batches of 16 x 512),
@@ -202,10 +203,29 @@ def write_tables(summary: pd.DataFrame, out_dir: Path) -> None:
     (out_dir / "prior_comparison.tex").write_text(prior_latex(summary))
 
 
+ROW_MACROS = ("TokensPerS", "MjPerToken", "ValLoss", "MjPerTokenCi", "PowerW", "PeakGib", "FloorMultiple", "Mfu")
+NUMERIC = ["tokens_per_s_mean", "gpu_j_per_token_mean", "gpu_j_per_token_ci95", "gpu_j_per_token_cv", "mean_power_w",
+           "peak_mem_gib", "mfu", "energy_floor_multiple", "val_loss"]
+
+
 def discussion_macros(summary: pd.DataFrame, results: list[dict]) -> dict[str, str]:
     """The numbers the discussion quotes: method settings, data quality, per-row details, compile savings,
     rankings and the prior study in per-token units. "n/a" where the results cannot give one."""
-    macros: dict[str, str] = {}
+    # every macro the paper may quote exists, "n/a" unless the results give it (a CPU run has one mode, no energy)
+    variants = list(dict.fromkeys([*VARIANTS, *(summary.variant if len(summary) else [])]))
+    modes = ("eager", "compile")
+    macros: dict[str, str] = dict.fromkeys(
+        [_macro_name(v, m) + suffix for v in variants for m in modes for suffix in ROW_MACROS]
+        + [_macro_name(v) + suffix for v in variants for suffix in ("CompileSavingPct", "CompileSpeedup")]
+        + [_macro_name(m) + suffix for m in modes
+           for suffix in ("EnergyRanking", "WorstVariant", "WorstMjPerToken", "EnergySpread")]
+        + ["CompileSavingMinPct", "CompileSavingMinVariant", "CompileSavingMaxPct", "CompileSavingMaxVariant",
+           "CompilePowerDropPct", "SdpaOverBaselineEnergySavingPct", "SdpaOverBaselineSpeedup",
+           "SdpaOverBaselinePowerRatio", "SdpaOverBaselineMemSavingPct", "BestValLossVariant", "BestValLoss",
+           "WorstValLossVariant", "WorstValLoss"], "n/a")
+    summary = summary.copy()
+    for column in summary.columns.intersection(NUMERIC):  # None (not measurable, e.g. energy on a CPU) -> NaN
+        summary[column] = pd.to_numeric(summary[column], errors="coerce")
     trials = trial_frame(results)
     config = next((r["config"] for r in results if r.get("config")), {})
     macros["IdleS"] = _fmt(config.get("idle_s"), "g")
@@ -228,6 +248,9 @@ def discussion_macros(summary: pd.DataFrame, results: list[dict]) -> dict[str, s
                                      for _, r in noisy.iterrows()) or "none"
     for _, r in summary.iterrows():
         key = _macro_name(r.variant, r["mode"])
+        macros[f"{key}TokensPerS"] = _fmt(r.tokens_per_s_mean, ",.0f")
+        macros[f"{key}MjPerToken"] = _fmt(r.gpu_j_per_token_mean, ".3f", 1e3)
+        macros[f"{key}ValLoss"] = _fmt(r.get("val_loss"), ".3f")
         macros[f"{key}MjPerTokenCi"] = _fmt(r.gpu_j_per_token_ci95, ".3f", 1e3)
         macros[f"{key}PowerW"] = _fmt(r.mean_power_w, ".0f")
         macros[f"{key}PeakGib"] = _fmt(r.peak_mem_gib, ".1f")
@@ -242,7 +265,8 @@ def discussion_macros(summary: pd.DataFrame, results: list[dict]) -> dict[str, s
         for variant in both:
             macros[f"{_macro_name(variant)}CompileSavingPct"] = _fmt(saving[variant], ".0f", 100)
             macros[f"{_macro_name(variant)}CompileSpeedup"] = _fmt(speedup[variant], ".2f")
-        if len(both):
+        saving = saving.dropna()
+        if len(saving):
             macros["CompileSavingMinPct"] = _fmt(saving.min(), ".0f", 100)
             macros["CompileSavingMinVariant"] = saving.idxmin()
             macros["CompileSavingMaxPct"] = _fmt(saving.max(), ".0f", 100)
@@ -308,11 +332,6 @@ def write_macros(summary: pd.DataFrame, results: list[dict], profile: str, path:
         fastest = speed.loc[speed.tokens_per_s_mean.idxmax()]
         macros["FastestVariant"] = fastest.variant
         macros["FastestTokensPerS"] = _fmt(fastest.tokens_per_s_mean, ",.0f")
-    for _, r in summary.iterrows():
-        key = _macro_name(r.variant, r["mode"])
-        macros[f"{key}TokensPerS"] = _fmt(r.tokens_per_s_mean, ",.0f")
-        macros[f"{key}MjPerToken"] = _fmt(r.gpu_j_per_token_mean, ".3f", 1e3)
-        macros[f"{key}ValLoss"] = _fmt(r.get("val_loss"), ".3f")
     macros["MaxEnergyCv"] = _fmt(summary.gpu_j_per_token_cv.max() if "gpu_j_per_token_cv" in summary else None, ".1f", 100)
     cards = list((calibrations or {}).values())
     macros["CalibratedCards"] = str(len(cards))

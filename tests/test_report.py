@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -93,6 +94,23 @@ def test_tables_macros_and_figures(results_dir) -> None:
     assert r"\dataEagerEnergyRanking}{sdpa $<$ baseline}" in macros
     for name in ("energy_per_token", "tokens_per_s", "peak_memory", "power_trace", "energy_vs_loss", "loss_curves"):
         assert (results_dir / "figures" / "paper" / f"{name}.png").stat().st_size > 5000
+
+
+def test_cpu_results_give_macros_that_say_n_a(tmp_path) -> None:
+    """A CPU run measures no energy: every energy figure is "n/a", none is zero and nothing fails."""
+    raw = tmp_path / "results" / "raw"
+    raw.mkdir(parents=True)
+    for i, result in enumerate(trial(v, "eager", t, 1e3, 0.0) for v in ("baseline", "sdpa") for t in range(2)):
+        result["measurement"].update(j_per_token=None, j_per_token_net=None, gpu_power_mean_w=None, j_per_flop=None,
+                                     torch_peak_mem_bytes=None, power_trace=None)
+        (raw / f"{i}.json").write_text(json.dumps(result))
+    build_report(tmp_path / "results", "smoke", tmp_path / "figures", tmp_path / "paper", ["baseline", "sdpa"])
+    macros = (tmp_path / "paper" / "generated" / "smoke" / "macros.tex").read_text()
+    assert r"\dataSdpaOverBaselineEnergySavingPct}{n/a}" in macros and r"\dataSdpaCompileSavingPct}{n/a}" in macros
+    assert r"\dataSdpaOverBaselineSpeedup}{1.00}" in macros
+    repo = Path(__file__).resolve().parent.parent  # every macro the paper quotes is defined, or LaTeX fails
+    quoted = set(re.findall(r"\\data([A-Za-z]+)", (repo / "paper" / "paper.tex").read_text()))
+    assert quoted <= set(re.findall(r"newcommand\{\\data([A-Za-z]+)\}", macros))
 
 
 def test_committed_paper_results_rebuild_to_the_committed_tables(tmp_path) -> None:
