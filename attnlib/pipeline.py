@@ -131,7 +131,7 @@ def execute(job: Job, profile: Profile, results_dir: Path, cache_dir: Path) -> N
     try:
         papermill.execute_notebook(REPO / "notebooks" / "variant.ipynb", executed, parameters=parameters,
                                    kernel_name="python3", progress_bar=False, cwd=str(REPO / "notebooks"))
-        trim_outputs(executed)
+        tidy_executed(executed)
     except Exception as error:  # the kernel died (e.g. a hard crash): the run goes on, the table shows it
         if not is_done(out):
             result = result_skeleton(job.kind, profile.train_config(job.variant, job.mode), trial=job.trial)
@@ -139,13 +139,20 @@ def execute(job: Job, profile: Profile, results_dir: Path, cache_dir: Path) -> N
             write_json_atomic(out, result)
 
 
-def trim_outputs(notebook: Path) -> None:
-    """Drop stderr streams (library warnings) from an executed notebook: what stays is the result summary, the plot
-    and any error, which is what a reader of the committed notebooks needs; the JSON result holds the rest."""
+def tidy_executed(notebook: Path) -> None:
+    """Keep what a reader of a committed executed notebook needs: the result summary, plots and any error; drop
+    stderr streams (library warnings) and execution timestamps, and number the cells, so that executing the same
+    notebook on the same results gives the same file."""
     nb = json.loads(notebook.read_text())
-    for cell in nb["cells"]:
+    for index, cell in enumerate(nb["cells"]):
+        cell["id"] = f"cell-{index}"
+        for key in ("execution", "papermill"):
+            cell.get("metadata", {}).pop(key, None)
         if "outputs" in cell:
             cell["outputs"] = [o for o in cell["outputs"] if not (o["output_type"] == "stream" and o["name"] == "stderr")]
+    run = nb.get("metadata", {}).get("papermill")
+    if run is not None:
+        nb["metadata"]["papermill"] = {k: run[k] for k in ("parameters", "version") if k in run}
     notebook.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
 
@@ -190,9 +197,12 @@ def report(profile: Profile, results_dir: Path) -> None:
 
     executed = results_dir / "notebooks" / "aggregate.ipynb"
     executed.parent.mkdir(parents=True, exist_ok=True)
+    # relative to the notebook's folder: the executed copy is the same on every machine
+    results = os.path.relpath(results_dir.resolve(), REPO / "notebooks")
     papermill.execute_notebook(REPO / "notebooks" / "aggregate.ipynb", executed,
-                               parameters={"profile": profile.name, "results_dir": str(results_dir.resolve())},
+                               parameters={"profile": profile.name, "results_dir": results},
                                kernel_name="python3", progress_bar=False, cwd=str(REPO / "notebooks"))
+    tidy_executed(executed)
 
 
 def _parse_shard(text: str) -> tuple[int, int]:

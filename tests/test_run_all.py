@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 import attnlib
 
@@ -53,6 +54,23 @@ def test_smoke_profile_end_to_end() -> None:
     again = run_all("--profile", "smoke", "--report-only")
     assert again.returncode == 0, again.stderr[-3000:]
     assert (REPO / "paper" / "generated" / "smoke" / "summary.tex").read_text() == table
+
+
+@pytest.mark.slow
+def test_without_a_gpu_the_default_rebuilds_the_committed_paper() -> None:
+    """The reviewer path: `./run_all.sh` on a CPU machine rebuilds tables, macros, figures and the executed
+    aggregation notebook from the committed results/paper/, byte for byte, and the PDF."""
+    if torch.cuda.is_available():
+        pytest.skip("with a GPU, ./run_all.sh measures")
+    outputs = [*sorted((REPO / "paper" / "generated" / "paper").iterdir()), *sorted((REPO / "figures" / "paper").iterdir()),
+               REPO / "results" / "paper" / "summary.csv", REPO / "results" / "paper" / "notebooks" / "aggregate.ipynb"]
+    committed = {path: path.read_bytes() for path in outputs}
+    done = run_all()
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "rebuilding the paper from the committed results/paper/" in done.stdout
+    assert [path.name for path in outputs if path.read_bytes() != committed[path]] == []
+    if shutil.which("latexmk") or os.environ.get("CI"):
+        assert (REPO / "paper" / "paper.pdf").stat().st_size > 100_000
 
 
 def test_bad_arguments_fail_before_any_work() -> None:

@@ -103,11 +103,17 @@ def test_trimmed_notebooks_keep_results_plots_and_errors(tmp_path) -> None:
     outputs = [{"output_type": "stream", "name": "stderr", "text": "TqdmWarning: IProgress not found"},
                {"output_type": "stream", "name": "stdout", "text": "ok"},
                {"output_type": "error", "ename": "RuntimeError", "evalue": "x", "traceback": []}]
+    timing = {"execution": {"iopub.status.busy": "2026-11-22T02:19:15Z"}, "papermill": {"duration": 0.1}, "tags": ["x"]}
     path = tmp_path / "n.ipynb"
-    path.write_text(json.dumps({"cells": [{"cell_type": "code", "outputs": outputs}, {"cell_type": "markdown"}]}))
-    pipeline.trim_outputs(path)
-    kept = json.loads(path.read_text())["cells"][0]["outputs"]
+    path.write_text(json.dumps({"cells": [{"cell_type": "code", "id": "77e0a1bb", "metadata": timing,
+                                           "outputs": outputs}, {"cell_type": "markdown", "id": "5c94"}],
+                                "metadata": {"papermill": {"parameters": {"a": 1}, "start_time": "2026-11-22"}}}))
+    pipeline.tidy_executed(path)
+    nb = json.loads(path.read_text())
+    kept = nb["cells"][0]["outputs"]
     assert [o["output_type"] for o in kept] == ["stream", "error"] and kept[0]["name"] == "stdout"
+    assert nb["cells"][0]["metadata"] == {"tags": ["x"]} and [c["id"] for c in nb["cells"]] == ["cell-0", "cell-1"]
+    assert nb["metadata"]["papermill"] == {"parameters": {"a": 1}}
 
 
 def test_resume_skips_finished_and_redoes_broken(tmp_path, monkeypatch) -> None:
