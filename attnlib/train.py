@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from .data import IGNORE_INDEX, TokenData, prepare_data
 from .flops import training_flops_per_token
 from .measurement import measure, measure_idle
+from .measurement.nvml import gpu_uuid
 from .model import attention_parameters, build_model
 from .registry import get_variant
 
@@ -177,18 +178,8 @@ def causal_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn
     return F.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def gpu_uuid(device: torch.device) -> str | None:
-    """NVML's name for the card ("GPU-..."), the same under any CUDA_VISIBLE_DEVICES; None on a CPU."""
-    return f"GPU-{torch.cuda.get_device_properties(device).uuid}" if device.type == "cuda" else None
 
 
 def _check_finite(loss: torch.Tensor, where: str) -> float:
@@ -230,7 +221,8 @@ def _run(kind: str, config: TrainConfig, out_path: Path, cache_dir: Path, body, 
     result = result_skeleton(kind, config, **fields)
     device = default_device()
     result["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    result["device_uuid"] = gpu_uuid(device)  # which card: the report divides by that card's calibration
+    # which card: the report divides by that card's calibration
+    result["device_uuid"] = gpu_uuid(device) if device.type == "cuda" else None
     start = time.perf_counter()
     try:
         data = prepare_data(config.dataset, config.seq_len, cache_dir, config.max_documents)
@@ -288,8 +280,8 @@ def run_trial(config: TrainConfig, trial: int, out_path: Path, cache_dir: Path, 
             while time.perf_counter() - start < config.window_s:
                 loss = trainer.step()
                 steps += 1
-                bar.update()
-                if progress and steps % 10 == 0:
+                if progress and steps % 10 == 0:  # no bar, no bookkeeping in the measured loop
+                    bar.update(10)
                     _show(bar, window, loss.item(), steps * config.tokens_per_step)
             bar.close()
             tokens = steps * config.tokens_per_step

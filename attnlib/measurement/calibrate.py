@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .nvml import gpu_uuid
 from .window import Measurement, measure
 
 
@@ -60,7 +61,7 @@ def calibrate_peak(size: int = 8192, seconds: float = 10.0, dtype: torch.dtype =
         products(n)
     r: Measurement = window.result
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    uuid = f"GPU-{torch.cuda.get_device_properties(0).uuid}" if device == "cuda" else None
+    uuid = gpu_uuid() if device == "cuda" else None
     return Calibration(
         device=name, uuid=uuid, size=size, dtype=str(dtype).removeprefix("torch."), tflops=r.tflops, j_per_flop=r.j_per_flop,
         j_per_flop_net=r.j_per_flop_net, pj_per_flop=None if r.j_per_flop is None else r.j_per_flop * 1e12,
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", type=Path, required=True)
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args(argv)
-    uuid = f"GPU-{torch.cuda.get_device_properties(0).uuid}" if torch.cuda.is_available() else "cpu"
+    uuid = gpu_uuid() if torch.cuda.is_available() else "cpu"
     out = args.out_dir / f"{uuid}.json"
     if out.exists():
         print(f"calibrate_peak: {uuid} already calibrated ({out})")

@@ -77,6 +77,13 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def gpu_uuid(device: int | Any = 0) -> str:
+    """NVML's name for a CUDA device ("GPU-<uuid>"): the same card under any CUDA_VISIBLE_DEVICES."""
+    import torch
+
+    return f"GPU-{torch.cuda.get_device_properties(device).uuid}"
+
+
 def open_nvml() -> NvmlGPUs | Unavailable:
     """NVML handles for the CUDA devices torch sees, or `Unavailable` with the reason."""
     try:
@@ -84,14 +91,14 @@ def open_nvml() -> NvmlGPUs | Unavailable:
 
         if not torch.cuda.is_available():
             return Unavailable("no CUDA device visible to torch")
-        uuids = [str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
+        uuids = [gpu_uuid(i) for i in range(torch.cuda.device_count())]
     except Exception as error:  # a broken CUDA install is an unavailable GPU, said so
         return Unavailable(f"CUDA not usable: {error}")
     try:
         import pynvml
 
         pynvml.nvmlInit()
-        handles = [pynvml.nvmlDeviceGetHandleByUUID(("GPU-" + u).encode()) for u in uuids]
+        handles = [pynvml.nvmlDeviceGetHandleByUUID(u.encode()) for u in uuids]
         gpus = NvmlGPUs(pynvml, handles)
         gpus.energy_mj()  # fails on pre-Volta GPUs and some virtual GPUs
     except ImportError:
