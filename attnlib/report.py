@@ -219,8 +219,9 @@ def discussion_macros(summary: pd.DataFrame, results: list[dict]) -> dict[str, s
         + [_macro_name(v) + suffix for v in variants for suffix in ("CompileSavingPct", "CompileSpeedup")]
         + [_macro_name(m) + suffix for m in modes
            for suffix in ("EnergyRanking", "WorstVariant", "WorstMjPerToken", "EnergySpread")]
+        + [_macro_name(m) + suffix for m in modes for suffix in ("ThroughputSpreadPct", "ThroughputSpreadRow")]
         + ["CompileSavingMinPct", "CompileSavingMinVariant", "CompileSavingMaxPct", "CompileSavingMaxVariant",
-           "CompilePowerDropPct", "SdpaOverBaselineEnergySavingPct", "SdpaOverBaselineSpeedup",
+           "CompilePowerChange", "CompileSpeedupMin", "CompileSpeedupMax", "SdpaOverBaselineEnergySavingPct", "SdpaOverBaselineSpeedup",
            "SdpaOverBaselinePowerRatio", "SdpaOverBaselineMemSavingPct", "BestValLossVariant", "BestValLoss",
            "WorstValLossVariant", "WorstValLoss"], "n/a")
     summary = summary.copy()
@@ -243,6 +244,13 @@ def discussion_macros(summary: pd.DataFrame, results: list[dict]) -> dict[str, s
     macros["MaxWindowS"] = _fmt(ok.window_s.max() if len(ok) else None, ".1f")
     idle = ok.idle_power_w.dropna() if len(ok) else pd.Series(dtype=float)
     macros["IdlePowerRange"] = f"{idle.min():.0f}--{idle.max():.0f}" if len(idle) else "n/a"
+    macros["TrialCards"] = str(ok.device_uuid.nunique()) if len(ok) else "n/a"
+    macros["QualityCards"] = _quality_cards(results, set(ok.device_uuid.dropna()) if len(ok) else set())
+    for mode, rows in (ok.dropna(subset=["tokens_per_s"]).groupby("mode") if len(ok) else ()):
+        # the largest trial-to-trial throughput difference of one variant, as a share of its fastest trial
+        spread = rows.groupby("variant").tokens_per_s.agg(lambda t: 1 - t.min() / t.max())
+        macros[f"{_macro_name(mode)}ThroughputSpreadPct"] = _fmt(spread.max(), ".0f", 100)
+        macros[f"{_macro_name(mode)}ThroughputSpreadRow"] = f"{spread.idxmax()}/{mode}"
     noisy = summary[summary.gpu_j_per_token_cv > 0.03] if "gpu_j_per_token_cv" in summary else summary.iloc[:0]
     macros["HighCvRows"] = ", ".join(f"{r.variant}/{r['mode']} ({r.gpu_j_per_token_cv * 100:.1f}%)"
                                      for _, r in noisy.iterrows()) or "none"
@@ -271,8 +279,11 @@ def discussion_macros(summary: pd.DataFrame, results: list[dict]) -> dict[str, s
             macros["CompileSavingMinVariant"] = saving.idxmin()
             macros["CompileSavingMaxPct"] = _fmt(saving.max(), ".0f", 100)
             macros["CompileSavingMaxVariant"] = saving.idxmax()
-            power_drop = 1 - compiled.loc[both].mean_power_w.mean() / eager.loc[both].mean_power_w.mean()
-            macros["CompilePowerDropPct"] = _fmt(power_drop, ".0f", 100)
+            power_change = compiled.loc[both].mean_power_w.mean() / eager.loc[both].mean_power_w.mean() - 1
+            macros["CompilePowerChange"] = (f"{_fmt(abs(power_change), '.0f', 100)}% "
+                                            f"{'higher' if power_change > 0 else 'lower'}")
+            macros["CompileSpeedupMin"] = _fmt(speedup.min(), ".2f")
+            macros["CompileSpeedupMax"] = _fmt(speedup.max(), ".2f")
     for mode, frame in by_mode.items():
         ranked = frame.gpu_j_per_token_mean.dropna().sort_values()
         if len(ranked):
@@ -300,6 +311,23 @@ def discussion_macros(summary: pd.DataFrame, results: list[dict]) -> dict[str, s
     macros["PriorFlashTokensPerS"] = _fmt(prior.loc["flash"].prior_tokens_per_s, ",.0f")
     macros["PriorEnergySpread"] = _fmt(prior.prior_j_per_token.max() / prior.prior_j_per_token.min(), ".2f")
     return macros
+
+
+def _quality_cards(results: list[dict], trial_cards: set[str]) -> str:
+    """Where the quality runs ran, relative to the timed trials' cards (a phrase for the text)."""
+    runs = [r for r in results if r["kind"] == "quality" and r["status"] == "ok"]
+    cards = {r.get("device_uuid") for r in runs} - {None}
+    if not cards:
+        return "n/a"
+    if cards <= trial_cards:
+        return "the same cards"
+    trial_times = [r["created"] for r in results if r["kind"] == "trial" and r["status"] == "ok" and r.get("created")]
+    when = ""
+    if trial_times and all(r.get("created") for r in runs):
+        when = (", before the trials" if max(r["created"] for r in runs) < min(trial_times) else
+                ", after the trials" if min(r["created"] for r in runs) > max(trial_times) else "")
+    other = len(cards - trial_cards)
+    return f"{other} other card{'s' if other > 1 else ''} of the same model{when}"
 
 
 def _macro_name(*parts: str) -> str:
@@ -452,6 +480,9 @@ def build_report(results_dir: Path, profile: str, figures_dir: Path, paper_dir: 
     results = load_results(results_dir)
     if not results:
         raise ValueError(f"results_dir: no results under {results_dir}/raw; run the pipeline first")
+    devices = sorted({r["device"] for r in results if r.get("device")})  # a crashed notebook's result names none
+    if len(devices) > 1:  # one table, one kind of card: timings from different devices are not comparable
+        raise ValueError(f"results_dir: {results_dir}/raw mixes devices {devices}; report each in its own results folder")
     calibrations = load_calibrations(results_dir)
     summary = summary_frame(results, variant_order, calibrations)
     write_tables(summary, results_dir)

@@ -27,7 +27,7 @@ def trial(variant: str, mode: str, index: int, tokens_per_s: float, j_per_token:
         "power_trace": [(0.1 * i, 500.0 + i) for i in range(100)] if index == 0 else None,
     }
     return {"kind": "trial", "variant": variant, "mode": mode, "trial": index, "status": status, "device": "NVIDIA H200",
-            "device_uuid": f"GPU-{index % 2}",
+            "device_uuid": f"GPU-{index % 2}", "created": "2026-02-01T00:00:00+00:00",
             "error": None if status == "ok" else "OutOfMemoryError: CUDA out of memory", "measurement": measurement,
             "model": {"kernel": "k", "params": 124_439_808}, "config": {"window_s": 10.0, "idle_s": 2.0}, "timing": {"warmup_s": 2.0, "first_step_s": 1.0},
             "data": {"dataset": "python-docs-3.12", "dataset_sha256": "ab" * 32, "tokenizer": "t", "train_tokens": 5}}
@@ -35,6 +35,7 @@ def trial(variant: str, mode: str, index: int, tokens_per_s: float, j_per_token:
 
 def quality(variant: str, val_loss: float) -> dict:
     return {"kind": "quality", "variant": variant, "mode": "eager", "status": "ok", "val_loss": val_loss,
+            "device": "NVIDIA H200", "device_uuid": "GPU-9", "created": "2026-01-01T00:00:00+00:00",
             "measurement": {"tokens": 1000, "gpu_energy_j": 5.0},
             "loss_curve": [{"tokens": 0, "val_loss": 11.0}, {"tokens": 1000, "val_loss": val_loss}]}
 
@@ -92,8 +93,22 @@ def test_tables_macros_and_figures(results_dir) -> None:
     assert r"\newcommand{\dataDevice}{NVIDIA H200}" in macros
     assert r"\dataShortWindows}{1}" in macros and r"\dataSdpaCompileSavingPct}{" in macros
     assert r"\dataEagerEnergyRanking}{sdpa $<$ baseline}" in macros
+    # trial-to-trial throughput: sdpa eager 145k..147k, compiled 326k..330k; compiled power 590 W against 599 W
+    assert r"\dataEagerThroughputSpreadPct}{1}" in macros and r"\dataEagerThroughputSpreadRow}{sdpa/eager}" in macros
+    assert r"\dataCompileThroughputSpreadRow}{sdpa/compile}" in macros
+    assert r"\dataCompilePowerChange}{1\% lower}" in macros and r"\dataCompileSpeedupMax}{2.25}" in macros
+    assert r"\dataTrialCards}{2}" in macros
+    assert r"\dataQualityCards}{1 other card of the same model, before the trials}" in macros
     for name in ("energy_per_token", "tokens_per_s", "peak_memory", "power_trace", "energy_vs_loss", "loss_curves"):
         assert (results_dir / "figures" / "paper" / f"{name}.png").stat().st_size > 5000
+
+
+def test_results_of_two_devices_are_refused(results_dir) -> None:
+    """One table, one kind of card: an H100 trial among H200 results is an error, not a row."""
+    (results_dir / "results" / "raw" / "h100.json").write_text(json.dumps({**trial("sdpa", "eager", 3, 1e5, 4e-3),
+                                                                             "device": "NVIDIA H100 80GB HBM3"}))
+    with pytest.raises(ValueError, match="mixes devices"):
+        build_report(results_dir / "results", "paper", results_dir / "figures", results_dir / "paper", ["sdpa"])
 
 
 def test_cpu_results_give_macros_that_say_n_a(tmp_path) -> None:
