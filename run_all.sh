@@ -94,9 +94,10 @@ python -m attnlib.pipeline report --profile "$profile" || fail "aggregation fail
 pdf="paper/paper-$profile.pdf"
 if command -v latexmk >/dev/null 2>&1; then
   # the PDF's dates are the results' commit date: a rebuild from the same results gives the same PDF
+  # (-g: latexmk cannot see that date change, so it always builds)
   SOURCE_DATE_EPOCH=$(git log -1 --format=%ct -- "$results" 2>/dev/null || true)
   export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(date +%s)}
-  (cd paper && latexmk -pdf -interaction=nonstopmode -halt-on-error -jobname="paper-$profile" \
+  (cd paper && latexmk -g -pdf -interaction=nonstopmode -halt-on-error -jobname="paper-$profile" \
       -usepretex="\\def\\attnprofile{$profile}" paper.tex >"latexmk-$profile.log" 2>&1) \
     || fail "LaTeX failed: see paper/latexmk-$profile.log"
   [ "$profile" = paper ] && cp "$pdf" paper/paper.pdf
