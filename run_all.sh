@@ -63,7 +63,7 @@ results="results/$profile"
 # 3. Measurements (skipped with --report-only). Exit code 3: stopped by --max-minutes, resumable.
 # With --gpus N, one pipeline per GPU (CUDA_VISIBLE_DEVICES=i, --shard i/N), each measuring only its own card
 # and pinned to its own 1/N of the CPU cores: a compiled step of a small model is bound by the host's kernel
-# launches, and jobs sharing cores slowed each other (the first paper run, see the paper's threats to validity).
+# launches, and jobs sharing cores slowed each other (the first paper run, see results/paper/README.md).
 if [ -z "$report_only" ]; then
   pids=() cores=$(nproc)
   for ((i = 0; i < gpus; i++)); do

@@ -244,7 +244,7 @@ def discussion_macros(summary: pd.DataFrame, results: list[dict]) -> dict[str, s
     macros["MaxWindowS"] = _fmt(ok.window_s.max() if len(ok) else None, ".1f")
     idle = ok.idle_power_w.dropna() if len(ok) else pd.Series(dtype=float)
     macros["IdlePowerRange"] = f"{idle.min():.0f}--{idle.max():.0f}" if len(idle) else "n/a"
-    macros["TrialCards"] = str(ok.device_uuid.nunique()) if len(ok) else "n/a"
+    macros["TrialCards"] = str(ok.device_uuid.nunique()) if len(ok) and ok.device_uuid.notna().any() else "n/a"
     macros["QualityCards"] = _quality_cards(results, set(ok.device_uuid.dropna()) if len(ok) else set())
     for mode, rows in (ok.dropna(subset=["tokens_per_s"]).groupby("mode") if len(ok) else ()):
         # the largest trial-to-trial throughput difference of one variant, as a share of its fastest trial

@@ -118,11 +118,13 @@ def test_cpu_results_give_macros_that_say_n_a(tmp_path) -> None:
     for i, result in enumerate(trial(v, "eager", t, 1e3, 0.0) for v in ("baseline", "sdpa") for t in range(2)):
         result["measurement"].update(j_per_token=None, j_per_token_net=None, gpu_power_mean_w=None, j_per_flop=None,
                                      torch_peak_mem_bytes=None, power_trace=None)
+        result.update(device="cpu", device_uuid=None)
         (raw / f"{i}.json").write_text(json.dumps(result))
     build_report(tmp_path / "results", "smoke", tmp_path / "figures", tmp_path / "paper", ["baseline", "sdpa"])
     macros = (tmp_path / "paper" / "generated" / "smoke" / "macros.tex").read_text()
     assert r"\dataSdpaOverBaselineEnergySavingPct}{n/a}" in macros and r"\dataSdpaCompileSavingPct}{n/a}" in macros
     assert r"\dataSdpaOverBaselineSpeedup}{1.00}" in macros
+    assert r"\dataTrialCards}{n/a}" in macros  # no GPU card: not "0 cards"
     repo = Path(__file__).resolve().parent.parent  # every macro the paper quotes is defined, or LaTeX fails
     quoted = set(re.findall(r"\\data([A-Za-z]+)", (repo / "paper" / "paper.tex").read_text()))
     assert quoted <= set(re.findall(r"newcommand\{\\data([A-Za-z]+)\}", macros))
