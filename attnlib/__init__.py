@@ -1,9 +1,9 @@
 """attnlib: correct attention mechanisms inside the real GPT-2, and honest measurements of what they cost."""
 
 from . import variants  # noqa: F401  (registers every variant)
-from .measurement import Candidate, Measurement, calibrate_peak, measure, measure_idle, run_trials
+from .measurement import Candidate, Measurement, calibrate_peak, measure, measure_idle, round_orders, run_trials
 from .model import attention_parameters, build_config, build_model
 from .registry import VARIANTS, VariantSpec, get_variant, register
 
 __all__ = ["VARIANTS", "Candidate", "Measurement", "VariantSpec", "attention_parameters", "build_config", "build_model",
-           "calibrate_peak", "get_variant", "measure", "measure_idle", "register", "run_trials"]
+           "calibrate_peak", "get_variant", "measure", "measure_idle", "register", "round_orders", "run_trials"]

@@ -7,22 +7,32 @@ Sources, in the order `load_corpus("auto")` tries them:
 3. offline, `python-docs`: real English text that every CPython install carries, with no download: the Python
    language-reference topics that `help()` shows (`pydoc_data.topics`) and the docstrings of the standard
    library's modules, classes and functions (read with `ast` from the sources, nothing is imported). Its
-   content depends on the Python version, so every result records its SHA-256.
+   content depends on the Python version, so every result records its SHA-256. 0.5M tokens: for tests.
+4. `debian-docs` (named, never "auto"): the reStructuredText sources of two Debian documentation packages,
+   `linux-doc-6.1` (the Linux kernel's documentation) and `python3.11-doc` (Python's), about 10M tokens of
+   technical English. `python -m attnlib.data debian-docs` downloads the packages (apt), records their versions
+   and SHA-256s and writes the tokenized, deduplicated split to `data/debian-docs/`, which the repository carries
+   so that a machine without a network (the GPU machine) trains on exactly the same tokens.
 
 Conversations are rendered with Tulu's role tags (`<|user|>`, `<|assistant|>`, `<|system|>`), documents are
 joined with GPT-2's end-of-text token, and the stream is cut into blocks: no padding inside, and only the tail of
 the last block is padded, with label -100 so it never counts in the loss. Every 10th document (by a hash of its
-text, so order-independent) goes to validation. Token streams are cached on disk as uint16 arrays.
+text, so order-independent) goes to validation. Validation documents that share more than 1% of their 13-grams of tokens with the training split are dropped
+(boilerplate and repeated passages), and the remaining overlap is measured and recorded. Token streams are cached
+on disk as compressed uint16 arrays.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import json
 import os
 import socket
+import subprocess
 import sys
+import tempfile
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +46,11 @@ GPT2_VOCAB = 50257
 IGNORE_INDEX = -100
 TULU = "allenai/tulu-v2-sft-mixture"
 VAL_EVERY = 10  # 10% of documents for validation
+NGRAM = 13  # validation/training overlap is counted in 13-grams of tokens (GPT-3's decontamination unit)
+MAX_DOC_OVERLAP = 0.01  # a validation document sharing more of its 13-grams with training is dropped
+REPO = Path(__file__).resolve().parent.parent
+DEBIAN_DOCS = REPO / "data" / "debian-docs"  # the committed token streams of the `debian-docs` corpus
+DEBIAN_DOC_PACKAGES = ("linux-doc-6.1", "python3.11-doc")
 
 
 @dataclass(frozen=True)
@@ -142,8 +157,26 @@ def python_docs_corpus() -> Corpus:
                   f"Python {version} language-reference topics and standard-library docstrings (offline, embedded)")
 
 
+def debian_docs_corpus(debs: list[Path]) -> Corpus:
+    """Each reStructuredText source page (`html/_sources/**/*.rst.txt`) of the given documentation packages
+    (`.deb` files) as one document; the description names each package with its version and SHA-256."""
+    documents, described = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for deb in sorted(debs):
+            sha = hashlib.sha256(Path(deb).read_bytes()).hexdigest()
+            described.append(f"{Path(deb).name} (sha256 {sha})")
+            subprocess.run(["dpkg-deb", "-x", str(deb), tmp], check=True)
+        pages = sorted(Path(tmp).glob("usr/share/doc/*/html/_sources/**/*.rst.txt"))
+        documents = [p.read_text(encoding="utf-8", errors="replace").strip() for p in pages]
+    documents = [d for d in documents if len(d) > 200]  # index stubs carry no prose
+    if not documents:
+        raise ValueError(f"dataset: no reStructuredText sources in {[str(d) for d in debs]}")
+    return Corpus("debian-docs", documents, "Debian documentation packages, reStructuredText sources: " + "; ".join(described))
+
+
 def load_corpus(dataset: str = "auto") -> Corpus:
-    """`"auto"` (Tulu if available, else python-docs), `"tulu"`, `"python-docs"`, or a path to a messages file."""
+    """`"auto"` (Tulu if available, else python-docs), `"tulu"`, `"python-docs"`, or a path to a messages file.
+    (`debian-docs` is read already tokenized: see `prepare_data`.)"""
     if dataset == "python-docs":
         return python_docs_corpus()
     if dataset in ("auto", "tulu"):
@@ -200,17 +233,36 @@ def split_documents(documents: list[str]) -> tuple[list[str], list[str]]:
     return train, val
 
 
-def tokenize_stream(documents: list[str], tokenizer: Tokenizer) -> np.ndarray:
-    """All documents as one uint16 token stream, each followed by end-of-text."""
+def tokenize_documents(documents: list[str], tokenizer: Tokenizer) -> list[np.ndarray]:
+    """Each document's GPT-2 tokens (uint16), followed by end-of-text."""
     encoded = tokenizer.encoder(documents, add_special_tokens=False)["input_ids"]
-    total = sum(len(ids) + 1 for ids in encoded)
-    stream = np.empty(total, dtype=np.uint16)
-    pos = 0
-    for ids in encoded:
-        stream[pos:pos + len(ids)] = ids
-        stream[pos + len(ids)] = EOT_ID
-        pos += len(ids) + 1
-    return stream
+    return [np.array([*ids, EOT_ID], dtype=np.uint16) for ids in encoded]
+
+
+def ngram_hashes(tokens: np.ndarray, n: int = NGRAM) -> np.ndarray:
+    """A 64-bit hash of every window of `n` consecutive tokens (empty when the document is shorter)."""
+    if len(tokens) < n:
+        return np.empty(0, dtype=np.uint64)
+    windows = np.lib.stride_tricks.sliding_window_view(tokens.astype(np.uint64), n)
+    powers = np.uint64(1000003) ** np.arange(n, dtype=np.uint64)  # wraps mod 2^64: a polynomial hash
+    return (windows * powers).sum(axis=1, dtype=np.uint64)
+
+
+def deduplicate(train: list[np.ndarray], val: list[np.ndarray]) -> tuple[list[np.ndarray], dict[str, float | int]]:
+    """Drop validation documents sharing more than MAX_DOC_OVERLAP of their 13-grams with training; return the
+    kept ones and the measured overlap of the whole validation split, before and after."""
+    empty = np.empty(0, np.uint64)
+    seen = np.unique(np.concatenate([ngram_hashes(d) for d in train] or [empty]))
+    grams = [ngram_hashes(d) for d in val]
+    shared_all = np.isin(np.concatenate(grams or [empty]), seen, assume_unique=False)  # one sorted pass for all
+    shared = [int(s.sum()) for s in np.split(shared_all, np.cumsum([len(g) for g in grams])[:-1])] if grams else []
+    keep = [not len(g) or n / len(g) <= MAX_DOC_OVERLAP for g, n in zip(grams, shared)]
+    kept = [doc for doc, k in zip(val, keep) if k]
+    total_before, total_after = sum(len(g) for g in grams), sum(len(g) for g, k in zip(grams, keep) if k)
+    before, after = sum(shared), sum(n for n, k in zip(shared, keep) if k)
+    return kept, {"val_ngram_overlap_before": before / total_before if total_before else 0.0,
+                  "val_ngram_overlap": after / total_after if total_after else 0.0,
+                  "val_documents_dropped": len(val) - len(kept)}
 
 
 def pack(stream: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,12 +279,32 @@ def pack(stream: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @dataclass(frozen=True)
+class DataInfo:
+    """What the tokens are: recorded with every result."""
+
+    dataset: str
+    dataset_description: str
+    dataset_sha256: str  # of the documents' text
+    documents: int
+    train_documents: int
+    val_documents: int
+    tokenizer: str
+    tokenizer_sha256: str
+    train_tokens: int
+    val_tokens: int
+    val_ngram_overlap: float  # share of validation 13-grams that also occur in training, after deduplication
+    val_ngram_overlap_before: float
+    val_documents_dropped: int
+    seq_len: int | None = None
+
+
+@dataclass(frozen=True)
 class TokenData:
     train_ids: torch.Tensor  # [N, T]
     train_labels: torch.Tensor
     val_ids: torch.Tensor
     val_labels: torch.Tensor
-    info: dict  # dataset and tokenizer names and hashes, token counts: goes into every result
+    info: DataInfo
 
 
 def _cache_key(dataset: str, max_documents: int | None) -> str:
@@ -240,33 +312,71 @@ def _cache_key(dataset: str, max_documents: int | None) -> str:
     follows it), the file's size and time for a local file."""
     path = Path(dataset)
     file_id = f"{path.stat().st_size}:{path.stat().st_mtime_ns}" if path.is_file() else ""
-    raw = f"{dataset}|{file_id}|{max_documents}|{sys.version_info[:2]}"
+    raw = f"{dataset}|{file_id}|{max_documents}|{sys.version_info[:2]}|dedup{NGRAM}"
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
+def write_tokens(corpus: Corpus, out: Path, max_documents: int | None = None) -> None:
+    """Split, tokenize, deduplicate and write `tokens.npz` (train, val) and `info.json` to `out` (the cache
+    format, also that of the committed `data/debian-docs/`)."""
+    documents = corpus.documents[:max_documents] if max_documents else corpus.documents
+    tokenizer = load_tokenizer()
+    train_docs, val_docs = split_documents(documents)
+    train = tokenize_documents(train_docs, tokenizer)
+    val, overlap = deduplicate(train, tokenize_documents(val_docs, tokenizer))
+    streams = {split: np.concatenate(docs) if docs else np.empty(0, np.uint16) for split, docs in
+               (("train", train), ("val", val))}
+    info = DataInfo(dataset=corpus.name, dataset_description=corpus.description, dataset_sha256=corpus.sha256,
+                    documents=len(documents), train_documents=len(train), val_documents=len(val),
+                    tokenizer=tokenizer.source, tokenizer_sha256=tokenizer.sha256,
+                    train_tokens=int(len(streams["train"])), val_tokens=int(len(streams["val"])), **overlap)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = f"tmp{os.getpid()}"  # per process: jobs on several GPUs may tokenize at the same time
+    with open(out / f"tokens.{tmp}.npz", "wb") as f:
+        np.savez_compressed(f, **streams)
+    (out / f"tokens.{tmp}.npz").replace(out / "tokens.npz")
+    (out / f"info.{tmp}.json").write_text(json.dumps(dataclasses.asdict(info), indent=1) + "\n")
+    (out / f"info.{tmp}.json").replace(out / "info.json")  # written last: its presence means complete
+
+
 def prepare_data(dataset: str, seq_len: int, cache_dir: Path, max_documents: int | None = None) -> TokenData:
-    """Load, split, tokenize (cached on disk: later runs skip loading and tokenizing) and pack into blocks."""
-    cache = Path(cache_dir) / f"tokens-{_cache_key(dataset, max_documents)}"
-    if not (cache / "info.json").exists():
-        corpus = load_corpus(dataset)
-        documents = corpus.documents[:max_documents] if max_documents else corpus.documents
-        tokenizer = load_tokenizer()
-        train_docs, val_docs = split_documents(documents)
-        cache.mkdir(parents=True, exist_ok=True)
-        streams = {"train": tokenize_stream(train_docs, tokenizer), "val": tokenize_stream(val_docs, tokenizer)}
-        tmp = f"tmp{os.getpid()}"  # per process: jobs on several GPUs may tokenize at the same time
-        for split, stream in streams.items():
-            np.save(cache / f"{split}.{tmp}.npy", stream)
-            (cache / f"{split}.{tmp}.npy").replace(cache / f"{split}.npy")
-        info = {
-            "dataset": corpus.name, "dataset_description": corpus.description, "dataset_sha256": corpus.sha256,
-            "documents": len(documents), "train_documents": len(train_docs), "val_documents": len(val_docs),
-            "tokenizer": tokenizer.source, "tokenizer_sha256": tokenizer.sha256,
-            "train_tokens": int(len(streams["train"])), "val_tokens": int(len(streams["val"])),
-        }
-        (cache / f"info.{tmp}.json").write_text(json.dumps(info, indent=1))
-        (cache / f"info.{tmp}.json").replace(cache / "info.json")  # written last: its presence means complete
-    info = {**json.loads((cache / "info.json").read_text()), "seq_len": seq_len}
-    train_ids, train_labels = pack(np.load(cache / "train.npy"), seq_len)
-    val_ids, val_labels = pack(np.load(cache / "val.npy"), seq_len)
+    """Token blocks of `seq_len` for `dataset`: `debian-docs` from the repository's `data/debian-docs/`, any
+    other corpus loaded, split, tokenized and deduplicated once into `cache_dir` (later runs skip all that)."""
+    if dataset == "debian-docs":
+        if max_documents:
+            raise ValueError("max_documents: debian-docs is read as committed; it cannot be cut")
+        folder = DEBIAN_DOCS
+        if not (folder / "info.json").exists():
+            raise ValueError(f"dataset: {folder} is missing; build it with `python -m attnlib.data debian-docs`")
+    else:
+        folder = Path(cache_dir) / f"tokens-{_cache_key(dataset, max_documents)}"
+        if not (folder / "info.json").exists():
+            write_tokens(load_corpus(dataset), folder, max_documents)
+    info = DataInfo(**{**json.loads((folder / "info.json").read_text()), "seq_len": seq_len})
+    with np.load(folder / "tokens.npz") as streams:
+        train_ids, train_labels = pack(streams["train"], seq_len)
+        val_ids, val_labels = pack(streams["val"], seq_len)
     return TokenData(train_ids, train_labels, val_ids, val_labels, info)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m attnlib.data debian-docs [--debs A.deb B.deb]`: (re)build `data/debian-docs/` from Debian's
+    documentation packages (downloaded with `apt-get download` unless given)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("corpus", choices=["debian-docs"])
+    parser.add_argument("--debs", nargs="*", type=Path, help=f"the .deb files of {', '.join(DEBIAN_DOC_PACKAGES)}")
+    parser.add_argument("--out", type=Path, default=DEBIAN_DOCS)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        debs = args.debs
+        if not debs:
+            subprocess.run(["apt-get", "download", *DEBIAN_DOC_PACKAGES], cwd=tmp, check=True)
+            debs = sorted(Path(tmp).glob("*.deb"))
+        write_tokens(debian_docs_corpus(debs), args.out)
+    print((args.out / "info.json").read_text())
+
+
+if __name__ == "__main__":
+    main()

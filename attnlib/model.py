@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from .registry import VariantSpec, get_variant
@@ -77,3 +78,20 @@ def build_model(variant: str, seq_len: int | None = None, **overrides: Any) -> G
 def attention_parameters(model: GPT2LMHeadModel) -> int:
     """Parameters in the attention modules (projections included), summed over layers."""
     return sum(p.numel() for block in model.transformer.h for p in block.attn.parameters())
+
+
+def causal_hidden_states(model: GPT2LMHeadModel, input_ids: torch.Tensor) -> torch.Tensor:
+    """Final hidden states `[B, T, C]` of `input_ids` `[B, T]`: GPT-2's own modules in GPT2Model's order, for plain
+    causal self-attention without padding, so no attention mask is built.
+
+    Why not `model.transformer(input_ids)`: transformers decides whether a causal mask can be skipped with
+    data-dependent checks; under `torch.compile` they cannot run, so a traced model always carries a dense
+    [B, 1, T, T] mask, which takes the causal kernels off the table (and pinned kernels refuse it). Every
+    attnlib core applies causality itself when the mask is None."""
+    transformer = model.transformer
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    hidden = transformer.drop(transformer.wte(input_ids) + transformer.wpe(positions))
+    for block in transformer.h:
+        out = block(hidden)
+        hidden = out[0] if isinstance(out, tuple) else out  # transformers < 5.2 returns a tuple
+    return transformer.ln_f(hidden)

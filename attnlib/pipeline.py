@@ -1,14 +1,15 @@
-"""The study's orchestration: profiles, the job plan, papermill execution, resumption.
+"""The study's orchestration: profiles, the job plan, papermill execution, resumption, the run record.
 
-A profile (`attnlib/profiles/<name>.toml`) fixes the model, data, hyper-parameters, measurement and the modes and
-number of trials. The plan interleaves trials across variants and modes (round 0: every variant, round 1: every
-variant, ...), then adds one quality run per variant and mode. Each job is one execution of
-`notebooks/variant.ipynb` by papermill, in its own process (no allocator or compile state carried between
-variants), and writes one JSON result; a job whose result exists is skipped unless forced, so a killed run
-resumes where it stopped.
+A profile (`attnlib/profiles/<name>.toml`) fixes the training setup (`[train]`), the trials (`[trials]`), the
+quality runs (`[quality]`), the plan's seed (`[plan]`) and per-variant parameters (`[variants.<name>]`). The plan
+has one trials job and one quality job per variant, in an order drawn from the plan's seed (trials jobs first).
+Each job is one papermill execution of its family's notebook (`notebooks/trials.ipynb`, `quality.ipynb`) in its
+own process, given the job's resolved config, and writes JSON results; a job whose results all exist is skipped
+unless forced, so a killed run resumes where it stopped. `run.json` records the device time of every chunk.
 
-    python -m attnlib.pipeline run --profile smoke [--variants a,b] [--force] [--max-minutes 8] [--shard 0/2]
-    python -m attnlib.pipeline report --profile smoke
+    python -m attnlib.pipeline run --profile smoke [--variants a,b] [--results DIR] [--force] [--max-minutes 8]
+    python -m attnlib.pipeline report --profile smoke [--results DIR]
+    python -m attnlib.pipeline compare --results DIR [--reference results/paper]
 """
 
 from __future__ import annotations
@@ -17,38 +18,54 @@ import argparse
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from .experiments import quality, trials
+from .experiments.quality import QualityConfig
+from .experiments.training import TrainConfig
+from .experiments.trials import TrialsConfig
+from .measurement.trials import round_orders
 from .registry import VARIANTS, get_variant
-from .train import STATUSES, TrainConfig, result_skeleton, write_json_atomic
+from .results import is_complete, load_results
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = Path(__file__).resolve().parent / "profiles"
-TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"variant", "mode"}
+FAMILIES = {"trials": trials, "quality": quality}
+SECTIONS = {"train": TrainConfig, "trials": TrialsConfig, "quality": QualityConfig, "plan": None, "variants": None}
 
 
 @dataclass(frozen=True)
 class Profile:
     name: str
-    modes: tuple[str, ...]
-    trials: int
-    quality_modes: tuple[str, ...]  # compiling does not change the maths: one quality run per variant suffices
     train: dict
+    trials: dict
+    quality: dict
+    plan_seed: int
     variant_params: dict[str, dict]
 
-    def train_config(self, variant: str, mode: str) -> TrainConfig:
-        """The TrainConfig of `variant` in `mode`: the profile's settings plus its parameters for that variant."""
+    def train_config(self, variant: str) -> TrainConfig:
+        """The profile's training setup with its parameters for `variant`."""
         train = dict(self.train)
         train["model"] = {**train.get("model", {}), **self.variant_params.get(variant, {})}
-        return TrainConfig(variant=variant, mode=mode, **train)
+        return TrainConfig(variant=variant, **train)
+
+    def trials_config(self, variant: str, order_seed: int = 0) -> TrialsConfig:
+        return TrialsConfig(train=self.train_config(variant), order_seed=order_seed, **self.trials)
+
+    def quality_config(self, variant: str) -> QualityConfig:
+        settings = dict(self.quality)
+        train = dataclasses.replace(self.train_config(variant), mode=settings.pop("mode", "eager"))
+        return QualityConfig(train=train, **settings)
 
 
 def load_profile(name: str) -> Profile:
-    """A profile by name (`smoke`, `paper`) or path; `ValueError` for unknown names and malformed files."""
+    """A profile by name (`smoke`, `paper`) or path; `ValueError` naming the problem for unknown names, unknown
+    keys and bad values, before any work."""
     path = Path(name) if name.endswith(".toml") else PROFILES / f"{name}.toml"
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in PROFILES.glob("*.toml")))
@@ -57,86 +74,73 @@ def load_profile(name: str) -> Profile:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"profile: {path} is not valid TOML: {error}") from None
-    unknown = (set(raw) - {"run", "train", "variants"}) | (set(raw.get("run", {})) - {"modes", "trials", "quality_modes"})
-    if unknown:
-        raise ValueError(f"profile: unknown section(s) or [run] key(s) {sorted(unknown)} in {path}")
-    run, train, variant_params = raw.get("run", {}), raw.get("train", {}), raw.get("variants", {})
-    if set(train) - TRAIN_FIELDS:
-        raise ValueError(f"profile: unknown [train] key(s) {sorted(set(train) - TRAIN_FIELDS)} in {path}")
-    for variant in variant_params:
+    if set(raw) - set(SECTIONS):
+        raise ValueError(f"profile: unknown section(s) {sorted(set(raw) - set(SECTIONS))} in {path}")
+    for section, cls in SECTIONS.items():
+        allowed = {"seed"} if section == "plan" else {f.name for f in dataclasses.fields(cls)} if cls else None
+        allowed = allowed if section != "quality" else allowed | {"mode"}
+        if allowed is not None and set(raw.get(section, {})) - allowed:
+            raise ValueError(f"profile: unknown [{section}] key(s) {sorted(set(raw[section]) - allowed)} in {path}")
+    for variant in raw.get("variants", {}):
         get_variant(variant)
-    modes = tuple(run.get("modes", ["eager"]))
-    quality_modes = tuple(run.get("quality_modes", modes[:1]))
-    if not set(quality_modes) <= set(modes):
-        raise ValueError(f"profile: quality_modes {quality_modes} must be among modes {modes} in {path}")
-    profile = Profile(path.stem, modes, int(run.get("trials", 3)), quality_modes, train, variant_params)
+    profile = Profile(path.stem, raw.get("train", {}), raw.get("trials", {}), raw.get("quality", {}),
+                      int(raw.get("plan", {}).get("seed", 0)), raw.get("variants", {}))
     for variant in VARIANTS:  # build every config now: bad values fail before any work
-        for mode in profile.modes:
-            profile.train_config(variant, mode)
+        profile.trials_config(variant)
+        profile.quality_config(variant)
     return profile
 
 
 @dataclass(frozen=True)
 class Job:
+    family: str  # "trials" or "quality"
     variant: str
-    mode: str
-    kind: str  # "trial" or "quality"
-    trial: int | None = None
+    config: dict  # the resolved config the notebook receives
 
     @property
     def name(self) -> str:
-        suffix = f"trial{self.trial}" if self.kind == "trial" else "quality"
-        return f"{self.variant}__{self.mode}__{suffix}"
+        return f"{self.variant}__{self.family}"
+
+    def result_names(self) -> list[str]:
+        """The result files this job writes (under raw/)."""
+        if self.family == "trials":
+            c = self.config
+            return [f"{self.variant}__{m}__trial{t}.json" for m in c["modes"] for t in range(c["trials"])]
+        return [f"{self.variant}__quality__seed{s}.json" for s in self.config["seeds"]]
 
 
-def plan(profile: Profile, variants: list[str], shard: tuple[int, int] = (0, 1)) -> list[Job]:
-    """Trials interleaved (A B C A B C ...), then quality runs.
-
-    `shard=(i, n)`: the jobs of GPU i when n GPUs share the plan. Within a round, neighbouring jobs go to different
-    GPUs and the assignment shifts by one every round, so every variant and mode has trials on each GPU in the same
-    pattern: a card-to-card difference enters every variant's confidence interval alike, never one variant's mean."""
-    index, count = shard
-    per_round = len(variants) * len(profile.modes)
-    trials = [Job(v, m, "trial", r) for r in range(profile.trials) for v in variants for m in profile.modes]
-    trials = [job for k, job in enumerate(trials) if (k % per_round + k // per_round) % count == index]
-    quality = [Job(v, m, "quality") for v in variants for m in profile.quality_modes]
-    return trials + [job for k, job in enumerate(quality) if k % count == index]
+def plan(profile: Profile, variants: list[str]) -> list[Job]:
+    """Trials jobs in an order drawn from the plan seed, then quality jobs in another; each trials job gets its
+    own seed for the order of its modes (all recorded in the results)."""
+    trial_order, quality_order = round_orders(variants, 2, profile.plan_seed)
+    jobs = [Job("trials", v, profile.trials_config(v, order_seed=profile.plan_seed + 1 + list(VARIANTS).index(v))
+                .to_dict()) for v in trial_order]
+    return jobs + [Job("quality", v, profile.quality_config(v).to_dict()) for v in quality_order]
 
 
-def result_path(results_dir: Path, job: Job) -> Path:
-    return results_dir / "raw" / f"{job.name}.json"
+def is_done(job: Job, results_dir: Path) -> bool:
+    return all(is_complete(results_dir / "raw" / name) for name in job.result_names())
 
 
-def is_done(path: Path) -> bool:
-    """A result exists and is complete (any recorded status counts: a failure is a result, too)."""
-    try:
-        return json.loads(path.read_text()).get("status") in STATUSES
-    except (OSError, json.JSONDecodeError):
-        return False
-
-
-def execute(job: Job, profile: Profile, results_dir: Path, cache_dir: Path) -> None:
-    """Run `notebooks/variant.ipynb` for `job` through papermill; record a failure if the notebook died."""
+def execute(job: Job, results_dir: Path, cache_dir: Path) -> None:
+    """Run the job's family notebook through papermill; if the kernel died, record the job's missing results."""
     import papermill
 
     # Every job is a fresh process: let Triton keep autotuning results on disk (fla's kernels autotune for
     # about 90 s otherwise, in every process) alongside the compiled kernels and inductor's graph cache.
     os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
-    out = result_path(results_dir, job)
     executed = results_dir / "notebooks" / f"{job.name}.ipynb"
     executed.parent.mkdir(parents=True, exist_ok=True)
-    parameters = {"profile": profile.name, "variant": job.variant, "mode": job.mode, "kind": job.kind,
-                  "trial": job.trial if job.trial is not None else 0, "result_path": str(out.resolve()),
+    parameters = {"variant": job.variant, "config": job.config, "out_dir": str((results_dir / "raw").resolve()),
                   "cache_dir": str(cache_dir.resolve())}
+    notebook = FAMILIES[job.family].NOTEBOOK
     try:
-        papermill.execute_notebook(REPO / "notebooks" / "variant.ipynb", executed, parameters=parameters,
+        papermill.execute_notebook(REPO / "notebooks" / notebook, executed, parameters=parameters,
                                    kernel_name="python3", progress_bar=False, cwd=str(REPO / "notebooks"))
         tidy_executed(executed)
     except Exception as error:  # the kernel died (e.g. a hard crash): the run goes on, the table shows it
-        if not is_done(out):
-            result = result_skeleton(job.kind, profile.train_config(job.variant, job.mode), trial=job.trial)
-            result["status"], result["error"] = "error", f"notebook failed: {str(error)[-2000:]}"
-            write_json_atomic(out, result)
+        missing = [n for n in job.result_names() if not is_complete(results_dir / "raw" / n)]
+        print(f"{job.name}: notebook failed ({str(error)[-500:]}); {len(missing)} results missing", flush=True)
 
 
 def tidy_executed(notebook: Path) -> None:
@@ -160,8 +164,6 @@ def calibrate(results_dir: Path) -> None:
     """On a GPU, measure its bf16 GEMM peak and J/FLOP once per card and results folder
     (`calibration/<card uuid>.json`), in its own process: the report divides each result by its card's figures
     for MFU and for energy as a multiple of the floor."""
-    import subprocess
-
     import torch
 
     if not torch.cuda.is_available():
@@ -172,27 +174,54 @@ def calibrate(results_dir: Path) -> None:
         print("calibration failed: MFU and floor multiples will be n/a in the tables", flush=True)
 
 
+def record_chunk(results_dir: Path, wall_s: float, jobs: list[str]) -> dict:
+    """Add one pipeline run (chunk) to `run.json`: the device, every chunk's wall time and jobs, and the totals
+    `gpu_minutes` (the measuring runs' wall time) and `measured_fraction` (time inside measured windows over it)."""
+    from .provenance import device_name
+
+    path = results_dir / "run.json"
+    record = json.loads(path.read_text()) if path.exists() else {"chunks": []}
+    if wall_s > 0 and jobs:
+        record["chunks"].append({"wall_s": round(wall_s, 1), "jobs": jobs})
+    record["device"] = device_name()[0]
+    gpu_s = sum(c["wall_s"] for c in record["chunks"])
+    windows_s = sum(r.measurement.wall_s for r in load_results(results_dir) if r.measurement is not None
+                    and r.measurement.wall_s is not None)
+    record["gpu_minutes"] = round(gpu_s / 60, 2)
+    record["measured_fraction"] = round(windows_s / gpu_s, 3) if gpu_s else None
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
 def run(profile: Profile, variants: list[str], results_dir: Path, cache_dir: Path, force: bool = False,
-        max_minutes: float | None = None, shard: tuple[int, int] = (0, 1)) -> int:
-    """Execute the plan (this GPU's shard of it); returns the number of jobs still to do (0 when complete)."""
-    calibrate(results_dir)
-    jobs = plan(profile, variants, shard)
-    todo = [j for j in jobs if force or not is_done(result_path(results_dir, j))]
-    print(f"{profile.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} already done, {len(todo)} to run", flush=True)
+        max_minutes: float | None = None) -> int:
+    """Execute the plan; returns the number of jobs still to do (0 when complete)."""
     start = time.monotonic()
+    calibrate(results_dir)
+    jobs = plan(profile, variants)
+    todo = [j for j in jobs if force or not is_done(j, results_dir)]
+    print(f"{profile.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} already done, {len(todo)} to run", flush=True)
+    ran: list[str] = []
+    left = 0
     for index, job in enumerate(todo):
         if index and max_minutes is not None and time.monotonic() - start > max_minutes * 60:  # >= 1 job per call
-            print(f"stopped after {max_minutes} min; {len(todo) - index} jobs left: run again to resume", flush=True)
-            return len(todo) - index
+            left = len(todo) - index
+            print(f"stopped after {max_minutes} min; {left} jobs left: run again to resume", flush=True)
+            break
         job_start = time.monotonic()
-        execute(job, profile, results_dir, cache_dir)
-        status = json.loads(result_path(results_dir, job).read_text())["status"]
-        print(f"[{index + 1}/{len(todo)}] {job.name}: {status} ({time.monotonic() - job_start:.0f} s)", flush=True)
-    return 0
+        execute(job, results_dir, cache_dir)
+        ran.append(job.name)
+        statuses = [json.loads(p.read_text())["status"] for p in (results_dir / "raw" / n for n in job.result_names())
+                    if p.exists()]
+        print(f"[{index + 1}/{len(todo)}] {job.name}: {statuses.count('ok')}/{len(job.result_names())} ok "
+              f"({time.monotonic() - job_start:.0f} s)", flush=True)
+    record = record_chunk(results_dir, time.monotonic() - start, ran)
+    print(f"run.json: {record['gpu_minutes']} GPU minutes, measured fraction {record['measured_fraction']}", flush=True)
+    return left
 
 
 def report(profile: Profile, results_dir: Path) -> None:
-    """Execute `notebooks/aggregate.ipynb`: tables, figures and macros from every result of the profile."""
+    """Execute `notebooks/aggregate.ipynb`: tables, figures and macros from every result of the folder."""
     import papermill
 
     executed = results_dir / "notebooks" / "aggregate.ipynb"
@@ -205,31 +234,20 @@ def report(profile: Profile, results_dir: Path) -> None:
     tidy_executed(executed)
 
 
-def _parse_shard(text: str) -> tuple[int, int]:
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard: '{text}' is not I/N (e.g. 0/2)") from None
-    if not 0 <= index < count:
-        raise ValueError(f"--shard: {text} is not a GPU index I/N with 0 <= I < N")
-    return index, count
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m attnlib.pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["run", "report"])
-    parser.add_argument("--profile", required=True)
+    parser.add_argument("command", choices=["run", "report", "compare"])
+    parser.add_argument("--profile", default="paper")
     parser.add_argument("--variants", default="all", help="comma-separated names, or 'all'")
     parser.add_argument("--results", type=Path, help="results folder (default results/<profile>)")
+    parser.add_argument("--reference", type=Path, default=REPO / "results" / "paper",
+                        help="compare: the results to compare with (default: the committed paper results)")
     parser.add_argument("--cache", type=Path, default=REPO / ".cache", help="tokenized-data cache")
-    parser.add_argument("--force", action="store_true", help="redo jobs whose result exists")
+    parser.add_argument("--force", action="store_true", help="redo jobs whose results exist")
     parser.add_argument("--max-minutes", type=float, help="start no new job after this long (resumable chunks)")
-    parser.add_argument("--shard", default="0/1", help="I/N: run GPU I's share of the plan when N GPUs run it "
-                        "(one process per GPU, each with its own CUDA_VISIBLE_DEVICES; run_all.sh --gpus N)")
     args = parser.parse_args(argv)
     try:
-        shard = _parse_shard(args.shard)
         profile = load_profile(args.profile)
         variants = list(VARIANTS) if args.variants == "all" else [get_variant(v).name for v in args.variants.split(",")]
     except ValueError as error:
@@ -237,8 +255,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results_dir = args.results or REPO / "results" / profile.name
     if args.command == "run":
-        left = run(profile, variants, results_dir, args.cache, args.force, args.max_minutes, shard)
-        return 3 if left else 0
+        return 3 if run(profile, variants, results_dir, args.cache, args.force, args.max_minutes) else 0
+    if args.command == "compare":
+        from .report.compare import compare
+
+        compare(results_dir, args.reference)
+        return 0
     report(profile, results_dir)
     return 0
 

@@ -16,8 +16,7 @@ from torch import nn
 class VariantSpec:
     """What a variant is, how it plugs into GPT-2 and which kernels it runs.
 
-    A variant plugs in one of three ways:
-    - `builtin_implementation` names a core transformers already has (only `baseline`: GPT-2's "eager").
+    A variant plugs in one of two ways:
     - `attention_function(module, query, key, value, attention_mask, scaling, dropout, **kw) -> (out, None)`
       is a transformers attention core (query/key/value `[B, H, T, D]`, out `[B, T, H, D]`) used inside GPT-2's
       own `GPT2Attention`, so the projections stay GPT-2's.
@@ -48,24 +47,18 @@ class VariantSpec:
     attention_function: Callable | None = None
     attention_module: type[nn.Module] | None = None
     validate: Callable[[Any, int], None] | None = None
-    builtin_implementation: str | None = None
     attn_dropout: bool = False
     attention_flops: Callable[[Any, int], float] | None = None
     hf_name: str | None = None
 
     def __post_init__(self) -> None:
-        ways = [self.attention_function, self.attention_module, self.builtin_implementation]
-        if sum(w is not None for w in ways) != 1:
-            raise ValueError(
-                f"variant {self.name!r}: set exactly one of attention_function, attention_module, builtin_implementation"
-            )
+        if (self.attention_function is None) == (self.attention_module is None):
+            raise ValueError(f"variant {self.name!r}: set exactly one of attention_function, attention_module")
 
     @property
     def attn_implementation(self) -> str:
         """The `config._attn_implementation` GPT-2 runs with: the core's transformers name, or "sdpa" (only its
         mask is used) for variants with their own module."""
-        if self.builtin_implementation is not None:
-            return self.builtin_implementation
         if self.attention_function is not None:
             return self.hf_name or f"attnlib_{self.name}"
         return "sdpa"

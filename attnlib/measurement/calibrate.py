@@ -63,8 +63,8 @@ def calibrate_peak(size: int = 8192, seconds: float = 10.0, dtype: torch.dtype =
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     uuid = gpu_uuid() if device == "cuda" else None
     return Calibration(
-        device=name, uuid=uuid, size=size, dtype=str(dtype).removeprefix("torch."), tflops=r.tflops, j_per_flop=r.j_per_flop,
-        j_per_flop_net=r.j_per_flop_net, pj_per_flop=None if r.j_per_flop is None else r.j_per_flop * 1e12,
+        device=name, uuid=uuid, size=size, dtype=str(dtype).removeprefix("torch."), tflops=r.tflops, j_per_flop=r.gpu_j_per_flop,
+        j_per_flop_net=r.gpu_j_per_flop_net, pj_per_flop=None if r.gpu_j_per_flop is None else r.gpu_j_per_flop * 1e12,
         window=r.to_dict(),
     )
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Unavailable
+from .base import GPUBackend, NullGPUs
 
 
-class NvmlGPUs:
-    """The NVIDIA devices this process uses (all CUDA devices torch sees, matched to NVML by UUID)."""
+class NvmlGPUs(GPUBackend):
+    """NVIDIA devices matched to NVML by UUID (the current CUDA device, or all of them)."""
 
     def __init__(self, pynvml: Any, handles: list[Any]):
         self._nvml, self.handles = pynvml, handles
@@ -84,16 +84,20 @@ def gpu_uuid(device: int | Any = 0) -> str:
     return f"GPU-{torch.cuda.get_device_properties(device).uuid}"
 
 
-def open_nvml() -> NvmlGPUs | Unavailable:
-    """NVML handles for the CUDA devices torch sees, or `Unavailable` with the reason."""
+def open_nvml(devices: str = "current") -> GPUBackend:
+    """NVML for the current CUDA device (`devices="current"`) or every device torch sees (`"all"`); the
+    `NullGPUs` stand-in with the reason where NVML cannot read an energy counter."""
+    if devices not in ("current", "all"):
+        raise ValueError(f"devices: 'current' or 'all', got {devices!r}")
     try:
         import torch
 
         if not torch.cuda.is_available():
-            return Unavailable("no CUDA device visible to torch")
-        uuids = [gpu_uuid(i) for i in range(torch.cuda.device_count())]
+            return NullGPUs("no CUDA device visible to torch")
+        indices = range(torch.cuda.device_count()) if devices == "all" else [torch.cuda.current_device()]
+        uuids = [gpu_uuid(i) for i in indices]
     except Exception as error:  # a broken CUDA install is an unavailable GPU, said so
-        return Unavailable(f"CUDA not usable: {error}")
+        return NullGPUs(f"CUDA not usable: {error}")
     try:
         import pynvml
 
@@ -102,7 +106,7 @@ def open_nvml() -> NvmlGPUs | Unavailable:
         gpus = NvmlGPUs(pynvml, handles)
         gpus.energy_mj()  # fails on pre-Volta GPUs and some virtual GPUs
     except ImportError:
-        return Unavailable("nvidia-ml-py (pynvml) is not installed")
+        return NullGPUs("nvidia-ml-py (pynvml) is not installed")
     except Exception as error:
-        return Unavailable(f"NVML energy counter not readable: {error}")
+        return NullGPUs(f"NVML energy counter not readable: {error}")
     return gpus

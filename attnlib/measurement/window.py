@@ -7,6 +7,8 @@
 At both ends the window synchronises CUDA, then reads the clock, the NVML energy counters, RAPL or CodeCarbon and
 the process CPU time. A background thread samples instantaneous power (~10 Hz) for the mean/peak and for traces.
 Anything that cannot be measured is `None` with a reason in `reasons`; estimates say so in their `*_source`.
+Hardware sits behind `base.GPUBackend` (NVML, or the do-nothing `NullGPUs` where there is none) and RAPL /
+CodeCarbon; the idle baseline is an argument, measured by `measure_idle` in the same process.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 import psutil
 import torch
 
-from .base import Unavailable
+from .base import GPUBackend, Unavailable
 from .codecarbon_estimate import JOULES_PER_KWH, CodeCarbonTracker
 from .nvml import open_nvml
 from .rapl import open_rapl
@@ -40,7 +42,7 @@ class Measurement:
     wall_s: float | None = None
     tokens: int | None = None
     flops: float | None = None
-    # GPU energy: NVML total-energy counter, summed over devices
+    # GPU energy: NVML total-energy counter, summed over the measured devices (default: the current one)
     gpu_count: int = 0
     gpu_energy_j: float | None = None
     gpu_energy_net_j: float | None = None
@@ -66,15 +68,13 @@ class Measurement:
     cpu_energy_source: str | None = None
     co2_kg: float | None = None
     co2_source: str | None = None
-    # derived
+    # derived (MFU and the floor multiple need a calibrated card: attnlib.report.frames divides by it)
     tokens_per_s: float | None = None
-    j_per_token: float | None = None
-    j_per_token_net: float | None = None
-    j_per_flop: float | None = None
-    j_per_flop_net: float | None = None
+    gpu_j_per_token: float | None = None
+    gpu_j_per_token_net: float | None = None
+    gpu_j_per_flop: float | None = None
+    gpu_j_per_flop_net: float | None = None
     tflops: float | None = None
-    peak_tflops: float | None = None
-    mfu: float | None = None
     environment: dict[str, Any] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)  # figure -> why it is None
     warnings: list[str] = field(default_factory=list)
@@ -85,12 +85,13 @@ class Measurement:
 
 @dataclass(frozen=True)
 class IdleBaseline:
+    """Idle GPU power with a CUDA context alive (`measure_idle`); `power_w` None when not measurable."""
+
     power_w: float | None
     source: str
     wall_s: float
 
 
-_idle: IdleBaseline | None = None
 _open_windows: list["measure"] = []  # innermost last; peak-memory bookkeeping across nested windows
 
 
@@ -153,29 +154,28 @@ class measure:  # noqa: N801  (used as a function-like context manager, like tor
     Args:
         label: names the window in results.
         tokens: tokens processed in the window (for tokens/s and J/token).
-        flops: floating-point operations done in the window (for TFLOP/s, J/FLOP, MFU).
-        peak_tflops: the MFU denominator (e.g. from `calibrate_peak`); MFU is None without it.
-        idle_power_w: idle power for net energy; default: the last `measure_idle` of this process.
+        flops: floating-point operations done in the window (for TFLOP/s and J/FLOP).
+        idle: the idle baseline for net energy (`measure_idle`, same process); net energy is None without it.
         keep_trace: keep the (time, power) samples in `result.power_trace`.
         sample_hz: power sampling rate (the counter and POWER_INSTANT update at 10 Hz).
         codecarbon: use CodeCarbon for CPU/RAM estimates (where RAPL is missing) and CO2.
         country_iso_code: CodeCarbon's grid for CO2 (offline, no network).
-        gpus: a GPU reader to use instead of NVML (recorded counters in tests).
+        gpus: the GPU backend (default: NVML for the current CUDA device only, so one job's window never counts
+            another card's energy; `open_nvml("all")` sums every visible card).
     """
 
     def __init__(self, label: str, tokens: int | None = None, flops: float | None = None, *,
-                 peak_tflops: float | None = None, idle_power_w: float | None = None, keep_trace: bool = False,
-                 sample_hz: float = 10.0, codecarbon: bool = True, country_iso_code: str = "USA", gpus: Any = None):
+                 idle: IdleBaseline | None = None, keep_trace: bool = False, sample_hz: float = 10.0,
+                 codecarbon: bool = True, country_iso_code: str = "USA", gpus: GPUBackend | None = None):
         if not label:
             raise ValueError("label: a window needs a non-empty label")
-        for name, value in (("tokens", tokens), ("flops", flops), ("peak_tflops", peak_tflops),
-                            ("idle_power_w", idle_power_w)):
+        for name, value in (("tokens", tokens), ("flops", flops)):
             if value is not None and (not isinstance(value, (int, float)) or value < 0):
                 raise ValueError(f"{name}: must be a non-negative number, got {value!r}")
         if not sample_hz > 0:
             raise ValueError(f"sample_hz: must be > 0, got {sample_hz!r}")
-        self.result = Measurement(label=label, tokens=tokens, flops=flops, peak_tflops=peak_tflops)
-        self._idle_power_w, self._keep_trace, self._period_s = idle_power_w, keep_trace, 1.0 / sample_hz
+        self.result = Measurement(label=label, tokens=tokens, flops=flops)
+        self._idle, self._keep_trace, self._period_s = idle, keep_trace, 1.0 / sample_hz
         self._gpus = gpus if gpus is not None else open_nvml()
         self._rapl = open_rapl()
         self._codecarbon = CodeCarbonTracker(country_iso_code) if codecarbon else None
@@ -188,7 +188,7 @@ class measure:  # noqa: N801  (used as a function-like context manager, like tor
             if failed is not None:  # an Unavailable (falsy, so test for None)
                 r.reasons["codecarbon"] = failed.reason
                 self._codecarbon = None
-        if self._gpus:
+        if self._gpus.available:
             r.gpu_count = self._gpus.count
             r.environment.update(self._gpus.environment())
             r.environment["start"] = self._gpus.state()
@@ -198,9 +198,9 @@ class measure:  # noqa: N801  (used as a function-like context manager, like tor
         _synchronize()
         self._cpu_start = self._process.cpu_times()
         self._rapl_start = self._rapl.read_uj() if self._rapl else None
-        self._energy_start = self._gpus.energy_mj() if self._gpus else None
+        self._energy_start = self._gpus.energy_mj()
         self._t0 = time.perf_counter()
-        if self._gpus:
+        if self._gpus.available:
             self._sampler.t0 = self._t0
             self._sampler.start()
         return self
@@ -228,7 +228,7 @@ class measure:  # noqa: N801  (used as a function-like context manager, like tor
     def __exit__(self, exc_type, exc, tb) -> bool:
         _synchronize()
         t1 = time.perf_counter()
-        energy_end = self._gpus.energy_mj() if self._gpus else None
+        energy_end = self._gpus.energy_mj()
         rapl_end = self._rapl.read_uj() if self._rapl else None
         cpu_end = self._process.cpu_times()
         r = self.result
@@ -244,7 +244,7 @@ class measure:  # noqa: N801  (used as a function-like context manager, like tor
 
     def _finish_gpu(self, energy_end: list[int] | None) -> None:
         r = self.result
-        if not self._gpus:
+        if not self._gpus.available:
             for name in ("gpu_energy_j", "gpu_energy_net_j", "gpu_power_mean_w", "torch_peak_mem_bytes"):
                 r.reasons[name] = self._gpus.reason
             return
@@ -272,24 +272,18 @@ class measure:  # noqa: N801  (used as a function-like context manager, like tor
             r.reasons["torch_peak_mem_bytes"] = "CUDA not initialised in this process"
         if r.gpu_energy_j is not None and r.wall_s > 0:
             r.gpu_power_mean_w = r.gpu_energy_j / r.wall_s
-        idle_w, r.idle_power_source = self._idle_power()
-        r.idle_power_w = idle_w
-        if idle_w is None:
-            r.reasons["gpu_energy_net_j"] = r.idle_power_source
-        elif r.gpu_energy_j is not None:
-            r.gpu_energy_net_j = r.gpu_energy_j - idle_w * r.wall_s
+        if self._idle is None or self._idle.power_w is None:
+            r.reasons["gpu_energy_net_j"] = ("no idle baseline given: pass idle=measure_idle()" if self._idle is None
+                                             else self._idle.source)
+        else:
+            r.idle_power_w, r.idle_power_source = self._idle.power_w, self._idle.source
+            if r.gpu_energy_j is not None:
+                r.gpu_energy_net_j = r.gpu_energy_j - r.idle_power_w * r.wall_s
         if r.wall_s < SHORT_WINDOW_S or (r.energy_counter_updates or 0) < MIN_COUNTER_UPDATES:
             r.warnings.append(
                 f"too short for the energy counter: {r.wall_s:.2f} s, {r.energy_counter_updates} counter updates "
                 f"(want >= {SHORT_WINDOW_S:.0f} s and >= {MIN_COUNTER_UPDATES} updates; better 5 s of steady work)"
             )
-
-    def _idle_power(self) -> tuple[float | None, str]:
-        if self._idle_power_w is not None:
-            return self._idle_power_w, "given by the caller"
-        if _idle is not None and _idle.power_w is not None:
-            return _idle.power_w, _idle.source
-        return None, "no idle baseline: call attnlib.measure_idle() first or pass idle_power_w"
 
     def _finish_cpu(self, rapl_end: dict[str, int] | None) -> None:
         r = self.result
@@ -321,24 +315,14 @@ class measure:  # noqa: N801  (used as a function-like context manager, like tor
         r = self.result
         per = lambda num, den: None if num is None or not den else num / den  # noqa: E731
         r.tokens_per_s = per(r.tokens, r.wall_s)
-        r.j_per_token, r.j_per_token_net = per(r.gpu_energy_j, r.tokens), per(r.gpu_energy_net_j, r.tokens)
-        r.j_per_flop, r.j_per_flop_net = per(r.gpu_energy_j, r.flops), per(r.gpu_energy_net_j, r.flops)
+        r.gpu_j_per_token, r.gpu_j_per_token_net = per(r.gpu_energy_j, r.tokens), per(r.gpu_energy_net_j, r.tokens)
+        r.gpu_j_per_flop, r.gpu_j_per_flop_net = per(r.gpu_energy_j, r.flops), per(r.gpu_energy_net_j, r.flops)
         r.tflops = None if r.flops is None else per(r.flops / 1e12, r.wall_s)
-        if r.tflops is not None and not r.peak_tflops:
-            r.reasons["mfu"] = "no peak_tflops given (attnlib.report divides by the calibrated peak instead)"
-        if r.tflops is not None and r.peak_tflops:
-            mfu = r.tflops / r.peak_tflops
-            if mfu > 1.0:
-                r.warnings.append(f"MFU {mfu:.2f} > 1: the FLOP count or the peak is wrong; MFU not reported")
-                r.reasons["mfu"] = "computed MFU exceeded 100%"
-            else:
-                r.mfu = mfu
 
 
 def measure_idle(seconds: float = 5.0, **kwargs: Any) -> IdleBaseline:
     """Idle GPU power with this process's CUDA context alive (measured in the same process: a context adds
-    tens of watts). Later windows use it for net energy."""
-    global _idle
+    tens of watts). Pass it to later windows (`measure(..., idle=baseline)`) for net energy."""
     if not seconds > 0:
         raise ValueError(f"seconds: must be > 0, got {seconds!r}")
     if torch.cuda.is_available():
@@ -350,5 +334,4 @@ def measure_idle(seconds: float = 5.0, **kwargs: Any) -> IdleBaseline:
         baseline = IdleBaseline(None, r.reasons.get("gpu_energy_j", "no GPU energy"), r.wall_s)
     else:
         baseline = IdleBaseline(r.gpu_power_mean_w, f"measure_idle: NVML counter over {r.wall_s:.1f} s idle, CUDA context alive", r.wall_s)
-    _idle = baseline
     return baseline

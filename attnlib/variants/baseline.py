@@ -1,18 +1,41 @@
-"""`baseline`: GPT-2's own eager attention, transformers' `eager` path: the reference every variant is checked against.
+"""`baseline`: materialised causal attention, GPT-2's eager maths: the reference every variant is checked against.
 
-Materialises the [B, H, T, T] score matrix, adds the causal mask, softmax, then multiplies by V. Cost: 4 T^2 H D
-forward FLOPs actually executed (the masked half is computed too), O(T^2) memory.
+Computes the full [B, H, T, T] score matrix, masks the future, softmax, then multiplies by V, as transformers'
+GPT-2 `eager` path does. Cost: 4 T^2 H D forward FLOPs actually executed (the masked half is computed too),
+O(T^2) memory. Unlike transformers' `eager` core it applies the causal mask itself when none is given, so a
+whole-model `torch.compile` never needs transformers' mask builder (see `attnlib.model.causal_hidden_states`).
 """
 
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
 from ..registry import VariantSpec, register
+
+
+def eager_causal_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers attention core: `[B, H, Tq, D]` queries, `[B, H, Tk, D]` keys/values in, `([B, Tq, H, D],
+    None)` out. `attention_mask`: None (plain causal: query i is the last Tq tokens' i-th) or a boolean
+    `[B, 1, Tq, Tk]` mask (True = may attend), as transformers' `sdpa_mask` builds for padding and caches."""
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    scores = (query @ key.transpose(-1, -2)) * scaling  # [B, H, Tq, Tk]
+    if attention_mask is None:
+        q_len, k_len = query.shape[-2], key.shape[-2]
+        attention_mask = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)
+    scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    probs = F.softmax(scores, dim=-1).to(value.dtype)  # softmax runs in fp32 under autocast, as in GPT-2
+    probs = F.dropout(probs, p=dropout, training=module.training)
+    return (probs @ value).transpose(1, 2), None
+
 
 register(
     VariantSpec(
         name="baseline",
-        description="GPT-2's eager attention (matmul, additive causal mask, softmax, matmul): the reference",
+        description="materialised causal attention (matmul, causal mask, softmax, matmul): the reference",
         exact=True,
-        kernel=lambda device: "eager (transformers GPT-2 matmul + softmax)",
-        builtin_implementation="eager",
+        kernel=lambda device: "eager matmul + softmax (materialised scores)",
+        attention_function=eager_causal_attention,
         attn_dropout=True,
     )
 )

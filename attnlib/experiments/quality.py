@@ -1,0 +1,98 @@
+"""Quality runs: train from scratch on a fixed token budget, one run per seed, validation loss along the way.
+
+One process per variant: the trainer is built (and compiled) once, and each seed restarts it with fresh weights,
+optimiser state and data order (`Trainer.restart`), so the seeds share the compilation. Each run is one window
+over training and its evaluations, against its final validation loss: energy against quality.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data import prepare_data
+from ..measurement import measure, measure_idle
+from ..provenance import provenance
+from ..results import ModelInfo, Provenance, QualityResult, write_result
+from .training import TrainConfig, Trainer, check_finite, default_device
+from .trials import failure_status
+
+NOTEBOOK = "quality.ipynb"
+
+
+@dataclass
+class QualityConfig:
+    """One quality job: `train` is the setup (its `mode` runs, its `seed` is replaced by each of `seeds`)."""
+
+    train: TrainConfig
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    tokens: int = 2_457_600  # per seed
+    eval_every_tokens: int = 0  # 0: tokens / 8
+    eval_batches: int = 16
+    idle_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train, dict):
+            self.train = TrainConfig(**self.train)
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: one or more distinct seeds, got {self.seeds}")
+        if self.tokens < self.train.tokens_per_step:
+            raise ValueError(f"tokens: {self.tokens} is less than one step ({self.train.tokens_per_step})")
+        if self.eval_batches < 1:
+            raise ValueError(f"eval_batches: must be >= 1, got {self.eval_batches}")
+
+    @property
+    def steps(self) -> int:
+        return self.tokens // self.train.tokens_per_step
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def run_quality_job(config: QualityConfig, out_dir: Path, cache_dir: Path, progress: bool = True) -> list[QualityResult]:
+    """One quality run per seed of `config.train.variant`; writes `<variant>__quality__seed<s>.json` files."""
+    device, train = default_device(), config.train
+    origin = Provenance(**provenance())
+    data = prepare_data(train.dataset, train.seq_len, cache_dir, train.max_documents)
+    idle = measure_idle(config.idle_s) if device.type == "cuda" else None
+    eval_every = max(1, (config.eval_every_tokens or config.tokens // 8) // train.tokens_per_step)
+    results, trainer = [], None
+    for seed in config.seeds:
+        common = dict(variant=train.variant, mode=train.mode, provenance=origin, config=config.to_dict(),
+                      data=data.info, seed=seed)
+        start = time.perf_counter()
+        try:
+            if trainer is None:  # compilation and CUDA-graph recording happen in one unmeasured step
+                trainer = Trainer(dataclasses.replace(train, seed=seed), data, device, total_steps=config.steps)
+                check_finite(trainer.step(), "at the unmeasured first step")
+            trainer.restart(seed, config.steps)
+            curve = [{"tokens": 0, "train_loss": None, "val_loss": trainer.evaluate(config.eval_batches)}]
+            tokens = config.steps * train.tokens_per_step
+            with measure(f"{train.variant}/{train.mode}/quality/seed{seed}", tokens=tokens, idle=idle,
+                         flops=tokens * trainer.flops.training_flops_per_token) as window:
+                bar = tqdm(range(config.steps), desc=f"{train.variant} seed {seed}", disable=not progress)
+                for step in bar:
+                    loss = trainer.step()
+                    if (step + 1) % eval_every == 0 or step + 1 == config.steps:
+                        curve.append({"tokens": (step + 1) * train.tokens_per_step,
+                                      "train_loss": check_finite(loss, f"at step {step + 1}"),
+                                      "val_loss": trainer.evaluate(config.eval_batches)})
+                        bar.set_postfix(val=f"{curve[-1]['val_loss']:.3f}")
+            result = QualityResult(**common, model=ModelInfo(**trainer.describe()), measurement=window.result,
+                                   steps=config.steps, val_loss=curve[-1]["val_loss"], loss_curve=curve,
+                                   job_wall_s=time.perf_counter() - start)
+        except Exception as error:  # a failed seed is a result; the next seed starts afresh
+            result = QualityResult(**common, status=failure_status(error), job_wall_s=time.perf_counter() - start,
+                                   error=f"{type(error).__name__}: {str(error)[:2000]}")
+            trainer = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        write_result(Path(out_dir) / f"{train.variant}__quality__seed{seed}.json", result)
+        results.append(result)
+    return results

@@ -1,0 +1,198 @@
+"""The training engine every training family shares: one `TrainConfig`, one `Trainer`, three execution modes.
+
+- `eager`: PyTorch as written.
+- `compile`: the whole forward pass and loss through one `torch.compile` (what users write), with no attention
+  mask built (`attnlib.model.causal_hidden_states`), so the causal kernels stay on.
+- `graph`: the same compiled function with `mode="reduce-overhead"`: inductor replays CUDA graphs, which removes
+  the kernel-launch cost that bounds a 124M model's step. A variant whose graph cannot be captured fails its
+  warm-up with the reason (`cudagraph_or_error`), recorded as `unsupported`.
+
+Every variant gets the same seed, data order and hyper-parameters: bf16 autocast on CUDA (fp32 on CPU), AdamW
+(fused on CUDA), linear warm-up then cosine decay, gradient clipping, gradient accumulation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from ..data import IGNORE_INDEX, TokenData
+from ..flops import training_flops_per_token
+from ..model import attention_parameters, build_model, causal_hidden_states
+from ..registry import get_variant
+
+MODES = ("eager", "compile", "graph")
+
+
+@dataclass
+class TrainConfig:
+    """One training setup. `model` holds `build_model` overrides (GPT2Config fields and variant parameters)."""
+
+    variant: str = "sdpa"
+    mode: str = "eager"  # one of MODES
+    model: dict[str, Any] = field(default_factory=dict)
+    dataset: str = "auto"
+    max_documents: int | None = None
+    seq_len: int = 512
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 6e-4
+    min_lr: float = 6e-5
+    warmup_steps: int = 100  # learning-rate warm-up
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 1234  # weights, dropout and data order
+
+    def __post_init__(self) -> None:
+        get_variant(self.variant)  # ValueError listing the names
+        if self.mode not in MODES:
+            raise ValueError(f"mode: must be one of {', '.join(MODES)}, got {self.mode!r}")
+        for name in ("seq_len", "batch_size", "grad_accum"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be an integer >= 1, got {getattr(self, name)!r}")
+        if self.lr <= 0:
+            raise ValueError(f"lr: must be > 0, got {self.lr}")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.grad_accum * self.seq_len
+
+
+def causal_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn.Module) -> torch.Tensor:
+    """Next-token cross-entropy from the last hidden states `[B, T, C]`, labels `[B, T]` (-100 ignored): the
+    logits of the last position predict nothing, so they are not computed. Same maths as transformers' loss."""
+    logits = lm_head(hidden[:, :-1]).float()
+    return F.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
+
+
+class Trainer:
+    """Model, optimiser, schedule and a deterministic batch stream for one `TrainConfig`."""
+
+    def __init__(self, config: TrainConfig, data: TokenData, device: torch.device, total_steps: int):
+        self.config, self.data, self.device = config, data, device
+        if config.mode == "graph" and device.type != "cuda":
+            raise NotImplementedError("mode 'graph': CUDA graphs need a CUDA device")
+        self.train_ids, self.train_labels = data.train_ids.to(device), data.train_labels.to(device)  # no host copies
+        self.model = self._fresh_model(config.seed).to(device).train()
+        self.flops = training_flops_per_token(self.model, config.seq_len)
+        self.autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
+        if config.mode == "eager":
+            self._loss = self._forward_loss
+        else:
+            import torch._dynamo.config as dynamo_config
+            import torch._inductor.config as inductor_config
+
+            inductor_config.triton.cudagraph_or_error = True  # a graph that cannot be captured is an error, not slow
+            # each Trainer adds guarded entries (train, eval) for the same code: room for many trainers in one
+            # process, and an error rather than a silent fall-back to eager beyond that
+            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
+            dynamo_config.fail_on_recompile_limit_hit = True
+            self._loss = torch.compile(self._forward_loss, mode="reduce-overhead" if config.mode == "graph" else None)
+        self.restart(config.seed, total_steps)
+
+    def _fresh_model(self, seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return build_model(self.config.variant, seq_len=self.config.seq_len, **self.config.model)
+
+    def restart(self, seed: int, total_steps: int) -> None:
+        """Fresh weights, optimiser state, schedule and data order for `seed`, keeping the compiled code: the new
+        weights are copied into the same parameters."""
+        if seed != self.config.seed or hasattr(self, "optimizer"):
+            self.model.load_state_dict(self._fresh_model(seed).state_dict())
+        torch.manual_seed(seed)
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=self.config.lr, betas=(0.9, 0.95), fused=fused)
+        self.optimizer_name = f"AdamW ({'fused' if fused else 'foreach'})"
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor(total_steps))
+        self._batches = self._batch_stream(seed)
+
+    def _param_groups(self) -> list[dict]:
+        """Weight decay on matrices and embeddings (2-D), none on biases and norm gains (nanoGPT's split)."""
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        return [{"params": decay, "weight_decay": self.config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def _lr_factor(self, total_steps: int):
+        c = self.config
+
+        def factor(step: int) -> float:
+            if step < c.warmup_steps:
+                return (step + 1) / c.warmup_steps
+            progress = min(1.0, (step - c.warmup_steps) / max(1, total_steps - c.warmup_steps))
+            return (c.min_lr + 0.5 * (c.lr - c.min_lr) * (1 + math.cos(math.pi * progress))) / c.lr
+
+        return factor
+
+    def _batch_stream(self, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Blocks in a seeded random order, reshuffled each epoch by (seed, epoch): the same for every variant."""
+        n, b = len(self.train_ids), self.config.batch_size
+        if n < b:
+            raise ValueError(f"batch_size: {b} is more than the {n} training blocks of the dataset")
+        epoch = 0
+        while True:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).to(self.device)
+            for start in range(0, n - b + 1, b):
+                idx = order[start:start + b]
+                yield self.train_ids[idx], self.train_labels[idx]
+            epoch += 1
+
+    def _forward_loss(self, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean next-token loss of a batch; the function `compile` and `graph` modes compile."""
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            hidden = causal_hidden_states(self.model, ids)
+            return causal_lm_loss(hidden, labels, self.model.lm_head)
+
+    def step(self) -> torch.Tensor:
+        """One optimiser step over `grad_accum` micro-batches; returns the (device) loss, unsynchronised."""
+        total = torch.zeros((), device=self.device)
+        for _ in range(self.config.grad_accum):
+            ids, labels = next(self._batches)
+            if self.config.mode == "graph":
+                torch.compiler.cudagraph_mark_step_begin()
+            loss = self._loss(ids, labels) / self.config.grad_accum
+            loss.backward()
+            total += loss.detach()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.schedule.step()
+        return total
+
+    @torch.no_grad()
+    def evaluate(self, batches: int) -> float:
+        """Mean validation loss over the first `batches` validation batches (the same for every variant).
+        Always eager: the same maths, and no second compilation for a few forward passes."""
+        self.model.eval()
+        ids, labels = self.data.val_ids, self.data.val_labels
+        losses = []
+        for start in range(0, min(len(ids), batches * self.config.batch_size), self.config.batch_size):
+            batch = slice(start, start + self.config.batch_size)
+            losses.append(self._forward_loss(ids[batch].to(self.device), labels[batch].to(self.device)).item())
+        self.model.train()
+        return sum(losses) / len(losses)
+
+    def describe(self) -> dict[str, Any]:
+        """What ran: parameter counts, kernel, optimiser, FLOPs per token."""
+        spec = get_variant(self.config.variant)
+        return {
+            "params": sum(p.numel() for p in self.model.parameters()),
+            "attention_params": attention_parameters(self.model),
+            "kernel": spec.kernel(self.device.type), "exact": spec.exact, "optimizer": self.optimizer_name,
+            "training_flops_per_token": self.flops.training_flops_per_token,
+        }
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_finite(loss: torch.Tensor, where: str) -> float:
+    """The loss as a float (synchronises); `FloatingPointError` if it is NaN or infinite."""
+    value = loss.float().item()
+    if not math.isfinite(value):
+        raise FloatingPointError(f"loss is {value} {where}")
+    return value

@@ -1,0 +1,133 @@
+"""Training trials: throughput and energy of one variant in each execution mode, one process per variant.
+
+For each mode, in an order drawn from the job's seed (`round_orders`): build the trainer, run unmeasured steps
+(compilation, CUDA-graph recording, autotuning, allocator growth), then `trials` measured windows of at least
+`window_s` seconds each. Each window is one `TrialResult`. A mode that fails (out of memory, a graph that cannot
+be captured, ...) gives results with that status and the reason, and the other modes go on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data import prepare_data
+from ..measurement import IdleBaseline, measure, measure_idle
+from ..measurement.trials import round_orders
+from ..provenance import provenance
+from ..results import ModelInfo, Provenance, TrialResult, write_result
+from .training import MODES, TrainConfig, Trainer, check_finite, default_device
+
+NOTEBOOK = "trials.ipynb"
+
+
+@dataclass
+class TrialsConfig:
+    """One trials job: `train` is the setup (its `mode` is ignored: every mode in `modes` runs)."""
+
+    train: TrainConfig
+    modes: list[str] = field(default_factory=lambda: list(MODES))
+    trials: int = 5
+    window_s: float = 5.0  # each measured window lasts at least this long (>= 5 s: 50 counter updates)
+    unmeasured_steps: int = 10  # compilation and autotuning happen here, outside the windows
+    idle_s: float = 2.0  # idle baseline, CUDA context alive, at the start of the job
+    order_seed: int = 0  # draws the order of the modes
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train, dict):
+            self.train = TrainConfig(**self.train)
+        unknown = set(self.modes) - set(MODES)
+        if unknown or not self.modes:
+            raise ValueError(f"modes: choose among {', '.join(MODES)}, got {self.modes}")
+        if self.trials < 1 or self.window_s <= 0 or self.unmeasured_steps < 1 or self.idle_s <= 0:
+            raise ValueError("trials >= 1, window_s > 0, unmeasured_steps >= 1 and idle_s > 0 required, got "
+                             f"{self.trials}, {self.window_s}, {self.unmeasured_steps}, {self.idle_s}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def failure_status(error: BaseException) -> str:
+    """The status a failed job part records: oom, nan, unsupported or error."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return "oom"
+    if isinstance(error, FloatingPointError):
+        return "nan"
+    text = str(error)
+    if isinstance(error, NotImplementedError) or "No available kernel" in text or "cudagraph" in text.lower():
+        return "unsupported"
+    return "error"
+
+
+def _trials_of_mode(config: TrialsConfig, mode: str, data, device: torch.device, idle: IdleBaseline | None,
+                    origin: Provenance, out_dir: Path, progress: bool) -> list[TrialResult]:
+    train = dataclasses.replace(config.train, mode=mode)
+    results: list[TrialResult] = []
+    common = dict(variant=train.variant, mode=mode, provenance=origin, config=config.to_dict(), data=data.info,
+                  order_seed=config.order_seed)
+    start = time.perf_counter()
+    trainer = None
+    try:
+        trainer = Trainer(train, data, device, total_steps=10**6)
+        model = ModelInfo(**trainer.describe())
+        warm_start = time.perf_counter()
+        loss = trainer.step()
+        check_finite(loss, "at the first step")
+        first_step_s = time.perf_counter() - warm_start  # compilation lands here (.item synchronises)
+        for _ in range(config.unmeasured_steps - 1):
+            loss = trainer.step()
+        check_finite(loss, "during warm-up")
+        warmup_s = time.perf_counter() - warm_start
+        for trial in range(config.trials):
+            trial_start = time.perf_counter()
+            with measure(f"{train.variant}/{mode}/trial{trial}", idle=idle, keep_trace=trial == 0) as window:
+                steps, window_start = 0, time.perf_counter()
+                # steps until window_s has passed on the host; the exit synchronises, so the GPU's window (which the
+                # energy covers) is never shorter than window_s
+                while time.perf_counter() - window_start < config.window_s:
+                    loss = trainer.step()
+                    steps += 1
+                tokens = steps * train.tokens_per_step
+                window.add_work(tokens=tokens, flops=tokens * trainer.flops.training_flops_per_token)
+            result = TrialResult(**common, trial=trial, model=model, measurement=window.result, steps=steps,
+                                 final_train_loss=check_finite(loss, "at the end of the window"),
+                                 first_step_s=first_step_s, warmup_s=warmup_s,
+                                 job_wall_s=time.perf_counter() - (start if trial == 0 else trial_start))
+            results.append(result)
+            if progress:
+                m = window.result
+                energy = "" if m.gpu_j_per_token is None else f", {1e3 * m.gpu_j_per_token:.3f} mJ/token"
+                tqdm.write(f"{train.variant}/{mode} trial {trial}: {m.tokens_per_s:,.0f} tok/s{energy}")
+    except Exception as error:  # every failure becomes a recorded status; the other modes go on
+        status, text = failure_status(error), f"{type(error).__name__}: {str(error)[:2000]}"
+        results += [TrialResult(**common, trial=t, status=status, error=text, job_wall_s=time.perf_counter() - start)
+                    for t in range(len(results), config.trials)]
+    finally:
+        del trainer
+        gc.collect()
+        torch._dynamo.reset()  # frees compiled graphs and CUDA-graph pools before the next mode
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    for result in results:
+        write_result(out_dir / f"{train.variant}__{mode}__trial{result.trial}.json", result)
+    return results
+
+
+def run_trials_job(config: TrialsConfig, out_dir: Path, cache_dir: Path, progress: bool = True) -> list[TrialResult]:
+    """Every mode's trials of `config.train.variant`; writes one JSON result per trial into `out_dir`."""
+    device = default_device()
+    origin = Provenance(**provenance())
+    data = prepare_data(config.train.dataset, config.train.seq_len, cache_dir, config.train.max_documents)
+    idle = measure_idle(config.idle_s) if device.type == "cuda" else None
+    order = round_orders(config.modes, 1, config.order_seed)[0]
+    results = []
+    for mode in tqdm(order, desc=f"{config.train.variant} modes", disable=not progress):
+        results += _trials_of_mode(config, mode, data, device, idle, origin, Path(out_dir), progress)
+    return results

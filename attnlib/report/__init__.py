@@ -1,0 +1,105 @@
+"""From a results folder to the paper: `frames` (summary tables), `figures` (one function per figure), `latex`
+(tables and macros by rule), `prior` (the prior study), `compare` (a reviewer's results against ours)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..registry import VARIANTS
+from ..results import results_frame
+from . import figures, latex
+from .compare import comparison_frame
+from .frames import load_calibrations, summary_frame
+from .prior import prior_macros, prior_table
+
+REPO = Path(__file__).resolve().parent.parent.parent
+REFERENCE_DEVICE = REPO / "results" / "paper-h200"  # the first paper table, on another card
+
+
+def run_facts(frame: pd.DataFrame, summary: pd.DataFrame, calibrations: dict[str, dict], results_dir: Path,
+              profile: str) -> dict[str, Any]:
+    """The run's facts the text quotes (formatted): device, data, versions, windows, calibration, cost."""
+    trials = frame[(frame.kind == "trial") & (frame.status == "ok")]
+    first = frame.iloc[0]
+    versions = first.get("versions") or {}
+    run = json.loads((results_dir / "run.json").read_text()) if (results_dir / "run.json").exists() else {}
+    cards = list(calibrations.values())
+    facts = {
+        "profile": profile, "device": first.device, "num_variants": summary.variant.nunique(),
+        "num_results": len(frame), "num_trial_windows": len(trials),
+        "trials_per_row": int(summary.trials.max()) if len(summary) else "n/a",
+        "seeds_per_variant": int(summary.seeds.max()) if "seeds" in summary and summary.seeds.notna().any() else "n/a",
+        "window_s_min": latex.fmt(trials.wall_s.min() if len(trials) else None, ".2f"),
+        "window_s_max": latex.fmt(trials.wall_s.max() if len(trials) else None, ".2f"),
+        "dataset": first.get("dataset", "n/a"), "train_tokens": f"{int(first.get('train_tokens') or 0):,}",
+        "val_tokens": f"{int(first.get('val_tokens') or 0):,}",
+        "val_ngram_overlap_pct": latex.fmt(first.get("val_ngram_overlap"), ".2f", 100),
+        "val_ngram_overlap_before_pct": latex.fmt(first.get("val_ngram_overlap_before"), ".1f", 100),
+        "val_documents_dropped": first.get("val_documents_dropped", "n/a"),
+        "attnlib_commit": str(first.get("attnlib_commit") or "n/a")[:12],
+        "gpu_minutes": latex.fmt(run.get("gpu_minutes"), ".1f"),
+        "measured_fraction_pct": latex.fmt(run.get("measured_fraction"), ".0f", 100),
+        "calibrated_tflops": latex.fmt(sum(c["tflops"] for c in cards) / len(cards) if cards else None, ".0f"),
+        "floor_pj_per_flop": latex.fmt(sum(c["pj_per_flop"] for c in cards) / len(cards) if cards and
+                                       all(c.get("pj_per_flop") for c in cards) else None, ".3f"),
+        "floor_multiple_range": (f"{latex.fmt(summary.energy_floor_multiple_mean.min(), '.1f')}--"
+                                 f"{latex.fmt(summary.energy_floor_multiple_mean.max(), '.1f')}"),
+    }
+    facts.update({f"version_{k.replace('-', '_')}": v or "absent" for k, v in versions.items()})
+    if len(trials):
+        config = trials.iloc[0].config
+        facts.update(window_s=config["window_s"], unmeasured_steps=config["unmeasured_steps"], idle_s=config["idle_s"],
+                     batch_size=config["train"]["batch_size"], seq_len=config["train"]["seq_len"])
+    quality = frame[frame.kind == "quality"]
+    if len(quality):
+        config = quality.iloc[0].config
+        facts.update(quality_mtokens=latex.fmt(config["tokens"], ".2f", 1e-6),
+                     quality_epochs=latex.fmt(config["tokens"] / int(first.get("train_tokens") or 1), ".2f"))
+    return facts
+
+
+def device_macros(comparison: pd.DataFrame, reference_device: str) -> dict[str, str]:
+    """How this card compares with the reference card over the rows both ran (medians and ranges of ratios)."""
+    if comparison.empty:
+        return {}
+    energy, speed = comparison.gpu_j_per_token_ratio, comparison.tokens_per_s_ratio
+    return {"ReferenceDevice": reference_device, "DeviceRowsCompared": str(len(comparison)),
+            "DeviceEnergyRatioMedian": latex.fmt(energy.median(), ".2f"),
+            "DeviceEnergyRatioRange": f"{latex.fmt(energy.min(), '.2f')}--{latex.fmt(energy.max(), '.2f')}",
+            "DeviceThroughputRatioMedian": latex.fmt(speed.median(), ".2f"),
+            "DeviceThroughputRatioRange": f"{latex.fmt(speed.min(), '.2f')}--{latex.fmt(speed.max(), '.2f')}"}
+
+
+def build_report(results_dir: Path, profile: str, figures_dir: Path, paper_dir: Path) -> pd.DataFrame:
+    """Everything the paper needs from one results folder: summary.csv, LaTeX tables, macros, figures."""
+    frame = results_frame(results_dir)
+    if frame.empty:
+        raise ValueError(f"results_dir: no results under {results_dir}/raw; run the pipeline first")
+    devices = sorted(set(frame.device.dropna()))
+    if len(devices) > 1:  # one table, one kind of card: timings from different devices are not comparable
+        raise ValueError(f"results_dir: {results_dir}/raw mixes devices {devices}; report each in its own folder")
+    calibrations = load_calibrations(results_dir)
+    summary = summary_frame(frame, calibrations, list(VARIANTS))
+    generated = paper_dir / "generated" / profile
+    generated.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(results_dir / "summary.csv", index=False)
+    summary.to_csv(generated / "summary.csv", index=False)
+    (generated / "summary.tex").write_text(latex.summary_table(summary))
+    (generated / "prior_comparison.tex").write_text(prior_table(summary))
+    macros = {**latex.run_macros(run_facts(frame, summary, calibrations, results_dir, profile)),
+              **latex.row_macros(summary), **latex.mode_macros(summary), **latex.quality_macros(summary),
+              **prior_macros()}
+    out = figures_dir / profile
+    figures.all_figures(summary, frame, out)
+    if (REFERENCE_DEVICE / "summary.csv").exists() and REFERENCE_DEVICE.resolve() != Path(results_dir).resolve():
+        reference = pd.read_csv(REFERENCE_DEVICE / "summary.csv")
+        comparison = comparison_frame(summary, reference)
+        comparison.to_csv(generated / "device_comparison.csv", index=False)
+        macros.update(device_macros(comparison, str(reference.device.iloc[0])))
+        figures.device_comparison(comparison, out, devices[0], str(reference.device.iloc[0]))
+    latex.write_macros(macros, paper_dir / "paper.tex", generated / "macros.tex")
+    return summary

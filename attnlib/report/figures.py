@@ -1,0 +1,150 @@
+"""The paper's figures, one function each, from the summary table and the results frame. Each writes PDF and PNG
+without creation dates (a rebuild from the same results gives the same files); a figure without data says so
+on the figure instead of showing zeros."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+GIB = 2**30
+
+
+def _save(fig, out_dir: Path, name: str) -> Path:
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for ext in ("pdf", "png"):
+        fig.savefig(out_dir / f"{name}.{ext}", dpi=150,
+                    metadata={"CreationDate": None} if ext == "pdf" else {"Software": None})
+    plt.close(fig)
+    return out_dir / f"{name}.png"
+
+
+def _empty(ax, message: str) -> None:
+    ax.text(0.5, 0.5, "\n".join(textwrap.wrap(message, 50)), ha="center", va="center", transform=ax.transAxes,
+            fontsize=10, color="0.3")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _bars(summary: pd.DataFrame, column: str, ci: str | None, scale: float, label: str, out_dir: Path, name: str) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    data = summary.dropna(subset=[column]) if column in summary else summary.iloc[0:0]
+    if data.empty:
+        _empty(ax, f"no {label} in these results: not measurable on this hardware (the JSON results give the reason)")
+    else:
+        modes, variants = list(dict.fromkeys(data["mode"])), list(dict.fromkeys(data.variant))
+        width = 0.8 / len(modes)
+        for i, mode in enumerate(modes):
+            d = data[data["mode"] == mode].set_index("variant").reindex(variants)
+            xs = [j + (i - (len(modes) - 1) / 2) * width for j in range(len(variants))]
+            err = None if ci is None else d[ci].fillna(0) * scale
+            ax.bar(xs, d[column] * scale, width, yerr=err, capsize=2, label=mode)
+        ax.set_xticks(range(len(variants)), variants, rotation=30, ha="right")
+        ax.set_ylabel(label)
+        if len(modes) > 1:
+            ax.legend(title="mode", fontsize=7)
+    return _save(fig, out_dir, name)
+
+
+def energy_per_token(summary: pd.DataFrame, out_dir: Path) -> Path:
+    return _bars(summary, "gpu_j_per_token_mean", "gpu_j_per_token_ci95", 1e3, "GPU energy, mJ/token (95% CI)",
+                 out_dir, "energy_per_token")
+
+
+def tokens_per_s(summary: pd.DataFrame, out_dir: Path) -> Path:
+    return _bars(summary, "tokens_per_s_mean", "tokens_per_s_ci95", 1.0, "training tokens/s (95% CI)", out_dir,
+                 "tokens_per_s")
+
+
+def peak_memory(summary: pd.DataFrame, out_dir: Path) -> Path:
+    return _bars(summary, "torch_peak_mem_bytes_max", None, 1 / GIB, "peak allocated GPU memory, GiB", out_dir,
+                 "peak_memory")
+
+
+def power_trace(frame: pd.DataFrame, out_dir: Path) -> Path:
+    """First trial of each variant and mode: 1 s moving mean of the 10 Hz power samples, one panel per mode."""
+    traced = frame[(frame.kind == "trial") & frame.get("power_trace", pd.Series(dtype=object)).notna()] \
+        if "power_trace" in frame else frame.iloc[:0]
+    modes = sorted(set(traced["mode"]), key=["eager", "compile", "graph"].index) if len(traced) else ["none"]
+    fig, axes = plt.subplots(1, len(modes), figsize=(3.4 * len(modes), 3.2), sharey=True, squeeze=False)
+    if traced.empty:
+        _empty(axes[0][0], "no GPU power trace in these results (CPU-only run)")
+    for ax, mode in zip(axes[0], modes):
+        for _, r in traced[traced["mode"] == mode].iterrows():
+            trace = pd.DataFrame(r.power_trace, columns=["t", "w"])
+            ax.plot(trace.t, trace.w.rolling(10).mean(), label=r.variant, lw=1)
+        if len(traced):
+            ax.set_title(mode, fontsize=9)
+            ax.set_xlabel("time in window, s")
+    if len(traced):
+        axes[0][0].set_ylabel("GPU power, W (1 s moving mean)")
+        axes[0][-1].legend(ncol=2, fontsize=6)
+    return _save(fig, out_dir, "power_trace")
+
+
+def energy_vs_loss(summary: pd.DataFrame, out_dir: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5, 4))
+    data = summary.dropna(subset=["gpu_j_per_token_mean", "val_loss_mean"]) if "val_loss_mean" in summary else summary.iloc[:0]
+    if data.empty:
+        _empty(ax, "energy vs loss needs GPU energy and quality runs")
+    else:
+        for mode, marker in (("eager", "o"), ("compile", "s"), ("graph", "^")):
+            d = data[data["mode"] == mode]
+            ax.errorbar(d.gpu_j_per_token_mean * 1e3, d.val_loss_mean, xerr=d.gpu_j_per_token_ci95 * 1e3,
+                        yerr=d.val_loss_ci95.fillna(0), fmt=marker, ms=4, capsize=2, label=mode, lw=0.8)
+        for _, r in data[data["mode"] == data["mode"].iloc[0]].iterrows():
+            ax.annotate(r.variant, (r.gpu_j_per_token_mean * 1e3, r.val_loss_mean), fontsize=6, xytext=(3, 2),
+                        textcoords="offset points")
+        ax.set_xlabel("GPU energy, mJ/token")
+        ax.set_ylabel("validation loss (mean over seeds, 95% CI)")
+        ax.legend(fontsize=7)
+    return _save(fig, out_dir, "energy_vs_loss")
+
+
+def loss_curves(frame: pd.DataFrame, out_dir: Path) -> Path:
+    """Mean validation loss over seeds against training tokens, from the first evaluation after step 0 (the
+    initial loss, about ln 50257, would flatten the rest)."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    runs = frame[(frame.kind == "quality") & (frame.status == "ok")] if "kind" in frame else frame.iloc[:0]
+    if runs.empty:
+        _empty(ax, "no quality runs in these results")
+    for variant, group in runs.groupby("variant", sort=False):
+        points = pd.DataFrame([p for curve in group.loss_curve for p in curve if p["tokens"] > 0])
+        mean = points.groupby("tokens").val_loss.mean()
+        ax.plot(mean.index, mean.values, marker=".", label=variant, lw=1)
+    if len(runs):
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel("validation loss (mean over seeds)")
+        ax.legend(ncol=3, fontsize=7)
+    return _save(fig, out_dir, "loss_curves")
+
+
+def device_comparison(comparison: pd.DataFrame, out_dir: Path, ours: str, theirs: str) -> Path:
+    """Per row present on both cards: our energy per token and throughput over the reference card's."""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    if comparison.empty:
+        _empty(ax, "no rows in common with the reference results")
+    else:
+        rows = comparison.assign(row=comparison.variant + "/" + comparison["mode"])
+        xs = range(len(rows))
+        ax.bar([x - 0.2 for x in xs], rows.gpu_j_per_token_ratio, 0.4, label="energy per token")
+        ax.bar([x + 0.2 for x in xs], rows.tokens_per_s_ratio, 0.4, label="throughput")
+        ax.axhline(1.0, color="0.3", lw=0.8)
+        ax.set_xticks(list(xs), rows.row, rotation=60, ha="right", fontsize=6)
+        ax.set_ylabel(f"{ours} / {theirs}")
+        ax.legend(fontsize=7)
+    return _save(fig, out_dir, "device_comparison")
+
+
+def all_figures(summary: pd.DataFrame, frame: pd.DataFrame, out_dir: Path) -> list[Path]:
+    sns.set_theme(style="whitegrid", context="paper")
+    return [energy_per_token(summary, out_dir), tokens_per_s(summary, out_dir), peak_memory(summary, out_dir),
+            power_trace(frame, out_dir), energy_vs_loss(summary, out_dir), loss_curves(frame, out_dir)]

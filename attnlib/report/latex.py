@@ -1,0 +1,137 @@
+"""LaTeX from the summary tables: the main table, the prior study's table, and the number macros.
+
+Macros are made by rule, never listed by hand: every summary row gives `\\data<Variant><Mode><Column>` for each
+column of `DISPLAY`; every row gives comparisons with its variant's eager row and with SDPA in its mode
+(`...VsEager<Quantity>`, `...VsSdpa<Quantity>`: the wording of `frames.Comparison`, and `...Pct`); every mode gives
+rankings; the run gives its facts. `macros.tex` holds the macros `paper.tex` uses, and only those; one the data
+cannot give reads "n/a".
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .frames import compare, ranking
+
+GIB = 2**30
+# column -> (scale, format): the unit the paper prints (its text says mJ, GiB, %)
+DISPLAY: dict[str, tuple[float, str]] = {
+    "tokens_per_s_mean": (1, ",.0f"), "tokens_per_s_ci95": (1, ",.0f"), "tokens_per_s_spread": (100, ".1f"),
+    "gpu_j_per_token_mean": (1e3, ".3f"), "gpu_j_per_token_ci95": (1e3, ".3f"), "gpu_j_per_token_cv": (100, ".1f"),
+    "gpu_j_per_token_net_mean": (1e3, ".3f"), "gpu_power_mean_w_mean": (1, ".0f"),
+    "torch_peak_mem_bytes_max": (1 / GIB, ".1f"), "mfu_mean": (100, ".1f"), "energy_floor_multiple_mean": (1, ".1f"),
+    "val_loss_mean": (1, ".3f"), "val_loss_ci95": (1, ".3f"), "seeds": (1, ".0f"), "trials": (1, ".0f"),
+}
+COMPARED = {"gpu_j_per_token": "Energy", "tokens_per_s": "Throughput"}
+
+
+def fmt(value: Any, spec: str, scale: float = 1.0) -> str:
+    """`value * scale` formatted, or "n/a" for None and NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return format(value * scale, spec)
+
+
+def pm(mean: Any, ci: Any, spec: str, scale: float = 1.0) -> str:
+    text = fmt(mean, spec, scale)
+    return text if text == "n/a" or ci is None or pd.isna(ci) else text + r" $\pm$ " + fmt(ci, spec, scale)
+
+
+def camel(*parts: str) -> str:
+    return "".join(p.replace("_", " ").title().replace(" ", "") for p in parts)
+
+
+def booktabs(header: list[str], rows: list[list[str]], align: str) -> str:
+    """A LaTeX booktabs tabular (no jinja2 needed)."""
+    esc = lambda s: str(s).replace("_", r"\_").replace("%", r"\%")  # noqa: E731
+    body = "\n".join(" & ".join(esc(c) if "$" not in str(c) else str(c) for c in row) + r" \\" for row in rows)
+    return (f"\\begin{{tabular}}{{{align}}}\n\\toprule\n" + " & ".join(header) + " \\\\\n\\midrule\n" + body
+            + "\n\\bottomrule\n\\end{tabular}\n")
+
+
+def summary_table(summary: pd.DataFrame) -> str:
+    """The paper's main table. An energy CV over 3% is printed in bold: reported as such, not hidden."""
+    def cv(r) -> str:
+        text = fmt(r.gpu_j_per_token_cv, ".1f", 100)
+        return f"\\textbf{{{text}}}" if (r.gpu_j_per_token_cv or 0) > 0.03 else text
+
+    rows = [[r.variant, r["mode"], r.status if r.status == "ok" else f"\\textbf{{{r.status}}}", int(r.trials),
+             pm(r.tokens_per_s_mean, r.tokens_per_s_ci95, ",.0f"),
+             pm(r.gpu_j_per_token_mean, r.gpu_j_per_token_ci95, ".3f", 1e3), cv(r), fmt(r.gpu_power_mean_w_mean, ".0f"),
+             fmt(r.torch_peak_mem_bytes_max, ".1f", 1 / GIB), fmt(r.mfu_mean, ".1f", 100),
+             fmt(r.energy_floor_multiple_mean, ".1f"), pm(r.get("val_loss_mean"), r.get("val_loss_ci95"), ".3f")]
+            for _, r in summary.iterrows()]
+    header = ["variant", "mode", "status", "n", "tokens/s", "mJ/token", r"CV \%", "W", "peak GiB", r"MFU \%",
+              r"$\times$floor", "val loss"]
+    return booktabs(header, rows, "llllrrrrrrrr")
+
+
+def row_macros(summary: pd.DataFrame) -> dict[str, str]:
+    """Per row: every DISPLAY column, the status, and comparisons with its eager row and with SDPA."""
+    macros: dict[str, str] = {}
+    for _, r in summary.iterrows():
+        key = camel(r.variant, r["mode"])
+        macros[key + "Status"] = str(r.status)
+        for column, (scale, spec) in DISPLAY.items():
+            if column in r:
+                macros[key + camel(column)] = fmt(r[column], spec, scale)
+        for other, name in (((r.variant, "eager"), "VsEager"), (("sdpa", r["mode"]), "VsSdpa")):
+            if other == (r.variant, r["mode"]):
+                continue
+            for quantity, label in COMPARED.items():
+                c = compare(summary, (r.variant, r["mode"]), other, quantity)
+                macros[key + name + label] = c.wording
+                macros[key + name + label + "Pct"] = fmt(None if c.ratio is None else abs(c.change_pct), ".0f")
+                macros[key + name + label + "Ratio"] = fmt(c.ratio, ".2f")
+    return macros
+
+
+def mode_macros(summary: pd.DataFrame) -> dict[str, str]:
+    """Per mode: energy and throughput rankings (ties where intervals overlap), the range of savings against
+    eager, the largest energy spread between mechanisms, the largest throughput spread between trials."""
+    macros: dict[str, str] = {}
+    for mode, rows in summary.groupby("mode"):
+        key = camel(mode)
+        macros[key + "EnergyRanking"] = ranking(summary, mode, "gpu_j_per_token")
+        energy = rows.gpu_j_per_token_mean.dropna()
+        macros[key + "EnergySpread"] = fmt(energy.max() / energy.min() if len(energy) else None, ".2f")
+        macros[key + "EnergySpreadPct"] = fmt(1 - energy.min() / energy.max() if len(energy) else None, ".0f", 100)
+        spread = rows.dropna(subset=["tokens_per_s_spread"])
+        if len(spread):
+            worst = spread.loc[spread.tokens_per_s_spread.idxmax()]
+            macros[key + "ThroughputSpreadMaxPct"] = fmt(worst.tokens_per_s_spread, ".1f", 100)
+            macros[key + "ThroughputSpreadMaxVariant"] = worst.variant
+        if mode != "eager":
+            savings = [compare(summary, (v, mode), (v, "eager"), "gpu_j_per_token") for v in rows.variant]
+            pct = [1 - c.ratio for c in savings if c.ratio is not None]
+            macros[key + "VsEagerEnergySavingRange"] = (f"{fmt(min(pct), '.0f', 100)}--{fmt(max(pct), '.0f', 100)}"
+                                                        if pct else "n/a")
+    return macros
+
+
+def quality_macros(summary: pd.DataFrame) -> dict[str, str]:
+    per_variant = summary.drop_duplicates("variant").assign(mode="quality")
+    return {"ValLossRanking": ranking(per_variant, "quality", "val_loss")}
+
+
+def run_macros(facts: dict[str, Any]) -> dict[str, str]:
+    """The run's facts (device, data, versions, windows, calibration, cost), already formatted by the caller."""
+    return {camel(k): str(v) for k, v in facts.items()}
+
+
+def used_macros(tex: str) -> list[str]:
+    return sorted(set(re.findall(r"\\data([A-Za-z]+)", tex)))
+
+
+def write_macros(macros: dict[str, str], paper_tex: Path, path: Path) -> dict[str, str]:
+    """`\\newcommand`s for exactly the macros `paper_tex` uses; "n/a" for those the data cannot give."""
+    esc = lambda s: str(s).replace("_", r"\_").replace("#", r"\#").replace("%", r"\%").replace(r"\\%", r"\%")  # noqa: E731
+    chosen = {name: macros.get(name, "n/a") for name in used_macros(paper_tex.read_text())}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"\\newcommand{{\\data{k}}}{{{esc(v)}}}\n" for k, v in chosen.items()))
+    return chosen

@@ -1,0 +1,88 @@
+"""One dataclass per result kind, versioned. Every field name is the quantity's one name: the loader's DataFrame
+columns, the report's aggregates (`<name>_mean`, `<name>_ci95`, `<name>_cv`) and the paper's macros follow it.
+
+Each result embeds what produced it (`Provenance`), the resolved job config, the data (`DataInfo`), the model and
+its FLOP count (`ModelInfo`) and, where something was measured, the window (`Measurement`). Kinds to come
+(sweep, inference, component) subclass `Result` the same way and register in `RESULT_KINDS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..data import DataInfo
+from ..measurement.window import Measurement
+
+SCHEMA_VERSION = 2
+STATUSES = ("ok", "oom", "nan", "unsupported", "error")
+
+
+@dataclass(kw_only=True)
+class Provenance:
+    """Who and what produced a result (`attnlib.provenance.provenance()`)."""
+
+    attnlib_commit: str | None
+    versions: dict[str, str | None]  # distribution -> version, None when not installed
+    python: str
+    device: str  # "cpu" or the GPU's name
+    device_uuid: str | None  # NVML's card UUID: each result is divided by its own card's calibration
+    created: str  # UTC, ISO 8601
+
+
+@dataclass(kw_only=True)
+class ModelInfo:
+    """What ran: parameter counts, the attention kernel and FLOPs per trained token (`attnlib.flops`)."""
+
+    params: int
+    attention_params: int
+    kernel: str
+    exact: bool
+    optimizer: str
+    training_flops_per_token: float
+
+
+@dataclass(kw_only=True)
+class Result:
+    """Fields every result kind has. `status` is one of STATUSES; a failure is a result too, with its `error`."""
+
+    kind: ClassVar[str] = ""
+    variant: str
+    mode: str
+    status: str = "ok"
+    error: str | None = None
+    provenance: Provenance
+    config: dict[str, Any]  # the job's resolved config, as the notebook received it
+    data: DataInfo | None = None
+    model: ModelInfo | None = None
+    measurement: Measurement | None = None
+    job_wall_s: float | None = None  # the part of the job that produced this result, setup included
+    schema_version: int = SCHEMA_VERSION
+
+
+@dataclass(kw_only=True)
+class TrialResult(Result):
+    """One measured window of training steps after an unmeasured warm-up (`attnlib.experiments.trials`)."""
+
+    kind: ClassVar[str] = "trial"
+    trial: int
+    order_seed: int  # the seed of the round orders this trial's position came from
+    steps: int | None = None
+    final_train_loss: float | None = None
+    first_step_s: float | None = None  # compilation lands here
+    warmup_s: float | None = None
+
+
+@dataclass(kw_only=True)
+class QualityResult(Result):
+    """Training from scratch on a fixed token budget, validation loss along the way (`attnlib.experiments.quality`).
+    The window covers training and the evaluations."""
+
+    kind: ClassVar[str] = "quality"
+    seed: int
+    steps: int | None = None
+    val_loss: float | None = None
+    loss_curve: list[dict[str, float | None]] = field(default_factory=list)  # tokens, train_loss, val_loss
+
+
+RESULT_KINDS: dict[str, type[Result]] = {cls.kind: cls for cls in (TrialResult, QualityResult)}

@@ -1,0 +1,101 @@
+"""Results on disk: one JSON file per result, written atomically, read back into its dataclass; and the one
+loader that turns any results folder into a DataFrame whose columns are the dataclasses' field names."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .schema import RESULT_KINDS, SCHEMA_VERSION, STATUSES, Result
+
+
+def to_dict(result: Result) -> dict[str, Any]:
+    return {"kind": result.kind, **dataclasses.asdict(result)}
+
+
+def write_result(path: Path, result: Result) -> None:
+    """Write to a temporary file and rename: a killed run never leaves a half-written result."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(to_dict(result), indent=1, default=str))
+    tmp.replace(path)
+
+
+def _dataclass_type(hint: Any) -> type | None:
+    """The dataclass in a field's type hint (`X` or `X | None`), else None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return next((a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)), None)
+    return None
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild dataclass `cls` (and the dataclasses nested in it) from `asdict` output; unknown keys are an error."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}")
+    values = {}
+    for name, value in data.items():
+        nested = _dataclass_type(hints[name])
+        values[name] = from_dict(nested, value) if nested is not None and isinstance(value, dict) else value
+    return cls(**values)
+
+
+def read_result(path: Path) -> Result:
+    """The result in `path`, as its dataclass; `ValueError` naming the file for other schemas or kinds."""
+    data = json.loads(Path(path).read_text())
+    version, kind = data.get("schema_version"), data.pop("kind", None)
+    if version != SCHEMA_VERSION:
+        raise ValueError(f"{path}: schema version {version!r}, this attnlib reads {SCHEMA_VERSION}")
+    if kind not in RESULT_KINDS:
+        raise ValueError(f"{path}: unknown result kind {kind!r} (known: {', '.join(RESULT_KINDS)})")
+    return from_dict(RESULT_KINDS[kind], data)
+
+
+def is_complete(path: Path) -> bool:
+    """A readable result with a recorded status exists (a failure is a result, too)."""
+    try:
+        return read_result(path).status in STATUSES
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def load_results(results_dir: Path) -> list[Result]:
+    return [read_result(p) for p in sorted(Path(results_dir).glob("raw/*.json"))]
+
+
+def flatten(obj: Any) -> dict[str, Any]:
+    """One flat row: nested dataclasses' fields become columns under their own names; where a nested name is
+    already taken (`status`, `error` of the window), the outer field keeps it."""
+    row: dict[str, Any] = {}
+    nested = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            nested.append(value)
+        elif value is None and _dataclass_type(typing.get_type_hints(type(obj))[f.name]) is not None:
+            continue  # an absent part (a failed job's measurement): its columns stay empty
+        else:
+            row[f.name] = value
+    for value in nested:
+        for name, inner in flatten(value).items():
+            row.setdefault(name, inner)
+    return row
+
+
+def results_frame(results: list[Result] | Path) -> pd.DataFrame:
+    """Every result as one row (`kind` + flattened fields); a folder is read with `load_results`."""
+    if not isinstance(results, list):
+        results = load_results(results)
+    return pd.DataFrame([{"kind": r.kind, **flatten(r)} for r in results])

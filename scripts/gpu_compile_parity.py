@@ -1,0 +1,131 @@
+"""Does attnlib train as fast as the loop a user writes? One process, one GPU, side by side.
+
+Six candidates, GPT-2 small (124M), B 16 x T 512, bf16 autocast, fused AdamW, gradient clipping 1.0, the same
+random-token batches (resident on the GPU), attention dropout 0 in both models:
+- plain/{eager,compile,graph}: `transformers.GPT2LMHeadModel` (attn_implementation="sdpa"),
+  `loss = model(ids, labels=ids).loss`; compile = `torch.compile(model)`, graph = `mode="reduce-overhead"`.
+- attnlib/{eager,compile,graph}: `attnlib.experiments.training.Trainer` with the `sdpa` variant in that mode.
+Each candidate is warmed up once (compilation included), then measured in `--trials` rounds of `--window-s`
+windows, each round in a fresh random order (`attnlib.measurement.run_trials`).
+
+usage: python scripts/gpu_compile_parity.py --out DIR [--trials 5] [--window-s 5]
+writes DIR/compile_parity.json and DIR/compile_parity.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from attnlib.data import TokenData
+from attnlib.experiments.training import TrainConfig, Trainer
+from attnlib.measurement import Candidate, measure, measure_idle, run_trials
+from attnlib.model import DEFAULTS
+from attnlib.provenance import provenance
+
+BATCH, SEQ_LEN, VOCAB = 16, 512, 50257
+
+
+def plain_loop(mode: str, batches, window_s: float):
+    """The loop a user writes around the Hugging Face model."""
+    torch.manual_seed(0)
+    config = GPT2Config(**{**DEFAULTS, "use_cache": False}, attn_implementation="sdpa")
+    model = GPT2LMHeadModel(config).cuda().train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+    forward = model if mode == "eager" else torch.compile(model, mode="reduce-overhead" if mode == "graph" else None)
+
+    def step() -> torch.Tensor:
+        ids = next(batches)
+        if mode == "graph":
+            torch.compiler.cudagraph_mark_step_begin()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = forward(ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return timed(step, window_s)
+
+
+def attnlib_loop(mode: str, data: TokenData, window_s: float):
+    config = TrainConfig(variant="sdpa", mode=mode, seq_len=SEQ_LEN, batch_size=BATCH, seed=0)
+    trainer = Trainer(config, data, torch.device("cuda"), total_steps=10**6)
+    return timed(trainer.step, window_s)
+
+
+def timed(step, window_s: float):
+    """A candidate's run: steps until `window_s` has passed; the window's exit synchronises."""
+
+    def run(window: measure) -> None:
+        steps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < window_s:
+            step()
+            steps += 1
+        window.add_work(tokens=steps * BATCH * SEQ_LEN)
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--window-s", type=float, default=5.0)
+    parser.add_argument("--seed", type=int, default=20261123)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("gpu_compile_parity: no CUDA device; this script runs on the GPU machine")
+    args.out.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    tokens = torch.randint(0, VOCAB, (4096, SEQ_LEN), device="cuda", generator=generator)
+    data = TokenData(tokens, tokens, tokens[:64], tokens[:64], {"dataset": "random tokens"})
+
+    def plain_batches():
+        while True:
+            for start in range(0, len(tokens) - BATCH + 1, BATCH):
+                yield tokens[start:start + BATCH]
+
+    idle = measure_idle(3.0)
+    candidates = [Candidate(f"plain/{mode}", plain_loop(mode, plain_batches(), args.window_s)) for mode in
+                  ("eager", "compile", "graph")]
+    candidates += [Candidate(f"attnlib/{mode}", attnlib_loop(mode, data, args.window_s)) for mode in
+                   ("eager", "compile", "graph")]
+    result = run_trials(candidates, warmup=1, trials=args.trials, seed=args.seed, idle=idle, codecarbon=False)
+    (args.out / "compile_parity.json").write_text(json.dumps(
+        {"provenance": provenance(), "idle_w": idle.power_w, **result.to_dict()}, indent=1, default=str))
+
+    lines = [f"# Compiled training at a user's speed ({torch.cuda.get_device_name()})", "",
+             f"GPT-2 small, B {BATCH} x T {SEQ_LEN}, bf16, fused AdamW, clip 1.0; {args.trials} rounds of "
+             f"{args.window_s:g} s windows in random order (seed {args.seed}); mean ± 95% CI, spread = "
+             "(max - min) / max over the trials.", "",
+             "| loop | mode | tok/s | mJ/token | spread % | attnlib / plain tok/s |", "|---|---|---|---|---|---|"]
+    summary = {c.name: result.summary(c.name) for c in candidates}
+    for mode in ("eager", "compile", "graph"):
+        for loop in ("plain", "attnlib"):
+            s = summary[f"{loop}/{mode}"]
+            tps = [m.tokens_per_s for m in result.trials[f"{loop}/{mode}"] if m.tokens_per_s]
+            spread = 100 * (max(tps) - min(tps)) / max(tps) if tps else float("nan")
+            ratio = (s["tokens_per_s"].mean / summary[f"plain/{mode}"]["tokens_per_s"].mean
+                     if loop == "attnlib" and s["tokens_per_s"].mean else None)
+            jpt = s["gpu_j_per_token"]
+            if not tps or jpt.mean is None:
+                errors = {m.error for m in result.trials[f"{loop}/{mode}"]}
+                lines.append(f"| {loop} | {mode} | failed: {errors} | | | |")
+                continue
+            lines.append(f"| {loop} | {mode} | {s['tokens_per_s'].mean:,.0f} ± {s['tokens_per_s'].ci95 or 0:,.0f} | "
+                         f"{1e3 * jpt.mean:.3f} ± {1e3 * (jpt.ci95 or 0):.3f} | {spread:.1f} | "
+                         f"{'' if ratio is None else f'{ratio:.3f}'} |")
+    md = "\n".join(lines) + "\n"
+    (args.out / "compile_parity.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
