@@ -220,8 +220,9 @@ def run(profile: Profile, variants: list[str], results_dir: Path, cache_dir: Pat
     return left
 
 
-def report(profile: Profile, results_dir: Path) -> None:
-    """Execute `notebooks/aggregate.ipynb`: tables, figures and macros from every result of the folder."""
+def report(results_dir: Path) -> None:
+    """Execute `notebooks/aggregate.ipynb`: tables, figures and macros from every result of the folder, written
+    under the folder's name (`paper/generated/<name>/`, `figures/<name>/`)."""
     import papermill
 
     executed = results_dir / "notebooks" / "aggregate.ipynb"
@@ -229,7 +230,7 @@ def report(profile: Profile, results_dir: Path) -> None:
     # relative to the notebook's folder: the executed copy is the same on every machine
     results = os.path.relpath(results_dir.resolve(), REPO / "notebooks")
     papermill.execute_notebook(REPO / "notebooks" / "aggregate.ipynb", executed,
-                               parameters={"profile": profile.name, "results_dir": results},
+                               parameters={"label": results_dir.name, "results_dir": results},
                                kernel_name="python3", progress_bar=False, cwd=str(REPO / "notebooks"))
     tidy_executed(executed)
 
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
 
         compare(results_dir, args.reference)
         return 0
-    report(profile, results_dir)
+    report(results_dir)
     return 0
 
 
