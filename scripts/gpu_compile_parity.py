@@ -4,11 +4,13 @@ Six candidates, GPT-2 small (124M), B 16 x T 512, bf16 autocast, fused AdamW, gr
 random-token batches (resident on the GPU), attention dropout 0 in both models:
 - plain/{eager,compile,graph}: `transformers.GPT2LMHeadModel` (attn_implementation="sdpa"),
   `loss = model(ids, labels=ids).loss`; compile = `torch.compile(model)`, graph = `mode="reduce-overhead"`.
-- attnlib/{eager,compile,graph}: `attnlib.experiments.training.Trainer` with the `sdpa` variant in that mode.
+- attnlib/{eager,compile,graph}: `attnlib.experiments.training.Trainer` with the `sdpa` variant in that mode;
+  `.../compile-block`, `.../graph-block`: the same with `compile_scope="block"` (one block compiled, shared).
+The time of each candidate's first step (compilation, CUDA-graph recording) is recorded as `first_step_s`.
 Each candidate is warmed up once (compilation included), then measured in `--trials` rounds of `--window-s`
 windows, each round in a fresh random order (`attnlib.measurement.run_trials`).
 
-usage: python scripts/gpu_compile_parity.py --out DIR [--trials 5] [--window-s 5]
+usage: python scripts/gpu_compile_parity.py --out DIR [--trials 5] [--window-s 5] [--candidates a,b,...]
 writes DIR/compile_parity.json and DIR/compile_parity.md
 """
 
@@ -55,15 +57,28 @@ def plain_loop(mode: str, batches, window_s: float):
 
 
 def attnlib_loop(mode: str, data: TokenData, window_s: float):
-    config = TrainConfig(variant="sdpa", mode=mode, seq_len=SEQ_LEN, batch_size=BATCH, seed=0)
+    mode, _, scope = mode.partition("-")
+    config = TrainConfig(variant="sdpa", mode=mode, seq_len=SEQ_LEN, batch_size=BATCH, seed=0,
+                         compile_scope=scope or "model")
     trainer = Trainer(config, data, torch.device("cuda"), total_steps=10**6)
     return timed(trainer.step, window_s)
+
+
+def first_step_s(step) -> float:
+    """Seconds of the first call (compilation lands here), synchronised."""
+    start = time.perf_counter()
+    step()
+    torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def timed(step, window_s: float):
     """A candidate's run: steps until `window_s` has passed; the window's exit synchronises."""
 
     def run(window: measure) -> None:
+        if window is None:  # the first step, outside any window
+            step()
+            return
         steps, start = 0, time.perf_counter()
         while time.perf_counter() - start < window_s:
             step()
@@ -79,6 +94,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--window-s", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=20261123)
+    parser.add_argument("--candidates", default="plain/eager,plain/compile,plain/graph,attnlib/eager,attnlib/compile,"
+                        "attnlib/graph,attnlib/compile-block,attnlib/graph-block")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("gpu_compile_parity: no CUDA device; this script runs on the GPU machine")
@@ -93,35 +110,38 @@ def main() -> None:
                 yield tokens[start:start + BATCH]
 
     idle = measure_idle(3.0)
-    candidates = [Candidate(f"plain/{mode}", plain_loop(mode, plain_batches(), args.window_s)) for mode in
-                  ("eager", "compile", "graph")]
-    candidates += [Candidate(f"attnlib/{mode}", attnlib_loop(mode, data, args.window_s)) for mode in
-                   ("eager", "compile", "graph")]
+    candidates, compile_s = [], {}
+    for name in args.candidates.split(","):
+        loop, mode = name.split("/")
+        run = (plain_loop(mode, plain_batches(), args.window_s) if loop == "plain"
+               else attnlib_loop(mode, data, args.window_s))
+        compile_s[name] = first_step_s(lambda: run(None))
+        print(f"{name}: first step {compile_s[name]:.1f} s", flush=True)
+        candidates.append(Candidate(name, run))
     result = run_trials(candidates, warmup=1, trials=args.trials, seed=args.seed, idle=idle, codecarbon=False)
     (args.out / "compile_parity.json").write_text(json.dumps(
-        {"provenance": provenance(), "idle_w": idle.power_w, **result.to_dict()}, indent=1, default=str))
+        {"provenance": provenance(), "idle_w": idle.power_w, "first_step_s": compile_s, **result.to_dict()}, indent=1, default=str))
 
     lines = [f"# Compiled training at a user's speed ({torch.cuda.get_device_name()})", "",
              f"GPT-2 small, B {BATCH} x T {SEQ_LEN}, bf16, fused AdamW, clip 1.0; {args.trials} rounds of "
              f"{args.window_s:g} s windows in random order (seed {args.seed}); mean ± 95% CI, spread = "
              "(max - min) / max over the trials.", "",
-             "| loop | mode | tok/s | mJ/token | spread % | attnlib / plain tok/s |", "|---|---|---|---|---|---|"]
+             "| loop | mode | tok/s | mJ/token | spread % | attnlib / plain tok/s | first step s |",
+             "|---|---|---|---|---|---|---|"]
     summary = {c.name: result.summary(c.name) for c in candidates}
-    for mode in ("eager", "compile", "graph"):
-        for loop in ("plain", "attnlib"):
-            s = summary[f"{loop}/{mode}"]
-            tps = [m.tokens_per_s for m in result.trials[f"{loop}/{mode}"] if m.tokens_per_s]
-            spread = 100 * (max(tps) - min(tps)) / max(tps) if tps else float("nan")
-            ratio = (s["tokens_per_s"].mean / summary[f"plain/{mode}"]["tokens_per_s"].mean
-                     if loop == "attnlib" and s["tokens_per_s"].mean else None)
-            jpt = s["gpu_j_per_token"]
-            if not tps or jpt.mean is None:
-                errors = {m.error for m in result.trials[f"{loop}/{mode}"]}
-                lines.append(f"| {loop} | {mode} | failed: {errors} | | | |")
-                continue
-            lines.append(f"| {loop} | {mode} | {s['tokens_per_s'].mean:,.0f} ± {s['tokens_per_s'].ci95 or 0:,.0f} | "
-                         f"{1e3 * jpt.mean:.3f} ± {1e3 * (jpt.ci95 or 0):.3f} | {spread:.1f} | "
-                         f"{'' if ratio is None else f'{ratio:.3f}'} |")
+    for c in candidates:
+        loop, mode = c.name.split("/")
+        s = summary[c.name]
+        tps = [m.tokens_per_s for m in result.trials[c.name] if m.tokens_per_s]
+        jpt = s["gpu_j_per_token"]
+        if not tps or jpt.mean is None:
+            lines.append(f"| {loop} | {mode} | failed: {({m.error for m in result.trials[c.name]})} | | | | |")
+            continue
+        plain = summary.get(f"plain/{mode.partition('-')[0]}")
+        ratio = s["tokens_per_s"].mean / plain["tokens_per_s"].mean if loop == "attnlib" and plain else None
+        lines.append(f"| {loop} | {mode} | {s['tokens_per_s'].mean:,.0f} ± {s['tokens_per_s'].ci95 or 0:,.0f} | "
+                     f"{1e3 * jpt.mean:.3f} ± {1e3 * (jpt.ci95 or 0):.3f} | {100 * (1 - min(tps) / max(tps)):.1f} | "
+                     f"{'' if ratio is None else f'{ratio:.3f}'} | {compile_s[c.name]:.1f} |")
     md = "\n".join(lines) + "\n"
     (args.out / "compile_parity.md").write_text(md)
     print(md)

@@ -9,6 +9,9 @@
 5. Overhead (benchmark, not test): the same training loop timed bare (synchronised wall clock) and inside a full
    measure window (sampler + CodeCarbon), interleaved 7 times; median of the pairs' tokens/s ratios.
    Target: <= 1% slower.
+6. Independent cross-check: five 10 s windows of the same steps, each inside both an attnlib window and Zeus'
+   `ZeusMonitor` window (PyPI `zeus`, optional); relative difference of the joules. Target: <= 1% (the counter
+   steps every 100 ms, 1% of a 10 s window).
 
 usage: python scripts/gpu_validate_measure.py --out DIR
 """
@@ -24,6 +27,7 @@ from pathlib import Path
 import torch
 
 import attnlib
+from attnlib.provenance import provenance
 from attnlib.measurement import calibrate_peak, measure, measure_idle, summarize
 
 BATCH, SEQ_LEN = 16, 512
@@ -55,6 +59,35 @@ def steps_for(step, seconds: float) -> int:
         step()
     torch.cuda.synchronize()
     return max(1, round(seconds / ((time.perf_counter() - start) / 5)))
+
+
+def zeus_agreement(step, n: int, idle) -> dict:
+    """Each of five windows of `n` steps inside a Zeus window and an attnlib window, Zeus outermost (it
+    synchronises at both ends too); the relative difference of the two energies, per window."""
+    try:
+        from zeus.monitor import ZeusMonitor
+    except ImportError as error:
+        return {"error": f"zeus not importable: {error}"}
+    monitor = ZeusMonitor(gpu_indices=[torch.cuda.current_device()])
+    rows = []
+    for i in range(5):
+        monitor.begin_window(f"zeus {i}")
+        with measure(f"zeus {i}", idle=idle, codecarbon=False) as window:
+            for _ in range(n):
+                step()
+        zeus = monitor.end_window(f"zeus {i}")
+        ours = window.result.gpu_energy_j
+        rows.append({"attnlib_j": ours, "zeus_j": zeus.total_energy, "attnlib_s": window.result.wall_s,
+                     "zeus_s": zeus.time, "relative_difference": (ours - zeus.total_energy) / zeus.total_energy})
+    worst = max(abs(r["relative_difference"]) for r in rows)
+    return {"windows": rows, "max_abs_relative_difference": worst, "zeus_version": __import__("zeus").__version__}
+
+
+def zeus_cell(z: dict) -> str:
+    if "error" in z:
+        return z["error"]
+    diffs = ", ".join(f"{100 * r['relative_difference']:+.2f}%" for r in z["windows"])
+    return f"max {100 * z['max_abs_relative_difference']:.2f}% ({diffs}; zeus {z['zeus_version']})"
 
 
 def main() -> None:
@@ -95,7 +128,7 @@ def main() -> None:
     n = steps_for(step, 5.0)
     windows = []
     for i in range(10):
-        with measure(f"repeat {i}", tokens=n * BATCH * SEQ_LEN) as window:
+        with measure(f"repeat {i}", tokens=n * BATCH * SEQ_LEN, idle=idle) as window:
             for _ in range(n):
                 step()
         windows.append(window.result)
@@ -103,7 +136,8 @@ def main() -> None:
     report["repeatability"] = {
         "steps_per_window": n, "windows": len(windows), "j_per_step": per_step.to_dict(),
         "wall_s": [w.wall_s for w in windows], "tokens_per_s": [w.tokens_per_s for w in windows],
-        "j_per_token": [w.j_per_token for w in windows], "j_per_token_net": [w.j_per_token_net for w in windows],
+        "gpu_j_per_token": [w.gpu_j_per_token for w in windows],
+        "gpu_j_per_token_net": [w.gpu_j_per_token_net for w in windows],
         "example_window": windows[0].to_dict(),
     }
     print("repeatability", {k: v for k, v in report["repeatability"].items() if k != "example_window"}, flush=True)
@@ -120,7 +154,7 @@ def main() -> None:
             step()
         torch.cuda.synchronize()
         bare.append(n * BATCH * SEQ_LEN / (time.perf_counter() - start))
-        with measure(f"overhead {i}", tokens=n * BATCH * SEQ_LEN) as window:
+        with measure(f"overhead {i}", tokens=n * BATCH * SEQ_LEN, idle=idle) as window:
             for _ in range(n):
                 step()
         measured.append(window.result.tokens_per_s)
@@ -132,7 +166,11 @@ def main() -> None:
     }
     print("overhead", report["overhead"], flush=True)
 
+    report["zeus"] = zeus_agreement(step, steps_for(step, 10.0), idle)
+    print("zeus", report["zeus"], flush=True)
+
     report["environment"] = windows[0].environment
+    report["provenance"] = provenance()
     (args.out / "measure_validation.json").write_text(json.dumps(report, indent=1))
     c, rep, o = report["counter_vs_trace"], report["repeatability"], report["overhead"]
     md = f"""# attnlib.measure validation on {report['environment'].get('gpu_names')}
@@ -143,6 +181,7 @@ def main() -> None:
 | counter vs integrated POWER_INSTANT trace, {c['wall_s']:.1f} s GEMM load | {c['counter_j']:.0f} J vs {c['trace_j']:.0f} J: {100 * c['relative_difference']:+.2f}% | within 5% |
 | CV of energy per step, ten 5 s windows of GPT-2 small training | {100 * rep['j_per_step']['cv']:.2f}% (mean {rep['j_per_step']['mean']:.2f} J/step, {rep['steps_per_window']} steps/window) | <= 2% |
 | calibrated bf16 GEMM 8192^3 | {calibration.tflops:.0f} TFLOP/s, {calibration.pj_per_flop:.3f} pJ/FLOP | - |
+| attnlib vs Zeus `ZeusMonitor`, five 10 s windows of the same steps | {zeus_cell(report['zeus'])} | <= 1% |
 | measurement overhead, 7 interleaved bare/measured pairs | {100 * o['slowdown_pairwise_median']:+.2f}% slower (median of pair ratios; ratio of medians {100 * o['slowdown']:+.2f}%) | <= 1% |
 """
     (args.out / "measure_validation.md").write_text(md)
