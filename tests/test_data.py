@@ -7,8 +7,11 @@ import json
 import pytest
 import torch
 
-from attnlib.data import (EOT_ID, IGNORE_INDEX, load_corpus, load_messages_file, load_tokenizer, pack, prepare_data,
-                          render_conversation, split_documents, tokenize_stream)
+import numpy as np
+
+from attnlib.data import (DEBIAN_DOCS, EOT_ID, IGNORE_INDEX, MAX_DOC_OVERLAP, deduplicate, load_corpus,
+                          load_messages_file, load_tokenizer, ngram_hashes, pack, prepare_data, render_conversation,
+                          split_documents, tokenize_documents)
 
 
 def test_render_conversation_keeps_roles() -> None:
@@ -41,8 +44,8 @@ def test_packing_and_loss_masking() -> None:
 
 def test_documents_are_separated_by_end_of_text() -> None:
     tok = load_tokenizer()
-    stream = tokenize_stream(["one", "two"], tok)
-    assert stream.tolist() == [505, EOT_ID, 11545, EOT_ID]
+    docs = tokenize_documents(["one", "two"], tok)
+    assert [d.tolist() for d in docs] == [[505, EOT_ID], [11545, EOT_ID]]
 
 
 def test_split_is_deterministic_and_order_free() -> None:
@@ -54,13 +57,13 @@ def test_split_is_deterministic_and_order_free() -> None:
 
 
 def test_messages_file_and_cache(tmp_path) -> None:
-    rows = [{"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": "answer " * 20}]}
+    rows = [{"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": " ".join(f"w{i}x{j}" for j in range(20))}]}
             for i in range(40)]
     path = tmp_path / "chat.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     assert len(load_messages_file(path).documents) == 40
     data = prepare_data(str(path), 16, tmp_path / "cache")
-    assert data.info["dataset"] == "file:chat.jsonl" and len(data.info["dataset_sha256"]) == 64
+    assert data.info.dataset == "file:chat.jsonl" and len(data.info.dataset_sha256) == 64
     assert data.train_ids.shape[1] == 16 and len(data.val_ids) > 0
     again = prepare_data(str(path), 16, tmp_path / "cache")  # from the cache
     assert torch.equal(again.train_ids, data.train_ids) and again.info == data.info
@@ -77,3 +80,29 @@ def test_bad_dataset_arguments() -> None:
         load_corpus("/no/such/file.jsonl")
     with pytest.raises(ValueError, match="seq_len"):
         pack(torch.arange(3).numpy(), 0)
+
+
+def test_ngram_hashes_see_shared_runs_only() -> None:
+    a = np.arange(30, dtype=np.uint16)
+    assert len(ngram_hashes(a)) == 30 - 13 + 1 and len(ngram_hashes(a[:12])) == 0
+    assert set(ngram_hashes(a[5:25])) <= set(ngram_hashes(a))
+    assert not set(ngram_hashes(a + 100)) & set(ngram_hashes(a))
+
+
+def test_deduplication_drops_overlapping_validation_documents() -> None:
+    rng = np.random.default_rng(0)
+    train = [rng.integers(0, 50000, 500).astype(np.uint16) for _ in range(5)]
+    copied = train[2][100:300].copy()  # a passage from training
+    fresh = rng.integers(0, 50000, 300).astype(np.uint16)
+    kept, overlap = deduplicate(train, [copied, fresh])
+    assert len(kept) == 1 and kept[0] is fresh and overlap["val_documents_dropped"] == 1
+    assert overlap["val_ngram_overlap"] <= MAX_DOC_OVERLAP < overlap["val_ngram_overlap_before"]
+
+
+def test_committed_debian_docs_corpus() -> None:
+    """The corpus the paper trains on: >= 10M tokens, deduplicated validation, packages named with hashes."""
+    data = prepare_data("debian-docs", 512, DEBIAN_DOCS)
+    info = data.info
+    assert info.train_tokens >= 10_000_000 and info.val_ngram_overlap <= 0.01
+    assert "linux-doc" in info.dataset_description and "sha256" in info.dataset_description
+    assert data.train_ids.shape == (-(-info.train_tokens // 512), 512)

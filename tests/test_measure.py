@@ -7,13 +7,14 @@ import time
 
 import pytest
 
-import attnlib.measurement.window as window_module
-from attnlib.measurement import Candidate, energy_between, measure, measure_idle, run_trials, summarize
+from attnlib.measurement import (Candidate, GPUBackend, IdleBaseline, NullGPUs, energy_between, measure, measure_idle,
+                                 round_orders, run_trials, summarize)
+from attnlib.measurement.nvml import open_nvml
 from attnlib.measurement.rapl import open_rapl
 
 
-class RecordedGPU:
-    """A GPU reader replaying a steady load: a counter of `power_w` that updates every `update_s`, like NVML's."""
+class RecordedGPU(GPUBackend):
+    """A GPU backend replaying a steady load: a counter of `power_w` that updates every `update_s`, like NVML's."""
 
     count = 1
     power_source = "recorded"
@@ -53,7 +54,7 @@ def test_cpu_path_end_to_end() -> None:
         busy(1.2)
     r = window.result
     assert r.status == "ok" and r.wall_s == pytest.approx(1.2, rel=0.02)
-    assert r.gpu_energy_j is None and "gpu_energy_j" in r.reasons and r.j_per_token is None
+    assert r.gpu_energy_j is None and "gpu_energy_j" in r.reasons and r.gpu_j_per_token is None
     assert r.tokens_per_s == pytest.approx(1000 / r.wall_s)
     assert 50 < r.process_cpu_percent < 150
     assert r.cpu_energy_j > 0 and r.ram_energy_j > 0
@@ -80,29 +81,33 @@ def test_work_counted_inside_a_time_bounded_window() -> None:
 
 def test_derived_figures_on_recorded_counter() -> None:
     gpu = RecordedGPU(power_w=300.0)
-    with measure("steady", tokens=10_000, flops=5e14, peak_tflops=1000.0, idle_power_w=100.0,
-                 codecarbon=False, gpus=gpu, keep_trace=True) as window:
+    idle = IdleBaseline(100.0, "recorded idle", 1.0)
+    with measure("steady", tokens=10_000, flops=5e14, idle=idle, codecarbon=False, gpus=gpu, keep_trace=True) as window:
         time.sleep(1.5)
     r = window.result
     assert r.gpu_energy_j == pytest.approx(300.0 * r.wall_s, abs=300 * 0.1 + 1)  # within one counter update
     assert r.gpu_energy_net_j == pytest.approx(r.gpu_energy_j - 100.0 * r.wall_s)
-    assert r.j_per_token == pytest.approx(r.gpu_energy_j / 10_000)
-    assert r.j_per_token_net == pytest.approx(r.gpu_energy_net_j / 10_000)
-    assert r.j_per_flop == pytest.approx(r.gpu_energy_j / 5e14)
+    assert r.gpu_j_per_token == pytest.approx(r.gpu_energy_j / 10_000)
+    assert r.gpu_j_per_token_net == pytest.approx(r.gpu_energy_net_j / 10_000)
+    assert r.gpu_j_per_flop == pytest.approx(r.gpu_energy_j / 5e14)
     assert r.tflops == pytest.approx(500 / r.wall_s)
-    assert r.mfu == pytest.approx(r.tflops / 1000.0)
     assert r.gpu_power_mean_w == pytest.approx(r.gpu_energy_j / r.wall_s)
     assert r.gpu_power_peak_w == 300.0 and r.gpu_power_samples >= 10 and len(r.power_trace) == r.gpu_power_samples
     assert r.energy_counter_updates >= 10 and not r.warnings
-    assert r.idle_power_source == "given by the caller"
+    assert r.idle_power_w == 100.0 and r.idle_power_source == "recorded idle"
     assert r.environment["start"]["sm_clock_mhz"] == [1980] and r.environment["end"]["temperature_c"] == [40]
 
 
-def test_mfu_above_one_is_not_reported() -> None:
-    with measure("impossible", flops=1e18, peak_tflops=1.0, codecarbon=False, gpus=RecordedGPU()) as window:
-        time.sleep(0.2)
-    assert window.result.mfu is None and "mfu" in window.result.reasons
-    assert any("MFU" in w for w in window.result.warnings)
+def test_null_backend_stands_in_for_a_missing_gpu() -> None:
+    """No GPU (this machine): NVML's stand-in reads nothing and says why; the window records the reason."""
+    gpus = open_nvml()
+    assert isinstance(gpus, NullGPUs) and not gpus.available and gpus.reason
+    assert gpus.energy_mj() == [] and gpus.count == 0
+    with measure("null", codecarbon=False, gpus=NullGPUs("no card in this test")) as window:
+        time.sleep(0.05)
+    assert window.result.reasons["gpu_energy_j"] == "no card in this test" and window.result.gpu_count == 0
+    with pytest.raises(ValueError, match="devices"):
+        open_nvml("some")
 
 
 @pytest.mark.parametrize("reads,reason", [([5000, 4000], "went backwards"), ([5000, 5000], "did not advance")])
@@ -110,7 +115,7 @@ def test_counter_faults_give_none_with_reason(reads: list[int], reason: str) -> 
     with measure("fault", codecarbon=False, gpus=RecordedGPU(energy_mj=reads)) as window:
         time.sleep(0.05)
     assert window.result.gpu_energy_j is None and reason in window.result.reasons["gpu_energy_j"]
-    assert window.result.j_per_token is None
+    assert window.result.gpu_j_per_token is None
 
 
 def test_energy_between_sums_devices() -> None:
@@ -123,14 +128,13 @@ def test_short_window_warns() -> None:
     assert any("too short for the energy counter" in w for w in window.result.warnings)
 
 
-def test_idle_baseline_is_used_for_net_energy(monkeypatch) -> None:
-    monkeypatch.setattr(window_module, "_idle", None)
-    with measure("before idle", codecarbon=False, gpus=RecordedGPU()) as window:
+def test_idle_baseline_is_passed_explicitly() -> None:
+    with measure("no idle given", codecarbon=False, gpus=RecordedGPU()) as window:
         time.sleep(0.1)
-    assert window.result.gpu_energy_net_j is None and "measure_idle" in window.result.reasons["gpu_energy_net_j"]
+    assert window.result.gpu_energy_net_j is None and "idle=" in window.result.reasons["gpu_energy_net_j"]
     baseline = measure_idle(1.0, gpus=RecordedGPU(power_w=80.0))
     assert baseline.power_w == pytest.approx(80.0, rel=0.12)
-    with measure("after idle", codecarbon=False, gpus=RecordedGPU(power_w=300.0)) as window:
+    with measure("idle given", codecarbon=False, gpus=RecordedGPU(power_w=300.0), idle=baseline) as window:
         time.sleep(1.0)
     r = window.result
     assert r.idle_power_w == baseline.power_w and r.gpu_energy_net_j == pytest.approx(r.gpu_energy_j - baseline.power_w * r.wall_s)
@@ -171,25 +175,33 @@ def test_summary_maths() -> None:
     assert summarize([None, 2.0]).ci95 is None and summarize([]).mean is None
 
 
-def test_trials_interleave_and_record_failures() -> None:
+def test_round_orders_are_random_per_round_and_reproducible() -> None:
+    orders = round_orders(["A", "B", "C", "D"], 6, seed=7)
+    assert all(sorted(o) == ["A", "B", "C", "D"] for o in orders)
+    assert len({tuple(o) for o in orders}) > 1  # drawn afresh each round
+    assert orders == round_orders(["A", "B", "C", "D"], 6, seed=7) != round_orders(["A", "B", "C", "D"], 6, seed=8)
+
+
+def test_trials_follow_the_seeded_orders_and_record_failures() -> None:
     order: list[str] = []
 
-    def fails() -> None:
-        order.append("C")
-        raise RuntimeError("out of memory")
+    def worker(name: str):
+        def run(window) -> None:
+            order.append(name)
+            if name == "C":
+                raise RuntimeError("out of memory")
+            window.add_work(tokens=10)
+        return run
 
-    candidates = [Candidate("A", lambda: order.append("A"), tokens=10), Candidate("B", lambda: order.append("B")),
-                  Candidate("C", fails)]
-    with pytest.raises(RuntimeError):  # warm-up failures are not hidden
-        run_trials(candidates, warmup=1, trials=2, codecarbon=False, progress=False)
-    order.clear()
-    result = run_trials(candidates[:2] + [Candidate("C", fails)], warmup=0, trials=3, codecarbon=False, progress=False)
-    assert order == ["A", "B", "C"] * 3
+    candidates = [Candidate(name, worker(name)) for name in "ABC"]
+    result = run_trials(candidates, warmup=1, trials=3, seed=5, codecarbon=False, progress=False)
+    assert order[:3] == ["A", "B", "C"]  # warm-up
+    assert order[3:] == [name for o in round_orders("ABC", 3, 5) for name in o] and result.orders == round_orders("ABC", 3, 5)
     assert [m.status for m in result.trials["C"]] == ["failed"] * 3
     summary = result.summary("A")
     assert summary["wall_s"].n == 3 and summary["tokens_per_s"].mean > 0
     assert result.summary("C")["wall_s"].n == 0
-    assert set(result.to_dict()) == {"A", "B", "C"}
+    assert set(result.to_dict()["candidates"]) == {"A", "B", "C"} and result.to_dict()["seed"] == 5
 
 
 def test_rapl_counters_with_wraparound(tmp_path) -> None:

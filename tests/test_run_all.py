@@ -1,5 +1,5 @@
-"""End to end: `./run_all.sh --profile smoke` runs every variant's notebooks through papermill, aggregates, and
-builds the PDF; `--report-only` rebuilds the same tables from the results. About 8 minutes on 2 cores."""
+"""End to end: `./run_all.sh --profile smoke` runs every variant's trials and quality notebooks through papermill,
+aggregates, and builds the PDF; `--report-only` rebuilds the same tables from the results. A few minutes on 2 cores."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 
 import attnlib
 
@@ -29,14 +28,17 @@ def test_smoke_profile_end_to_end() -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = REPO / "results" / "smoke"
     raw = sorted((results / "raw").glob("*.json"))
-    assert len(raw) == 3 * len(attnlib.VARIANTS)  # two trials and one quality run per variant
+    assert len(raw) == 4 * len(attnlib.VARIANTS)  # two trials and two quality seeds per variant
     statuses = {p.stem: json.loads(p.read_text())["status"] for p in raw}
     assert set(statuses.values()) == {"ok"}, statuses
-    assert len(list((results / "notebooks").glob("*__*.ipynb"))) == len(raw)  # executed copies kept
+    assert len(list((results / "notebooks").glob("*__*.ipynb"))) == 2 * len(attnlib.VARIANTS)  # executed copies kept
+    run = json.loads((results / "run.json").read_text())
+    assert run["device"] == "cpu" and run["gpu_minutes"] > 0 and 0 < run["measured_fraction"] < 1
     with open(results / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["variant"] for r in rows] == list(attnlib.VARIANTS)
     assert all(float(r["tokens_per_s_mean"]) > 0 and r["gpu_j_per_token_mean"] == "" for r in rows)  # CPU: no energy
+    assert all(int(float(r["seeds"])) == 2 and float(r["val_loss_mean"]) > 0 for r in rows)
     for name in ("energy_per_token", "tokens_per_s", "peak_memory", "power_trace", "energy_vs_loss", "loss_curves"):
         assert (REPO / "figures" / "smoke" / f"{name}.pdf").stat().st_size > 0
     macros = (REPO / "paper" / "generated" / "smoke" / "macros.tex").read_text()
@@ -56,25 +58,8 @@ def test_smoke_profile_end_to_end() -> None:
     assert (REPO / "paper" / "generated" / "smoke" / "summary.tex").read_text() == table
 
 
-@pytest.mark.slow
-def test_without_a_gpu_the_default_rebuilds_the_committed_paper() -> None:
-    """The reviewer path: `./run_all.sh` on a CPU machine rebuilds tables, macros, figures and the executed
-    aggregation notebook from the committed results/paper/, byte for byte, and the PDF."""
-    if torch.cuda.is_available():
-        pytest.skip("with a GPU, ./run_all.sh measures")
-    outputs = [*sorted((REPO / "paper" / "generated" / "paper").iterdir()), *sorted((REPO / "figures" / "paper").iterdir()),
-               REPO / "results" / "paper" / "summary.csv", REPO / "results" / "paper" / "notebooks" / "aggregate.ipynb"]
-    committed = {path: path.read_bytes() for path in outputs}
-    done = run_all()
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "rebuilding the paper from the committed results/paper/" in done.stdout
-    assert [path.name for path in outputs if path.read_bytes() != committed[path]] == []
-    if shutil.which("latexmk") or os.environ.get("CI"):
-        assert (REPO / "paper" / "paper.pdf").stat().st_size > 100_000
-
-
 def test_bad_arguments_fail_before_any_work() -> None:
     for args in (["--profile", "huge"], ["--variants", "performer", "--profile", "smoke"], ["--frobnicate"],
-                 ["--gpus", "0", "--profile", "smoke"]):
+                 ["--results", "/nonexistent/folder", "--report-only", "--profile", "smoke"]):
         done = run_all(*args)
-        assert done.returncode != 0 and ("error" in done.stderr or "unknown" in done.stderr), (args, done.stderr)
+        assert done.returncode != 0 and any(w in done.stderr for w in ("error", "unknown", "no results")), (args, done.stderr)

@@ -177,8 +177,10 @@ class Trainer:
     def evaluate(self, batches: int) -> float:
         """Mean validation loss over the first `batches` validation batches (the same for every variant).
         The whole-model compiled function is not used: the same maths, without a second compilation."""
-        self.model.eval()
         ids, labels = self.data.val_ids, self.data.val_labels
+        if len(ids) < self.config.batch_size:
+            raise ValueError(f"dataset: {len(ids)} validation blocks, fewer than one batch ({self.config.batch_size})")
+        self.model.eval()
         losses = []
         for start in range(0, min(len(ids), batches * self.config.batch_size), self.config.batch_size):
             batch = slice(start, start + self.config.batch_size)

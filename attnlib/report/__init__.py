@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..provenance import LIBRARIES
 from ..registry import VARIANTS
 from ..results import results_frame
 from . import figures, latex
@@ -49,7 +50,7 @@ def run_facts(frame: pd.DataFrame, summary: pd.DataFrame, calibrations: dict[str
         "floor_multiple_range": (f"{latex.fmt(summary.energy_floor_multiple_mean.min(), '.1f')}--"
                                  f"{latex.fmt(summary.energy_floor_multiple_mean.max(), '.1f')}"),
     }
-    facts.update({f"version_{k.replace('-', '_')}": v or "absent" for k, v in versions.items()})
+    facts.update({f"version_{name.replace('-', '_')}": versions.get(name) or "absent" for name in LIBRARIES})
     if len(trials):
         config = trials.iloc[0].config
         facts.update(window_s=config["window_s"], unmeasured_steps=config["unmeasured_steps"], idle_s=config["idle_s"],
@@ -95,7 +96,8 @@ def build_report(results_dir: Path, profile: str, figures_dir: Path, paper_dir: 
               **prior_macros()}
     out = figures_dir / profile
     figures.all_figures(summary, frame, out)
-    if (REFERENCE_DEVICE / "summary.csv").exists() and REFERENCE_DEVICE.resolve() != Path(results_dir).resolve():
+    reference_exists = (REFERENCE_DEVICE / "summary.csv").exists()
+    if reference_exists and devices[0] != "cpu" and REFERENCE_DEVICE.resolve() != Path(results_dir).resolve():
         reference = pd.read_csv(REFERENCE_DEVICE / "summary.csv")
         comparison = comparison_frame(summary, reference)
         comparison.to_csv(generated / "device_comparison.csv", index=False)

@@ -24,12 +24,6 @@ def require_positive(config: GPT2Config, name: str) -> None:
         raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
 
 
-def require_tiling(chunk_size: int, seq_len: int) -> None:
-    """`ValueError` naming chunk_size unless chunks of `chunk_size` tokens tile a `seq_len`-token sequence."""
-    if seq_len % chunk_size:
-        raise ValueError(f"chunk_size: {chunk_size} does not tile the sequence length {seq_len}")
-
-
 def gpt2_init_(module: nn.Module, config: GPT2Config, residual: bool = False) -> None:
     """GPT-2's initialisation for a projection we add: N(0, 0.02), zero bias; residual outputs scaled by
     1/sqrt(2 n_layer) (the GPT-2 paper's scheme, as transformers applies it to `c_proj`)."""

@@ -2,7 +2,7 @@
 
     o_i = phi(q_i)^T S_i / (phi(q_i)^T z_i),   S_i = sum_{j<=i} phi(k_j) v_j^T,   z_i = sum_{j<=i} phi(k_j)
 
-computed in chunks of `chunk_size` tokens: quadratic inside a chunk, a running [D, D] state between chunks, so
+computed in chunks of `chunk_size` tokens (any T: a last partial chunk is padded): quadratic inside a chunk, a running [D, D] state between chunks, so
 memory is O(T) in sequence length and FLOPs are O(T (chunk_size + D) D) instead of O(T^2 D). On CUDA with
 flash-linear-attention installed its Triton `chunk_linear_attn` runs; otherwise `chunked_linear_attention` below.
 `naive_linear_attention` is the quadratic reference the tests hold both to.
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from transformers import GPT2Config
 
 from ..registry import VariantSpec, register
-from ._common import require_plain_causal, require_positive, require_tiling
+from ._common import require_plain_causal, require_positive
 
 try:
     from fla.ops.linear_attn import chunk_linear_attn
@@ -34,26 +34,38 @@ def naive_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) ->
     return (scores @ v) / scores.sum(-1, keepdim=True)
 
 
-def chunked_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """Chunked causal linear attention on feature-mapped `[B, H, T, D]` inputs (T % chunk_size == 0).
+def exclusive_cumsum(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sum of the entries strictly before each position along `dim`: the inclusive sum shifted by one, starting
+    at zero (never `cumsum - x`, whose rounding lets a chunk see a trace of itself)."""
+    total = x.cumsum(dim).narrow(dim, 0, x.shape[dim] - 1)
+    return torch.cat([torch.zeros_like(x.narrow(dim, 0, 1)), total], dim=dim)
 
-    Accumulates in at least float32: the prefix sums of phi(k) v^T grow with T, beyond what bf16's 8-bit
-    mantissa resolves.
+
+def chunked_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Chunked causal linear attention on feature-mapped `[B, H, T, D]` inputs, any T.
+
+    A T that chunks do not tile is padded at the end (keys and queries with ones, so every denominator stays
+    positive; values with zeros) and cut back: padding comes after every real token, so causality keeps it out
+    of the real outputs. Accumulates in at least float32: the prefix sums of phi(k) v^T grow with T, beyond what
+    bf16's 8-bit mantissa resolves.
     """
     B, H, T, D = q.shape
-    n = T // chunk_size
+    pad = -T % chunk_size
+    if pad:
+        q, k = (F.pad(t, (0, 0, 0, pad), value=1.0) for t in (q, k))
+        v = F.pad(v, (0, 0, 0, pad))
+    n = (T + pad) // chunk_size
     dtype = v.dtype
     acc = torch.promote_types(dtype, torch.float32)
     q, k, v = (t.to(acc).reshape(B, H, n, chunk_size, -1) for t in (q, k, v))  # [B, H, n, c, D]
     kv = k.transpose(-1, -2) @ v  # [B, H, n, D, D] per-chunk state increments
-    state = kv.cumsum(2) - kv  # exclusive prefix: what earlier chunks contribute
-    k_sum = k.sum(-2)  # [B, H, n, D]
-    normaliser = k_sum.cumsum(2) - k_sum
+    state = exclusive_cumsum(kv, 2)  # what earlier chunks contribute
+    normaliser = exclusive_cumsum(k.sum(-2), 2)  # [B, H, n, D]
     intra = (q @ k.transpose(-1, -2)).tril()  # [B, H, n, c, c]
     numerator = intra @ v + q @ state
     denominator = intra.sum(-1) + (q * normaliser.unsqueeze(-2)).sum(-1)
     out = numerator / denominator.unsqueeze(-1)
-    return out.reshape(B, H, T, -1).to(dtype)
+    return out.reshape(B, H, T + pad, -1)[:, :, :T].to(dtype)
 
 
 def kernel(device: str) -> str:
@@ -71,7 +83,6 @@ def linear_attention(module, query, key, value, attention_mask, scaling=None, dr
         q, k, v = (t.transpose(1, 2) for t in (q, k, value))  # fla takes [B, T, H, D]
         out, _ = chunk_linear_attn(q, k, v, scale=1.0, normalize=True)
         return out, None
-    require_tiling(module.config.chunk_size, query.shape[-2])
     return chunked_linear_attention(q, k, value, module.config.chunk_size).transpose(1, 2), None
 
 
@@ -84,7 +95,6 @@ def attention_flops(config: GPT2Config, seq_len: int) -> float:
 
 def validate(config: GPT2Config, seq_len: int) -> None:
     require_positive(config, "chunk_size")
-    require_tiling(config.chunk_size, seq_len)
 
 
 register(

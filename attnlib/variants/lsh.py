@@ -27,7 +27,7 @@ from transformers import GPT2Config
 from transformers.pytorch_utils import Conv1D
 
 from ..registry import VariantSpec, register
-from ._common import gpt2_init_, gpt2_output_projection, require_plain_causal, require_positive, require_tiling
+from ._common import gpt2_init_, gpt2_output_projection, require_plain_causal, require_positive
 
 SELF_SCORE = -5e4  # Reformer's value for q_i . k_i: finite, so a token with nothing else to see sees itself
 
@@ -108,10 +108,13 @@ class LSHAttention(nn.Module):
         if past_key_values is not None:
             raise NotImplementedError("lsh: no KV cache; build with use_cache=False")
         B, T, _ = hidden_states.shape
-        require_tiling(self.chunk_size, T)
         qk, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
                  for t in self.c_attn(hidden_states).split(self.config.n_embd, dim=2))
-        y = lsh_attention(qk, v, self.rotations, self.chunk_size, self.head_dim**-0.5)
+        # any T: pad to whole chunks at the end; padded tokens come after every real one in each bucket, and a
+        # query only sees keys before it in sorted order, so they never reach a real output
+        pad = -T % self.chunk_size
+        qk, v = (F.pad(t, (0, 0, 0, pad)) for t in (qk, v))
+        y = lsh_attention(qk, v, self.rotations, self.chunk_size, self.head_dim**-0.5)[:, :, :T]
         y = y.transpose(1, 2).reshape(B, T, -1)
         return self.resid_dropout(self.c_proj(y)), None
 
@@ -127,7 +130,6 @@ def validate(config: GPT2Config, seq_len: int) -> None:
         require_positive(config, name)
     if config.n_buckets != 1 and config.n_buckets % 2:
         raise ValueError(f"n_buckets: must be 1 or even (random rotations give 2 buckets each), got {config.n_buckets}")
-    require_tiling(config.chunk_size, seq_len)
 
 
 register(

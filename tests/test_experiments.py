@@ -1,0 +1,202 @@
+"""Experiment families on the CPU with tiny models: the training engine, trials and quality jobs, typed results,
+failure recording, the job plan and resumption."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from attnlib import pipeline
+from attnlib.data import prepare_data
+from attnlib.experiments.quality import QualityConfig, run_quality_job
+from attnlib.experiments.training import TrainConfig, Trainer
+from attnlib.experiments.trials import TrialsConfig, run_trials_job
+from attnlib.pipeline import load_profile, plan
+from attnlib.results import QualityResult, TrialResult, read_result, results_frame
+
+TINY_TRAIN = dict(seq_len=32, batch_size=2, model=dict(n_layer=1, n_embd=32, n_head=2, n_positions=64),
+                  dataset="python-docs", max_documents=300)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def trainer_for(cache, **overrides) -> Trainer:
+    config = TrainConfig(**{**dict(variant="sdpa", **TINY_TRAIN), **overrides})
+    data = prepare_data(config.dataset, config.seq_len, cache, config.max_documents)
+    return Trainer(config, data, torch.device("cpu"), total_steps=10)
+
+
+def test_same_seed_same_losses_and_restart_reproduces(cache) -> None:
+    first = trainer_for(cache)
+    losses = [first.step().item() for _ in range(3)]
+    assert [trainer_for(cache).step().item() for _ in range(1)] == losses[:1]
+    assert trainer_for(cache, seed=7).step().item() != losses[0]
+    first.restart(1234, 10)  # the same parameters, fresh weights, optimiser and data order: the same run again
+    assert [first.step().item() for _ in range(3)] == losses
+
+
+@pytest.mark.parametrize("scope", ["model", "block"])
+def test_compiled_modes_match_eager(cache, scope: str) -> None:
+    """Compiled (either scope) computes eager's loss: no attention mask is built, causality stays in the cores."""
+    eager, compiled = trainer_for(cache, variant="baseline"), trainer_for(cache, variant="baseline", mode="compile",
+                                                                          compile_scope=scope)
+    for t in (eager, compiled):
+        t.model.eval()  # no dropout: both runs see the same network
+    ids, labels = eager.train_ids[:2], eager.train_labels[:2]
+    torch.testing.assert_close(compiled._loss(ids, labels), eager._loss(ids, labels), rtol=1e-4, atol=1e-4)
+
+
+def test_graph_mode_needs_cuda(cache) -> None:
+    with pytest.raises(NotImplementedError, match="CUDA"):
+        trainer_for(cache, mode="graph")
+
+
+def test_loss_equals_transformers_loss(cache) -> None:
+    trainer = trainer_for(cache)
+    trainer.model.eval()
+    ids, labels = trainer.train_ids[:2], trainer.train_labels[:2].clone()
+    labels[1, 20:] = -100
+    torch.testing.assert_close(trainer._loss(ids, labels), trainer.model(ids, labels=labels).loss)
+
+
+def tiny_trials(**overrides) -> TrialsConfig:
+    return TrialsConfig(train=TrainConfig(variant="flex", **TINY_TRAIN), **{
+        **dict(modes=["eager", "compile", "graph"], trials=2, window_s=0.3, unmeasured_steps=1, idle_s=0.1), **overrides})
+
+
+def test_trials_job_writes_typed_results(tmp_path, cache) -> None:
+    results = run_trials_job(tiny_trials(), tmp_path, cache, progress=False)
+    assert sorted((r.mode, r.trial) for r in results) == [(m, t) for m in ("compile", "eager", "graph") for t in (0, 1)]
+    ok = [r for r in results if r.status == "ok"]
+    assert {r.mode for r in ok} == {"eager", "compile"}
+    graph = [r for r in results if r.mode == "graph"]
+    assert all(r.status == "unsupported" and "CUDA" in r.error for r in graph)  # a CPU has no CUDA graphs
+    saved = read_result(tmp_path / "flex__eager__trial1.json")
+    assert isinstance(saved, TrialResult) and saved == next(r for r in ok if (r.mode, r.trial) == ("eager", 1))
+    m = saved.measurement
+    assert m.wall_s >= 0.3 and m.tokens == saved.steps * 64 and m.flops == m.tokens * saved.model.training_flops_per_token
+    assert m.gpu_energy_j is None and m.reasons["gpu_energy_j"]  # CPU: none, with the reason
+    assert saved.provenance.versions["torch"] and saved.provenance.device == "cpu"
+    assert saved.data.dataset.startswith("python-docs") and saved.config["train"]["variant"] == "flex"
+
+
+def test_quality_job_runs_every_seed_with_a_loss_curve(tmp_path, cache) -> None:
+    config = QualityConfig(train=TrainConfig(variant="linear", **{**TINY_TRAIN, "model": {**TINY_TRAIN["model"],
+                                                                                           "chunk_size": 16}}),
+                           seeds=[1, 2], tokens=256, eval_every_tokens=128, eval_batches=1, idle_s=0.1)
+    results = run_quality_job(config, tmp_path, cache, progress=False)
+    assert [r.seed for r in results] == [1, 2] and all(r.status == "ok" for r in results), [r.error for r in results]
+    assert [p["tokens"] for p in results[0].loss_curve] == [0, 128, 256]
+    assert results[0].val_loss != results[1].val_loss  # different seeds, different runs
+    assert isinstance(read_result(tmp_path / "linear__quality__seed2.json"), QualityResult)
+
+
+@pytest.mark.parametrize("error,status", [(torch.OutOfMemoryError("CUDA out of memory"), "oom"),
+                                          (NotImplementedError("no kernel"), "unsupported"),
+                                          (FloatingPointError("loss is nan"), "nan"),
+                                          (RuntimeError("something else"), "error")])
+def test_failures_are_recorded(tmp_path, cache, monkeypatch, error, status) -> None:
+    def broken_step(self):
+        raise error
+
+    monkeypatch.setattr(Trainer, "step", broken_step)
+    results = run_trials_job(tiny_trials(modes=["eager"]), tmp_path, cache, progress=False)
+    assert [r.status for r in results] == [status, status]
+    assert json.loads((tmp_path / "flex__eager__trial0.json").read_text())["status"] == status
+
+
+def test_results_frame_columns_are_field_names(tmp_path, cache) -> None:
+    run_trials_job(tiny_trials(modes=["eager"], trials=1), tmp_path / "raw", cache, progress=False)
+    frame = results_frame(tmp_path)
+    for column in ("kind", "variant", "mode", "status", "trial", "tokens_per_s", "gpu_j_per_token", "wall_s",
+                   "job_wall_s", "dataset", "params", "kernel", "attnlib_commit", "device"):
+        assert column in frame, column
+    assert frame.kind.tolist() == ["trial"] and frame.wall_s.iloc[0] >= 0.3
+
+
+def test_plan_is_seeded_and_complete() -> None:
+    profile = load_profile("paper")
+    jobs = plan(profile, ["sdpa", "gqa", "mla"])
+    assert [j.family for j in jobs] == ["trials"] * 3 + ["quality"] * 3
+    assert {j.variant for j in jobs[:3]} == {j.variant for j in jobs[3:]} == {"sdpa", "gqa", "mla"}
+    assert [j.name for j in jobs] == [j.name for j in plan(profile, ["sdpa", "gqa", "mla"])]
+    trials = jobs[0].config
+    assert trials["modes"] == ["eager", "compile", "graph"] and trials["trials"] >= 5 and trials["window_s"] >= 5
+    assert jobs[0].result_names()[0] == f"{jobs[0].variant}__eager__trial0.json" and len(jobs[0].result_names()) == 15
+    assert jobs[3].config["seeds"] == [1, 2, 3] and jobs[3].config["train"]["mode"] == "graph"
+
+
+def test_resume_skips_finished_and_redoes_broken(tmp_path, monkeypatch) -> None:
+    profile = load_profile("smoke")
+    ran: list[str] = []
+
+    def fake_execute(job, results_dir, cache_dir) -> None:
+        ran.append(job.name)
+        for name in job.result_names():
+            (results_dir / "raw").mkdir(parents=True, exist_ok=True)
+            (results_dir / "raw" / name).write_text(done_result)
+
+    done_result = json.dumps({"kind": "trial", **json.loads(json.dumps(dataclasses.asdict(TrialResult(
+        variant="sdpa", mode="eager", status="oom", provenance=None, config={}, trial=0, order_seed=0))))})
+    monkeypatch.setattr(pipeline, "execute", fake_execute)
+    jobs = plan(profile, ["sdpa"])
+    assert pipeline.run(profile, ["sdpa"], tmp_path, tmp_path / "cache") == 0
+    assert ran == [j.name for j in jobs]
+    ran.clear()
+    (tmp_path / "raw" / jobs[0].result_names()[0]).write_text('{"status": "o')  # killed mid-write
+    assert pipeline.run(profile, ["sdpa"], tmp_path, tmp_path / "cache") == 0 and ran == [jobs[0].name]
+    ran.clear()
+    assert pipeline.run(profile, ["sdpa"], tmp_path, tmp_path / "cache", force=True) == 0 and len(ran) == 2
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert len(record["chunks"]) == 3 and record["device"] == "cpu" and record["gpu_minutes"] >= 0
+
+
+def test_max_minutes_stops_early_and_reports_what_is_left(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(pipeline, "execute", lambda job, *a: None)
+    assert pipeline.run(load_profile("smoke"), ["sdpa", "gqa"], tmp_path, tmp_path, max_minutes=0) == 3
+
+
+def test_trimmed_notebooks_keep_results_plots_and_errors(tmp_path) -> None:
+    outputs = [{"output_type": "stream", "name": "stderr", "text": "TqdmWarning: IProgress not found"},
+               {"output_type": "stream", "name": "stdout", "text": "ok"},
+               {"output_type": "error", "ename": "RuntimeError", "evalue": "x", "traceback": []}]
+    timing = {"execution": {"iopub.status.busy": "2026-11-22T02:19:15Z"}, "papermill": {"duration": 0.1}, "tags": ["x"]}
+    path = tmp_path / "n.ipynb"
+    path.write_text(json.dumps({"cells": [{"cell_type": "code", "id": "77e0a1bb", "metadata": timing,
+                                           "outputs": outputs}, {"cell_type": "markdown", "id": "5c94"}],
+                                "metadata": {"papermill": {"parameters": {"a": 1}, "start_time": "2026-11-22"}}}))
+    pipeline.tidy_executed(path)
+    nb = json.loads(path.read_text())
+    kept = nb["cells"][0]["outputs"]
+    assert [o["output_type"] for o in kept] == ["stream", "error"] and kept[0]["name"] == "stdout"
+    assert nb["cells"][0]["metadata"] == {"tags": ["x"]} and [c["id"] for c in nb["cells"]] == ["cell-0", "cell-1"]
+    assert nb["metadata"]["papermill"] == {"parameters": {"a": 1}}
+
+
+def test_unknown_profile() -> None:
+    with pytest.raises(ValueError, match="unknown profile"):
+        load_profile("huge")
+
+
+@pytest.mark.parametrize("text,message", [("[train]\nbatch_sise = 4\n", "batch_sise"), ("[train\n", "TOML"),
+                                          ("[variants.performer]\nwindow = 3\n", "performer"),
+                                          ("[train]\nbatch_size = 0\n", "batch_size"),
+                                          ("[trials]\nmodes = [\"turbo\"]\n", "modes"),
+                                          ("[quality]\nseeds = [1, 1]\n", "seeds"),
+                                          ("[run]\ntrials = 3\n", "run")])
+def test_malformed_profiles(tmp_path, text: str, message: str) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_profile(str(bad))
+
+
+def test_cli_rejects_unknown_variant(capsys) -> None:
+    assert pipeline.main(["run", "--profile", "smoke", "--variants", "performer"]) == 2
+    assert "performer" in capsys.readouterr().err
