@@ -59,7 +59,9 @@ class Profile:
 
     def quality_config(self, variant: str) -> QualityConfig:
         settings = dict(self.quality)
-        train = dataclasses.replace(self.train_config(variant), mode=settings.pop("mode", "eager"))
+        train = self.train_config(variant)
+        train = dataclasses.replace(train, mode=settings.pop("mode", "eager"),
+                                    compile_scope=settings.pop("compile_scope", train.compile_scope))
         return QualityConfig(train=train, **settings)
 
 
@@ -78,7 +80,7 @@ def load_profile(name: str) -> Profile:
         raise ValueError(f"profile: unknown section(s) {sorted(set(raw) - set(SECTIONS))} in {path}")
     for section, cls in SECTIONS.items():
         allowed = {"seed"} if section == "plan" else {f.name for f in dataclasses.fields(cls)} if cls else None
-        allowed = allowed if section != "quality" else allowed | {"mode"}
+        allowed = allowed if section != "quality" else allowed | {"mode", "compile_scope"}
         if allowed is not None and set(raw.get(section, {})) - allowed:
             raise ValueError(f"profile: unknown [{section}] key(s) {sorted(set(raw[section]) - allowed)} in {path}")
     for variant in raw.get("variants", {}):

@@ -111,6 +111,25 @@ def test_failures_are_recorded(tmp_path, cache, monkeypatch, error, status) -> N
     assert json.loads((tmp_path / "flex__eager__trial0.json").read_text())["status"] == status
 
 
+def test_compile_scope_per_mode(tmp_path, cache, monkeypatch) -> None:
+    """A profile can compile one shared block in one mode and the whole model in another."""
+    import attnlib.experiments.trials as trials_module
+
+    seen = {}
+
+    class Probe(Trainer):
+        def __init__(self, config, *args, **kwargs):
+            seen[config.mode] = config.compile_scope
+            raise NotImplementedError("probe")
+
+    monkeypatch.setattr(trials_module, "Trainer", Probe)
+    run_trials_job(tiny_trials(modes=["compile", "graph"], compile_scopes={"graph": "block"}), tmp_path, cache,
+                   progress=False)
+    assert seen == {"compile": "model", "graph": "block"}
+    with pytest.raises(ValueError, match="compile_scopes"):
+        tiny_trials(compile_scopes={"eager": "block"})
+
+
 def test_results_frame_columns_are_field_names(tmp_path, cache) -> None:
     run_trials_job(tiny_trials(modes=["eager"], trials=1), tmp_path / "raw", cache, progress=False)
     frame = results_frame(tmp_path)
@@ -130,6 +149,7 @@ def test_plan_is_seeded_and_complete() -> None:
     assert trials["modes"] == ["eager", "compile", "graph"] and trials["trials"] >= 5 and trials["window_s"] >= 5
     assert jobs[0].result_names()[0] == f"{jobs[0].variant}__eager__trial0.json" and len(jobs[0].result_names()) == 15
     assert jobs[3].config["seeds"] == [1, 2, 3] and jobs[3].config["train"]["mode"] == "graph"
+    assert trials["compile_scopes"] == {"graph": "block"} and jobs[3].config["train"]["compile_scope"] == "block"
 
 
 def test_resume_skips_finished_and_redoes_broken(tmp_path, monkeypatch) -> None:
@@ -189,6 +209,7 @@ def test_unknown_profile() -> None:
                                           ("[train]\nbatch_size = 0\n", "batch_size"),
                                           ("[trials]\nmodes = [\"turbo\"]\n", "modes"),
                                           ("[quality]\nseeds = [1, 1]\n", "seeds"),
+                                          ("[trials]\ncompile_scopes = { graph = \"tiny\" }\n", "compile_scope"),
                                           ("[run]\ntrials = 3\n", "run")])
 def test_malformed_profiles(tmp_path, text: str, message: str) -> None:
     bad = tmp_path / "bad.toml"

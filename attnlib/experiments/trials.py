@@ -39,10 +39,15 @@ class TrialsConfig:
     unmeasured_steps: int = 10  # compilation and autotuning happen here, outside the windows
     idle_s: float = 2.0  # idle baseline, CUDA context alive, at the start of the job
     order_seed: int = 0  # draws the order of the modes
+    compile_scopes: dict[str, str] = field(default_factory=dict)  # mode -> its compile_scope, else train's
 
     def __post_init__(self) -> None:
         if isinstance(self.train, dict):
             self.train = TrainConfig(**self.train)
+        if set(self.compile_scopes) - {"compile", "graph"}:
+            raise ValueError(f"compile_scopes: keys are compiled modes (compile, graph), got {sorted(self.compile_scopes)}")
+        for mode, scope in self.compile_scopes.items():
+            dataclasses.replace(self.train, mode=mode, compile_scope=scope)  # ValueError for a bad scope
         unknown = set(self.modes) - set(MODES)
         if unknown or not self.modes:
             raise ValueError(f"modes: choose among {', '.join(MODES)}, got {self.modes}")
@@ -68,7 +73,8 @@ def failure_status(error: BaseException) -> str:
 
 def _trials_of_mode(config: TrialsConfig, mode: str, data, device: torch.device, idle: IdleBaseline | None,
                     origin: Provenance, out_dir: Path, progress: bool) -> list[TrialResult]:
-    train = dataclasses.replace(config.train, mode=mode)
+    train = dataclasses.replace(config.train, mode=mode,
+                                compile_scope=config.compile_scopes.get(mode, config.train.compile_scope))
     results: list[TrialResult] = []
     common = dict(variant=train.variant, mode=mode, provenance=origin, config=config.to_dict(), data=data.info,
                   order_seed=config.order_seed)

@@ -55,6 +55,10 @@ def run_facts(frame: pd.DataFrame, summary: pd.DataFrame, calibrations: dict[str
         config = trials.iloc[0].config
         facts.update(window_s=config["window_s"], unmeasured_steps=config["unmeasured_steps"], idle_s=config["idle_s"],
                      batch_size=config["train"]["batch_size"], seq_len=config["train"]["seq_len"])
+        for mode in ("compile", "graph"):  # what each compiled mode compiled: the whole model, or one shared block
+            scope = config.get("compile_scopes", {}).get(mode, config["train"].get("compile_scope", "model"))
+            facts[f"{mode}_compile_scope"] = {"model": "the whole forward pass and loss",
+                                              "block": "one transformer block (shared by all layers) and the head with its loss"}[scope]
     quality = frame[frame.kind == "quality"]
     if len(quality):
         config = quality.iloc[0].config
