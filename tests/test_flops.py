@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 import attnlib
 from attnlib.flops import causal_attention_flops, counted_training_flops, matmul_parameters, training_flops_per_token
