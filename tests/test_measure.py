@@ -239,3 +239,22 @@ def test_top_level_api() -> None:
     with attnlib.measure("top level", codecarbon=False) as window:
         time.sleep(0.01)
     assert isinstance(window.result, attnlib.Measurement) and window.result.wall_s > 0
+
+
+def test_one_codecarbon_tracker_shared_by_many_windows() -> None:
+    """A job starts CodeCarbon once; each window is one of its tasks, with no start-up of its own."""
+    from attnlib.measurement.codecarbon_estimate import CodeCarbonTracker
+
+    tracker = CodeCarbonTracker("USA")
+    if tracker.start() is not None:
+        pytest.skip("CodeCarbon cannot start here")
+    starts = []
+    for i in range(2):
+        start = time.perf_counter()
+        with measure(f"task {i}", codecarbon=tracker) as window:
+            busy(0.3)
+        starts.append(time.perf_counter() - start - window.result.wall_s)
+        assert window.result.cpu_energy_j > 0 and window.result.cpu_energy_source.startswith(("measured", "estimated"))
+        assert window.result.co2_kg > 0
+    assert max(starts) < 0.5 and tracker.running  # no per-window start-up; the job's tracker keeps running
+    assert tracker.stop().cpu_energy_j > 0 and not tracker.running

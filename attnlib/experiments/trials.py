@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..data import prepare_data
 from ..measurement import IdleBaseline, measure, measure_idle
+from ..measurement.codecarbon_estimate import CodeCarbonTracker
 from ..measurement.trials import round_orders
 from ..provenance import provenance
 from ..results import ModelInfo, Provenance, TrialResult, write_result
@@ -72,7 +73,7 @@ def failure_status(error: BaseException) -> str:
 
 
 def _trials_of_mode(config: TrialsConfig, mode: str, data, device: torch.device, idle: IdleBaseline | None,
-                    origin: Provenance, out_dir: Path, progress: bool) -> list[TrialResult]:
+                    origin: Provenance, out_dir: Path, progress: bool, codecarbon: CodeCarbonTracker) -> list[TrialResult]:
     train = dataclasses.replace(config.train, mode=mode,
                                 compile_scope=config.compile_scopes.get(mode, config.train.compile_scope))
     results: list[TrialResult] = []
@@ -93,7 +94,8 @@ def _trials_of_mode(config: TrialsConfig, mode: str, data, device: torch.device,
         warmup_s = time.perf_counter() - warm_start
         for trial in range(config.trials):
             trial_start = time.perf_counter()
-            with measure(f"{train.variant}/{mode}/trial{trial}", idle=idle, keep_trace=trial == 0) as window:
+            with measure(f"{train.variant}/{mode}/trial{trial}", idle=idle, keep_trace=trial == 0,
+                         codecarbon=codecarbon if codecarbon.running else True) as window:
                 steps, window_start = 0, time.perf_counter()
                 # steps until window_s has passed on the host; the exit synchronises, so the GPU's window (which the
                 # energy covers) is never shorter than window_s
@@ -133,7 +135,13 @@ def run_trials_job(config: TrialsConfig, out_dir: Path, cache_dir: Path, progres
     data = prepare_data(config.train.dataset, config.train.seq_len, cache_dir, config.train.max_documents)
     idle = measure_idle(config.idle_s) if device.type == "cuda" else None
     order = round_orders(config.modes, 1, config.order_seed)[0]
+    codecarbon = CodeCarbonTracker("USA")  # one tracker for the job, one task per window: its start-up costs ~2 s
+    codecarbon.start()  # a failure leaves it stopped; each window then tries on its own and records why
     results = []
-    for mode in tqdm(order, desc=f"{config.train.variant} modes", disable=not progress):
-        results += _trials_of_mode(config, mode, data, device, idle, origin, Path(out_dir), progress)
+    try:
+        for mode in tqdm(order, desc=f"{config.train.variant} modes", disable=not progress):
+            results += _trials_of_mode(config, mode, data, device, idle, origin, Path(out_dir), progress, codecarbon)
+    finally:
+        if codecarbon.running:
+            codecarbon.stop()
     return results

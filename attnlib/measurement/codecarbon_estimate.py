@@ -22,11 +22,31 @@ class CodeCarbonEstimate:
 
 class CodeCarbonTracker:
     """Start/stop wrapper around `codecarbon.OfflineEmissionsTracker` (starting takes about 2 s of hardware
-    probing, so the window starts its clock after it)."""
+    probing, so the window starts its clock after it). A job with many windows starts one tracker and gives it
+    to each window, which then measures a CodeCarbon task (`start_task`/`stop_task`) instead of paying the
+    start-up every time."""
 
     def __init__(self, country_iso_code: str):
         self.country_iso_code = country_iso_code
         self._tracker = None
+
+    @property
+    def running(self) -> bool:
+        return self._tracker is not None
+
+    def start_task(self, name: str) -> Unavailable | None:
+        try:
+            self._tracker.start_task(name)
+        except Exception as error:
+            return Unavailable(f"CodeCarbon could not start a task: {error}")
+        return None
+
+    def stop_task(self, name: str) -> CodeCarbonEstimate | Unavailable:
+        try:
+            data = self._tracker.stop_task(name)
+        except Exception as error:
+            return Unavailable(f"CodeCarbon failed to stop a task: {error}")
+        return self._estimate(data, self._tracker) if data is not None else Unavailable("CodeCarbon had no such task")
 
     def start(self) -> Unavailable | None:
         try:
@@ -46,12 +66,16 @@ class CodeCarbonTracker:
     def stop(self) -> CodeCarbonEstimate | Unavailable:
         if self._tracker is None:
             return Unavailable("CodeCarbon was not running")
+        tracker, self._tracker = self._tracker, None
         try:
-            self._tracker.stop()
-            data = self._tracker.final_emissions_data
+            tracker.stop()
+            data = tracker.final_emissions_data
         except Exception as error:
             return Unavailable(f"CodeCarbon failed to stop: {error}")
-        cpu = next((h for h in self._tracker._hardware if type(h).__name__ == "CPU"), None)
+        return self._estimate(data, tracker)
+
+    def _estimate(self, data, tracker) -> CodeCarbonEstimate:
+        cpu = next((h for h in tracker._hardware if type(h).__name__ == "CPU"), None)
         generic = getattr(cpu, "_is_generic_tdp", False)
         method = f"estimated: CodeCarbon {getattr(cpu, '_mode', 'cpu')} model" + (" with a generic TDP" if generic else "")
         intensity = data.emissions / data.energy_consumed if data.energy_consumed > 0 else None

@@ -158,7 +158,8 @@ class measure:  # noqa: N801  (used as a function-like context manager, like tor
         idle: the idle baseline for net energy (`measure_idle`, same process); net energy is None without it.
         keep_trace: keep the (time, power) samples in `result.power_trace`.
         sample_hz: power sampling rate (the counter and POWER_INSTANT update at 10 Hz).
-        codecarbon: use CodeCarbon for CPU/RAM estimates (where RAPL is missing) and CO2.
+        codecarbon: use CodeCarbon for CPU/RAM estimates (where RAPL is missing) and CO2: True starts a tracker
+            for this window (about 2 s, outside it); a started `CodeCarbonTracker` is shared, one task per window.
         country_iso_code: CodeCarbon's grid for CO2 (offline, no network).
         gpus: the GPU backend (default: NVML for the current CUDA device only, so one job's window never counts
             another card's energy; `open_nvml("all")` sums every visible card).
@@ -166,7 +167,8 @@ class measure:  # noqa: N801  (used as a function-like context manager, like tor
 
     def __init__(self, label: str, tokens: int | None = None, flops: float | None = None, *,
                  idle: IdleBaseline | None = None, keep_trace: bool = False, sample_hz: float = 10.0,
-                 codecarbon: bool = True, country_iso_code: str = "USA", gpus: GPUBackend | None = None):
+                 codecarbon: bool | CodeCarbonTracker = True, country_iso_code: str = "USA",
+                 gpus: GPUBackend | None = None):
         if not label:
             raise ValueError("label: a window needs a non-empty label")
         for name, value in (("tokens", tokens), ("flops", flops)):
@@ -178,13 +180,15 @@ class measure:  # noqa: N801  (used as a function-like context manager, like tor
         self._idle, self._keep_trace, self._period_s = idle, keep_trace, 1.0 / sample_hz
         self._gpus = gpus if gpus is not None else open_nvml()
         self._rapl = open_rapl()
-        self._codecarbon = CodeCarbonTracker(country_iso_code) if codecarbon else None
+        self._shared_codecarbon = isinstance(codecarbon, CodeCarbonTracker)
+        self._codecarbon = (codecarbon if self._shared_codecarbon else
+                            CodeCarbonTracker(country_iso_code) if codecarbon else None)
 
     def __enter__(self) -> "measure":
         r = self.result
         r.environment = _software_environment()
         if self._codecarbon is not None:  # its ~2 s start-up stays outside the window
-            failed = self._codecarbon.start()
+            failed = self._codecarbon.start_task(r.label) if self._shared_codecarbon else self._codecarbon.start()
             if failed is not None:  # an Unavailable (falsy, so test for None)
                 r.reasons["codecarbon"] = failed.reason
                 self._codecarbon = None
@@ -287,8 +291,8 @@ class measure:  # noqa: N801  (used as a function-like context manager, like tor
 
     def _finish_cpu(self, rapl_end: dict[str, int] | None) -> None:
         r = self.result
-        estimate = (self._codecarbon.stop() if self._codecarbon is not None
-                    else Unavailable(r.reasons.get("codecarbon", "codecarbon=False")))
+        estimate = (Unavailable(r.reasons.get("codecarbon", "codecarbon=False")) if self._codecarbon is None
+                    else self._codecarbon.stop_task(r.label) if self._shared_codecarbon else self._codecarbon.stop())
         if self._rapl:
             per_domain = self._rapl.joules_between(self._rapl_start, rapl_end)
             r.cpu_energy_j = sum(j for name, j in per_domain.items() if name.startswith("package"))
