@@ -17,7 +17,7 @@ import torch
 import attnlib
 from attnlib.data import TokenData
 from attnlib.experiments.training import TrainConfig, Trainer
-from attnlib.experiments.trials import failure_status
+from attnlib.experiments.training import failure_status
 from attnlib.provenance import provenance
 
 BATCH, SEQ_LEN = 16, 512

@@ -96,6 +96,10 @@ def test_claims_hold_only_as_far_as_the_intervals_allow(results_dir) -> None:
     assert compare_rows(summary, ("sdpa", "graph"), ("sdpa", "eager"), "tokens_per_s").wording.endswith("$\\times$")
     assert compare_rows(summary, ("baseline", "graph"), ("sdpa", "eager"), "tokens_per_s").wording == "n/a"
     assert ranking(summary, "eager") == "gqa $\\approx$ sdpa $<$ baseline"
+    modes = latex.mode_macros(summary)
+    assert modes["GraphVsEagerEnergySavingRange"] == "57--57" and modes["GraphVsEagerEnergyNoSaving"] == "none"
+    assert modes["EagerCheapestVariant"] == "gqa" and modes["EagerDearestVariant"] == "baseline"
+    assert modes["EagerCheapestVsDearestEnergy"].endswith("lower than")
 
 
 def test_build_report_writes_tables_figures_and_only_used_macros(results_dir, tmp_path) -> None:

@@ -20,8 +20,7 @@ from ..data import prepare_data
 from ..measurement import measure, measure_idle
 from ..provenance import provenance
 from ..results import ModelInfo, Provenance, QualityResult, write_result
-from .training import TrainConfig, Trainer, check_finite, default_device
-from .trials import failure_status
+from .training import TrainConfig, Trainer, check_finite, default_device, failure_status
 
 NOTEBOOK = "quality.ipynb"
 

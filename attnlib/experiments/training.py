@@ -209,3 +209,15 @@ def check_finite(loss: torch.Tensor, where: str) -> float:
     if not math.isfinite(value):
         raise FloatingPointError(f"loss is {value} {where}")
     return value
+
+
+def failure_status(error: BaseException) -> str:
+    """The status a failed job part records: oom, nan, unsupported or error."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return "oom"
+    if isinstance(error, FloatingPointError):
+        return "nan"
+    text = str(error)
+    if isinstance(error, NotImplementedError) or "No available kernel" in text or "cudagraph" in text.lower():
+        return "unsupported"
+    return "error"

@@ -24,7 +24,7 @@ from ..measurement.codecarbon_estimate import CodeCarbonTracker
 from ..measurement.trials import round_orders
 from ..provenance import provenance
 from ..results import ModelInfo, Provenance, TrialResult, write_result
-from .training import MODES, TrainConfig, Trainer, check_finite, default_device
+from .training import MODES, TrainConfig, Trainer, check_finite, default_device, failure_status
 
 NOTEBOOK = "trials.ipynb"
 
@@ -58,18 +58,6 @@ class TrialsConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def failure_status(error: BaseException) -> str:
-    """The status a failed job part records: oom, nan, unsupported or error."""
-    if isinstance(error, torch.OutOfMemoryError):
-        return "oom"
-    if isinstance(error, FloatingPointError):
-        return "nan"
-    text = str(error)
-    if isinstance(error, NotImplementedError) or "No available kernel" in text or "cudagraph" in text.lower():
-        return "unsupported"
-    return "error"
 
 
 def _trials_of_mode(config: TrialsConfig, mode: str, data, device: torch.device, idle: IdleBaseline | None,

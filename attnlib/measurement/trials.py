@@ -78,8 +78,8 @@ def run_trials(candidates: list[Candidate], *, warmup: int = 1, trials: int = 5,
     steps += [(name, index) for index, order in enumerate(orders) for name in order]
     for name, round_index in tqdm(steps, desc="trials", disable=not progress):
         label = f"{name} warm-up" if round_index is None else f"{name} #{round_index}"
-        window = measure(label, codecarbon=False if round_index is None else measure_kwargs.get("codecarbon", True),
-                         **{k: v for k, v in measure_kwargs.items() if k != "codecarbon"})
+        # warm-up windows only give run() somewhere to report its work: no CodeCarbon start-up for them
+        window = measure(label, **(measure_kwargs if round_index is not None else {**measure_kwargs, "codecarbon": False}))
         try:
             with window:
                 by_name[name].run(window)

@@ -25,7 +25,8 @@ def run_facts(frame: pd.DataFrame, summary: pd.DataFrame, calibrations: dict[str
               profile: str) -> dict[str, Any]:
     """The run's facts the text quotes (formatted): device, data, versions, windows, calibration, cost."""
     trials = frame[(frame.kind == "trial") & (frame.status == "ok")]
-    first = frame.iloc[0]
+    with_data = frame[frame["dataset"].notna()] if "dataset" in frame else frame.iloc[:0]
+    first = (with_data if len(with_data) else frame).iloc[0]  # a failed job's result may carry no data info
     versions = first.get("versions") or {}
     run = json.loads((results_dir / "run.json").read_text()) if (results_dir / "run.json").exists() else {}
     cards = list(calibrations.values())
@@ -36,8 +37,8 @@ def run_facts(frame: pd.DataFrame, summary: pd.DataFrame, calibrations: dict[str
         "seeds_per_variant": int(summary.seeds.max()) if "seeds" in summary and summary.seeds.notna().any() else "n/a",
         "window_s_min": latex.fmt(trials.wall_s.min() if len(trials) else None, ".2f"),
         "window_s_max": latex.fmt(trials.wall_s.max() if len(trials) else None, ".2f"),
-        "dataset": first.get("dataset", "n/a"), "train_tokens": f"{int(first.get('train_tokens') or 0):,}",
-        "val_tokens": f"{int(first.get('val_tokens') or 0):,}",
+        "dataset": first.get("dataset", "n/a"), "train_tokens": latex.fmt(first.get("train_tokens"), ",.0f"),
+        "val_tokens": latex.fmt(first.get("val_tokens"), ",.0f"),
         "val_ngram_overlap_pct": latex.fmt(first.get("val_ngram_overlap"), ".2f", 100),
         "val_ngram_overlap_before_pct": latex.fmt(first.get("val_ngram_overlap_before"), ".1f", 100),
         "val_documents_dropped": first.get("val_documents_dropped", "n/a"),
@@ -63,7 +64,8 @@ def run_facts(frame: pd.DataFrame, summary: pd.DataFrame, calibrations: dict[str
     if len(quality):
         config = quality.iloc[0].config
         facts.update(quality_mtokens=latex.fmt(config["tokens"], ".2f", 1e-6),
-                     quality_epochs=latex.fmt(config["tokens"] / int(first.get("train_tokens") or 1), ".2f"))
+                     quality_epochs=latex.fmt(config["tokens"] / first.train_tokens if first.get("train_tokens") else None,
+                                              ".2f"))
     return facts
 
 

@@ -92,25 +92,33 @@ def row_macros(summary: pd.DataFrame) -> dict[str, str]:
 
 
 def mode_macros(summary: pd.DataFrame) -> dict[str, str]:
-    """Per mode: energy and throughput rankings (ties where intervals overlap), the range of savings against
-    eager, the largest energy spread between mechanisms, the largest throughput spread between trials."""
+    """Per mode: the energy ranking (ties where intervals overlap), the cheapest row against the dearest, the range
+    of savings against eager where the intervals separate (and the rows without one), the largest throughput
+    spread between trials."""
     macros: dict[str, str] = {}
     for mode, rows in summary.groupby("mode"):
         key = camel(mode)
         macros[key + "EnergyRanking"] = ranking(summary, mode, "gpu_j_per_token")
-        energy = rows.gpu_j_per_token_mean.dropna()
-        macros[key + "EnergySpread"] = fmt(energy.max() / energy.min() if len(energy) else None, ".2f")
-        macros[key + "EnergySpreadPct"] = fmt(1 - energy.min() / energy.max() if len(energy) else None, ".0f", 100)
+        energy = rows.dropna(subset=["gpu_j_per_token_mean"])
+        if len(energy):  # the cheapest row against the dearest, worded as their intervals allow
+            cheapest = energy.loc[energy.gpu_j_per_token_mean.idxmin()]
+            dearest = energy.loc[energy.gpu_j_per_token_mean.idxmax()]
+            c = compare(summary, (cheapest.variant, mode), (dearest.variant, mode), "gpu_j_per_token")
+            macros.update({key + "CheapestVariant": cheapest.variant, key + "DearestVariant": dearest.variant,
+                           key + "CheapestVsDearestEnergy": c.wording})
         spread = rows.dropna(subset=["tokens_per_s_spread"])
         if len(spread):
             worst = spread.loc[spread.tokens_per_s_spread.idxmax()]
             macros[key + "ThroughputSpreadMaxPct"] = fmt(worst.tokens_per_s_spread, ".1f", 100)
             macros[key + "ThroughputSpreadMaxVariant"] = worst.variant
         if mode != "eager":
+            # a saving is quoted only where the intervals separate; the rows where they overlap are named
             savings = [compare(summary, (v, mode), (v, "eager"), "gpu_j_per_token") for v in rows.variant]
-            pct = [1 - c.ratio for c in savings if c.ratio is not None]
+            pct = [1 - c.ratio for c in savings if c.ratio is not None and c.distinct and c.ratio < 1]
             macros[key + "VsEagerEnergySavingRange"] = (f"{fmt(min(pct), '.0f', 100)}--{fmt(max(pct), '.0f', 100)}"
                                                         if pct else "n/a")
+            others = [c.a.split("/")[0] for c in savings if c.ratio is not None and not (c.distinct and c.ratio < 1)]
+            macros[key + "VsEagerEnergyNoSaving"] = ", ".join(others) or "none"
     return macros
 
 
