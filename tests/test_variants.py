@@ -204,3 +204,42 @@ def test_any_sequence_length_on_cpu(name: str) -> None:
     x = random_tokens(seq_len=50)
     full, prefix = model(x).logits, model(x[:, :37]).logits
     torch.testing.assert_close(full[:, :37], prefix, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["causal", "causal+padding"])
+def test_baseline_core_matches_transformers_eager(padded: bool) -> None:
+    """`baseline` builds its causal mask itself when none is given (so whole-model compilation needs no mask
+    builder); with transformers' boolean mask it honours padding too. Outputs and gradients equal GPT-2's own
+    `eager_attention_forward` under the equivalent additive mask."""
+    from transformers.models.gpt2.modeling_gpt2 import eager_attention_forward
+
+    from attnlib.variants.baseline import eager_causal_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 16, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    module = torch.nn.Module().eval()
+    allowed = torch.ones(16, 16, dtype=torch.bool).tril().expand(2, 1, 16, 16).clone()
+    if padded:
+        allowed[1, :, :, :5] = False  # the second sequence's first five tokens are padding
+        allowed[1, :, :5, 0] = True  # rows with nothing left still attend somewhere (as transformers does)
+    ours, _ = eager_causal_attention(module, q, k, v, allowed if padded else None, scaling=8**-0.5)
+    additive = torch.zeros(allowed.shape, dtype=torch.float64).masked_fill(~allowed, torch.finfo(torch.float64).min)
+    ref, _ = eager_attention_forward(module, q, k, v, additive, scaling=8**-0.5)
+    torch.testing.assert_close(ours, ref)
+    grads = torch.autograd.grad(ours.sum(), (q, k, v))
+    for g, g_ref in zip(grads, torch.autograd.grad(ref.sum(), (q, k, v))):
+        torch.testing.assert_close(g, g_ref)
+
+
+@pytest.mark.parametrize("name", [n for n, s in attnlib.VARIANTS.items() if s.exact and s.attention_function
+                                  and n != "baseline"])
+def test_exact_cores_match_baseline_gradients(name: str) -> None:
+    """Gradients of the whole model, not only logits: each exact kernel core against materialised attention."""
+    baseline, model = tiny_model("baseline").train(False), tiny_model(name)
+    model.load_state_dict(baseline.state_dict())
+    x = random_tokens()
+    for m in (baseline, model):
+        m.zero_grad()
+        m(x, labels=x).loss.backward()
+    for (n, p), p_ref in zip(model.named_parameters(), baseline.parameters()):
+        torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name} {n}: {m}")
