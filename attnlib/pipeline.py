@@ -2,7 +2,8 @@
 
 A profile (`attnlib/profiles/<name>.toml`) fixes the training setup (`[train]`), the trials (`[trials]`), the
 quality runs (`[quality]`), the plan's seed (`[plan]`) and per-variant parameters (`[variants.<name>]`). The plan
-has one trials job and one quality job per variant, in an order drawn from the plan's seed (trials jobs first).
+has one trials job and one quality job per variant, variants in an order drawn from the plan's seed, each variant's
+quality job right after its trials job (it reuses the compiled kernels and autotuning the trials left on disk).
 Each job is one papermill execution of its family's notebook (`notebooks/trials.ipynb`, `quality.ipynb`) in its
 own process, given the job's resolved config, and writes JSON results; a job whose results all exist is skipped
 unless forced, so a killed run resumes where it stopped. `run.json` records the device time of every chunk.
@@ -112,12 +113,15 @@ class Job:
 
 
 def plan(profile: Profile, variants: list[str]) -> list[Job]:
-    """Trials jobs in an order drawn from the plan seed, then quality jobs in another; each trials job gets its
-    own seed for the order of its modes (all recorded in the results)."""
-    trial_order, quality_order = round_orders(variants, 2, profile.plan_seed)
-    jobs = [Job("trials", v, profile.trials_config(v, order_seed=profile.plan_seed + 1 + list(VARIANTS).index(v))
-                .to_dict()) for v in trial_order]
-    return jobs + [Job("quality", v, profile.quality_config(v).to_dict()) for v in quality_order]
+    """Variants in an order drawn from the plan seed, each variant's trials job then its quality job: the quality
+    job finds the trials job's compiled kernels and autotuning results in the on-disk caches of the same chunk.
+    Each trials job gets its own seed for the order of its modes (all recorded in the results)."""
+    jobs = []
+    for v in round_orders(variants, 1, profile.plan_seed)[0]:
+        order_seed = profile.plan_seed + 1 + list(VARIANTS).index(v)
+        jobs += [Job("trials", v, profile.trials_config(v, order_seed=order_seed).to_dict()),
+                 Job("quality", v, profile.quality_config(v).to_dict())]
+    return jobs
 
 
 def is_done(job: Job, results_dir: Path) -> bool:

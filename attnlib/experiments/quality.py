@@ -20,7 +20,7 @@ from ..data import prepare_data
 from ..measurement import measure, measure_idle
 from ..provenance import provenance
 from ..results import ModelInfo, Provenance, QualityResult, write_result
-from .training import TrainConfig, Trainer, check_finite, default_device, failure_status
+from .training import TrainConfig, Trainer, check_finite, default_device, failure_status, frozen_gc
 
 NOTEBOOK = "quality.ipynb"
 
@@ -73,8 +73,9 @@ def run_quality_job(config: QualityConfig, out_dir: Path, cache_dir: Path, progr
             trainer.restart(seed, config.steps)
             curve = [{"tokens": 0, "train_loss": None, "val_loss": trainer.evaluate(config.eval_batches)}]
             tokens = config.steps * train.tokens_per_step
-            with measure(f"{train.variant}/{train.mode}/quality/seed{seed}", tokens=tokens, idle=idle,
-                         flops=tokens * trainer.flops.training_flops_per_token) as window:
+            name = f"{train.variant}/{train.mode}/quality/seed{seed}"
+            with frozen_gc(), measure(name, tokens=tokens, idle=idle,
+                                      flops=tokens * trainer.flops.training_flops_per_token) as window:
                 bar = tqdm(range(config.steps), desc=f"{train.variant} seed {seed}", disable=not progress)
                 for step in bar:
                     loss = trainer.step()

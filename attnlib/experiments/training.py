@@ -16,7 +16,9 @@ Every variant gets the same seed, data order and hyper-parameters: bf16 autocast
 
 from __future__ import annotations
 
+import gc
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -197,6 +199,19 @@ class Trainer:
             "kernel": spec.kernel(self.device.type), "exact": spec.exact, "optimizer": self.optimizer_name,
             "training_flops_per_token": self.flops.training_flops_per_token,
         }
+
+
+@contextmanager
+def frozen_gc() -> Iterator[None]:
+    """Collect once, then keep every object alive now (compiled graphs, guards: millions of them) out of Python's
+    cyclic collector until the block ends. A full collection walks them all and stalls a host-bound loop (compile
+    mode launches every kernel from Python) for tens of milliseconds at random points of a measured window."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def default_device() -> torch.device:

@@ -24,7 +24,7 @@ from ..measurement.codecarbon_estimate import CodeCarbonTracker
 from ..measurement.trials import round_orders
 from ..provenance import provenance
 from ..results import ModelInfo, Provenance, TrialResult, write_result
-from .training import MODES, TrainConfig, Trainer, check_finite, default_device, failure_status
+from .training import MODES, TrainConfig, Trainer, check_finite, default_device, failure_status, frozen_gc
 
 NOTEBOOK = "trials.ipynb"
 
@@ -80,27 +80,28 @@ def _trials_of_mode(config: TrialsConfig, mode: str, data, device: torch.device,
             loss = trainer.step()
         check_finite(loss, "during warm-up")
         warmup_s = time.perf_counter() - warm_start
-        for trial in range(config.trials):
-            trial_start = time.perf_counter()
-            with measure(f"{train.variant}/{mode}/trial{trial}", idle=idle, keep_trace=trial == 0,
-                         codecarbon=codecarbon if codecarbon.running else True) as window:
-                steps, window_start = 0, time.perf_counter()
-                # steps until window_s has passed on the host; the exit synchronises, so the GPU's window (which the
-                # energy covers) is never shorter than window_s
-                while time.perf_counter() - window_start < config.window_s:
-                    loss = trainer.step()
-                    steps += 1
-                tokens = steps * train.tokens_per_step
-                window.add_work(tokens=tokens, flops=tokens * trainer.flops.training_flops_per_token)
-            result = TrialResult(**common, trial=trial, model=model, measurement=window.result, steps=steps,
-                                 final_train_loss=check_finite(loss, "at the end of the window"),
-                                 first_step_s=first_step_s, warmup_s=warmup_s,
-                                 job_wall_s=time.perf_counter() - (start if trial == 0 else trial_start))
-            results.append(result)
-            if progress:
-                m = window.result
-                energy = "" if m.gpu_j_per_token is None else f", {1e3 * m.gpu_j_per_token:.3f} mJ/token"
-                tqdm.write(f"{train.variant}/{mode} trial {trial}: {m.tokens_per_s:,.0f} tok/s{energy}")
+        with frozen_gc():  # the windows run with no full collection over the compiled graphs
+            for trial in range(config.trials):
+                trial_start = time.perf_counter()
+                with measure(f"{train.variant}/{mode}/trial{trial}", idle=idle, keep_trace=trial == 0,
+                             codecarbon=codecarbon if codecarbon.running else True) as window:
+                    steps, window_start = 0, time.perf_counter()
+                    # steps until window_s has passed on the host; the exit synchronises, so the GPU's window
+                    # (which the energy covers) is never shorter than window_s
+                    while time.perf_counter() - window_start < config.window_s:
+                        loss = trainer.step()
+                        steps += 1
+                    tokens = steps * train.tokens_per_step
+                    window.add_work(tokens=tokens, flops=tokens * trainer.flops.training_flops_per_token)
+                result = TrialResult(**common, trial=trial, model=model, measurement=window.result, steps=steps,
+                                     final_train_loss=check_finite(loss, "at the end of the window"),
+                                     first_step_s=first_step_s, warmup_s=warmup_s,
+                                     job_wall_s=time.perf_counter() - (start if trial == 0 else trial_start))
+                results.append(result)
+                if progress:
+                    m = window.result
+                    energy = "" if m.gpu_j_per_token is None else f", {1e3 * m.gpu_j_per_token:.3f} mJ/token"
+                    tqdm.write(f"{train.variant}/{mode} trial {trial}: {m.tokens_per_s:,.0f} tok/s{energy}")
     except Exception as error:  # every failure becomes a recorded status; the other modes go on
         status, text = failure_status(error), f"{type(error).__name__}: {str(error)[:2000]}"
         results += [TrialResult(**common, trial=t, status=status, error=text, job_wall_s=time.perf_counter() - start)
