@@ -27,14 +27,16 @@ def library_versions() -> dict[str, str | None]:
 
 
 def attnlib_commit() -> str | None:
-    """`git rev-parse HEAD` of the checkout (with `+dirty` when tracked files differ), else `$ATTNLIB_COMMIT`
-    (set it where the tree travels without its .git, as to a GPU machine), else None."""
+    """`$ATTNLIB_COMMIT` where set (a tree that travels to a GPU machine may carry a stale .git, or none), else
+    `git rev-parse HEAD` of the checkout (with `+dirty` when tracked files under attnlib/ differ), else None."""
+    if os.environ.get("ATTNLIB_COMMIT"):
+        return os.environ["ATTNLIB_COMMIT"]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "attnlib"], cwd=REPO).returncode != 0
         return head.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("ATTNLIB_COMMIT")
+        return None
 
 
 def device_name() -> tuple[str, str | None]:

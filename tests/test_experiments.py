@@ -222,3 +222,14 @@ def test_malformed_profiles(tmp_path, text: str, message: str) -> None:
 def test_cli_rejects_unknown_variant(capsys) -> None:
     assert pipeline.main(["run", "--profile", "smoke", "--variants", "performer"]) == 2
     assert "performer" in capsys.readouterr().err
+
+
+def test_commit_named_by_the_environment_wins_over_a_stale_checkout(monkeypatch) -> None:
+    import re
+
+    from attnlib.provenance import attnlib_commit
+
+    monkeypatch.delenv("ATTNLIB_COMMIT", raising=False)
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", attnlib_commit() or "")  # the checkout's HEAD
+    monkeypatch.setenv("ATTNLIB_COMMIT", "4b72c191a64b03ee804a9901ae4aa13cdcdf1c05")
+    assert attnlib_commit() == "4b72c191a64b03ee804a9901ae4aa13cdcdf1c05"

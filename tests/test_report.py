@@ -96,6 +96,10 @@ def test_claims_hold_only_as_far_as_the_intervals_allow(results_dir) -> None:
     assert compare_rows(summary, ("sdpa", "graph"), ("sdpa", "eager"), "tokens_per_s").wording.endswith("$\\times$")
     assert compare_rows(summary, ("baseline", "graph"), ("sdpa", "eager"), "tokens_per_s").wording == "n/a"
     assert ranking(summary, "eager") == "gqa $\\approx$ sdpa $<$ baseline"
+    one_value = summary.copy()  # a row of a single window has no interval: no claim either way
+    one_value.loc[(one_value.variant == "gqa") & (one_value["mode"] == "eager"), "gpu_j_per_token_ci95"] = float("nan")
+    assert compare_rows(one_value, ("gqa", "eager"), ("sdpa", "eager"), "gpu_j_per_token").wording == "n/a"
+    assert ranking(one_value, "eager") == "sdpa $<$ baseline (no interval: gqa)"
     modes = latex.mode_macros(summary)
     assert modes["GraphVsEagerEnergySavingRange"] == "57--57" and modes["GraphVsEagerEnergyNoSaving"] == "none"
     assert modes["EagerCheapestVariant"] == "gqa" and modes["EagerDearestVariant"] == "baseline"

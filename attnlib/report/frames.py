@@ -122,21 +122,25 @@ def compare(summary: pd.DataFrame, a: tuple[str, str], b: tuple[str, str], quant
     if a not in rows.index or b not in rows.index:
         return Comparison(name(a), name(b), quantity, None, False)
     ma, mb = rows.loc[a, f"{quantity}_mean"], rows.loc[b, f"{quantity}_mean"]
-    if pd.isna(ma) or pd.isna(mb) or not mb:
+    ca, cb = rows.loc[a, f"{quantity}_ci95"], rows.loc[b, f"{quantity}_ci95"]
+    if pd.isna(ma) or pd.isna(mb) or not mb or pd.isna(ca) or pd.isna(cb):  # a row of one value has no interval
         return Comparison(name(a), name(b), quantity, None, False)
-    ca, cb = (0.0 if pd.isna(c) else c for c in (rows.loc[a, f"{quantity}_ci95"], rows.loc[b, f"{quantity}_ci95"]))
     distinct = ma + ca < mb - cb or mb + cb < ma - ca
     return Comparison(name(a), name(b), quantity, float(ma / mb), bool(distinct))
 
 
 def ranking(summary: pd.DataFrame, mode: str, quantity: str = "gpu_j_per_token") -> str:
     """Variants of `mode` from lowest to highest mean `quantity`; neighbours whose intervals overlap are joined
-    by "$\\approx$" (a tie the data cannot break), others by "$<$"."""
-    rows = summary[(summary["mode"] == mode) & summary[f"{quantity}_mean"].notna()].sort_values(f"{quantity}_mean")
+    by "$\\approx$" (a tie the data cannot break), others by "$<$". Rows of a single value have no interval and
+    are named after the ranking, not placed in it."""
+    mean, ci = f"{quantity}_mean", f"{quantity}_ci95"
+    rows = summary[(summary["mode"] == mode) & summary[mean].notna()].sort_values(mean)
+    unranked, rows = rows[rows[ci].isna()], rows[rows[ci].notna()]
     if rows.empty:
         return "n/a"
     text = rows.variant.iloc[0]
     for (_, prev), (_, row) in zip(rows.iloc[:-1].iterrows(), rows.iloc[1:].iterrows()):
-        overlap = prev[f"{quantity}_mean"] + (prev[f"{quantity}_ci95"] or 0) >= row[f"{quantity}_mean"] - (row[f"{quantity}_ci95"] or 0)
-        text += (" $\\approx$ " if overlap else " $<$ ") + row.variant
+        text += (" $\\approx$ " if prev[mean] + prev[ci] >= row[mean] - row[ci] else " $<$ ") + row.variant
+    if not unranked.empty:
+        text += f" (no interval: {', '.join(unranked.variant)})"
     return text

@@ -60,11 +60,20 @@ def summary_table(summary: pd.DataFrame) -> str:
         text = fmt(r.gpu_j_per_token_cv, ".1f", 100)
         return f"\\textbf{{{text}}}" if (r.gpu_j_per_token_cv or 0) > 0.03 else text
 
+    most_seeds = summary["seeds"].max() if "seeds" in summary else None
+
+    def val_loss(r) -> str:  # a row with fewer seeds than the others says so
+        text = pm(r.get("val_loss_mean"), r.get("val_loss_ci95"), ".3f")
+        seeds = r.get("seeds")
+        if seeds is None or pd.isna(seeds) or seeds == most_seeds:
+            return text
+        return f"{text} ({int(seeds)} of {int(most_seeds)} seeds)"
+
     rows = [[r.variant, r["mode"], r.status if r.status == "ok" else f"\\textbf{{{r.status}}}", int(r.trials),
              pm(r.tokens_per_s_mean, r.tokens_per_s_ci95, ",.0f"),
              pm(r.gpu_j_per_token_mean, r.gpu_j_per_token_ci95, ".3f", 1e3), cv(r), fmt(r.gpu_power_mean_w_mean, ".0f"),
              fmt(r.torch_peak_mem_bytes_max, ".1f", 1 / GIB), fmt(r.mfu_mean, ".1f", 100),
-             fmt(r.energy_floor_multiple_mean, ".1f"), pm(r.get("val_loss_mean"), r.get("val_loss_ci95"), ".3f")]
+             fmt(r.energy_floor_multiple_mean, ".1f"), val_loss(r)]
             for _, r in summary.iterrows()]
     header = ["variant", "mode", "status", "n", "tokens/s", "mJ/token", r"CV \%", "W", "peak GiB", r"MFU \%",
               r"$\times$floor", "val loss"]
