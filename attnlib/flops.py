@@ -64,6 +64,18 @@ def training_flops_per_token(model: GPT2LMHeadModel, seq_len: int) -> FlopCount:
     )
 
 
+def layer_flops(attention: nn.Module, config: GPT2Config, seq_len: int, batch_size: int, backward: bool) -> float:
+    """One call of one attention layer alone (`attention`: its projections and core) on `batch_size` sequences of
+    `seq_len`, mask-exact: 2 x its projection weights per token and the core's forward count, times 3 and 3.5
+    with the backward pass (the same convention as `training_flops_per_token`)."""
+    spec = get_variant(config.attnlib_variant)
+    core = (spec.attention_flops or causal_attention_flops)(config, seq_len)
+    weights = sum(m.weight.numel() for m in attention.modules() if isinstance(m, (Conv1D, nn.Linear)))
+    if backward:
+        return batch_size * (6.0 * weights * seq_len + (1 + BACKWARD_OVER_FORWARD) * core)
+    return batch_size * (2.0 * weights * seq_len + core)
+
+
 def counted_training_flops(model: nn.Module, input_ids: torch.Tensor) -> int:
     """FLOPs that FlopCounterMode sees in one forward + backward of `model` on `input_ids` (labels = inputs)."""
     from torch.utils.flop_counter import FlopCounterMode

@@ -1,9 +1,10 @@
 """The study's orchestration: profiles, the job plan, papermill execution, resumption, the run record.
 
-A profile (`attnlib/profiles/<name>.toml`) fixes the training setup (`[train]`), the trials (`[trials]`), the
-quality runs (`[quality]`), the plan's seed (`[plan]`) and per-variant parameters (`[variants.<name>]`). The plan
-has one trials job and one quality job per variant, variants in an order drawn from the plan's seed, each variant's
-quality job right after its trials job (it reuses the compiled kernels and autotuning the trials left on disk).
+A profile (`attnlib/profiles/<name>.toml`) fixes the training setup (`[train]`), the families it runs, each with
+its section (`[trials]`, `[quality]`, `[longcontext]`), the plan's seed (`[plan]`) and per-variant parameters
+(`[variants.<name>]`). The plan has one job per variant and family, variants in an order drawn from the plan's
+seed, each variant's jobs together (the quality job reuses the compiled kernels and autotuning the trials job left
+on disk).
 Each job is one papermill execution of its family's notebook (`notebooks/trials.ipynb`, `quality.ipynb`) in its
 own process, given the job's resolved config, and writes JSON results; a job whose results all exist is skipped
 unless forced, so a killed run resumes where it stopped. `run.json` records the device time of every chunk.
@@ -26,7 +27,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .experiments import quality, trials
+from .experiments import longcontext, quality, trials
+from .experiments.longcontext import LongContextConfig
 from .experiments.quality import QualityConfig
 from .experiments.training import TrainConfig
 from .experiments.trials import TrialsConfig
@@ -36,16 +38,16 @@ from .results import is_complete, load_results
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = Path(__file__).resolve().parent / "profiles"
-FAMILIES = {"trials": trials, "quality": quality}
-SECTIONS = {"train": TrainConfig, "trials": TrialsConfig, "quality": QualityConfig, "plan": None, "variants": None}
+FAMILIES = {"trials": trials, "quality": quality, "longcontext": longcontext}  # in the order of a variant's jobs
+SECTIONS = {"train": TrainConfig, "trials": TrialsConfig, "quality": QualityConfig, "longcontext": LongContextConfig,
+            "plan": None, "variants": None}
 
 
 @dataclass(frozen=True)
 class Profile:
     name: str
     train: dict
-    trials: dict
-    quality: dict
+    families: dict[str, dict]  # family -> its section's settings, for the families the profile runs
     plan_seed: int
     variant_params: dict[str, dict]
 
@@ -55,15 +57,15 @@ class Profile:
         train["model"] = {**train.get("model", {}), **self.variant_params.get(variant, {})}
         return TrainConfig(variant=variant, **train)
 
-    def trials_config(self, variant: str, order_seed: int = 0) -> TrialsConfig:
-        return TrialsConfig(train=self.train_config(variant), order_seed=order_seed, **self.trials)
-
-    def quality_config(self, variant: str) -> QualityConfig:
-        settings = dict(self.quality)
-        train = self.train_config(variant)
-        train = dataclasses.replace(train, mode=settings.pop("mode", "eager"),
-                                    compile_scope=settings.pop("compile_scope", train.compile_scope))
-        return QualityConfig(train=train, **settings)
+    def job_config(self, family: str, variant: str,
+                   order_seed: int = 0) -> TrialsConfig | QualityConfig | LongContextConfig:
+        """The resolved config of `variant`'s job of `family`; `order_seed` draws the order inside the job."""
+        settings, train = dict(self.families[family]), self.train_config(variant)
+        if family == "quality":  # quality runs in one mode, given in its section
+            train = dataclasses.replace(train, mode=settings.pop("mode", "eager"),
+                                        compile_scope=settings.pop("compile_scope", train.compile_scope))
+            return QualityConfig(train=train, **settings)
+        return SECTIONS[family](train=train, order_seed=order_seed, **settings)
 
 
 def load_profile(name: str) -> Profile:
@@ -86,17 +88,21 @@ def load_profile(name: str) -> Profile:
             raise ValueError(f"profile: unknown [{section}] key(s) {sorted(set(raw[section]) - allowed)} in {path}")
     for variant in raw.get("variants", {}):
         get_variant(variant)
-    profile = Profile(path.stem, raw.get("train", {}), raw.get("trials", {}), raw.get("quality", {}),
-                      int(raw.get("plan", {}).get("seed", 0)), raw.get("variants", {}))
+    families = {family: raw[family] for family in FAMILIES if family in raw}
+    if not families:
+        sections = ", ".join(f"[{f}]" for f in FAMILIES)
+        raise ValueError(f"profile: {path} runs no family; give at least one of {sections}")
+    profile = Profile(path.stem, raw.get("train", {}), families, int(raw.get("plan", {}).get("seed", 0)),
+                      raw.get("variants", {}))
     for variant in VARIANTS:  # build every config now: bad values fail before any work
-        profile.trials_config(variant)
-        profile.quality_config(variant)
+        for family in families:
+            profile.job_config(family, variant)
     return profile
 
 
 @dataclass(frozen=True)
 class Job:
-    family: str  # "trials" or "quality"
+    family: str  # a key of FAMILIES
     variant: str
     config: dict  # the resolved config the notebook receives
 
@@ -106,21 +112,23 @@ class Job:
 
     def result_names(self) -> list[str]:
         """The result files this job writes (under raw/)."""
+        c = self.config
         if self.family == "trials":
-            c = self.config
             return [f"{self.variant}__{m}__trial{t}.json" for m in c["modes"] for t in range(c["trials"])]
-        return [f"{self.variant}__quality__seed{s}.json" for s in self.config["seeds"]]
+        if self.family == "quality":
+            return [f"{self.variant}__quality__seed{s}.json" for s in c["seeds"]]
+        return LongContextConfig(**c).result_names()
 
 
 def plan(profile: Profile, variants: list[str]) -> list[Job]:
-    """Variants in an order drawn from the plan seed, each variant's trials job then its quality job: the quality
-    job finds the trials job's compiled kernels and autotuning results in the on-disk caches of the same chunk.
-    Each trials job gets its own seed for the order of its modes (all recorded in the results)."""
+    """Variants in an order drawn from the plan seed, each variant's jobs together (trials, quality, long context):
+    the quality job finds the trials job's compiled kernels and autotuning results in the on-disk caches of the
+    same chunk. Each job gets its own seed for the order inside it (all recorded in the results)."""
     jobs = []
     for v in round_orders(variants, 1, profile.plan_seed)[0]:
         order_seed = profile.plan_seed + 1 + list(VARIANTS).index(v)
-        jobs += [Job("trials", v, profile.trials_config(v, order_seed=order_seed).to_dict()),
-                 Job("quality", v, profile.quality_config(v).to_dict())]
+        jobs += [Job(family, v, profile.job_config(family, v, order_seed).to_dict()) for family in FAMILIES
+                 if family in profile.families]
     return jobs
 
 

@@ -196,14 +196,19 @@ def test_attention_parameter_counts() -> None:
         assert counts[name] == counts["baseline"]
 
 
-@pytest.mark.parametrize("name", ["linear", "lsh"])
-def test_any_sequence_length_on_cpu(name: str) -> None:
-    """T = 50 with 16-token chunks: the padded last chunk changes nothing, and what a prefix sees is exactly
-    what the prefix alone gives (causal through the padding)."""
-    model = tiny_model(name)
+@torch.no_grad()
+def test_any_sequence_length_on_cpu(variant: str) -> None:
+    """T = 50 and 37 tile no chunk or block size (linear's and LSH's 16-token chunks, FlexAttention's blocks):
+    what a prefix sees is exactly what the prefix alone gives (causal through any padding), and an exact
+    variant still equals materialised attention."""
+    model = tiny_model(variant, **EXACT.get(variant, {}))
     x = random_tokens(seq_len=50)
     full, prefix = model(x).logits, model(x[:, :37]).logits
     torch.testing.assert_close(full[:, :37], prefix, rtol=1e-5, atol=1e-5)
+    if variant in EXACT:
+        baseline = tiny_model("baseline")
+        model.load_state_dict(baseline.state_dict())
+        torch.testing.assert_close(model(x).logits, baseline(x).logits, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["causal", "causal+padding"])

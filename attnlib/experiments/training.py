@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import math
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -174,6 +175,18 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.schedule.step()
         return total
+
+    def steps_for(self, seconds: float, window: Any) -> tuple[int, torch.Tensor]:
+        """Train inside an open `measure` window until `seconds` have passed on the host, and report the work to
+        it; returns (steps, last loss). The window's exit synchronises, so the GPU's window (which the energy
+        covers) is never shorter than `seconds`."""
+        steps, start = 0, time.perf_counter()
+        while steps == 0 or time.perf_counter() - start < seconds:
+            loss = self.step()
+            steps += 1
+        tokens = steps * self.config.tokens_per_step
+        window.add_work(tokens=tokens, flops=tokens * self.flops.training_flops_per_token)
+        return steps, loss
 
     @torch.no_grad()
     def evaluate(self, batches: int) -> float:

@@ -85,14 +85,7 @@ def _trials_of_mode(config: TrialsConfig, mode: str, data, device: torch.device,
                 trial_start = time.perf_counter()
                 with measure(f"{train.variant}/{mode}/trial{trial}", idle=idle, keep_trace=trial == 0,
                              codecarbon=codecarbon if codecarbon.running else True) as window:
-                    steps, window_start = 0, time.perf_counter()
-                    # steps until window_s has passed on the host; the exit synchronises, so the GPU's window
-                    # (which the energy covers) is never shorter than window_s
-                    while time.perf_counter() - window_start < config.window_s:
-                        loss = trainer.step()
-                        steps += 1
-                    tokens = steps * train.tokens_per_step
-                    window.add_work(tokens=tokens, flops=tokens * trainer.flops.training_flops_per_token)
+                    steps, loss = trainer.steps_for(config.window_s, window)
                 result = TrialResult(**common, trial=trial, model=model, measurement=window.result, steps=steps,
                                      final_train_loss=check_finite(loss, "at the end of the window"),
                                      first_step_s=first_step_s, warmup_s=warmup_s,

@@ -47,18 +47,14 @@ def _stats(values: pd.Series, name: str) -> dict[str, float | None]:
     return {f"{name}_mean": s.mean, f"{name}_ci95": s.ci95, f"{name}_cv": s.cv}
 
 
-def summary_frame(frame: pd.DataFrame, calibrations: dict[str, dict] | None = None,
-                  variant_order: list[str] | None = None) -> pd.DataFrame:
-    """One row per (variant, mode) of the trials, with the quality of the variant's runs (whatever mode they
-    ran in: compiling changes the speed, not the maths)."""
-    trials = frame[frame.kind == "trial"] if "kind" in frame else frame.iloc[:0]
-    if trials.empty:
-        return pd.DataFrame()
-    trials = with_calibration(trials, calibrations or {})
+def aggregate(windows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """One row per value of `keys` over measured windows: status (ok if any window succeeded, else the failure's),
+    the number of successful windows (`trials`), each of TRIAL_QUANTITIES' mean / ci95 / cv, the throughput
+    spread and the peak memory."""
     rows = []
-    for (variant, mode), group in trials.groupby(["variant", "mode"], sort=False):
+    for values, group in windows.groupby(keys, sort=False):
         ok, failed = group[group.status == "ok"], group[group.status != "ok"]
-        row = {"variant": variant, "mode": mode, "status": "ok" if len(ok) else failed.status.iloc[0],
+        row = {**dict(zip(keys, values)), "status": "ok" if len(ok) else failed.status.iloc[0],
                "error": None if failed.empty else failed.error.iloc[0], "trials": len(ok),
                "device": group.device.iloc[0], "kernel": ok.kernel.iloc[0] if len(ok) and "kernel" in ok else None}
         for quantity in TRIAL_QUANTITIES:
@@ -69,7 +65,17 @@ def summary_frame(frame: pd.DataFrame, calibrations: dict[str, dict] | None = No
         row["torch_peak_mem_bytes_max"] = float(max(peak)) if len(peak) else None
         row["params_mean"] = float(ok.params.iloc[0]) if len(ok) and "params" in ok else None
         rows.append(row)
-    summary = pd.DataFrame(rows)
+    return pd.DataFrame(rows)
+
+
+def summary_frame(frame: pd.DataFrame, calibrations: dict[str, dict] | None = None,
+                  variant_order: list[str] | None = None) -> pd.DataFrame:
+    """One row per (variant, mode) of the trials, with the quality of the variant's runs (whatever mode they
+    ran in: compiling changes the speed, not the maths)."""
+    trials = frame[frame.kind == "trial"] if "kind" in frame else frame.iloc[:0]
+    if trials.empty:
+        return pd.DataFrame()
+    summary = aggregate(with_calibration(trials, calibrations or {}), ["variant", "mode"])
     summary = summary.merge(quality_frame(frame), on="variant", how="left")
     order = {v: i for i, v in enumerate(variant_order or [])}
     key = summary.variant.map(lambda v: order.get(v, len(order))) * 10 + summary["mode"].map(MODE_ORDER).fillna(9)

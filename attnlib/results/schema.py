@@ -3,7 +3,7 @@ columns, the report's aggregates (`<name>_mean`, `<name>_ci95`, `<name>_cv`) and
 
 Each result embeds what produced it (`Provenance`), the resolved job config, the data (`DataInfo`), the model and
 its FLOP count (`ModelInfo`) and, where something was measured, the window (`Measurement`). Kinds to come
-(sweep, inference, component) subclass `Result` the same way and register in `RESULT_KINDS`.
+(inference, component) subclass `Result` the same way and register in `RESULT_KINDS`.
 """
 
 from __future__ import annotations
@@ -85,4 +85,35 @@ class QualityResult(Result):
     loss_curve: list[dict[str, float | None]] = field(default_factory=list)  # tokens, train_loss, val_loss
 
 
-RESULT_KINDS: dict[str, type[Result]] = {cls.kind: cls for cls in (TrialResult, QualityResult)}
+@dataclass(kw_only=True)
+class SweepResult(Result):
+    """One measured window of training steps at one sequence length, `batch_size` sequences of `seq_len` tokens
+    per step (`attnlib.experiments.longcontext`)."""
+
+    kind: ClassVar[str] = "sweep"
+    seq_len: int
+    batch_size: int
+    trial: int
+    order_seed: int
+    steps: int | None = None
+    first_step_s: float | None = None  # compilation and autotuning land here
+
+
+@dataclass(kw_only=True)
+class LayerResult(Result):
+    """One measured window of repeated calls of one attention layer alone (input projections, core, output
+    projection) on `batch_size` x `seq_len` tokens: `layer_pass` is "forward" or "forward_backward"
+    (`attnlib.experiments.longcontext`). The window's `flops` are mask-exact (`attnlib.flops.layer_flops`)."""
+
+    kind: ClassVar[str] = "layer"
+    seq_len: int
+    batch_size: int
+    layer_pass: str
+    trial: int
+    order_seed: int
+    calls: int | None = None
+    flops_per_call: float | None = None
+
+
+RESULT_KINDS: dict[str, type[Result]] = {cls.kind: cls for cls in (TrialResult, QualityResult, SweepResult,
+                                                                   LayerResult)}

@@ -1,0 +1,153 @@
+"""The long-context family on a CPU: the grid, interleaving, failures as results, resumption, FLOPs, crossovers."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from attnlib import build_model
+from attnlib.experiments import longcontext
+from attnlib.experiments.longcontext import LongContextConfig, run_longcontext_job
+from attnlib.experiments.training import TrainConfig, Trainer
+from attnlib.flops import causal_attention_flops, layer_flops
+from attnlib.pipeline import load_profile, plan
+from attnlib.registry import VARIANTS
+from attnlib.report.longcontext import crossover_frame, crossover_length, layer_summary, sweep_summary
+from attnlib.results import results_frame
+
+TINY_MODEL = dict(n_layer=2, n_embd=32, n_head=2)
+
+
+def tiny_config(variant: str = "sdpa", **overrides) -> LongContextConfig:
+    settings = dict(train=TrainConfig(variant=variant, dataset="python-docs", model=TINY_MODEL), seq_lens=[32, 48, 96],
+                    tokens_per_step=96, fast_mode=None, trials=2, window_s=0.05, warmup_steps=1,
+                    layer_window_s=0.02, layer_warmup_calls=1, idle_s=0.01, order_seed=3)
+    return LongContextConfig(**{**settings, **overrides})
+
+
+def test_config_resolves_cells_and_refuses_bad_values() -> None:
+    config = tiny_config(fast_mode="graph", fast_mode_seq_lens=[48])
+    assert [config.batch_size(t) for t in config.seq_lens] == [3, 2, 1]
+    assert config.train_cells() == [(32, "eager"), (48, "eager"), (96, "eager"), (48, "graph")]
+    cell = config.cell_config(96, "eager")
+    assert (cell.seq_len, cell.batch_size, cell.model["n_positions"], cell.model["n_layer"]) == (96, 1, 96, 2)
+    assert len(config.result_names()) == 2 * (4 + 3 * 2)
+    assert LongContextConfig(**config.to_dict()).result_names() == config.result_names()  # what papermill receives
+    for bad in (dict(seq_lens=[32, 32]), dict(fast_mode="fast"), dict(layer_passes=["backward"]), dict(trials=0),
+                dict(window_s=0)):
+        with pytest.raises(ValueError):
+            tiny_config(**bad)
+
+
+def test_grid_interleaves_and_records_a_failed_cell_without_rerunning_it(tmp_path, monkeypatch) -> None:
+    """A fake out-of-memory at T = 96: both its trials are results with the reason, the cell is built once, every
+    other cell of the grid is measured, each eager visit builds its model, and the rounds' orders differ."""
+    built: list[int] = []
+    step = Trainer.step
+
+    def step_or_oom(self):
+        if self.config.seq_len == 96:
+            raise torch.OutOfMemoryError("CUDA out of memory (fake)")
+        return step(self)
+
+    init = Trainer.__init__
+
+    def counting_init(self, config, *args, **kwargs):
+        built.append(config.seq_len)
+        init(self, config, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "step", step_or_oom)
+    monkeypatch.setattr(Trainer, "__init__", counting_init)
+    config = tiny_config("lsh")  # none of 32, 48, 96 is a multiple of its 64-token chunks
+    results = run_longcontext_job(config, tmp_path / "raw", tmp_path / "cache", progress=False)
+    assert sorted(p.name for p in (tmp_path / "raw").glob("*.json")) == sorted(config.result_names())
+    frame = results_frame(tmp_path)
+    oom = frame[(frame.kind == "sweep") & (frame.seq_len == 96)]
+    assert oom.status.tolist() == ["oom", "oom"] and oom.error.str.contains("out of memory").all()
+    assert built.count(96) == 1 and built.count(32) == built.count(48) == 2  # eager cells: one build per visit
+    ok = frame[frame.status == "ok"]
+    assert len(ok) == len(frame) - 2 and (ok.tokens_per_s > 0).all()
+    layers = ok[ok.kind == "layer"]
+    assert set(zip(layers.layer_pass, layers.seq_len)) == {(p, t) for p in ("forward", "forward_backward")
+                                                            for t in (32, 48, 96)}
+    assert (layers.calls >= 1).all() and (layers.flops_per_call > 0).all()
+    assert len(results) == len(config.result_names())
+
+
+def test_compiled_cell_runs_all_its_windows_at_one_visit(tmp_path, monkeypatch) -> None:
+    visits: list[tuple[int, str, list[int]]] = []
+    def visit(self, seq_len: int, mode: str, trials: list[int]) -> list:
+        visits.append((seq_len, mode, trials))
+        return []
+
+    monkeypatch.setattr(longcontext._Job, "train_visit", visit)
+    monkeypatch.setattr(longcontext._Job, "layer_visit", lambda self, t, p, trial: None)
+    run_longcontext_job(tiny_config(fast_mode="compile", fast_mode_seq_lens=[48], trials=3), tmp_path, tmp_path,
+                        progress=False)
+    assert [v for v in visits if v[1] == "compile"] == [(48, "compile", [0, 1, 2])]
+    assert sorted(v for v in visits if v[1] == "eager") == [(t, "eager", [r]) for t in (32, 48, 96) for r in range(3)]
+
+
+def test_layer_flops_follow_the_training_convention() -> None:
+    model = build_model("sdpa", seq_len=256, n_layer=1, n_positions=256)
+    attention, config = model.transformer.h[0].attn, model.config
+    weights = 768 * 3 * 768 + 768 * 768
+    core = causal_attention_flops(config, 256)
+    assert layer_flops(attention, config, 256, 4, backward=False) == 4 * (2 * weights * 256 + core)
+    assert layer_flops(attention, config, 256, 4, backward=True) == 4 * (6 * weights * 256 + 3.5 * core)
+
+
+def test_profile_plans_one_long_context_job_per_variant() -> None:
+    profile = load_profile("longcontext")
+    jobs = plan(profile, list(VARIANTS))
+    assert [j.family for j in jobs] == ["longcontext"] * len(VARIANTS)
+    config = LongContextConfig(**jobs[0].config)
+    assert config.seq_lens == [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]
+    assert config.fast_mode_seq_lens == [4096, 32768] and config.trials >= 3 and config.window_s >= 2
+    assert config.batch_size(65536) == 1 and config.batch_size(512) == 64
+    assert {j.config["order_seed"] for j in jobs} == {profile.plan_seed + 1 + i for i in range(len(VARIANTS))}
+
+
+def test_crossover_length_interpolates_in_log_length() -> None:
+    lengths = [512, 1024, 2048, 4096]
+    assert crossover_length(lengths, [-1, -1, 1, 1]) == pytest.approx(math.sqrt(1024 * 2048))
+    assert crossover_length(lengths, [1, 1, 1, 1]) == 512
+    assert crossover_length(lengths, [1, 1, 1, -1]) is None  # does not stay better
+    assert crossover_length(lengths, [-1, 1, -1, 1]) == pytest.approx(math.sqrt(2048 * 4096))
+    assert crossover_length(lengths, [-1, -1, math.inf, math.inf]) == 2048  # the reference ran out of memory
+    assert crossover_length(lengths, [-1, None, 1, 1]) == 2048  # the variant ran out of memory at 1024
+
+
+def sweep_rows(variant: str, energy_mj: list[float | None], ci_mj: float = 0.05) -> list[dict]:
+    return [{"variant": variant, "mode": "eager", "seq_len": t, "status": "ok" if e is not None else "oom",
+             "gpu_j_per_token_mean": None if e is None else e / 1e3, "gpu_j_per_token_ci95": ci_mj / 1e3,
+             "tokens_per_s_mean": None if e is None else 1e6 / e, "tokens_per_s_ci95": 1.0,
+             "torch_peak_mem_bytes_max": None if e is None else 2**30 * e}
+            for t, e in zip([512, 1024, 2048, 4096], energy_mj)]
+
+
+def test_crossover_frame_gives_the_length_and_its_interval() -> None:
+    summary = pd.DataFrame(sweep_rows("sdpa", [4.0, 4.2, 5.0, 7.0]) + sweep_rows("linear", [4.4, 4.6, 4.7, 4.8])
+                           + sweep_rows("lsh", [7.0, 7.5, None, None]))
+    crossover = crossover_frame(summary).set_index("variant")
+    linear = crossover.loc["linear"]
+    assert linear.reference == "sdpa" and 1024 < linear.crossover_seq_len < 2048
+    assert linear.ci_low <= linear.crossover_seq_len <= linear.ci_high
+    assert 1024 < linear.tokens_per_s_crossover_seq_len < 2048 and 1024 < linear.peak_mem_crossover_seq_len < 2048
+    assert pd.isna(crossover.loc["lsh"].crossover_seq_len)  # out of memory where sdpa ran: never better
+
+
+def test_summaries_of_a_measured_grid(tmp_path) -> None:
+    run_longcontext_job(tiny_config("linear", seq_lens=[32, 48]), tmp_path / "raw", tmp_path, progress=False)
+    frame = results_frame(tmp_path)
+    sweep = sweep_summary(frame, {})
+    assert sweep[["seq_len", "batch_size", "trials"]].values.tolist() == [[32, 3, 2], [48, 2, 2]]
+    for column in ("variant", "mode", "seq_len", "batch_size", "status", "trials", "tokens_per_s_mean",
+                   "tokens_per_s_ci95", "gpu_j_per_token_mean", "gpu_j_per_token_ci95", "mean_power_w",
+                   "peak_mem_gib", "mfu"):
+        assert column in sweep, column
+    layers = layer_summary(frame, {})
+    assert len(layers) == 4 and (layers.tokens_per_s_mean > 0).all() and "gpu_j_per_call_mean" in layers
