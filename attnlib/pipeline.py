@@ -89,6 +89,8 @@ def load_profile(name: str) -> Profile:
     for variant in raw.get("variants", {}):
         get_variant(variant)
     families = {family: raw[family] for family in FAMILIES if family in raw}
+    for variant in VARIANTS:  # the training setup is checked first: every family builds on it
+        Profile(path.stem, raw.get("train", {}), {}, 0, raw.get("variants", {})).train_config(variant)
     if not families:
         sections = ", ".join(f"[{f}]" for f in FAMILIES)
         raise ValueError(f"profile: {path} runs no family; give at least one of {sections}")

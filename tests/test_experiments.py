@@ -211,7 +211,9 @@ def test_unknown_profile() -> None:
                                           ("[trials]\nmodes = [\"turbo\"]\n", "modes"),
                                           ("[quality]\nseeds = [1, 1]\n", "seeds"),
                                           ("[trials]\ncompile_scopes = { graph = \"tiny\" }\n", "compile_scope"),
-                                          ("[run]\ntrials = 3\n", "run")])
+                                          ("[run]\ntrials = 3\n", "run"),
+                                          ("[train]\nseq_len = 256\n", "runs no family"),
+                                          ("[longcontext]\nfast_mode = \"turbo\"\n", "fast_mode")])
 def test_malformed_profiles(tmp_path, text: str, message: str) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(text)
