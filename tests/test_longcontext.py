@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
+import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -16,8 +19,11 @@ from attnlib.flops import causal_attention_flops, layer_flops
 from attnlib.pipeline import load_profile, plan
 from attnlib.registry import VARIANTS
 from attnlib.report.longcontext import crossover_frame, crossover_length, layer_summary, sweep_summary
-from attnlib.results import results_frame
+from attnlib.measurement import Measurement
+from attnlib.report import build_report
+from attnlib.results import ModelInfo, Provenance, SweepResult, results_frame, write_result
 
+REPO = Path(__file__).resolve().parent.parent
 TINY_MODEL = dict(n_layer=2, n_embd=32, n_head=2)
 
 
@@ -151,3 +157,49 @@ def test_summaries_of_a_measured_grid(tmp_path) -> None:
         assert column in sweep, column
     layers = layer_summary(frame, {})
     assert len(layers) == 4 and (layers.tokens_per_s_mean > 0).all() and "gpu_j_per_call_mean" in layers
+
+
+def sweep_result(variant: str, seq_len: int, trial: int, tokens_per_s: float, j_per_token: float,
+                 status: str = "ok") -> SweepResult:
+    tokens = int(tokens_per_s * 2)
+    m = None if status != "ok" else Measurement(
+        label="x", wall_s=2.0, tokens=tokens, flops=tokens * 1e9, tokens_per_s=tokens_per_s, gpu_j_per_token=j_per_token,
+        gpu_energy_j=j_per_token * tokens, gpu_power_mean_w=j_per_token * tokens_per_s, torch_peak_mem_bytes=seq_len * 2**20)
+    model = ModelInfo(params=1, attention_params=1, kernel="k", exact=True, optimizer="AdamW",
+                      training_flops_per_token=1e9 * (1 + seq_len / 4096 * (variant != "linear")))
+    provenance = Provenance(attnlib_commit="abc", versions={}, python="3.12", device="NVIDIA H100 80GB HBM3",
+                            device_uuid="GPU-0", created="2026-11-24T00:00:00+00:00")
+    config = {"tokens_per_step": 32768, "fast_mode": "graph", "fast_mode_seq_lens": [4096], "trials": 3,
+              "window_s": 2.0, "layer_window_s": 1.0}
+    return SweepResult(variant=variant, mode="eager", seq_len=seq_len, batch_size=max(1, 32768 // seq_len), trial=trial,
+                       order_seed=1, status=status, provenance=provenance, config=config, model=model if m else None,
+                       measurement=m, error=None if m else "OutOfMemoryError: CUDA out of memory")
+
+
+def test_long_context_report_writes_tables_figures_and_the_sections_macros(tmp_path) -> None:
+    results = tmp_path / "longcontext"
+    energy = {"sdpa": [4.0, 4.3, 5.0, 6.5], "linear": [4.4, 4.5, 4.6, 4.7], "baseline": [5.5, 7.0, 10.0, None]}
+    for variant, values in energy.items():
+        for t, e in zip([512, 2048, 8192, 32768], values):
+            for trial in range(3):
+                r = sweep_result(variant, t, trial, 1e5 / (e or 1), (e or 0) * (1 + 0.002 * trial) / 1e3,
+                                 "ok" if e else "oom")
+                write_result(results / "raw" / f"{variant}_{t}_{trial}.json", r)
+    paper = tmp_path / "paperdir"
+    paper.mkdir()
+    shutil.copy(REPO / "paper" / "longcontext.tex", paper / "longcontext.tex")
+    sweep = build_report(results, "longcontext", tmp_path / "figures", paper)
+    assert len(sweep) == 12 and (results / "crossover.csv").exists() and (results / "summary.csv").exists()
+    crossover = pd.read_csv(results / "crossover.csv").set_index("variant")
+    assert 2048 < crossover.loc["linear"].crossover_seq_len < 8192 and pd.isna(crossover.loc["baseline"].crossover_seq_len)
+    macros = (paper / "generated" / "longcontext" / "macros.tex").read_text()
+    names = set(re.findall(r"\\newcommand\{\\data(\w+)\}", macros))
+    assert names == set(re.findall(r"\\data(\w+)", (paper / "longcontext.tex").read_text()))
+    assert "n/a" not in macros.replace("\\dataLongContextGpuMinutes}{n/a}", "").replace(
+        "\\dataLongContextMeasuredFractionPct}{n/a}", "")
+    assert "linear stays below sdpa" in macros and "baseline does not stay below" in macros
+    assert "ran out of memory or failed from T = 32K" in macros
+    table = (paper / "generated" / "longcontext" / "crossover.tex").read_text()
+    assert "none up to 32K" in table
+    for figure in ("longcontext_energy", "longcontext_memory"):
+        assert (tmp_path / "figures" / "longcontext" / f"{figure}.pdf").exists()

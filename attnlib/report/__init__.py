@@ -1,5 +1,6 @@
 """From a results folder to the paper: `frames` (summary tables), `figures` (one function per figure), `latex`
-(tables and macros by rule), `prior` (the prior study), `compare` (a reviewer's results against ours)."""
+(tables and macros by rule), `prior` (the prior study), `compare` (a reviewer's results against ours),
+`longcontext` (the long-context family's tables, crossovers and macros)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ..results import results_frame
 from . import figures, latex
 from .compare import comparison_frame
 from .frames import load_calibrations, summary_frame
+from .longcontext import build_longcontext_report
 from .prior import prior_macros, prior_table
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -90,6 +92,8 @@ def build_report(results_dir: Path, profile: str, figures_dir: Path, paper_dir: 
     if len(devices) > 1:  # one table, one kind of card: timings from different devices are not comparable
         raise ValueError(f"results_dir: {results_dir}/raw mixes devices {devices}; report each in its own folder")
     calibrations = load_calibrations(results_dir)
+    if frame.kind.isin(["sweep", "layer"]).any():  # a long-context folder: its own tables, figures and macros
+        return build_longcontext_report(frame, calibrations, Path(results_dir), profile, figures_dir, paper_dir)
     summary = summary_frame(frame, calibrations, list(VARIANTS))
     generated = paper_dir / "generated" / profile
     generated.mkdir(parents=True, exist_ok=True)

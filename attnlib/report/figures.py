@@ -10,6 +10,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
@@ -142,6 +143,50 @@ def device_comparison(comparison: pd.DataFrame, out_dir: Path, ours: str, theirs
         ax.set_ylabel(f"{ours} / {theirs}")
         ax.legend(fontsize=7)
     return _save(fig, out_dir, "device_comparison")
+
+
+def _per_length(sweep: pd.DataFrame, column: str, ci: str | None, scale: float, label: str, out_dir: Path,
+                name: str) -> Path:
+    """One line per variant against T (log-log): eager with its 95% band, the fast mode's cells as markers; a
+    cell that failed is an x at the top of the axis, labelled with its status."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    eager = sweep[sweep["mode"] == "eager"] if len(sweep) else sweep
+    measured = eager.dropna(subset=[column]) if column in eager else eager.iloc[:0]
+    if measured.empty:
+        _empty(ax, f"no {label} in these results (the JSON results give the reason)")
+        return _save(fig, out_dir, name)
+    top = measured[column].max() * scale * 1.6
+    for i, (variant, group) in enumerate(eager.groupby("variant", sort=False)):
+        color = f"C{i % 10}"
+        ok = group.dropna(subset=[column]).sort_values("seq_len")
+        ax.plot(ok.seq_len, ok[column] * scale, marker="o", ms=3, lw=1, color=color, label=variant)
+        if ci is not None:
+            band = ok[ci].fillna(0) * scale
+            ax.fill_between(ok.seq_len, ok[column] * scale - band, ok[column] * scale + band, color=color, alpha=0.2)
+        failed = group[group.status != "ok"]
+        ax.scatter(failed.seq_len, [top] * len(failed), marker="x", color=color)
+        fast = sweep[(sweep.variant == variant) & (sweep["mode"] != "eager")].dropna(subset=[column])
+        ax.scatter(fast.seq_len, fast[column] * scale, marker="^", color=color, s=18)
+    ax.set(xscale="log", yscale="log", xlabel="sequence length T (tokens)", ylabel=label)
+    ax.set_xticks(sorted(sweep.seq_len.unique()), [f"{t // 1024}K" if t >= 1024 else str(t)
+                                                   for t in sorted(sweep.seq_len.unique())])
+    ax.minorticks_off()
+    ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.text(0.01, 0.99, "x: out of memory or failed; triangles: fast mode", transform=ax.transAxes, fontsize=6,
+            va="top")
+    ax.legend(ncol=2, fontsize=6, loc="lower right")
+    return _save(fig, out_dir, name)
+
+
+def energy_vs_seq_len(sweep: pd.DataFrame, out_dir: Path) -> Path:
+    return _per_length(sweep, "gpu_j_per_token_mean", "gpu_j_per_token_ci95", 1e3, "GPU energy, mJ/token (95% CI)",
+                       out_dir, "longcontext_energy")
+
+
+def memory_vs_seq_len(sweep: pd.DataFrame, out_dir: Path) -> Path:
+    return _per_length(sweep, "torch_peak_mem_bytes_max", None, 1 / GIB, "peak allocated GPU memory, GiB", out_dir,
+                       "longcontext_memory")
 
 
 def all_figures(summary: pd.DataFrame, frame: pd.DataFrame, out_dir: Path) -> list[Path]:

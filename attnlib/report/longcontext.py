@@ -3,11 +3,14 @@ seq_len), and the crossover lengths from which a variant beats the reference (`s
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pandas as pd
 
-from .frames import aggregate, with_calibration
+from . import figures, latex
+from .frames import aggregate, compare, with_calibration
 
 GIB = 2**30
 REFERENCE = "sdpa"
@@ -98,3 +101,93 @@ def crossover_frame(summary: pd.DataFrame, mode: str = "eager", reference: str =
                 row[f"{prefix}ci_low"], row[f"{prefix}ci_high"] = found[1], found[2]
         out.append(row)
     return pd.DataFrame(out)
+
+
+def seq_label(seq_len: float | None) -> str:
+    """512, 2.9K, 64K: a length as the text prints it; "none" for no length."""
+    if seq_len is None or (isinstance(seq_len, float) and math.isnan(seq_len)):
+        return "none"
+    return f"{seq_len / 1024:.3g}K" if seq_len >= 1000 else f"{seq_len:.0f}"
+
+
+def crossover_table(crossover: pd.DataFrame, max_seq_len: int) -> str:
+    """The paper's crossover table: per variant, from which length it beats the reference for good, with the
+    length range the intervals allow."""
+    def cell(row, prefix: str, with_interval: bool = True) -> str:
+        point = row.get(f"{prefix}crossover_seq_len")
+        if point is None or pd.isna(point):
+            return f"none up to {seq_label(max_seq_len)}"
+        if not with_interval:
+            return seq_label(point)
+        return f"{seq_label(point)} [{seq_label(row.get(f'{prefix}ci_low'))}, {seq_label(row.get(f'{prefix}ci_high'))}]"
+
+    rows = [[r.variant, cell(r, ""), cell(r, "tokens_per_s_"), cell(r, "peak_mem_", False)]
+            for _, r in crossover.iterrows()]
+    return latex.booktabs(["variant", "energy per token", "throughput", "peak memory"], rows, "llll")
+
+
+def explanation(sweep: pd.DataFrame, frame: pd.DataFrame, crossover: pd.DataFrame, at: int,
+                reference: str = REFERENCE) -> str:
+    """One generated sentence per variant: its crossover, and at length `at` (eager) how its energy per token
+    compares with the reference's, by throughput, mean power (energy per token = power / throughput) and FLOPs
+    per token. The wording follows the intervals (`frames.compare`)."""
+    eager = sweep[sweep["mode"] == "eager"]
+    flops = (frame[(frame.kind == "sweep") & (frame.status == "ok")]
+             .groupby(["variant", "seq_len"]).training_flops_per_token.first())
+    sentences = []
+    for _, row in crossover.iterrows():
+        v = row.variant
+        point = row.crossover_seq_len
+        text = (f"{v} stays below {reference}'s energy per token from T $\\approx$ {seq_label(point)} "
+                f"(95\\% range {seq_label(row.ci_low)}--{seq_label(row.ci_high)})" if not pd.isna(point)
+                else f"{v} does not stay below {reference}'s energy per token up to {seq_label(eager.seq_len.max())}")
+        at_length = eager[eager.seq_len == at]
+        energy = compare(at_length, (v, "eager"), (reference, "eager"), "gpu_j_per_token")
+        if energy.ratio is not None and (v, at) in flops and (reference, at) in flops:
+            m = at_length[at_length.variant == v].iloc[0]
+            r = at_length[at_length.variant == reference].iloc[0]
+            text += (f"; at {seq_label(at)} it is {energy.wording} {reference} "
+                     f"({m.tokens_per_s_mean / r.tokens_per_s_mean:.2f}$\\times$ its throughput at "
+                     f"{m.gpu_power_mean_w_mean / r.gpu_power_mean_w_mean:.2f}$\\times$ its power, with "
+                     f"{flops[(v, at)] / flops[(reference, at)]:.2f}$\\times$ its FLOPs per token)")
+        failed = eager[(eager.variant == v) & (eager.status != "ok")]
+        if len(failed):
+            text += f"; it ran out of memory or failed from T = {seq_label(failed.seq_len.min())}"
+        sentences.append(text + ".")
+    return " ".join(sentences)
+
+
+def build_longcontext_report(frame: pd.DataFrame, calibrations: dict[str, dict], results_dir: Path, label: str,
+                             figures_dir: Path, paper_dir: Path) -> pd.DataFrame:
+    """A long-context results folder into `summary.csv` (the training sweep), `layer_summary.csv`, `crossover.csv`
+    (also under `paper/generated/<label>/`, with the crossover table and the macros `paper/longcontext.tex`
+    uses) and the two figures against T; returns the sweep's summary."""
+    sweep, layers = sweep_summary(frame, calibrations), layer_summary(frame, calibrations)
+    crossover = crossover_frame(sweep)
+    generated = paper_dir / "generated" / label
+    generated.mkdir(parents=True, exist_ok=True)
+    for name, table in (("summary", sweep), ("layer_summary", layers), ("crossover", crossover)):
+        table.to_csv(results_dir / f"{name}.csv", index=False)
+        table.to_csv(generated / f"{name}.csv", index=False)
+    lengths = sorted(sweep.seq_len.unique()) if len(sweep) else []
+    (generated / "crossover.tex").write_text(crossover_table(crossover, lengths[-1] if lengths else 0))
+    figures.energy_vs_seq_len(sweep, figures_dir / label)
+    figures.memory_vs_seq_len(sweep, figures_dir / label)
+    config = frame[frame.kind == "sweep"].iloc[0].config if (frame.kind == "sweep").any() else {}
+    run = json.loads((results_dir / "run.json").read_text()) if (results_dir / "run.json").exists() else {}
+    at = 32768 if 32768 in lengths else (lengths[-1] if lengths else 0)
+    macros = {
+        "LongContextDevice": frame.device.dropna().iloc[0] if frame.device.notna().any() else "n/a",
+        "LongContextTokensPerStep": latex.fmt(config.get("tokens_per_step"), ",.0f"),
+        "LongContextSeqLens": f"{seq_label(lengths[0])}--{seq_label(lengths[-1])}" if lengths else "n/a",
+        "LongContextFastMode": config.get("fast_mode") or "none",
+        "LongContextFastSeqLens": " and ".join(seq_label(t) for t in config.get("fast_mode_seq_lens", [])) or "none",
+        "LongContextTrials": str(config.get("trials", "n/a")), "LongContextWindowS": str(config.get("window_s", "n/a")),
+        "LongContextLayerWindowS": str(config.get("layer_window_s", "n/a")), "LongContextReference": REFERENCE,
+        "LongContextExplainedAt": seq_label(at),
+        "LongContextExplanation": explanation(sweep, frame, crossover, at) if len(crossover) else "n/a",
+        "LongContextGpuMinutes": latex.fmt(run.get("gpu_minutes"), ".1f"),
+        "LongContextMeasuredFractionPct": latex.fmt(run.get("measured_fraction"), ".0f", 100),
+    }
+    latex.write_macros(macros, paper_dir / "longcontext.tex", generated / "macros.tex")
+    return sweep
