@@ -10,8 +10,8 @@ One process per variant, two kinds of cells:
 
 Interleaving: in each of `trials` rounds the cells run in an order drawn afresh from the job's seed, and each visit
 measures one window, so slow drift spreads over lengths instead of piling into one. An eager training cell builds
-and warms its model on each visit (`warmup_steps`, unmeasured); a compiled cell compiles once and runs all its
-windows at its first visit. A cell that fails (out of memory, unsupported) records each of its trials with that
+and warms its model (`warmup_steps`, unmeasured) at its first visit and keeps it for the later rounds; a compiled
+cell compiles once and runs all its windows at its first visit. A cell that fails (out of memory, unsupported) records each of its trials with that
 status and the reason and is not visited again: the grid has no silent holes.
 """
 
@@ -119,6 +119,7 @@ class _Job:
         self.codecarbon = CodeCarbonTracker("USA")  # one tracker, one task per window (its start-up costs ~2 s)
         self._data: dict[int, TokenData] = {}
         self._layers: dict[int, tuple[torch.nn.Module, Any]] = {}
+        self.trainers: dict[int, Trainer] = {}  # eager training cells, kept between rounds
         self.failed: dict[str, tuple[str, str]] = {}  # cell name -> (status, error)
 
     def data(self, seq_len: int) -> TokenData:
@@ -141,22 +142,29 @@ class _Job:
             torch.cuda.empty_cache()
 
     # training cells ---------------------------------------------------------------------------------------------
-    def train_visit(self, seq_len: int, mode: str, trials: list[int]) -> list[SweepResult]:
-        """Build, warm and measure `trials` windows of one training cell."""
+    def train_visit(self, seq_len: int, mode: str, trials: list[int], retry: bool = True) -> list[SweepResult]:
+        """Measure `trials` windows of one training cell. An eager cell's trainer is built and warmed at its first
+        visit and kept for the next rounds (one unmeasured step per revisit lets the allocator grow back); a
+        compiled cell is built, compiled and freed in one visit. Out of memory while other cells' trainers are
+        kept frees them and tries once more: only a cell that fails alone is recorded as out of memory."""
         c, train = self.config, self.config.cell_config(seq_len, mode)
         common = dict(variant=train.variant, mode=mode, provenance=self.origin, config=c.to_dict(),
                       seq_len=seq_len, batch_size=train.batch_size, order_seed=c.order_seed)
         name = lambda trial: f"{train.variant}__sweep__{mode}__T{seq_len}__trial{trial}.json"  # noqa: E731
-        results, trainer, start = [], None, time.perf_counter()
+        results, start, keep = [], time.perf_counter(), mode == "eager"
         try:
             data = self.data(seq_len)
-            trainer = Trainer(train, data, self.device, total_steps=10**6)
-            model = ModelInfo(**trainer.describe())
-            first = time.perf_counter()
-            check_finite(trainer.step(), "at the first step")
-            first_step_s = time.perf_counter() - first
-            for _ in range(c.warmup_steps - 1):
+            trainer, first_step_s = self.trainers.pop(seq_len, None) if keep else None, None
+            if trainer is None:
+                trainer = Trainer(train, data, self.device, total_steps=10**6)
+                first = time.perf_counter()
+                check_finite(trainer.step(), "at the first step")
+                first_step_s = time.perf_counter() - first
+                for _ in range(c.warmup_steps - 1):
+                    trainer.step()
+            else:
                 trainer.step()
+            model = ModelInfo(**trainer.describe())
             with frozen_gc():
                 for trial in trials:
                     trial_start = time.perf_counter()
@@ -167,17 +175,25 @@ class _Job:
                     results.append(self.write(name(trial), SweepResult(
                         **common, trial=trial, data=data.info, model=model, measurement=window.result, steps=steps,
                         first_step_s=first_step_s, job_wall_s=wall)))
+            if keep:
+                self.trainers[seq_len] = trainer
         except Exception as error:  # the cell's remaining trials record the failure; other cells go on
+            trainer = None
+            if isinstance(error, torch.OutOfMemoryError) and retry and self.trainers:
+                self.trainers.clear()
+                self.free()
+                return self.train_visit(seq_len, mode, trials, retry=False)
             status, text = failure_status(error), f"{type(error).__name__}: {str(error)[:2000]}"
             self.failed[f"train/{mode}/T{seq_len}"] = (status, text)
             results += [self.write(name(t), SweepResult(**common, trial=t, status=status, error=text,
                                                         job_wall_s=time.perf_counter() - start))
                         for t in trials[len(results):]]
-        finally:
-            del trainer
-            if mode != "eager":
-                torch._dynamo.reset()
             self.free()
+        finally:
+            if not keep:
+                trainer = None
+                torch._dynamo.reset()
+                self.free()
         return results
 
     # layer cells ------------------------------------------------------------------------------------------------
@@ -272,6 +288,8 @@ def run_longcontext_job(config: LongContextConfig, out_dir: Path, cache_dir: Pat
                 bar.update()
         bar.close()
     finally:
+        job.trainers.clear()
+        job.free()
         if job.codecarbon.running:
             job.codecarbon.stop()
     return results
