@@ -76,14 +76,25 @@ fi
 
 # 4. Tables, figures, macros (the aggregation notebook); a reviewer's folder is compared with ours.
 python -m attnlib.pipeline report --profile "$profile" --results "$results" || fail "aggregation failed"
-if [ "$label" != paper ] && [ -f results/paper/summary.csv ] && [ "$gpu" = 1 ]; then
+if [ "$label" != paper ] && [ -f results/paper/summary.csv ] && [ "$gpu" = 1 ] && [ ! -f "$results/crossover.csv" ]; then
   echo "== $results against the committed results/paper/ (written to $results/comparison.csv)"
   python -m attnlib.pipeline compare --results "$results" --reference results/paper || fail "comparison failed"
 fi
 
-# 5. The paper.
+# 5. The paper. A long-context folder is not a paper of its own: results/longcontext/ is a section of the paper
+#    built from results/paper/ (paper/longcontext.tex), so that paper is rebuilt.
+if [ -f "$results/crossover.csv" ]; then
+  if [ "$label" = longcontext ] && [ -f paper/generated/paper/macros.tex ]; then
+    label=paper
+  else
+    echo "== $results is a long-context folder: tables and figures written; the paper's section reads results/longcontext/"
+    label=""
+  fi
+fi
 pdf="paper/paper-$label.pdf"
-if command -v latexmk >/dev/null 2>&1; then
+if [ -z "$label" ]; then
+  pdf=""
+elif command -v latexmk >/dev/null 2>&1; then
   # the PDF's dates are the results' commit date: a rebuild from the same results gives the same PDF
   # (-g: latexmk cannot see that date change, so it always builds)
   SOURCE_DATE_EPOCH=$(git log -1 --format=%ct -- "$results" 2>/dev/null || true)
@@ -100,7 +111,7 @@ fi
 echo
 echo "== done ($profile -> $results)"
 echo "   results:  $results/ (raw/*.json, notebooks/*.ipynb, summary.csv, run.json)"
-echo "   tables:   paper/generated/$label/"
-echo "   figures:  figures/$label/"
+echo "   tables:   paper/generated/$(basename "$results")/"
+echo "   figures:  figures/$(basename "$results")/"
 [ -n "$pdf" ] && echo "   paper:    $pdf"
 exit 0

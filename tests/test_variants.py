@@ -248,3 +248,33 @@ def test_exact_cores_match_baseline_gradients(name: str) -> None:
         m(x, labels=x).loss.backward()
     for (n, p), p_ref in zip(model.named_parameters(), baseline.parameters()):
         torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name} {n}: {m}")
+
+
+def test_lsh_recompute_gives_the_same_gradients_and_keeps_o_t_d_memory() -> None:
+    """`recompute=True`: the same outputs and gradients, and what the layer keeps for backward per token is the
+    same at every T and a fraction of the sorted chunks' (O(T x D), not O(T x n_hashes x chunk_size))."""
+
+    def run(recompute: bool, batch: int, seq_len: int) -> tuple[torch.Tensor, list[torch.Tensor], float]:
+        torch.manual_seed(0)
+        model = attnlib.build_model("lsh", seq_len=seq_len, n_layer=1, n_positions=seq_len, n_embd=64, n_head=2,
+                                    chunk_size=16, recompute=recompute)
+        attention = model.transformer.h[0].attn
+        x = torch.randn(batch, seq_len, 64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        saved: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = attention(x)[0]
+        y.square().sum().backward()
+        return y, [x.grad, *(p.grad for p in attention.parameters())], sum(saved.values()) / (batch * seq_len)
+
+    y, grads, kept = run(False, 2, 96)
+    y_r, grads_r, kept_r = run(True, 2, 96)
+    torch.testing.assert_close(y_r, y)
+    for g_r, g in zip(grads_r, grads):
+        torch.testing.assert_close(g_r, g)
+    assert kept_r < kept / 3
+    assert run(True, 1, 192)[2] == pytest.approx(kept_r)  # per token, the same at twice the length

@@ -13,6 +13,10 @@ that share its bucket, i.e. its last `chunk_size` same-bucket predecessors. That
 earlier positions: strictly causal. All such keys lie in the query's chunk or the one before it, so the cost stays
 Reformer's: O(T log T) to sort plus 2 chunk_size scores per query per round, n_hashes * T * 2 * chunk_size in all.
 
+Memory: the sorted copies, scores and masks are O(T x n_hashes x chunk_size) per layer; with `recompute=True` the
+backward pass recomputes them from the core's inputs (as FlashAttention recomputes its scores), so a layer keeps
+only O(T x D) for backward and long sequences fit.
+
 Choices: the rotations are drawn once per layer at construction (a buffer saved with the model) rather than each
 step, so the hash is a fixed, reproducible function; duplicates across rounds are not de-duplicated (Reformer's
 default). With `n_buckets = 1` and `chunk_size >= T` this is exactly full causal shared-QK attention.
@@ -23,6 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import GPT2Config
 from transformers.pytorch_utils import Conv1D
 
@@ -114,7 +119,13 @@ class LSHAttention(nn.Module):
         # query only sees keys before it in sorted order, so they never reach a real output
         pad = -T % self.chunk_size
         qk, v = (F.pad(t, (0, 0, 0, pad)) for t in (qk, v))
-        y = lsh_attention(qk, v, self.rotations, self.chunk_size, self.head_dim**-0.5)[:, :, :T]
+        if self.config.recompute and torch.is_grad_enabled():
+            # keep only the core's inputs for the backward pass and recompute the rest there (FlashAttention's
+            # trade): what a layer holds for backward is then O(T x D), not O(T x n_hashes x chunk_size)
+            y = checkpoint(lsh_attention, qk, v, self.rotations, self.chunk_size, self.head_dim**-0.5,
+                           use_reentrant=False)[:, :, :T]
+        else:
+            y = lsh_attention(qk, v, self.rotations, self.chunk_size, self.head_dim**-0.5)[:, :, :T]
         y = y.transpose(1, 2).reshape(B, T, -1)
         return self.resid_dropout(self.c_proj(y)), None
 
@@ -138,7 +149,8 @@ register(
         description="Reformer LSH attention, shared QK, strictly causal sliding window in bucket-sorted order",
         exact=False,
         kernel=lambda device: "attnlib lsh_attention (PyTorch sort + chunked matmul)",
-        params={"n_hashes": 2, "n_buckets": 8, "chunk_size": 64, "lsh_seed": 0},
+        # recompute: the core recomputed in the backward pass (long sequences); off for the paper's T = 512 table
+        params={"n_hashes": 2, "n_buckets": 8, "chunk_size": 64, "lsh_seed": 0, "recompute": False},
         attention_module=LSHAttention,
         attention_flops=attention_flops,
         validate=validate,
