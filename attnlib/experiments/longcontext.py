@@ -10,8 +10,9 @@ One process per variant, two kinds of cells:
 
 Interleaving: in each of `trials` rounds the cells run in an order drawn afresh from the job's seed, and each visit
 measures one window, so slow drift spreads over lengths instead of piling into one. An eager training cell builds
-and warms its model (`warmup_steps`, unmeasured) at its first visit and keeps it for the later rounds; a compiled
-cell compiles once and runs all its windows at its first visit. A cell that fails (out of memory, unsupported) records each of its trials with that
+and warms its model (`warmup_steps`, unmeasured) at its first visit and keeps it on the host for the later rounds
+(no other cell's model is in GPU memory during a window); a compiled cell compiles once and runs all its windows
+at its first visit. A cell that fails (out of memory, unsupported) records each of its trials with that
 status and the reason and is not visited again: the grid has no silent holes.
 """
 
@@ -119,7 +120,7 @@ class _Job:
         self.codecarbon = CodeCarbonTracker("USA")  # one tracker, one task per window (its start-up costs ~2 s)
         self._data: dict[int, TokenData] = {}
         self._layers: dict[int, tuple[torch.nn.Module, Any]] = {}
-        self.trainers: dict[int, Trainer] = {}  # eager training cells, kept between rounds
+        self.trainers: dict[int, Trainer] = {}  # eager training cells, kept on the host between rounds
         self.failed: dict[str, tuple[str, str]] = {}  # cell name -> (status, error)
 
     def data(self, seq_len: int) -> TokenData:
@@ -142,19 +143,20 @@ class _Job:
             torch.cuda.empty_cache()
 
     # training cells ---------------------------------------------------------------------------------------------
-    def train_visit(self, seq_len: int, mode: str, trials: list[int], retry: bool = True) -> list[SweepResult]:
+    def train_visit(self, seq_len: int, mode: str, trials: list[int]) -> list[SweepResult]:
         """Measure `trials` windows of one training cell. An eager cell's trainer is built and warmed at its first
-        visit and kept for the next rounds (one unmeasured step per revisit lets the allocator grow back); a
-        compiled cell is built, compiled and freed in one visit. Out of memory while other cells' trainers are
-        kept frees them and tries once more: only a cell that fails alone is recorded as out of memory."""
+        visit and kept on the host between rounds (moved back, plus one unmeasured step, at each revisit), so that
+        no other cell's model is in GPU memory during a window: peak memory and out-of-memory are this cell's. A
+        compiled cell is built, compiled and freed in one visit."""
         c, train = self.config, self.config.cell_config(seq_len, mode)
         common = dict(variant=train.variant, mode=mode, provenance=self.origin, config=c.to_dict(),
                       seq_len=seq_len, batch_size=train.batch_size, order_seed=c.order_seed)
         name = lambda trial: f"{train.variant}__sweep__{mode}__T{seq_len}__trial{trial}.json"  # noqa: E731
         results, start, keep = [], time.perf_counter(), mode == "eager"
+        trainer = self.trainers.pop(seq_len, None) if keep else None
         try:
             data = self.data(seq_len)
-            trainer, first_step_s = self.trainers.pop(seq_len, None) if keep else None, None
+            first_step_s = None
             if trainer is None:
                 trainer = Trainer(train, data, self.device, total_steps=10**6)
                 first = time.perf_counter()
@@ -163,6 +165,7 @@ class _Job:
                 for _ in range(c.warmup_steps - 1):
                     trainer.step()
             else:
+                trainer.move(self.device)
                 trainer.step()
             model = ModelInfo(**trainer.describe())
             with frozen_gc():
@@ -176,24 +179,19 @@ class _Job:
                         **common, trial=trial, data=data.info, model=model, measurement=window.result, steps=steps,
                         first_step_s=first_step_s, job_wall_s=wall)))
             if keep:
+                trainer.move(torch.device("cpu"))
                 self.trainers[seq_len] = trainer
         except Exception as error:  # the cell's remaining trials record the failure; other cells go on
-            trainer = None
-            if isinstance(error, torch.OutOfMemoryError) and retry and self.trainers:
-                self.trainers.clear()
-                self.free()
-                return self.train_visit(seq_len, mode, trials, retry=False)
             status, text = failure_status(error), f"{type(error).__name__}: {str(error)[:2000]}"
             self.failed[f"train/{mode}/T{seq_len}"] = (status, text)
             results += [self.write(name(t), SweepResult(**common, trial=t, status=status, error=text,
                                                         job_wall_s=time.perf_counter() - start))
                         for t in trials[len(results):]]
-            self.free()
         finally:
+            trainer = None
             if not keep:
-                trainer = None
                 torch._dynamo.reset()
-                self.free()
+            self.free()
         return results
 
     # layer cells ------------------------------------------------------------------------------------------------

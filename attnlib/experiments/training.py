@@ -176,6 +176,16 @@ class Trainer:
         self.schedule.step()
         return total
 
+    def move(self, device: torch.device) -> None:
+        """Move the model, the optimiser's state and the training data to `device` (the host, to keep a trainer
+        aside without holding GPU memory; back to the GPU before stepping again)."""
+        self.model.to(device)  # in place: the optimiser's parameters are the same objects
+        for state in self.optimizer.state.values():
+            for key, value in state.items():
+                if torch.is_tensor(value):
+                    state[key] = value.to(device)
+        self.train_ids, self.train_labels = self.train_ids.to(device), self.train_labels.to(device)
+
     def steps_for(self, seconds: float, window: Any) -> tuple[int, torch.Tensor]:
         """Train inside an open `measure` window until `seconds` have passed on the host, and report the work to
         it; returns (steps, last loss). The window's exit synchronises, so the GPU's window (which the energy
