@@ -3,7 +3,7 @@
 #
 #   ./run_all.sh                       # CUDA -> measure the paper profile; no GPU -> rebuild the paper from the
 #                                      # committed results/paper/ (the reviewer path), or run smoke if there are none
-#   ./run_all.sh --profile smoke       # choose the profile
+#   ./run_all.sh --profile smoke       # choose the profile (paper, smoke, longcontext: the 512-64K grid, a GPU's)
 #   ./run_all.sh --variants sdpa,flash # a subset of attnlib.VARIANTS
 #   ./run_all.sh --results DIR         # measure into DIR (default results/<profile>); with a GPU, also compare
 #                                      # DIR's table with the committed results/paper/ (DIR/comparison.csv)

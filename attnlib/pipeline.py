@@ -3,8 +3,8 @@
 A profile (`attnlib/profiles/<name>.toml`) fixes the training setup (`[train]`), the families it runs, each with
 its section (`[trials]`, `[quality]`, `[longcontext]`), the plan's seed (`[plan]`) and per-variant parameters
 (`[variants.<name>]`). The plan has one job per variant and family, variants in an order drawn from the plan's
-seed, each variant's jobs together (the quality job reuses the compiled kernels and autotuning the trials job left
-on disk).
+seed, each variant's jobs together; a variant's quality runs go into its trials job when they train in one of its
+modes (they reuse its trainer and compiled code).
 Each job is one papermill execution of its family's notebook (`notebooks/trials.ipynb`, `quality.ipynb`) in its
 own process, given the job's resolved config, and writes JSON results; a job whose results all exist is skipped
 unless forced, so a killed run resumes where it stopped. `run.json` records the device time of every chunk.
@@ -65,7 +65,18 @@ class Profile:
             train = dataclasses.replace(train, mode=settings.pop("mode", "eager"),
                                         compile_scope=settings.pop("compile_scope", train.compile_scope))
             return QualityConfig(train=train, **settings)
+        if family == "trials" and self.quality_in_trials(variant):
+            settings["quality"] = self.job_config("quality", variant)
         return SECTIONS[family](train=train, order_seed=order_seed, **settings)
+
+    def quality_in_trials(self, variant: str) -> bool:
+        """Whether `variant`'s quality runs go into its trials job: both families run and the quality runs' setup
+        is one the trials job trains in (then they reuse its trainer: no process or compilation of their own)."""
+        if not {"trials", "quality"} <= set(self.families):
+            return False
+        trials = SECTIONS["trials"](train=self.train_config(variant), **self.families["trials"])
+        quality = self.job_config("quality", variant)
+        return trials.mode_config(quality.train.mode) == quality.train
 
 
 def load_profile(name: str) -> Profile:
@@ -116,21 +127,22 @@ class Job:
         """The result files this job writes (under raw/)."""
         c = self.config
         if self.family == "trials":
-            return [f"{self.variant}__{m}__trial{t}.json" for m in c["modes"] for t in range(c["trials"])]
+            return TrialsConfig(**c).result_names()
         if self.family == "quality":
             return [f"{self.variant}__quality__seed{s}.json" for s in c["seeds"]]
         return LongContextConfig(**c).result_names()
 
 
 def plan(profile: Profile, variants: list[str]) -> list[Job]:
-    """Variants in an order drawn from the plan seed, each variant's jobs together (trials, quality, long context):
-    the quality job finds the trials job's compiled kernels and autotuning results in the on-disk caches of the
-    same chunk. Each job gets its own seed for the order inside it (all recorded in the results)."""
+    """Variants in an order drawn from the plan seed, each variant's jobs together (trials, quality, long context);
+    quality runs that train in one of the trials job's modes are part of that job (`Profile.quality_in_trials`),
+    others a job of their own right after it. Each job gets its own seed for the order inside it (all recorded in
+    the results)."""
     jobs = []
     for v in round_orders(variants, 1, profile.plan_seed)[0]:
         order_seed = profile.plan_seed + 1 + list(VARIANTS).index(v)
         jobs += [Job(family, v, profile.job_config(family, v, order_seed).to_dict()) for family in FAMILIES
-                 if family in profile.families]
+                 if family in profile.families and not (family == "quality" and profile.quality_in_trials(v))]
     return jobs
 
 

@@ -140,17 +140,45 @@ def test_results_frame_columns_are_field_names(tmp_path, cache) -> None:
 
 
 def test_plan_is_seeded_and_complete() -> None:
+    """The paper's quality runs train in CUDA-graph mode with one compiled block, as its trials' graph mode does:
+    they are part of each variant's trials job."""
     profile = load_profile("paper")
     jobs = plan(profile, ["sdpa", "gqa", "mla"])
-    assert [j.family for j in jobs] == ["trials", "quality"] * 3
-    assert [j.variant for j in jobs[::2]] == [j.variant for j in jobs[1::2]]
-    assert {j.variant for j in jobs} == {"sdpa", "gqa", "mla"}
+    assert [j.family for j in jobs] == ["trials"] * 3 and {j.variant for j in jobs} == {"sdpa", "gqa", "mla"}
     assert [j.name for j in jobs] == [j.name for j in plan(profile, ["sdpa", "gqa", "mla"])]
     trials = jobs[0].config
     assert trials["modes"] == ["eager", "compile", "graph"] and trials["trials"] >= 5 and trials["window_s"] >= 5
-    assert jobs[0].result_names()[0] == f"{jobs[0].variant}__eager__trial0.json" and len(jobs[0].result_names()) == 15
-    assert jobs[1].config["seeds"] == [1, 2, 3] and jobs[1].config["train"]["mode"] == "graph"
-    assert trials["compile_scopes"] == {"graph": "block"} and jobs[1].config["train"]["compile_scope"] == "block"
+    names = jobs[0].result_names()
+    assert names[0] == f"{jobs[0].variant}__eager__trial0.json" and len(names) == 15 + 3
+    assert names[-1] == f"{jobs[0].variant}__quality__seed3.json"
+    quality = trials["quality"]
+    assert quality["seeds"] == [1, 2, 3] and quality["train"]["mode"] == "graph"
+    assert trials["compile_scopes"] == {"graph": "block"} and quality["train"]["compile_scope"] == "block"
+
+
+def test_quality_runs_apart_when_no_trials_mode_trains_like_them(tmp_path) -> None:
+    profile = tmp_path / "apart.toml"
+    profile.write_text('[trials]\nmodes = ["eager"]\n[quality]\nmode = "compile"\n')
+    jobs = plan(load_profile(str(profile)), ["sdpa"])
+    assert [j.name for j in jobs] == ["sdpa__trials", "sdpa__quality"] and jobs[0].config["quality"] is None
+
+
+def test_trials_job_runs_its_quality_seeds_with_its_own_trainer(tmp_path, monkeypatch) -> None:
+    built: list[str] = []
+    init = Trainer.__init__
+
+    def counting_init(self, config, *args, **kwargs):
+        built.append(config.mode)
+        init(self, config, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "__init__", counting_init)
+    config = load_profile("smoke").job_config("trials", "sdpa")
+    config = dataclasses.replace(config, trials=1, window_s=0.2, idle_s=0.05,
+                                 quality=dataclasses.replace(config.quality, seeds=[1, 2], tokens=2048))
+    results = run_trials_job(config, tmp_path / "raw", tmp_path / "cache", progress=False)
+    assert built == ["eager"] and [r.kind for r in results] == ["trial", "quality", "quality"]
+    assert sorted(p.name for p in (tmp_path / "raw").glob("*.json")) == sorted(config.result_names())
+    assert all(r.status == "ok" for r in results) and results[1].val_loss > 0
 
 
 def test_resume_skips_finished_and_redoes_broken(tmp_path, monkeypatch) -> None:
@@ -173,14 +201,14 @@ def test_resume_skips_finished_and_redoes_broken(tmp_path, monkeypatch) -> None:
     (tmp_path / "raw" / jobs[0].result_names()[0]).write_text('{"status": "o')  # killed mid-write
     assert pipeline.run(profile, ["sdpa"], tmp_path, tmp_path / "cache") == 0 and ran == [jobs[0].name]
     ran.clear()
-    assert pipeline.run(profile, ["sdpa"], tmp_path, tmp_path / "cache", force=True) == 0 and len(ran) == 2
+    assert pipeline.run(profile, ["sdpa"], tmp_path, tmp_path / "cache", force=True) == 0 and len(ran) == len(jobs)
     record = json.loads((tmp_path / "run.json").read_text())
     assert len(record["chunks"]) == 3 and record["device"] == "cpu" and record["gpu_minutes"] >= 0
 
 
 def test_max_minutes_stops_early_and_reports_what_is_left(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(pipeline, "execute", lambda job, *a: None)
-    assert pipeline.run(load_profile("smoke"), ["sdpa", "gqa"], tmp_path, tmp_path, max_minutes=0) == 3
+    assert pipeline.run(load_profile("smoke"), ["sdpa", "gqa"], tmp_path, tmp_path, max_minutes=0) == 1  # jobs left
 
 
 def test_trimmed_notebooks_keep_results_plots_and_errors(tmp_path) -> None:

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..data import prepare_data
-from ..measurement import measure, measure_idle
+from ..data import TokenData, prepare_data
+from ..measurement import IdleBaseline, measure, measure_idle
 from ..provenance import provenance
 from ..results import ModelInfo, Provenance, QualityResult, write_result
 from .training import TrainConfig, Trainer, check_finite, default_device, failure_status, frozen_gc
@@ -57,11 +57,19 @@ class QualityConfig:
 def run_quality_job(config: QualityConfig, out_dir: Path, cache_dir: Path, progress: bool = True) -> list[QualityResult]:
     """One quality run per seed of `config.train.variant`; writes `<variant>__quality__seed<s>.json` files."""
     device, train = default_device(), config.train
-    origin = Provenance(**provenance())
     data = prepare_data(train.dataset, train.seq_len, cache_dir, train.max_documents)
     idle = measure_idle(config.idle_s) if device.type == "cuda" else None
+    return quality_runs(config, data, device, idle, Provenance(**provenance()), Path(out_dir), progress)
+
+
+def quality_runs(config: QualityConfig, data: TokenData, device: torch.device, idle: IdleBaseline | None,
+                 origin: Provenance, out_dir: Path, progress: bool = True,
+                 trainer: Trainer | None = None) -> list[QualityResult]:
+    """The seeds of one quality job. `trainer`: one the caller built for `config.train` (the trials job's trainer
+    of the same mode), whose compiled code the seeds then reuse; None builds one."""
+    train = config.train
     eval_every = max(1, (config.eval_every_tokens or config.tokens // 8) // train.tokens_per_step)
-    results, trainer = [], None
+    results = []
     for seed in config.seeds:
         common = dict(variant=train.variant, mode=train.mode, provenance=origin, config=config.to_dict(),
                       data=data.info, seed=seed)

@@ -4,6 +4,9 @@ For each mode, in an order drawn from the job's seed (`round_orders`): build the
 (compilation, CUDA-graph recording, autotuning, allocator growth), then `trials` measured windows of at least
 `window_s` seconds each. Each window is one `TrialResult`. A mode that fails (out of memory, a graph that cannot
 be captured, ...) gives results with that status and the reason, and the other modes go on.
+
+A job may carry the variant's quality runs (`quality`): they run after the windows of their mode with the same
+trainer, so they cost neither a process of their own nor a second compilation.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from ..measurement import IdleBaseline, measure, measure_idle
 from ..measurement.codecarbon_estimate import CodeCarbonTracker
 from ..measurement.trials import round_orders
 from ..provenance import provenance
-from ..results import ModelInfo, Provenance, TrialResult, write_result
+from ..results import ModelInfo, Provenance, QualityResult, Result, TrialResult, write_result
+from .quality import QualityConfig, quality_runs
 from .training import MODES, TrainConfig, Trainer, check_finite, default_device, failure_status, frozen_gc
 
 NOTEBOOK = "trials.ipynb"
@@ -41,10 +45,14 @@ class TrialsConfig:
     idle_s: float = 2.0  # idle baseline, CUDA context alive, at the start of the job
     order_seed: int = 0  # draws the order of the modes
     compile_scopes: dict[str, str] = field(default_factory=dict)  # mode -> its compile_scope, else train's
+    # the variant's quality runs, in this process with the trainer of their mode (its compiled code reused)
+    quality: QualityConfig | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.train, dict):
             self.train = TrainConfig(**self.train)
+        if isinstance(self.quality, dict):
+            self.quality = QualityConfig(**self.quality)
         if set(self.compile_scopes) - {"compile", "graph"}:
             raise ValueError(f"compile_scopes: keys are compiled modes (compile, graph), got {sorted(self.compile_scopes)}")
         for mode, scope in self.compile_scopes.items():
@@ -52,19 +60,37 @@ class TrialsConfig:
         unknown = set(self.modes) - set(MODES)
         if unknown or not self.modes:
             raise ValueError(f"modes: choose among {', '.join(MODES)}, got {self.modes}")
+        if self.quality is not None and self.quality.train != self.mode_config(self.quality.train.mode):
+            raise ValueError("quality: its training setup must be this job's in one of its modes, got "
+                             f"{self.quality.train} against {self.mode_config(self.quality.train.mode)}")
         if self.trials < 1 or self.window_s <= 0 or self.unmeasured_steps < 1 or self.idle_s <= 0:
             raise ValueError("trials >= 1, window_s > 0, unmeasured_steps >= 1 and idle_s > 0 required, got "
                              f"{self.trials}, {self.window_s}, {self.unmeasured_steps}, {self.idle_s}")
+
+    def mode_config(self, mode: str) -> TrainConfig | None:
+        """The training setup of `mode`, with its compile scope; None for a mode the job does not run."""
+        if mode not in self.modes:
+            return None
+        scope = self.compile_scopes.get(mode, self.train.compile_scope)
+        return dataclasses.replace(self.train, mode=mode, compile_scope=scope)
+
+    def result_names(self) -> list[str]:
+        """The result files of the job (under raw/)."""
+        v = self.train.variant
+        trials = [f"{v}__{m}__trial{t}.json" for m in self.modes for t in range(self.trials)]
+        return trials + ([f"{v}__quality__seed{s}.json" for s in self.quality.seeds] if self.quality else [])
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 def _trials_of_mode(config: TrialsConfig, mode: str, data, device: torch.device, idle: IdleBaseline | None,
-                    origin: Provenance, out_dir: Path, progress: bool, codecarbon: CodeCarbonTracker) -> list[TrialResult]:
-    train = dataclasses.replace(config.train, mode=mode,
-                                compile_scope=config.compile_scopes.get(mode, config.train.compile_scope))
+                    origin: Provenance, out_dir: Path, progress: bool, codecarbon: CodeCarbonTracker) -> list[Result]:
+    """The mode's windows, then, when the job's quality runs are in this mode, its seeds with the same trainer."""
+    train = config.mode_config(mode)
+    with_quality = config.quality is not None and config.quality.train.mode == mode
     results: list[TrialResult] = []
+    quality: list[QualityResult] = []
     common = dict(variant=train.variant, mode=mode, provenance=origin, config=config.to_dict(), data=data.info,
                   order_seed=config.order_seed)
     start = time.perf_counter()
@@ -95,6 +121,8 @@ def _trials_of_mode(config: TrialsConfig, mode: str, data, device: torch.device,
                     m = window.result
                     energy = "" if m.gpu_j_per_token is None else f", {1e3 * m.gpu_j_per_token:.3f} mJ/token"
                     tqdm.write(f"{train.variant}/{mode} trial {trial}: {m.tokens_per_s:,.0f} tok/s{energy}")
+        if with_quality:
+            quality = quality_runs(config.quality, data, device, idle, origin, out_dir, progress, trainer=trainer)
     except Exception as error:  # every failure becomes a recorded status; the other modes go on
         status, text = failure_status(error), f"{type(error).__name__}: {str(error)[:2000]}"
         results += [TrialResult(**common, trial=t, status=status, error=text, job_wall_s=time.perf_counter() - start)
@@ -107,11 +135,15 @@ def _trials_of_mode(config: TrialsConfig, mode: str, data, device: torch.device,
             torch.cuda.empty_cache()
     for result in results:
         write_result(out_dir / f"{train.variant}__{mode}__trial{result.trial}.json", result)
-    return results
+    if with_quality and not quality:  # the mode failed before its quality runs: they try on their own
+        quality = quality_runs(config.quality, data, device, idle, origin, out_dir, progress)
+        torch._dynamo.reset()
+    return [*results, *quality]
 
 
-def run_trials_job(config: TrialsConfig, out_dir: Path, cache_dir: Path, progress: bool = True) -> list[TrialResult]:
-    """Every mode's trials of `config.train.variant`; writes one JSON result per trial into `out_dir`."""
+def run_trials_job(config: TrialsConfig, out_dir: Path, cache_dir: Path, progress: bool = True) -> list[Result]:
+    """Every mode's trials of `config.train.variant` (and its quality runs, if the job has them); writes one JSON
+    result per trial (and seed) into `out_dir`."""
     device = default_device()
     origin = Provenance(**provenance())
     data = prepare_data(config.train.dataset, config.train.seq_len, cache_dir, config.train.max_documents)
