@@ -196,12 +196,13 @@ class _Job:
 
     # layer cells ------------------------------------------------------------------------------------------------
     def layer(self, seq_len: int) -> tuple[torch.nn.Module, Any]:
-        """The attention module of a one-layer model with `n_positions = seq_len`, on the device, and its config."""
+        """The attention module of a one-layer model with `n_positions = seq_len` (kept on the host between
+        visits, like the training cells' trainers) and its config."""
         if seq_len not in self._layers:
             train = self.config.cell_config(seq_len, "eager")
             torch.manual_seed(train.seed)
             model = build_model(train.variant, seq_len=seq_len, **{**train.model, "n_layer": 1})
-            self._layers[seq_len] = (model.transformer.h[0].attn.to(self.device).train(), model.config)
+            self._layers[seq_len] = (model.transformer.h[0].attn.train(), model.config)
         return self._layers[seq_len]
 
     def layer_visit(self, seq_len: int, layer_pass: str, trial: int) -> LayerResult:
@@ -214,6 +215,7 @@ class _Job:
         start = time.perf_counter()
         try:
             attention, config = self.layer(seq_len)
+            attention.to(self.device)
             backward = layer_pass == "forward_backward"
             call = layer_call(attention, batch, seq_len, config.n_embd, self.device, backward)
             flops_per_call = layer_flops(attention, config, seq_len, batch, backward)
@@ -225,6 +227,7 @@ class _Job:
                     call()
                     calls += 1
                 window.add_work(tokens=calls * batch * seq_len, flops=calls * flops_per_call)
+            attention.to("cpu")
             return self.write(name, LayerResult(**common, measurement=window.result, calls=calls,
                                                 flops_per_call=flops_per_call, job_wall_s=time.perf_counter() - start))
         except Exception as error:
