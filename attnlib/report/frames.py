@@ -47,17 +47,17 @@ def _stats(values: pd.Series, name: str) -> dict[str, float | None]:
     return {f"{name}_mean": s.mean, f"{name}_ci95": s.ci95, f"{name}_cv": s.cv}
 
 
-def aggregate(windows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+def aggregate(windows: pd.DataFrame, keys: list[str], quantities: tuple[str, ...] = TRIAL_QUANTITIES) -> pd.DataFrame:
     """One row per value of `keys` over measured windows: status (ok if any window succeeded, else the failure's),
-    the number of successful windows (`trials`), each of TRIAL_QUANTITIES' mean / ci95 / cv, the throughput
-    spread and the peak memory."""
+    the number of successful windows (`trials`), each of `quantities`' mean / ci95 / cv, the throughput spread and
+    the peak memory."""
     rows = []
     for values, group in windows.groupby(keys, sort=False):
         ok, failed = group[group.status == "ok"], group[group.status != "ok"]
         row = {**dict(zip(keys, values)), "status": "ok" if len(ok) else failed.status.iloc[0],
                "error": None if failed.empty else failed.error.iloc[0], "trials": len(ok),
                "device": group.device.iloc[0], "kernel": ok.kernel.iloc[0] if len(ok) and "kernel" in ok else None}
-        for quantity in TRIAL_QUANTITIES:
+        for quantity in quantities:
             row.update(_stats(ok[quantity] if quantity in ok else pd.Series(dtype=float), quantity))
         tps = pd.to_numeric(ok.get("tokens_per_s"), errors="coerce").dropna() if len(ok) else pd.Series(dtype=float)
         row["tokens_per_s_spread"] = 1 - tps.min() / tps.max() if len(tps) > 1 else None

@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 
 from . import figures, latex
-from .frames import aggregate, compare, with_calibration
+from .figures import GIB
+from .frames import TRIAL_QUANTITIES, aggregate, compare, with_calibration
 
-GIB = 2**30
 REFERENCE = "sdpa"
 # quantity -> whether lower is better; peak memory has no interval (one maximum per cell)
 CROSSOVER_QUANTITIES = {"gpu_j_per_token": True, "tokens_per_s": False, "torch_peak_mem_bytes": True}
@@ -34,15 +34,14 @@ def sweep_summary(frame: pd.DataFrame, calibrations: dict[str, dict]) -> pd.Data
 
 
 def layer_summary(frame: pd.DataFrame, calibrations: dict[str, dict]) -> pd.DataFrame:
-    """One row per (variant, layer_pass, seq_len) of the attention layer alone, with energy per call."""
+    """One row per (variant, layer_pass, seq_len) of the attention layer alone, with energy per call
+    (`gpu_j_per_call_mean`, `_ci95`, `_cv`)."""
     windows = frame[frame.kind == "layer"] if "kind" in frame else frame.iloc[:0]
     if windows.empty:
         return pd.DataFrame()
     windows = windows.assign(gpu_j_per_call=pd.to_numeric(windows.gpu_energy_j, errors="coerce") / windows.calls)
-    summary = aggregate(with_calibration(windows, calibrations), ["variant", "layer_pass", "seq_len", "batch_size"])
-    per_call = windows[windows.status == "ok"].groupby(["variant", "layer_pass", "seq_len"]).gpu_j_per_call
-    summary = summary.merge(per_call.mean().rename("gpu_j_per_call_mean").reset_index(), how="left",
-                            on=["variant", "layer_pass", "seq_len"])
+    summary = aggregate(with_calibration(windows, calibrations), ["variant", "layer_pass", "seq_len", "batch_size"],
+                        (*TRIAL_QUANTITIES, "gpu_j_per_call"))
     return summary.sort_values(["variant", "layer_pass", "seq_len"]).reset_index(drop=True)
 
 
