@@ -9,7 +9,8 @@ Each job is one papermill execution of its family's notebook (`notebooks/trials.
 own process, given the job's resolved config, and writes JSON results; a job whose results all exist is skipped
 unless forced, so a killed run resumes where it stopped. `run.json` records the device time of every chunk.
 
-    python -m attnlib.pipeline run --profile smoke [--variants a,b] [--results DIR] [--force] [--max-minutes 8]
+    python -m attnlib.pipeline run --profile smoke [--variants a,b] [--results DIR] [--force] [--max-minutes 4]
+                                   [--stop-minutes 8]
     python -m attnlib.pipeline report --profile smoke [--results DIR]
     python -m attnlib.pipeline compare --results DIR [--reference results/paper]
 """
@@ -150,8 +151,9 @@ def is_done(job: Job, results_dir: Path) -> bool:
     return all(is_complete(results_dir / "raw" / name) for name in job.result_names())
 
 
-def execute(job: Job, results_dir: Path, cache_dir: Path) -> None:
-    """Run the job's family notebook through papermill; if the kernel died, record the job's missing results."""
+def execute(job: Job, results_dir: Path, cache_dir: Path, timeout_s: float | None = None) -> bool:
+    """Run the job's family notebook through papermill; False if the kernel died or ran past `timeout_s` (then it
+    is stopped, and the job's finished results stay: a later run redoes the job)."""
     import papermill
 
     # Every job is a fresh process: let Triton keep autotuning results on disk (fla's kernels autotune for
@@ -162,13 +164,16 @@ def execute(job: Job, results_dir: Path, cache_dir: Path) -> None:
     parameters = {"variant": job.variant, "config": job.config, "out_dir": str((results_dir / "raw").resolve()),
                   "cache_dir": str(cache_dir.resolve())}
     notebook = FAMILIES[job.family].NOTEBOOK
-    try:
+    try:  # the job runs in one cell, so the per-cell timeout bounds the job
         papermill.execute_notebook(REPO / "notebooks" / notebook, executed, parameters=parameters,
-                                   kernel_name="python3", progress_bar=False, cwd=str(REPO / "notebooks"))
+                                   kernel_name="python3", progress_bar=False, cwd=str(REPO / "notebooks"),
+                                   execution_timeout=None if timeout_s is None else max(1, int(timeout_s)))
         tidy_executed(executed)
-    except Exception as error:  # the kernel died (e.g. a hard crash): the run goes on, the table shows it
+        return True
+    except Exception as error:  # the kernel died (e.g. a hard crash) or timed out: the run goes on, the table shows it
         missing = [n for n in job.result_names() if not is_complete(results_dir / "raw" / n)]
         print(f"{job.name}: notebook failed ({str(error)[-500:]}); {len(missing)} results missing", flush=True)
+        return False
 
 
 def tidy_executed(notebook: Path) -> None:
@@ -222,8 +227,9 @@ def record_chunk(results_dir: Path, wall_s: float, jobs: list[str]) -> dict:
 
 
 def run(profile: Profile, variants: list[str], results_dir: Path, cache_dir: Path, force: bool = False,
-        max_minutes: float | None = None) -> int:
-    """Execute the plan; returns the number of jobs still to do (0 when complete)."""
+        max_minutes: float | None = None, stop_minutes: float | None = None) -> int:
+    """Execute the plan; returns the number of jobs still to do (0 when complete). No job starts after
+    `max_minutes`; a job still running at `stop_minutes` is stopped, and the chunk, its time included, is recorded."""
     start = time.monotonic()
     calibrate(results_dir)
     jobs = plan(profile, variants)
@@ -233,12 +239,18 @@ def run(profile: Profile, variants: list[str], results_dir: Path, cache_dir: Pat
     left = 0
     for index, job in enumerate(todo):
         if index and max_minutes is not None and time.monotonic() - start > max_minutes * 60:  # >= 1 job per call
-            left = len(todo) - index
+            left += len(todo) - index
             print(f"stopped after {max_minutes} min; {left} jobs left: run again to resume", flush=True)
             break
         job_start = time.monotonic()
-        execute(job, results_dir, cache_dir)
-        ran.append(job.name)
+        timeout_s = None if stop_minutes is None else stop_minutes * 60 - (job_start - start)
+        if timeout_s is not None and timeout_s < 1:
+            left += len(todo) - index
+            print(f"stopped at {stop_minutes} min; {left} jobs left: run again to resume", flush=True)
+            break
+        finished = execute(job, results_dir, cache_dir, timeout_s)
+        ran.append(job.name if finished else f"{job.name} (stopped or failed; redone by the next run)")
+        left += 0 if finished else 1
         statuses = [json.loads(p.read_text())["status"] for p in (results_dir / "raw" / n for n in job.result_names())
                     if p.exists()]
         print(f"[{index + 1}/{len(todo)}] {job.name}: {statuses.count('ok')}/{len(job.result_names())} ok "
@@ -275,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=REPO / ".cache", help="tokenized-data cache")
     parser.add_argument("--force", action="store_true", help="redo jobs whose results exist")
     parser.add_argument("--max-minutes", type=float, help="start no new job after this long (resumable chunks)")
+    parser.add_argument("--stop-minutes", type=float,
+                        help="stop a job still running after this long; the chunk is recorded and resumable")
     args = parser.parse_args(argv)
     try:
         profile = load_profile(args.profile)
@@ -284,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results_dir = args.results or REPO / "results" / profile.name
     if args.command == "run":
-        return 3 if run(profile, variants, results_dir, args.cache, args.force, args.max_minutes) else 0
+        return 3 if run(profile, variants, results_dir, args.cache, args.force, args.max_minutes,
+                       args.stop_minutes) else 0
     if args.command == "compare":
         from .report.compare import compare
 

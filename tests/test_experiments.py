@@ -12,7 +12,7 @@ import torch
 from attnlib import pipeline
 from attnlib.data import prepare_data
 from attnlib.experiments.quality import QualityConfig, run_quality_job
-from attnlib.experiments.training import TrainConfig, Trainer
+from attnlib.experiments.training import TrainConfig, Trainer, causal_lm_loss, chunked_causal_lm_loss
 from attnlib.experiments.trials import TrialsConfig, run_trials_job
 from attnlib.pipeline import load_profile, plan
 from attnlib.results import QualityResult, TrialResult, read_result, results_frame
@@ -50,6 +50,39 @@ def test_compiled_modes_match_eager(cache, scope: str) -> None:
         t.model.eval()  # no dropout: both runs see the same network
     ids, labels = eager.train_ids[:2], eager.train_labels[:2]
     torch.testing.assert_close(compiled._loss(ids, labels), eager._loss(ids, labels), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_chunked_loss_equals_plain_loss_with_gradients(autocast: bool) -> None:
+    """The chunked head + loss (long context: no [N, V] logits) gives the plain loss and its gradients, with ignored
+    labels and a last chunk shorter than the others; under bf16 autocast within bf16 rounding."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 101, bias=False)
+    hidden = torch.randn(3, 37, 16, requires_grad=True)
+    labels = torch.randint(0, 101, (3, 37))
+    labels[0, 5:9] = -100
+    tolerance = dict(rtol=2e-2, atol=2e-3) if autocast else dict(rtol=1e-5, atol=1e-6)
+    results = []
+    for loss_fn in (causal_lm_loss, lambda h, y, m: chunked_causal_lm_loss(h, y, m, chunk_tokens=10)):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = loss_fn(hidden, labels, head)
+        results.append((loss, *torch.autograd.grad(loss, [hidden, head.weight])))
+    for plain, chunked in zip(*results):
+        torch.testing.assert_close(chunked, plain, **tolerance)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):  # evaluation: the loss alone
+        torch.testing.assert_close(chunked_causal_lm_loss(hidden, labels, head, 10), results[1][0])
+
+
+@pytest.mark.parametrize("mode", ["eager", "compile"])
+def test_trainer_with_chunked_loss_steps_like_the_plain_one(cache, mode: str) -> None:
+    """`loss_chunk_tokens` changes memory, not the training: the same losses step after step."""
+    plain, chunked = trainer_for(cache), trainer_for(cache, mode=mode, loss_chunk_tokens=24)
+    for t in (plain, chunked):
+        t.model.eval()
+    for _ in range(3):
+        torch.testing.assert_close(chunked.step(), plain.step(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="loss_chunk_tokens"):
+        TrainConfig(loss_chunk_tokens=0)
 
 
 def test_graph_mode_needs_cuda(cache) -> None:
@@ -185,11 +218,12 @@ def test_resume_skips_finished_and_redoes_broken(tmp_path, monkeypatch) -> None:
     profile = load_profile("smoke")
     ran: list[str] = []
 
-    def fake_execute(job, results_dir, cache_dir) -> None:
+    def fake_execute(job, results_dir, cache_dir, timeout_s) -> bool:
         ran.append(job.name)
         for name in job.result_names():
             (results_dir / "raw").mkdir(parents=True, exist_ok=True)
             (results_dir / "raw" / name).write_text(done_result)
+        return True
 
     done_result = json.dumps({"kind": "trial", **json.loads(json.dumps(dataclasses.asdict(TrialResult(
         variant="sdpa", mode="eager", status="oom", provenance=None, config={}, trial=0, order_seed=0))))})
@@ -207,8 +241,24 @@ def test_resume_skips_finished_and_redoes_broken(tmp_path, monkeypatch) -> None:
 
 
 def test_max_minutes_stops_early_and_reports_what_is_left(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(pipeline, "execute", lambda job, *a: None)
+    monkeypatch.setattr(pipeline, "execute", lambda job, *a: True)
     assert pipeline.run(load_profile("smoke"), ["sdpa", "gqa"], tmp_path, tmp_path, max_minutes=0) == 1  # jobs left
+
+
+def test_stop_minutes_bounds_a_job_and_the_chunk_is_recorded(tmp_path, monkeypatch) -> None:
+    """A job still running at `stop_minutes` is stopped (papermill's cell timeout: the job is one cell); the chunk's
+    time is in run.json, the job is marked and left for the next run."""
+    timeouts = []
+
+    def stopped(job, results_dir, cache_dir, timeout_s) -> bool:
+        timeouts.append(timeout_s)
+        return False
+
+    monkeypatch.setattr(pipeline, "execute", stopped)
+    assert pipeline.run(load_profile("smoke"), ["sdpa", "gqa"], tmp_path, tmp_path, max_minutes=0,
+                        stop_minutes=0.5) == 2
+    chunk = json.loads((tmp_path / "run.json").read_text())["chunks"][0]
+    assert len(timeouts) == 1 and 25 < timeouts[0] <= 30 and "stopped" in chunk["jobs"][0]
 
 
 def test_trimmed_notebooks_keep_results_plots_and_errors(tmp_path) -> None:

@@ -183,7 +183,7 @@ def sweep_result(variant: str, seq_len: int, trial: int, tokens_per_s: float, j_
     provenance = Provenance(attnlib_commit="abc", versions={}, python="3.12", device="NVIDIA H100 80GB HBM3",
                             device_uuid="GPU-0", created="2026-11-24T00:00:00+00:00")
     config = {"tokens_per_step": 32768, "fast_mode": "graph", "fast_mode_seq_lens": [4096], "trials": 3,
-              "window_s": 2.0, "layer_window_s": 1.0}
+              "window_s": 2.0, "layer_window_s": 1.0, "train": {"loss_chunk_tokens": 8192}}
     return SweepResult(variant=variant, mode="eager", seq_len=seq_len, batch_size=max(1, 32768 // seq_len), trial=trial,
                        order_seed=1, status=status, provenance=provenance, config=config, model=model if m else None,
                        measurement=m, error=None if m else "OutOfMemoryError: CUDA out of memory")

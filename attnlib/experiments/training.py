@@ -16,6 +16,7 @@ Every variant gets the same seed, data order and hyper-parameters: bf16 autocast
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import time
@@ -53,6 +54,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 1234  # weights, dropout and data order
     compile_scope: str = "model"  # "model": one graph for forward + loss; "block": each block and the head + loss
+    # the head and loss this many tokens at a time, gradients with them (`chunked_causal_lm_loss`); None: all at once
+    loss_chunk_tokens: int | None = None
 
     def __post_init__(self) -> None:
         get_variant(self.variant)  # ValueError listing the names
@@ -65,6 +68,9 @@ class TrainConfig:
             raise ValueError(f"compile_scope: 'model' or 'block', got {self.compile_scope!r}")
         if self.lr <= 0:
             raise ValueError(f"lr: must be > 0, got {self.lr}")
+        if self.loss_chunk_tokens is not None and (not isinstance(self.loss_chunk_tokens, int)
+                                                   or self.loss_chunk_tokens < 1):
+            raise ValueError(f"loss_chunk_tokens: an integer >= 1 or None, got {self.loss_chunk_tokens!r}")
 
     @property
     def tokens_per_step(self) -> int:
@@ -76,6 +82,57 @@ def causal_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn
     logits of the last position predict nothing, so they are not computed. Same maths as transformers' loss."""
     logits = lm_head(hidden[:, :-1]).float()
     return F.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of `hidden @ weight.T` against `labels`, `chunk` rows at a time, with its gradients
+    computed in the same pass (as Liger's fused linear cross-entropy does): only one chunk's logits ever exist, where
+    the plain loss keeps all `[N, V]` of them, in fp32, for backward. The matmuls run in the autocast dtype and the
+    softmax in fp32, as under autocast; the FLOPs are the plain loss's (one product forward, two backward)."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int,
+                with_grads: bool) -> torch.Tensor:
+        device = hidden.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        w = weight.to(dtype)
+        grad_hidden = torch.empty_like(hidden) if with_grads else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if with_grads else None
+        loss_sum = torch.zeros((), device=hidden.device, dtype=torch.float32)
+        with torch.autocast(device, enabled=False):
+            for start in range(0, hidden.shape[0], chunk):
+                h, y = hidden[start:start + chunk].to(dtype), labels[start:start + chunk]
+                logits = (h @ w.T).float()
+                lse = torch.logsumexp(logits, dim=-1)
+                valid = y != IGNORE_INDEX
+                target = y.clamp(min=0).unsqueeze(1)
+                loss_sum += ((lse - logits.gather(1, target).squeeze(1)) * valid).sum()
+                if not with_grads:
+                    continue
+                grad_logits = (logits - lse.unsqueeze(1)).exp_()  # softmax - one-hot: d(sum of losses)/d logits
+                grad_logits.scatter_add_(1, target, torch.full_like(lse, -1.0).unsqueeze(1))
+                grad_logits = (grad_logits * valid.unsqueeze(1)).to(dtype)
+                grad_hidden[start:start + chunk] = grad_logits @ w
+                grad_weight += (grad_logits.T @ h).float()
+        count = (labels != IGNORE_INDEX).sum()
+        ctx.save_for_backward(grad_hidden, grad_weight, count)
+        return loss_sum / count
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        grad_hidden, grad_weight, count = ctx.saved_tensors
+        scale = grad_loss / count
+        return (grad_hidden * scale).to(grad_hidden.dtype), (grad_weight * scale).to(grad_weight.dtype), None, None, None
+
+
+def chunked_causal_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn.Module,
+                           chunk_tokens: int) -> torch.Tensor:
+    """`causal_lm_loss` without the logits of the whole batch: at 64K tokens their fp32 copy alone is 12 GiB."""
+    if getattr(lm_head, "bias", None) is not None:
+        raise NotImplementedError("chunked_causal_lm_loss: an lm_head without bias (GPT-2's) is supported")
+    width = hidden.shape[-1]
+    return _ChunkedLinearCrossEntropy.apply(hidden[:, :-1].reshape(-1, width), lm_head.weight,
+                                            labels[:, 1:].reshape(-1), chunk_tokens, torch.is_grad_enabled())
 
 
 class Trainer:
@@ -90,6 +147,8 @@ class Trainer:
         self.flops = training_flops_per_token(self.model, config.seq_len)
         self.autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
         self._loss, self._head_loss = self._forward_loss, causal_lm_loss
+        if config.loss_chunk_tokens is not None:
+            self._head_loss = functools.partial(chunked_causal_lm_loss, chunk_tokens=config.loss_chunk_tokens)
         if config.mode != "eager":
             import torch._dynamo.config as dynamo_config
             import torch._inductor.config as inductor_config
@@ -105,7 +164,7 @@ class Trainer:
             else:
                 for block in self.model.transformer.h:
                     block.compile(mode=compile_mode)
-                self._head_loss = torch.compile(causal_lm_loss, mode=compile_mode)
+                self._head_loss = torch.compile(self._head_loss, mode=compile_mode)
         self.restart(config.seed, total_steps)
 
     def _fresh_model(self, seed: int) -> torch.nn.Module:
