@@ -29,7 +29,7 @@ import transformers
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import attnlib
-from attnlib.provenance import library_versions
+from attnlib.provenance import attnlib_commit, library_versions
 
 CHECK_SEQ_LEN, CHECK_BATCH = 512, 2
 BENCH_TOKENS, BENCH_SEQ_LENS, BENCH_ROUNDS = 65536, (512, 2048, 8192), 3
@@ -189,7 +189,7 @@ def environment() -> dict:
         "flash_attn_installed": importlib.util.find_spec("flash_attn") is not None,
         "fla_installed": importlib.util.find_spec("fla") is not None,
         "cudnn": torch.backends.cudnn.version(),
-        "versions": library_versions(),
+        "versions": library_versions(), "attnlib_commit": attnlib_commit(),
     }
 
 
@@ -226,7 +226,7 @@ def markdown(env: dict, checks: list[dict], bench: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="folder for variants_check.json and .md")
     parser.add_argument("--variants", default=",".join(attnlib.VARIANTS))
     parser.add_argument("--skip-bench", action="store_true")
     parser.add_argument("--skip-check", action="store_true", help="benchmark only")
