@@ -80,18 +80,29 @@ def attention_parameters(model: GPT2LMHeadModel) -> int:
     return sum(p.numel() for block in model.transformer.h for p in block.attn.parameters())
 
 
-def causal_hidden_states(model: GPT2LMHeadModel, input_ids: torch.Tensor) -> torch.Tensor:
+def causal_hidden_states(model: GPT2LMHeadModel, input_ids: torch.Tensor, shared_blocks: bool = False) -> torch.Tensor:
     """Final hidden states `[B, T, C]` of `input_ids` `[B, T]`: GPT-2's own modules in GPT2Model's order, for plain
     causal self-attention without padding, so no attention mask is built.
 
     Why not `model.transformer(input_ids)`: transformers decides whether a causal mask can be skipped with
     data-dependent checks; under `torch.compile` they cannot run, so a traced model always carries a dense
     [B, 1, T, T] mask, which takes the causal kernels off the table (and pinned kernels refuse it). Every
-    attnlib core applies causality itself when the mask is None."""
+    attnlib core applies causality itself when the mask is None.
+
+    `shared_blocks`: each block runs as one nested compile region (`_shared_block`), so a whole-model
+    `torch.compile` compiles the block once and reuses it for every layer; outside a compile it changes nothing."""
     transformer = model.transformer
     positions = torch.arange(input_ids.shape[1], device=input_ids.device)
     hidden = transformer.drop(transformer.wte(input_ids) + transformer.wpe(positions))
+    run_block = _shared_block if shared_blocks else _block
     for block in transformer.h:
-        out = block(hidden)
-        hidden = out[0] if isinstance(out, tuple) else out  # transformers < 5.2 returns a tuple
+        hidden = run_block(block, hidden)
     return transformer.ln_f(hidden)
+
+
+def _block(block: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    out = block(hidden)
+    return out[0] if isinstance(out, tuple) else out  # transformers < 5.2 returns a tuple
+
+
+_shared_block = torch.compiler.nested_compile_region(_block)

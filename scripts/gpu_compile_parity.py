@@ -5,7 +5,8 @@ random-token batches (resident on the GPU), attention dropout 0 in both models:
 - plain/{eager,compile,graph}: `transformers.GPT2LMHeadModel` (attn_implementation="sdpa"),
   `loss = model(ids, labels=ids).loss`; compile = `torch.compile(model)`, graph = `mode="reduce-overhead"`.
 - attnlib/{eager,compile,graph}: `attnlib.experiments.training.Trainer` with the `sdpa` variant in that mode;
-  `.../compile-block`, `.../graph-block`: the same with `compile_scope="block"` (one block compiled, shared).
+  `.../compile-block`, `.../graph-block`: the same with `compile_scope="block"` (one block compiled, shared);
+  `.../compile-nested`, `.../graph-nested`: `compile_scope="nested"` (one whole-model graph, the block compiled once).
 The time of each candidate's first step (compilation, CUDA-graph recording) is recorded as `first_step_s`.
 Each candidate is warmed up once (compilation included), then measured in `--trials` rounds of `--window-s`
 windows, each round in a fresh random order (`attnlib.measurement.run_trials`).

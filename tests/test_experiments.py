@@ -41,7 +41,7 @@ def test_same_seed_same_losses_and_restart_reproduces(cache) -> None:
     assert [first.step().item() for _ in range(3)] == losses
 
 
-@pytest.mark.parametrize("scope", ["model", "block"])
+@pytest.mark.parametrize("scope", ["model", "block", "nested"])
 def test_compiled_modes_match_eager(cache, scope: str) -> None:
     """Compiled (either scope) computes eager's loss: no attention mask is built, causality stays in the cores."""
     eager, compiled = trainer_for(cache, variant="baseline"), trainer_for(cache, variant="baseline", mode="compile",
@@ -83,6 +83,28 @@ def test_trainer_with_chunked_loss_steps_like_the_plain_one(cache, mode: str) ->
         torch.testing.assert_close(chunked.step(), plain.step(), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="loss_chunk_tokens"):
         TrainConfig(loss_chunk_tokens=0)
+
+
+def test_nested_scope_traces_the_block_once_for_every_layer() -> None:
+    """`shared_blocks`: the whole-model graph calls one block subgraph once per layer (compiled once), and computes
+    what the plain forward computes."""
+    from attnlib.model import build_model, causal_hidden_states
+
+    torch.manual_seed(0)
+    model = build_model("sdpa", seq_len=16, n_layer=3, n_embd=32, n_head=2, n_positions=16).eval()
+    ids = torch.randint(0, 50257, (2, 16))
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    nested = torch.compile(lambda i: causal_hidden_states(model, i, shared_blocks=True), backend=capture)(ids)
+    torch.testing.assert_close(nested, causal_hidden_states(model, ids))
+    calls = [n for gm in graphs for n in gm.graph.nodes if n.op == "call_function" and "invoke_subgraph" in str(n.target)]
+    assert len(graphs) == 1 and len(calls) == 3 and len({n.args[0].target for n in calls}) == 1
+    torch._dynamo.reset()
 
 
 def test_graph_mode_needs_cuda(cache) -> None:

@@ -8,7 +8,9 @@
   warm-up with the reason (`cudagraph_or_error`), recorded as `unsupported`.
 
 `compile_scope="block"` compiles one transformer block (its code is shared by all layers) and the head + loss
-instead of the whole model: the same kernels from a twelfth of the compilation work.
+instead of the whole model: the same kernels from a twelfth of the compilation work, but one graph per block call.
+`compile_scope="nested"` keeps the whole-model graph and marks each block a nested compile region
+(`torch.compiler.nested_compile_region`): the block is compiled once and reused by every layer inside one graph.
 
 Every variant gets the same seed, data order and hyper-parameters: bf16 autocast on CUDA (fp32 on CPU), AdamW
 (fused on CUDA), linear warm-up then cosine decay, gradient clipping, gradient accumulation.
@@ -33,6 +35,7 @@ from ..model import attention_parameters, build_model, causal_hidden_states
 from ..registry import get_variant
 
 MODES = ("eager", "compile", "graph")
+COMPILE_SCOPES = ("model", "block", "nested")
 
 
 @dataclass
@@ -53,7 +56,8 @@ class TrainConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     seed: int = 1234  # weights, dropout and data order
-    compile_scope: str = "model"  # "model": one graph for forward + loss; "block": each block and the head + loss
+    compile_scope: str = "model"  # "model": one graph for forward + loss; "block": each block and the head + loss;
+    # "nested": one graph, the block compiled once and reused by every layer
     # the head and loss this many tokens at a time, gradients with them (`chunked_causal_lm_loss`); None: all at once
     loss_chunk_tokens: int | None = None
 
@@ -64,8 +68,8 @@ class TrainConfig:
         for name in ("seq_len", "batch_size", "grad_accum"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be an integer >= 1, got {getattr(self, name)!r}")
-        if self.compile_scope not in ("model", "block"):
-            raise ValueError(f"compile_scope: 'model' or 'block', got {self.compile_scope!r}")
+        if self.compile_scope not in COMPILE_SCOPES:
+            raise ValueError(f"compile_scope: one of {', '.join(COMPILE_SCOPES)}, got {self.compile_scope!r}")
         if self.lr <= 0:
             raise ValueError(f"lr: must be > 0, got {self.lr}")
         if self.loss_chunk_tokens is not None and (not isinstance(self.loss_chunk_tokens, int)
@@ -159,7 +163,7 @@ class Trainer:
             dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
             dynamo_config.fail_on_recompile_limit_hit = True
             compile_mode = "reduce-overhead" if config.mode == "graph" else None
-            if config.compile_scope == "model":
+            if config.compile_scope in ("model", "nested"):
                 self._loss = torch.compile(self._forward_loss, mode=compile_mode)
             else:
                 for block in self.model.transformer.h:
@@ -216,7 +220,7 @@ class Trainer:
     def _forward_loss(self, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean next-token loss of a batch; the function `compile` and `graph` modes compile."""
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            hidden = causal_hidden_states(self.model, ids)
+            hidden = causal_hidden_states(self.model, ids, shared_blocks=self.config.compile_scope == "nested")
             return self._head_loss(hidden, labels, self.model.lm_head)
 
     def step(self) -> torch.Tensor:
