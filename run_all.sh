@@ -9,20 +9,22 @@
 #                                      # DIR's table with the committed results/paper/ (DIR/comparison.csv)
 #   ./run_all.sh --force               # redo results that already exist (otherwise they are kept: resumable)
 #   ./run_all.sh --max-minutes 8       # start no new job after 8 minutes (run again to resume)
+#   ./run_all.sh --stop-minutes 10     # stop a job still running after 10 minutes (redone by the next run)
 #   ./run_all.sh --report-only         # rebuild tables, figures and the PDF from the results folder (no GPU needed)
 set -euo pipefail
 cd "$(dirname "$0")"
 
-profile="" variants="all" force="" max_minutes="" report_only="" results=""
+profile="" variants="all" force="" chunk_flags="" report_only="" results=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile) profile="$2"; shift 2 ;;
     --variants) variants="$2"; shift 2 ;;
     --results) results="$2"; shift 2 ;;
     --force) force="--force"; shift ;;
-    --max-minutes) max_minutes="--max-minutes $2"; shift 2 ;;
+    --max-minutes) chunk_flags="$chunk_flags --max-minutes $2"; shift 2 ;;
+    --stop-minutes) chunk_flags="$chunk_flags --stop-minutes $2"; shift 2 ;;
     --report-only) report_only=1; shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -62,11 +64,11 @@ fi
 results=${results:-results/$profile}
 label=$(basename "$results")  # names the generated tables, figures and PDF of this results folder
 
-# 3. Measurements (skipped with --report-only). Exit code 3: stopped by --max-minutes, resumable.
+# 3. Measurements (skipped with --report-only). Exit code 3: stopped by --max-minutes or --stop-minutes, resumable.
 if [ -z "$report_only" ]; then
   set +e
   # shellcheck disable=SC2086
-  python -m attnlib.pipeline run --profile "$profile" --variants "$variants" --results "$results" $force $max_minutes
+  python -m attnlib.pipeline run --profile "$profile" --variants "$variants" --results "$results" $force $chunk_flags
   code=$?
   set -e
   [ "$code" = 0 ] || [ "$code" = 3 ] || fail "the measurement pipeline failed (exit code $code)"

@@ -50,7 +50,9 @@ def _stats(values: pd.Series, name: str) -> dict[str, float | None]:
 def aggregate(windows: pd.DataFrame, keys: list[str], quantities: tuple[str, ...] = TRIAL_QUANTITIES) -> pd.DataFrame:
     """One row per value of `keys` over measured windows: status (ok if any window succeeded, else the failure's),
     the number of successful windows (`trials`), each of `quantities`' mean / ci95 / cv, the throughput spread and
-    the peak memory."""
+    the peak memory: `gpu_mem_used_peak_bytes_max`, the device memory in use (NVML, sampled every second), which
+    counts CUDA-graph pools, and `torch_peak_mem_bytes_max`, the allocator's peak, which does not (a graph replay
+    allocates nothing through it)."""
     rows = []
     for values, group in windows.groupby(keys, sort=False):
         ok, failed = group[group.status == "ok"], group[group.status != "ok"]
@@ -63,6 +65,8 @@ def aggregate(windows: pd.DataFrame, keys: list[str], quantities: tuple[str, ...
         row["tokens_per_s_spread"] = 1 - tps.min() / tps.max() if len(tps) > 1 else None
         peak = pd.to_numeric(ok.get("torch_peak_mem_bytes"), errors="coerce").dropna() if len(ok) else []
         row["torch_peak_mem_bytes_max"] = float(max(peak)) if len(peak) else None
+        used = pd.to_numeric(ok.get("gpu_mem_used_peak_bytes"), errors="coerce").dropna() if len(ok) else []
+        row["gpu_mem_used_peak_bytes_max"] = float(max(used)) if len(used) else None
         row["params_mean"] = float(ok.params.iloc[0]) if len(ok) and "params" in ok else None
         rows.append(row)
     return pd.DataFrame(rows)

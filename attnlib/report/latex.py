@@ -24,7 +24,7 @@ DISPLAY: dict[str, tuple[float, str]] = {
     "tokens_per_s_mean": (1, ",.0f"), "tokens_per_s_ci95": (1, ",.0f"), "tokens_per_s_spread": (100, ".1f"),
     "gpu_j_per_token_mean": (1e3, ".3f"), "gpu_j_per_token_ci95": (1e3, ".3f"), "gpu_j_per_token_cv": (100, ".1f"),
     "gpu_j_per_token_net_mean": (1e3, ".3f"), "gpu_power_mean_w_mean": (1, ".0f"),
-    "torch_peak_mem_bytes_max": (1 / GIB, ".1f"), "mfu_mean": (100, ".1f"), "energy_floor_multiple_mean": (1, ".1f"),
+    "gpu_mem_used_peak_bytes_max": (1 / GIB, ".1f"), "mfu_mean": (100, ".1f"), "energy_floor_multiple_mean": (1, ".1f"),
     "val_loss_mean": (1, ".3f"), "val_loss_ci95": (1, ".3f"), "seeds": (1, ".0f"), "trials": (1, ".0f"),
 }
 COMPARED = {"gpu_j_per_token": "Energy", "tokens_per_s": "Throughput"}
@@ -72,7 +72,7 @@ def summary_table(summary: pd.DataFrame) -> str:
     rows = [[r.variant, r["mode"], r.status if r.status == "ok" else f"\\textbf{{{r.status}}}", int(r.trials),
              pm(r.tokens_per_s_mean, r.tokens_per_s_ci95, ",.0f"),
              pm(r.gpu_j_per_token_mean, r.gpu_j_per_token_ci95, ".3f", 1e3), cv(r), fmt(r.gpu_power_mean_w_mean, ".0f"),
-             fmt(r.torch_peak_mem_bytes_max, ".1f", 1 / GIB), fmt(r.mfu_mean, ".1f", 100),
+             fmt(r.gpu_mem_used_peak_bytes_max, ".1f", 1 / GIB), fmt(r.mfu_mean, ".1f", 100),
              fmt(r.energy_floor_multiple_mean, ".1f"), val_loss(r)]
             for _, r in summary.iterrows()]
     header = ["variant", "mode", "status", "n", "tokens/s", "mJ/token", r"CV \%", "W", "peak GiB", r"MFU \%",

@@ -35,7 +35,7 @@ def prior_table(summary: pd.DataFrame) -> str:
                      f"{p.prior_power_w:.0f}", f"{p.prior_mem_gb:.1f}",
                      f"{p.prior_final_loss:.2f}" + (f" ({PRIOR_NOTES[p.variant]})" if p.variant in PRIOR_NOTES else ""),
                      fmt(get("tokens_per_s_mean"), ",.0f"), fmt(get("gpu_j_per_token_mean"), ".2f", 1e3),
-                     fmt(get("gpu_power_mean_w_mean"), ".0f"), fmt(get("torch_peak_mem_bytes_max"), ".1f", 2**-30),
+                     fmt(get("gpu_power_mean_w_mean"), ".0f"), fmt(get("gpu_mem_used_peak_bytes_max"), ".1f", 2**-30),
                      fmt(get("val_loss_mean"), ".2f")])
     header = ["variant", "tokens/s", "mJ/token", "W", "GB", "final loss", "tokens/s", "mJ/token", "W", "peak GiB",
               "val loss"]
