@@ -144,7 +144,7 @@ def sweep_rows(variant: str, energy_mj: list[float | None], ci_mj: float = 0.05)
     return [{"variant": variant, "mode": "eager", "seq_len": t, "status": "ok" if e is not None else "oom",
              "gpu_j_per_token_mean": None if e is None else e / 1e3, "gpu_j_per_token_ci95": ci_mj / 1e3,
              "tokens_per_s_mean": None if e is None else 1e6 / e, "tokens_per_s_ci95": 1.0,
-             "gpu_mem_used_peak_bytes_max": None if e is None else 2**30 * e}
+             "peak_mem_bytes": None if e is None else 2**30 * e}
             for t, e in zip([512, 1024, 2048, 4096], energy_mj)]
 
 
@@ -177,7 +177,8 @@ def sweep_result(variant: str, seq_len: int, trial: int, tokens_per_s: float, j_
     tokens = int(tokens_per_s * 2)
     m = None if status != "ok" else Measurement(
         label="x", wall_s=2.0, tokens=tokens, flops=tokens * 1e9, tokens_per_s=tokens_per_s, gpu_j_per_token=j_per_token,
-        gpu_energy_j=j_per_token * tokens, gpu_power_mean_w=j_per_token * tokens_per_s, gpu_mem_used_peak_bytes=seq_len * 2**20)
+        gpu_energy_j=j_per_token * tokens, gpu_power_mean_w=j_per_token * tokens_per_s, torch_peak_mem_bytes=seq_len * 2**20,
+        gpu_mem_used_peak_bytes=seq_len * 2**20 + 2**29)
     model = ModelInfo(params=1, attention_params=1, kernel="k", exact=True, optimizer="AdamW",
                       training_flops_per_token=1e9 * (1 + seq_len / 4096 * (variant != "linear")))
     provenance = Provenance(attnlib_commit="abc", versions={}, python="3.12", device="NVIDIA H100 80GB HBM3",
@@ -203,6 +204,8 @@ def test_long_context_report_writes_tables_figures_and_the_sections_macros(tmp_p
     shutil.copy(REPO / "paper" / "longcontext.tex", paper / "longcontext.tex")
     sweep = build_report(results, "longcontext", tmp_path / "figures", paper)
     assert len(sweep) == 12 and (results / "crossover.csv").exists() and (results / "summary.csv").exists()
+    ran = sweep[sweep.status == "ok"]  # eager cells: the allocator's peak, not the device memory earlier cells left
+    assert (ran.peak_mem_bytes == ran.seq_len * 2**20).all() and set(ran.peak_mem_source) == {"allocator peak"}
     crossover = pd.read_csv(results / "crossover.csv").set_index("variant")
     assert 2048 < crossover.loc["linear"].crossover_seq_len < 8192 and pd.isna(crossover.loc["baseline"].crossover_seq_len)
     macros = (paper / "generated" / "longcontext" / "macros.tex").read_text()

@@ -228,6 +228,7 @@ class _Job:
                     calls += 1
                 window.add_work(tokens=calls * batch * seq_len, flops=calls * flops_per_call)
             attention.to("cpu")
+            self.free()  # the next cell starts from an empty cache: the device memory it shows is its own
             return self.write(name, LayerResult(**common, measurement=window.result, calls=calls,
                                                 flops_per_call=flops_per_call, job_wall_s=time.perf_counter() - start))
         except Exception as error:

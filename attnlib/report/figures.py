@@ -185,7 +185,7 @@ def energy_vs_seq_len(sweep: pd.DataFrame, out_dir: Path) -> Path:
 
 
 def memory_vs_seq_len(sweep: pd.DataFrame, out_dir: Path) -> Path:
-    return _per_length(sweep, "gpu_mem_used_peak_bytes_max", None, 1 / GIB, "peak GPU memory in use, GiB", out_dir,
+    return _per_length(sweep, "peak_mem_bytes", None, 1 / GIB, "peak GPU memory, GiB", out_dir,
                        "longcontext_memory")
 
 

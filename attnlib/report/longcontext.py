@@ -15,9 +15,9 @@ from .frames import TRIAL_QUANTITIES, aggregate, compare, with_calibration
 
 REFERENCE = "sdpa"
 # quantity -> whether lower is better; peak memory has no interval (one maximum per cell)
-CROSSOVER_QUANTITIES = {"gpu_j_per_token": True, "tokens_per_s": False, "gpu_mem_used_peak_bytes": True}
+CROSSOVER_QUANTITIES = {"gpu_j_per_token": True, "tokens_per_s": False, "peak_mem_bytes": True}
 # each quantity's column prefix in crossover.csv
-PREFIXES = {"gpu_j_per_token": "", "tokens_per_s": "tokens_per_s_", "gpu_mem_used_peak_bytes": "peak_mem_"}
+PREFIXES = {"gpu_j_per_token": "", "tokens_per_s": "tokens_per_s_", "peak_mem_bytes": "peak_mem_"}
 
 
 def sweep_summary(frame: pd.DataFrame, calibrations: dict[str, dict]) -> pd.DataFrame:
@@ -28,7 +28,12 @@ def sweep_summary(frame: pd.DataFrame, calibrations: dict[str, dict]) -> pd.Data
         return pd.DataFrame()
     summary = aggregate(with_calibration(windows, calibrations), ["variant", "mode", "seq_len", "batch_size"])
     summary["mean_power_w"] = summary.gpu_power_mean_w_mean
-    summary["peak_mem_gib"] = summary.gpu_mem_used_peak_bytes_max / GIB  # device memory: CUDA-graph pools too
+    # eager: the allocator's peak, exact and blind to what earlier cells left cached; CUDA graphs: the device memory
+    # in use (NVML), since graph replays allocate nothing through the allocator
+    eager = summary["mode"] == "eager"
+    summary["peak_mem_bytes"] = summary.torch_peak_mem_bytes_max.where(eager, summary.gpu_mem_used_peak_bytes_max)
+    summary["peak_mem_source"] = eager.map({True: "allocator peak", False: "device memory in use (NVML)"})
+    summary["peak_mem_gib"] = summary.peak_mem_bytes / GIB
     summary["mfu"] = summary.mfu_mean
     return summary.sort_values(["variant", "mode", "seq_len"]).reset_index(drop=True)
 
@@ -80,8 +85,8 @@ def crossover_frame(summary: pd.DataFrame, mode: str = "eager", reference: str =
         lengths = [t for t in grid if t in own.index or t in ref.index]  # both failed: no evidence either way
         row = {"variant": variant, "reference": reference}
         for quantity, lower_is_better in CROSSOVER_QUANTITIES.items():
-            mean = "gpu_mem_used_peak_bytes_max" if quantity == "gpu_mem_used_peak_bytes" else f"{quantity}_mean"
-            ci = None if quantity == "gpu_mem_used_peak_bytes" else f"{quantity}_ci95"
+            mean = quantity if quantity == "peak_mem_bytes" else f"{quantity}_mean"
+            ci = None if quantity == "peak_mem_bytes" else f"{quantity}_ci95"
 
             def advantage(t: int, sign: int) -> float | None:
                 """variant better by this much at t; `sign` +1 / -1 widens / narrows by the intervals."""
