@@ -1,0 +1,293 @@
+"""Decoding with each variant's own cache: prefill a prompt through the variant's own core, then one token per
+step from what the variant keeps.
+
+`Decoder` runs GPT-2's blocks itself, as `attnlib.model.causal_hidden_states` does for training (ln_1, attention
+with the layer's cache, residual, ln_2, MLP, residual; then ln_f and the head), so every cache is attnlib's own.
+What each variant keeps per layer and sequence:
+
+| cache | variants | per token of context |
+|---|---|---|
+| `KVCache` | baseline, sdpa, flash, cudnn, flex, gqa | keys and values of the `n_kv` key/value heads: 2 n_kv D |
+| `LatentCache` | mla | the normalised latent, `kv_lora_rank` numbers (DeepSeek-V2's point) |
+| `RingCache` | sliding_window | nothing more: the last `window` keys and values, constant memory |
+| `LinearState` | linear | nothing more: phi(k)^T v [D, D] and sum phi(k) [D] per head, fp32 |
+
+A decode step of an exact variant is one SDPA call of its single query over the cache (every exact core computes
+the same function there). MLA decodes in absorbed form: the query is taken into the latent space through W_uk and
+the weighted sum of latents out of it through W_uv, so K and V are never materialised (their biases drop out: a
+key bias adds the same score to every key, and the value bias passes through weights that sum to one).
+lsh has no cache: its buckets are sorted over the whole sequence, so a token's attended set depends on tokens
+that come after it in the same chunks, and no step-by-step form reproduces its training-time attention.
+
+    decoder = Decoder(model, batch_size=1, max_len=768)
+    logits = decoder.prefill(prompt)[:, -1]         # [B, V]
+    for _ in range(256):
+        logits = decoder.step(logits.argmax(-1, keepdim=True))
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GPT2LMHeadModel
+
+from .registry import get_variant
+from .variants.gqa import GroupedQueryAttention
+from .variants.linear import feature_map
+from .variants.mla import MultiHeadLatentAttention
+
+KV_VARIANTS = ("baseline", "sdpa", "flash", "cudnn", "flex", "gqa")
+
+
+def _heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """[B, T, n D] -> [B, n, T, D]"""
+    B, T, _ = x.shape
+    return x.view(B, T, -1, head_dim).transpose(1, 2)
+
+
+def _qkv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries [B, H, T, D] and keys, values [B, n_kv, T, D] from GPT-2's `c_attn` or GQA's."""
+    if isinstance(attn, GroupedQueryAttention):
+        qkv = _heads(attn.c_attn(x), attn.head_dim)
+        return qkv.split([attn.n_head, attn.n_kv_head, attn.n_kv_head], dim=1)
+    q, k, v = attn.c_attn(x).split(attn.split_size, dim=2)
+    return _heads(q, attn.head_dim), _heads(k, attn.head_dim), _heads(v, attn.head_dim)
+
+
+def _output(attn: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """[B, H, T, D] attention output -> the layer's output projection [B, T, C]."""
+    return attn.c_proj(y.transpose(1, 2).flatten(2))
+
+
+def _core(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention of a prompt by the variant's own training-time core, [B, H, T, D]."""
+    if isinstance(attn, GroupedQueryAttention):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    core = get_variant(attn.config.attnlib_variant).attention_function
+    return core(attn, q, k, v, None, scaling=attn.scaling)[0].transpose(1, 2)
+
+
+class KVCache:
+    """Keys and values of every position so far, in static buffers of `max_len` positions."""
+
+    def __init__(self, attn: nn.Module, batch: int, max_len: int, dtype: torch.dtype, device: torch.device):
+        n_kv = attn.n_kv_head if isinstance(attn, GroupedQueryAttention) else attn.num_heads
+        self.keys = torch.zeros(batch, n_kv, max_len, attn.head_dim, dtype=dtype, device=device)
+        self.values = torch.zeros_like(self.keys)
+        self.length = 0
+
+    def _append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        end = self.length + k.shape[2]
+        if end > self.keys.shape[2]:
+            raise ValueError(f"max_len: the cache holds {self.keys.shape[2]} positions, {end} needed")
+        self.keys[:, :, self.length:end], self.values[:, :, self.length:end] = k, v
+        self.length = end
+
+    def prefill(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = _qkv(attn, x)
+        self._append(k, v)
+        return _output(attn, _core(attn, q, k, v))
+
+    def step(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = _qkv(attn, x)
+        self._append(k, v)
+        keys, values = self.keys[:, :, :self.length], self.values[:, :, :self.length]
+        y = F.scaled_dot_product_attention(q, keys, values, scale=_scale(attn), enable_gqa=keys.shape[1] != q.shape[1])
+        return _output(attn, y)
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.values.nbytes
+
+
+class LatentCache:
+    """MLA's normalised latent of every position so far; decode in absorbed form (see the module docstring)."""
+
+    def __init__(self, attn: MultiHeadLatentAttention, batch: int, max_len: int, dtype: torch.dtype,
+                 device: torch.device):
+        self.latents = torch.zeros(batch, max_len, attn.kv_down.nf, dtype=dtype, device=device)
+        self.length = 0
+
+    def _append(self, latent: torch.Tensor) -> None:
+        end = self.length + latent.shape[1]
+        if end > self.latents.shape[1]:
+            raise ValueError(f"max_len: the cache holds {self.latents.shape[1]} positions, {end} needed")
+        self.latents[:, self.length:end] = latent
+        self.length = end
+
+    def prefill(self, attn: MultiHeadLatentAttention, x: torch.Tensor) -> torch.Tensor:
+        latent = attn.kv_norm(attn.kv_down(x))
+        self._append(latent)
+        q, k, v = (_heads(t, attn.head_dim) for t in (attn.q_proj(x), attn.k_up(latent), attn.v_up(latent)))
+        return _output(attn, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+    def step(self, attn: MultiHeadLatentAttention, x: torch.Tensor) -> torch.Tensor:
+        self._append(attn.kv_norm(attn.kv_down(x)))
+        latents = self.latents[:, :self.length]  # [B, L, r]
+        H, D = attn.n_head, attn.head_dim
+        w_uk, w_uv = (w.view(-1, H, D).transpose(0, 1) for w in (attn.k_up.weight, attn.v_up.weight))  # [H, r, D]
+        q_latent = _heads(attn.q_proj(x), D) @ w_uk.transpose(1, 2)  # [B, H, 1, r]: q W_uk^T
+        scores = (q_latent @ latents.unsqueeze(1).transpose(2, 3)) * D ** -0.5  # [B, H, 1, L]
+        weights = scores.float().softmax(-1).to(latents.dtype)
+        y = (weights @ latents.unsqueeze(1)) @ w_uv + attn.v_up.bias.view(H, 1, D)  # [B, H, 1, D]
+        return _output(attn, y)
+
+    @property
+    def nbytes(self) -> int:
+        return self.latents.nbytes
+
+
+class RingCache:
+    """sliding_window's last `window` keys and values: position t lives in slot t mod window. Slot order does not
+    matter: GPT-2's positions enter at the input, so attention over a set of keys is the same in any order."""
+
+    def __init__(self, attn: nn.Module, batch: int, max_len: int, dtype: torch.dtype, device: torch.device):
+        self.window = attn.config.window
+        self.keys = torch.zeros(batch, attn.num_heads, self.window, attn.head_dim, dtype=dtype, device=device)
+        self.values = torch.zeros_like(self.keys)
+        self.length = 0
+
+    def _append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        for t in range(max(0, k.shape[2] - self.window), k.shape[2]):  # only the last `window` can be needed
+            slot = (self.length + t) % self.window
+            self.keys[:, :, slot], self.values[:, :, slot] = k[:, :, t], v[:, :, t]
+        self.length += k.shape[2]
+
+    def prefill(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = _qkv(attn, x)
+        self._append(k, v)
+        return _output(attn, _core(attn, q, k, v))
+
+    def step(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = _qkv(attn, x)
+        self._append(k, v)
+        filled = min(self.length, self.window)
+        y = F.scaled_dot_product_attention(q, self.keys[:, :, :filled], self.values[:, :, :filled],
+                                           scale=_scale(attn))
+        return _output(attn, y)
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.values.nbytes
+
+
+class LinearState:
+    """linear's recurrent state: S = sum phi(k)^T v and z = sum phi(k) over the context, in fp32 (the training
+    form accumulates in fp32 too); a step adds its token, then reads phi(q) S / phi(q) z."""
+
+    def __init__(self, attn: nn.Module, batch: int, max_len: int, dtype: torch.dtype, device: torch.device):
+        H, D = attn.num_heads, attn.head_dim
+        self.state = torch.zeros(batch, H, D, D, dtype=torch.float32, device=device)
+        self.normaliser = torch.zeros(batch, H, D, dtype=torch.float32, device=device)
+        self.length = 0
+
+    def _append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        phi_k = feature_map(k).float()
+        self.state += phi_k.transpose(2, 3) @ v.float()
+        self.normaliser += phi_k.sum(2)
+        self.length += k.shape[2]
+
+    def prefill(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = _qkv(attn, x)
+        self._append(k, v)
+        return _output(attn, _core(attn, q, k, v))
+
+    def step(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = _qkv(attn, x)
+        self._append(k, v)
+        phi_q = feature_map(q).float()  # [B, H, 1, D]
+        y = (phi_q @ self.state) / (phi_q * self.normaliser.unsqueeze(2)).sum(-1, keepdim=True)
+        return _output(attn, y.to(v.dtype))
+
+    @property
+    def nbytes(self) -> int:
+        return self.state.nbytes + self.normaliser.nbytes
+
+
+def _scale(attn: nn.Module) -> float:
+    return attn.scaling if hasattr(attn, "scaling") else attn.head_dim ** -0.5
+
+
+def cache_kind(variant: str) -> type:
+    """The cache class of `variant`; `NotImplementedError` (recorded as unsupported) for one without."""
+    get_variant(variant)
+    if variant in KV_VARIANTS:
+        return KVCache
+    kinds = {"mla": LatentCache, "sliding_window": RingCache, "linear": LinearState}
+    if variant not in kinds:
+        raise NotImplementedError(f"{variant}: no decode cache (its attended set depends on later tokens)")
+    return kinds[variant]
+
+
+class Decoder:
+    """Greedy decoding of a `build_model` GPT-2 (in eval mode) with its variant's cache, `batch_size` sequences
+    of at most `max_len` positions. Caches take the dtype of the model's weights (cast the model for bf16)."""
+
+    def __init__(self, model: GPT2LMHeadModel, batch_size: int, max_len: int):
+        if model.training:
+            raise ValueError("model: call model.eval() first (dropout would make decoding differ from the forward)")
+        if max_len > model.config.n_positions:
+            raise ValueError(f"max_len: {max_len} is more than the model's n_positions ({model.config.n_positions})")
+        self.model, self.batch_size = model, batch_size
+        kind = cache_kind(model.config.attnlib_variant)
+        weight = model.transformer.wte.weight
+        self.caches = [kind(block.attn, batch_size, max_len, weight.dtype, weight.device)
+                       for block in model.transformer.h]
+
+    @property
+    def length(self) -> int:
+        return self.caches[0].length
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes the caches hold (allocated for `max_len` positions, or the constant state)."""
+        return sum(cache.nbytes for cache in self.caches)
+
+    def _forward(self, ids: torch.Tensor, prefill: bool) -> torch.Tensor:
+        if ids.shape[0] != self.batch_size:
+            raise ValueError(f"ids: batch of {ids.shape[0]}, the decoder was built for {self.batch_size}")
+        t = self.model.transformer
+        positions = torch.arange(self.length, self.length + ids.shape[1], device=ids.device)
+        hidden = t.wte(ids) + t.wpe(positions)
+        for block, cache in zip(t.h, self.caches):
+            attend = cache.prefill if prefill else cache.step
+            hidden = hidden + attend(block.attn, block.ln_1(hidden))
+            hidden = hidden + block.mlp(block.ln_2(hidden))
+        return self.model.lm_head(t.ln_f(hidden))
+
+    @torch.no_grad()
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits [B, T, V] of a prompt [B, T], which fills the caches."""
+        if self.length:
+            raise ValueError("prefill: the caches are not empty; build a new Decoder")
+        return self._forward(ids, prefill=True)
+
+    @torch.no_grad()
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits [B, V] of the next token after one new token per sequence, `ids` [B, 1]."""
+        if ids.shape[1] != 1:
+            raise ValueError(f"step: one token per sequence, got {ids.shape[1]}")
+        return self._forward(ids, prefill=False)[:, 0]
+
+    @torch.no_grad()
+    def generate(self, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
+        """Greedy continuation: the `new_tokens` ids [B, new_tokens] after `prompt` [B, T]."""
+        logits, out = self.prefill(prompt)[:, -1], []
+        for _ in range(new_tokens):
+            out.append(logits.argmax(-1, keepdim=True))
+            logits = self.step(out[-1])
+        return torch.cat(out, dim=1)
+
+
+def cache_bytes_per_token(model: GPT2LMHeadModel, dtype: torch.dtype) -> int:
+    """Analytic bytes a sequence's cache grows by per token of context, all layers: 0 for a constant-size cache
+    (sliding_window's ring once full, linear's state)."""
+    config, kind = model.config, cache_kind(model.config.attnlib_variant)
+    size, head_dim = torch.tensor([], dtype=dtype).element_size(), config.n_embd // config.n_head
+    if kind is KVCache:
+        n_kv = config.n_kv_head if config.attnlib_variant == "gqa" else config.n_head
+        return config.n_layer * 2 * n_kv * head_dim * size
+    if kind is LatentCache:
+        return config.n_layer * config.kv_lora_rank * size
+    return 0

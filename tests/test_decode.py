@@ -1,0 +1,78 @@
+"""Decoding with each variant's cache (CPU, fp32, tiny models): prefill + steps give the full forward pass's logits
+(teacher forcing), the ring buffer past its wrap-around, linear's recurrent state against its chunked training
+form, MLA's absorbed step against its explicit attention, and cache bytes against the analytic figure."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnlib import VARIANTS, build_model
+from attnlib.decode import Decoder, cache_bytes_per_token, cache_kind
+from attnlib.model import causal_hidden_states
+
+TINY = dict(n_layer=2, n_embd=32, n_head=4, n_positions=32, vocab_size=97)
+PARAMS = {"gqa": dict(n_kv_head=2), "sliding_window": dict(window=5), "mla": dict(kv_lora_rank=8),
+          "linear": dict(chunk_size=4)}
+DECODED = [v for v in VARIANTS if v != "lsh"]
+
+
+def tiny(variant: str) -> torch.nn.Module:
+    """A tiny model whose biases are not zero (as after training): MLA's absorbed step must handle them."""
+    torch.manual_seed(0)
+    model = build_model(variant, **TINY, **PARAMS.get(variant, {})).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):
+                parameter.normal_(0.0, 0.1)
+    return model
+
+
+@pytest.mark.parametrize("variant", DECODED)
+def test_prefill_and_steps_equal_the_full_forward(variant: str) -> None:
+    """A 6-token prompt (not a multiple of linear's chunk), then 9 steps: past sliding_window's 5-slot ring."""
+    model = tiny(variant)
+    ids = torch.randint(0, TINY["vocab_size"], (3, 15), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = model.lm_head(causal_hidden_states(model, ids))
+    decoder = Decoder(model, batch_size=3, max_len=20)
+    logits = [decoder.prefill(ids[:, :6])]
+    logits += [decoder.step(ids[:, t:t + 1]).unsqueeze(1) for t in range(6, 15)]
+    torch.testing.assert_close(torch.cat(logits, dim=1), full, rtol=1e-5, atol=1e-5)
+    assert decoder.length == 15
+
+
+@pytest.mark.parametrize("variant", DECODED)
+def test_cache_bytes_match_the_analytic_bytes(variant: str) -> None:
+    model = tiny(variant)
+    decoder = Decoder(model, batch_size=2, max_len=20)
+    per_token = cache_bytes_per_token(model, torch.float32)
+    if per_token:  # grows with the context: max_len positions allocated per sequence
+        assert decoder.cache_bytes == 2 * 20 * per_token
+    else:  # constant: the ring of `window` slots, or linear's state, whatever the context
+        assert decoder.cache_bytes == Decoder(model, batch_size=2, max_len=30).cache_bytes > 0
+    expected = {"gqa": 2 * 2 * 8, "mla": 8}.get(variant, 0 if variant in ("sliding_window", "linear") else 2 * 4 * 8)
+    assert per_token == TINY["n_layer"] * expected * 4
+
+
+def test_greedy_generation_is_the_argmax_of_the_full_forward() -> None:
+    model = tiny("sdpa")
+    prompt = torch.randint(0, TINY["vocab_size"], (2, 5), generator=torch.Generator().manual_seed(2))
+    generated = Decoder(model, batch_size=2, max_len=12).generate(prompt, new_tokens=7)
+    ids = torch.cat([prompt, generated], dim=1)
+    with torch.no_grad():
+        full = model.lm_head(causal_hidden_states(model, ids[:, :-1]))
+    assert torch.equal(full[:, 4:].argmax(-1), generated)
+
+
+def test_lsh_has_no_cache_and_bad_use_fails_early() -> None:
+    with pytest.raises(NotImplementedError, match="lsh"):
+        cache_kind("lsh")
+    model = tiny("sdpa")
+    with pytest.raises(ValueError, match="n_positions"):
+        Decoder(model, batch_size=1, max_len=64)
+    decoder = Decoder(model, batch_size=1, max_len=4)
+    with pytest.raises(ValueError, match="max_len"):
+        decoder.prefill(torch.zeros(1, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="eval"):
+        Decoder(model.train(), batch_size=1, max_len=4)
