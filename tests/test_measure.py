@@ -258,3 +258,22 @@ def test_one_codecarbon_tracker_shared_by_many_windows() -> None:
         assert window.result.co2_kg > 0
     assert max(starts) < 0.5 and tracker.running  # no per-window start-up; the job's tracker keeps running
     assert tracker.stop().cpu_energy_j > 0 and not tracker.running
+
+
+def test_calibrations_on_the_cpu_measure_rates_and_no_energy(tmp_path) -> None:
+    """The GEMM and read-bandwidth floors run end to end on a CPU (float32): rates, and energy None (no GPU
+    counter), written to one file per card with the bandwidth under its own key."""
+    import json
+
+    from attnlib.measurement import calibrate_bandwidth, calibrate_peak
+    from attnlib.measurement.calibrate import main
+
+    peak = calibrate_peak(size=64, seconds=0.05)
+    bandwidth = calibrate_bandwidth(nbytes=2**20, seconds=0.05)
+    assert peak.tflops > 0 and peak.j_per_flop is None and peak.dtype == "float32"
+    assert bandwidth.gb_per_s > 0 and bandwidth.j_per_byte is None and bandwidth.nbytes == 2**20
+    with pytest.raises(ValueError, match="nbytes"):
+        calibrate_bandwidth(nbytes=10)
+    main(["--out-dir", str(tmp_path), "--seconds", "0.05"])
+    written = json.loads((tmp_path / "cpu.json").read_text())
+    assert written["tflops"] > 0 and written["bandwidth"]["gb_per_s"] > 0

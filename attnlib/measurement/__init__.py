@@ -1,11 +1,11 @@
 """Measurement: windows (`measure`), idle baseline, interleaved trials, peak calibration."""
 
 from .base import GPUBackend, NullGPUs, Unavailable
-from .calibrate import Calibration, calibrate_peak
+from .calibrate import BandwidthCalibration, Calibration, calibrate_bandwidth, calibrate_peak
 from .stats import Summary, summarize
 from .trials import Candidate, TrialsResult, round_orders, run_trials
 from .window import IdleBaseline, Measurement, energy_between, measure, measure_idle
 
 __all__ = ["Calibration", "Candidate", "GPUBackend", "IdleBaseline", "Measurement", "NullGPUs", "Summary", "TrialsResult",
-           "Unavailable", "calibrate_peak", "energy_between", "measure", "measure_idle", "round_orders", "run_trials",
+           "Unavailable", "BandwidthCalibration", "calibrate_bandwidth", "calibrate_peak", "energy_between", "measure", "measure_idle", "round_orders", "run_trials",
            "summarize"]

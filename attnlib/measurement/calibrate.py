@@ -1,7 +1,9 @@
-"""`calibrate_peak`: what this GPU really delivers on a large bf16 matrix product, and at what energy per FLOP.
+"""What this GPU really delivers, measured like everything else (one synchronised window, after a warm-up):
 
-The TFLOP/s is the practical ceiling for MFU; the J/FLOP is the practical floor for energy per FLOP, so a
-training run's J/FLOP can be quoted as "x times the floor".
+- `calibrate_peak`: a large bf16 matrix product. Its TFLOP/s is the practical ceiling for MFU and its J/FLOP the
+  practical floor for energy per FLOP, so a training run's J/FLOP can be quoted as "x times the floor".
+- `calibrate_bandwidth`: reading a large buffer (a sum over it: reads only, as a decode step reads its weights and
+  cache). Its GB/s gives a decode step's memory floor, bytes read over bandwidth; its J/byte the energy floor.
 """
 
 from __future__ import annotations
@@ -49,13 +51,7 @@ def calibrate_peak(size: int = 8192, seconds: float = 10.0, dtype: torch.dtype =
             torch.matmul(a, b, out=out)
 
     products(3)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    products(3)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    per_product_s = (time.perf_counter() - start) / 3
+    per_product_s = _timed(products, device)
     n = max(1, int(seconds / per_product_s))
     with measure("calibrate_peak", flops=n * flops_per_product, codecarbon=False) as window:
         products(n)
@@ -69,9 +65,64 @@ def calibrate_peak(size: int = 8192, seconds: float = 10.0, dtype: torch.dtype =
     )
 
 
+@dataclass(frozen=True)
+class BandwidthCalibration:
+    device: str
+    uuid: str | None
+    nbytes: int  # the buffer read by each pass
+    gb_per_s: float  # bytes read per second / 1e9
+    j_per_byte: float | None  # gross, NVML counter
+    j_per_byte_net: float | None
+    window: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def calibrate_bandwidth(nbytes: int = 2**32, seconds: float = 5.0) -> BandwidthCalibration:
+    """Sum a buffer of `nbytes` (bf16 on CUDA, float32 on the CPU) repeatedly for about `seconds` in one window:
+    the bytes read per second and per joule of the card's memory system at its best."""
+    if nbytes < 1024 or seconds <= 0:
+        raise ValueError(f"nbytes >= 1024 and seconds > 0 required, got {nbytes}, {seconds}")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    # random values: constant ones would toggle fewer bits, and draw less power, than real weights do
+    buffer = torch.randn(nbytes // torch.tensor([], dtype=dtype).element_size(), device=device, dtype=dtype)
+
+    def passes(n: int) -> None:
+        for _ in range(n):
+            buffer.sum(dtype=torch.float32)  # one scalar written per pass: reads only
+
+    passes(3)
+    per_pass_s = _timed(passes, device)
+    n = max(1, int(seconds / per_pass_s))
+    with measure("calibrate_bandwidth", codecarbon=False) as window:
+        passes(n)
+    r: Measurement = window.result
+    read = n * buffer.nbytes
+    per_byte = lambda joules: None if joules is None else joules / read  # noqa: E731
+    return BandwidthCalibration(
+        device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        uuid=gpu_uuid() if device == "cuda" else None, nbytes=buffer.nbytes, gb_per_s=read / r.wall_s / 1e9,
+        j_per_byte=per_byte(r.gpu_energy_j), j_per_byte_net=per_byte(r.gpu_energy_net_j), window=r.to_dict(),
+    )
+
+
+def _timed(passes, device: str) -> float:
+    """Seconds of one call of `passes(1)`, synchronised, from three."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    passes(3)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / 3
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m attnlib.measurement.calibrate --out-dir results/paper/calibration`: writes `<card uuid>.json`
-    for the first visible GPU unless that card is already calibrated. The pipeline runs it in its own process
+    (the GEMM figures, and the read bandwidth under `bandwidth`) for the first visible GPU unless that card is
+    already calibrated. The pipeline runs it in its own process
     before the trials, once per GPU it uses."""
     import argparse
     import json
@@ -87,9 +138,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"calibrate_peak: {uuid} already calibrated ({out})")
         return
     calibration = calibrate_peak(seconds=args.seconds)
+    bandwidth = calibrate_bandwidth(seconds=args.seconds / 2)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(calibration.to_dict(), indent=1, default=str))
-    print(f"calibrate_peak: {calibration.tflops:.0f} TFLOP/s, {calibration.pj_per_flop} pJ/FLOP on {calibration.device} {uuid}")
+    out.write_text(json.dumps({**calibration.to_dict(), "bandwidth": bandwidth.to_dict()}, indent=1, default=str))
+    print(f"calibrate_peak: {calibration.tflops:.0f} TFLOP/s, {calibration.pj_per_flop} pJ/FLOP, "
+          f"{bandwidth.gb_per_s:.0f} GB/s read on {calibration.device} {uuid}")
 
 
 if __name__ == "__main__":
