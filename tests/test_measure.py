@@ -274,6 +274,6 @@ def test_calibrations_on_the_cpu_measure_rates_and_no_energy(tmp_path) -> None:
     assert bandwidth.gb_per_s > 0 and bandwidth.j_per_byte is None and bandwidth.nbytes == 2**20
     with pytest.raises(ValueError, match="nbytes"):
         calibrate_bandwidth(nbytes=10)
-    main(["--out-dir", str(tmp_path), "--seconds", "0.05"])
+    main(["--out-dir", str(tmp_path), "--seconds", "0.05", "--size", "64", "--nbytes", str(2**20)])
     written = json.loads((tmp_path / "cpu.json").read_text())
     assert written["tflops"] > 0 and written["bandwidth"]["gb_per_s"] > 0

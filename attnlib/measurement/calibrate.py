@@ -131,14 +131,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--out-dir", type=Path, required=True)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--size", type=int, default=8192, help="GEMM size (square)")
+    parser.add_argument("--nbytes", type=int, default=2**32, help="buffer read by the bandwidth calibration")
     args = parser.parse_args(argv)
     uuid = gpu_uuid() if torch.cuda.is_available() else "cpu"
     out = args.out_dir / f"{uuid}.json"
     if out.exists():
         print(f"calibrate_peak: {uuid} already calibrated ({out})")
         return
-    calibration = calibrate_peak(seconds=args.seconds)
-    bandwidth = calibrate_bandwidth(seconds=args.seconds / 2)
+    calibration = calibrate_peak(size=args.size, seconds=args.seconds)
+    bandwidth = calibrate_bandwidth(nbytes=args.nbytes, seconds=args.seconds / 2)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({**calibration.to_dict(), "bandwidth": bandwidth.to_dict()}, indent=1, default=str))
     print(f"calibrate_peak: {calibration.tflops:.0f} TFLOP/s, {calibration.pj_per_flop} pJ/FLOP, "
