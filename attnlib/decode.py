@@ -291,3 +291,22 @@ def cache_bytes_per_token(model: GPT2LMHeadModel, dtype: torch.dtype) -> int:
     if kind is LatentCache:
         return config.n_layer * config.kv_lora_rank * size
     return 0
+
+
+def step_bytes_read(model: GPT2LMHeadModel, batch_size: int, context_len: int, dtype: torch.dtype) -> int:
+    """The least a decode step must read from memory at `context_len` tokens of context: every weight once (the
+    head reads the tied embedding whole; the position table only the rows it uses, not counted) and the cache of
+    each sequence as far as the step attends: all of it for a growing cache, the ring's filled slots, or linear's
+    state. Over the card's read bandwidth (`calibrate_bandwidth`) this is the step's memory floor."""
+    size = torch.tensor([], dtype=dtype).element_size()
+    wpe = model.transformer.wpe.weight
+    weights = sum(p.numel() for p in model.parameters() if p is not wpe) * size
+    config, kind = model.config, cache_kind(model.config.attnlib_variant)
+    head_dim = config.n_embd // config.n_head
+    if kind is RingCache:
+        per_sequence = config.n_layer * 2 * config.n_head * head_dim * min(context_len, config.window) * size
+    elif kind is LinearState:
+        per_sequence = config.n_layer * config.n_head * (head_dim * head_dim + head_dim) * 4
+    else:
+        per_sequence = cache_bytes_per_token(model, dtype) * context_len
+    return weights + batch_size * per_sequence

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from attnlib import VARIANTS, build_model
-from attnlib.decode import Decoder, cache_bytes_per_token, cache_kind
+from attnlib.decode import Decoder, cache_bytes_per_token, cache_kind, step_bytes_read
 from attnlib.model import causal_hidden_states
 
 TINY = dict(n_layer=2, n_embd=32, n_head=4, n_positions=32, vocab_size=97)
@@ -76,3 +76,16 @@ def test_lsh_has_no_cache_and_bad_use_fails_early() -> None:
         decoder.prefill(torch.zeros(1, 5, dtype=torch.long))
     with pytest.raises(ValueError, match="eval"):
         Decoder(model.train(), batch_size=1, max_len=4)
+
+
+def test_step_bytes_read_counts_weights_once_and_each_sequences_cache() -> None:
+    """At 10 tokens of context: sdpa reads 2 x 4 heads x 8 dims per token per layer, the ring only its 5 slots,
+    linear its state whatever the context; every variant reads its weights once (not the position table)."""
+    read = {}
+    for variant in ("sdpa", "sliding_window", "linear"):
+        model = tiny(variant)
+        weights = sum(p.numel() for n, p in model.named_parameters() if "wpe" not in n) * 4
+        read[variant] = step_bytes_read(model, batch_size=3, context_len=10, dtype=torch.float32) - weights
+    layers = TINY["n_layer"]
+    assert read == {"sdpa": 3 * layers * 2 * 4 * 8 * 10 * 4, "sliding_window": 3 * layers * 2 * 4 * 8 * 5 * 4,
+                    "linear": 3 * layers * 4 * (8 * 8 + 8) * 4}
