@@ -12,8 +12,10 @@ What each variant keeps per layer and sequence:
 | `RingCache` | sliding_window | nothing more: the last `window` keys and values, constant memory |
 | `LinearState` | linear | nothing more: phi(k)^T v [D, D] and sum phi(k) [D] per head, fp32 |
 
-A decode step of an exact variant is one SDPA call of its single query over the cache (every exact core computes
-the same function there). MLA decodes in absorbed form: the query is taken into the latent space through W_uk and
+A decode step has static shapes, so that it can be replayed as one CUDA graph: its position is a device tensor,
+the caches are updated in place at it, and attention runs over the whole buffer through a mask of the filled
+slots. For an exact variant that is one SDPA call of its single query (every exact core computes the same
+function there). MLA decodes in absorbed form: the query is taken into the latent space through W_uk and
 the weighted sum of latents out of it through W_uv, so K and V are never materialised (their biases drop out: a
 key bias adds the same score to every key, and the value bias passes through weights that sum to one).
 lsh has no cache: its buckets are sorted over the whole sequence, so a token's attended set depends on tokens
@@ -73,27 +75,21 @@ class KVCache:
 
     def __init__(self, attn: nn.Module, batch: int, max_len: int, dtype: torch.dtype, device: torch.device):
         n_kv = attn.n_kv_head if isinstance(attn, GroupedQueryAttention) else attn.num_heads
-        self.keys = torch.zeros(batch, n_kv, max_len, attn.head_dim, dtype=dtype, device=device)
-        self.values = torch.zeros_like(self.keys)
-        self.length = 0
-
-    def _append(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        end = self.length + k.shape[2]
-        if end > self.keys.shape[2]:
-            raise ValueError(f"max_len: the cache holds {self.keys.shape[2]} positions, {end} needed")
-        self.keys[:, :, self.length:end], self.values[:, :, self.length:end] = k, v
-        self.length = end
+        self.keys = _static(torch.zeros(batch, n_kv, max_len, attn.head_dim, dtype=dtype, device=device))
+        self.values = _static(torch.zeros_like(self.keys))
 
     def prefill(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
         q, k, v = _qkv(attn, x)
-        self._append(k, v)
+        self.keys[:, :, :k.shape[2]], self.values[:, :, :k.shape[2]] = k, v
         return _output(attn, _core(attn, q, k, v))
 
-    def step(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def step(self, attn: nn.Module, x: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         q, k, v = _qkv(attn, x)
-        self._append(k, v)
-        keys, values = self.keys[:, :, :self.length], self.values[:, :, :self.length]
-        y = F.scaled_dot_product_attention(q, keys, values, scale=_scale(attn), enable_gqa=keys.shape[1] != q.shape[1])
+        self.keys.index_copy_(2, position, k)
+        self.values.index_copy_(2, position, v)
+        seen = _upto(position, self.keys.shape[2])
+        y = F.scaled_dot_product_attention(q, self.keys, self.values, attn_mask=seen, scale=_scale(attn),
+                                           enable_gqa=self.keys.shape[1] != q.shape[1])
         return _output(attn, y)
 
     @property
@@ -106,30 +102,23 @@ class LatentCache:
 
     def __init__(self, attn: MultiHeadLatentAttention, batch: int, max_len: int, dtype: torch.dtype,
                  device: torch.device):
-        self.latents = torch.zeros(batch, max_len, attn.kv_down.nf, dtype=dtype, device=device)
-        self.length = 0
-
-    def _append(self, latent: torch.Tensor) -> None:
-        end = self.length + latent.shape[1]
-        if end > self.latents.shape[1]:
-            raise ValueError(f"max_len: the cache holds {self.latents.shape[1]} positions, {end} needed")
-        self.latents[:, self.length:end] = latent
-        self.length = end
+        self.latents = _static(torch.zeros(batch, max_len, attn.kv_down.nf, dtype=dtype, device=device))
 
     def prefill(self, attn: MultiHeadLatentAttention, x: torch.Tensor) -> torch.Tensor:
         latent = attn.kv_norm(attn.kv_down(x))
-        self._append(latent)
+        self.latents[:, :latent.shape[1]] = latent
         q, k, v = (_heads(t, attn.head_dim) for t in (attn.q_proj(x), attn.k_up(latent), attn.v_up(latent)))
         return _output(attn, F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
-    def step(self, attn: MultiHeadLatentAttention, x: torch.Tensor) -> torch.Tensor:
-        self._append(attn.kv_norm(attn.kv_down(x)))
-        latents = self.latents[:, :self.length]  # [B, L, r]
+    def step(self, attn: MultiHeadLatentAttention, x: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        self.latents.index_copy_(1, position, attn.kv_norm(attn.kv_down(x)))
+        latents = self.latents  # [B, L, r]
         H, D = attn.n_head, attn.head_dim
         w_uk, w_uv = (w.view(-1, H, D).transpose(0, 1) for w in (attn.k_up.weight, attn.v_up.weight))  # [H, r, D]
         q_latent = _heads(attn.q_proj(x), D) @ w_uk.transpose(1, 2)  # [B, H, 1, r]: q W_uk^T
         scores = (q_latent @ latents.unsqueeze(1).transpose(2, 3)) * D ** -0.5  # [B, H, 1, L]
-        weights = scores.float().softmax(-1).to(latents.dtype)
+        scores = scores.float().masked_fill(~_upto(position, latents.shape[1]), float("-inf"))
+        weights = scores.softmax(-1).to(latents.dtype)
         y = (weights @ latents.unsqueeze(1)) @ w_uv + attn.v_up.bias.view(H, 1, D)  # [B, H, 1, D]
         return _output(attn, y)
 
@@ -144,27 +133,23 @@ class RingCache:
 
     def __init__(self, attn: nn.Module, batch: int, max_len: int, dtype: torch.dtype, device: torch.device):
         self.window = attn.config.window
-        self.keys = torch.zeros(batch, attn.num_heads, self.window, attn.head_dim, dtype=dtype, device=device)
-        self.values = torch.zeros_like(self.keys)
-        self.length = 0
-
-    def _append(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        for t in range(max(0, k.shape[2] - self.window), k.shape[2]):  # only the last `window` can be needed
-            slot = (self.length + t) % self.window
-            self.keys[:, :, slot], self.values[:, :, slot] = k[:, :, t], v[:, :, t]
-        self.length += k.shape[2]
+        self.keys = _static(torch.zeros(batch, attn.num_heads, self.window, attn.head_dim, dtype=dtype, device=device))
+        self.values = _static(torch.zeros_like(self.keys))
 
     def prefill(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
         q, k, v = _qkv(attn, x)
-        self._append(k, v)
+        T = k.shape[2]
+        slots = torch.arange(max(0, T - self.window), T, device=k.device)  # only the last `window` are needed
+        self.keys.index_copy_(2, slots % self.window, k[:, :, slots])
+        self.values.index_copy_(2, slots % self.window, v[:, :, slots])
         return _output(attn, _core(attn, q, k, v))
 
-    def step(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def step(self, attn: nn.Module, x: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         q, k, v = _qkv(attn, x)
-        self._append(k, v)
-        filled = min(self.length, self.window)
-        y = F.scaled_dot_product_attention(q, self.keys[:, :, :filled], self.values[:, :, :filled],
-                                           scale=_scale(attn))
+        self.keys.index_copy_(2, position % self.window, k)
+        self.values.index_copy_(2, position % self.window, v)
+        filled = _upto(position, self.window)  # slots 0..position until the ring is full, then all
+        y = F.scaled_dot_product_attention(q, self.keys, self.values, attn_mask=filled, scale=_scale(attn))
         return _output(attn, y)
 
     @property
@@ -178,22 +163,20 @@ class LinearState:
 
     def __init__(self, attn: nn.Module, batch: int, max_len: int, dtype: torch.dtype, device: torch.device):
         H, D = attn.num_heads, attn.head_dim
-        self.state = torch.zeros(batch, H, D, D, dtype=torch.float32, device=device)
-        self.normaliser = torch.zeros(batch, H, D, dtype=torch.float32, device=device)
-        self.length = 0
+        self.state = _static(torch.zeros(batch, H, D, D, dtype=torch.float32, device=device))
+        self.normaliser = _static(torch.zeros(batch, H, D, dtype=torch.float32, device=device))
 
     def _append(self, k: torch.Tensor, v: torch.Tensor) -> None:
         phi_k = feature_map(k).float()
         self.state += phi_k.transpose(2, 3) @ v.float()
         self.normaliser += phi_k.sum(2)
-        self.length += k.shape[2]
 
     def prefill(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
         q, k, v = _qkv(attn, x)
         self._append(k, v)
         return _output(attn, _core(attn, q, k, v))
 
-    def step(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def step(self, attn: nn.Module, x: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         q, k, v = _qkv(attn, x)
         self._append(k, v)
         phi_q = feature_map(q).float()  # [B, H, 1, D]
@@ -209,6 +192,17 @@ def _scale(attn: nn.Module) -> float:
     return attn.scaling if hasattr(attn, "scaling") else attn.head_dim ** -0.5
 
 
+def _upto(position: torch.Tensor, slots: int) -> torch.Tensor:
+    """[1, slots] mask (one query) of the slots a step at `position` ([1]) attends to: 0..position."""
+    return (torch.arange(slots, device=position.device) <= position).unsqueeze(0)
+
+
+def _static(buffer: torch.Tensor) -> torch.Tensor:
+    """A cache buffer updated in place at a fixed address, so that a compiled step (CUDA graphs) may mutate it."""
+    torch._dynamo.mark_static_address(buffer)
+    return buffer
+
+
 def cache_kind(variant: str) -> type:
     """The cache class of `variant`; `NotImplementedError` (recorded as unsupported) for one without."""
     get_variant(variant)
@@ -222,53 +216,70 @@ def cache_kind(variant: str) -> type:
 
 class Decoder:
     """Greedy decoding of a `build_model` GPT-2 (in eval mode) with its variant's cache, `batch_size` sequences
-    of at most `max_len` positions. Caches take the dtype of the model's weights (cast the model for bf16)."""
+    of at most `max_len` positions. Caches take the dtype of the model's weights (cast the model for bf16).
 
-    def __init__(self, model: GPT2LMHeadModel, batch_size: int, max_len: int):
+    A step has static shapes (its position is a device tensor, the caches are updated in place and attended
+    through a mask of the filled slots), so `compile_mode="reduce-overhead"` replays it as one CUDA graph."""
+
+    def __init__(self, model: GPT2LMHeadModel, batch_size: int, max_len: int, compile_mode: str | None = None):
         if model.training:
             raise ValueError("model: call model.eval() first (dropout would make decoding differ from the forward)")
         if max_len > model.config.n_positions:
             raise ValueError(f"max_len: {max_len} is more than the model's n_positions ({model.config.n_positions})")
-        self.model, self.batch_size = model, batch_size
+        self.model, self.batch_size, self.max_len, self.length = model, batch_size, max_len, 0
         kind = cache_kind(model.config.attnlib_variant)
         weight = model.transformer.wte.weight
         self.caches = [kind(block.attn, batch_size, max_len, weight.dtype, weight.device)
                        for block in model.transformer.h]
-
-    @property
-    def length(self) -> int:
-        return self.caches[0].length
+        self.position = _static(torch.zeros(1, dtype=torch.long, device=weight.device))
+        self._step = self._step_logits if compile_mode is None else torch.compile(self._step_logits, mode=compile_mode)
 
     @property
     def cache_bytes(self) -> int:
         """Bytes the caches hold (allocated for `max_len` positions, or the constant state)."""
         return sum(cache.nbytes for cache in self.caches)
 
-    def _forward(self, ids: torch.Tensor, prefill: bool) -> torch.Tensor:
+    def _check(self, ids: torch.Tensor, new: int) -> None:
         if ids.shape[0] != self.batch_size:
             raise ValueError(f"ids: batch of {ids.shape[0]}, the decoder was built for {self.batch_size}")
+        if self.length + new > self.max_len:
+            raise ValueError(f"max_len: the caches hold {self.max_len} positions, {self.length + new} needed")
+
+    def _blocks(self, hidden: torch.Tensor, attend) -> torch.Tensor:
+        """GPT-2's blocks, `attend(cache, attn, x)` in place of self-attention; then ln_f and the head."""
         t = self.model.transformer
-        positions = torch.arange(self.length, self.length + ids.shape[1], device=ids.device)
-        hidden = t.wte(ids) + t.wpe(positions)
         for block, cache in zip(t.h, self.caches):
-            attend = cache.prefill if prefill else cache.step
-            hidden = hidden + attend(block.attn, block.ln_1(hidden))
+            hidden = hidden + attend(cache, block.attn, block.ln_1(hidden))
             hidden = hidden + block.mlp(block.ln_2(hidden))
         return self.model.lm_head(t.ln_f(hidden))
+
+    def _step_logits(self, ids: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        t = self.model.transformer
+        hidden = t.wte(ids) + t.wpe(position)
+        return self._blocks(hidden, lambda cache, attn, x: cache.step(attn, x, position))[:, 0]
 
     @torch.no_grad()
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits [B, T, V] of a prompt [B, T], which fills the caches."""
         if self.length:
             raise ValueError("prefill: the caches are not empty; build a new Decoder")
-        return self._forward(ids, prefill=True)
+        self._check(ids, ids.shape[1])
+        t = self.model.transformer
+        hidden = t.wte(ids) + t.wpe(torch.arange(ids.shape[1], device=ids.device))
+        logits = self._blocks(hidden, lambda cache, attn, x: cache.prefill(attn, x))
+        self.length = ids.shape[1]
+        return logits
 
     @torch.no_grad()
     def step(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits [B, V] of the next token after one new token per sequence, `ids` [B, 1]."""
         if ids.shape[1] != 1:
             raise ValueError(f"step: one token per sequence, got {ids.shape[1]}")
-        return self._forward(ids, prefill=False)[:, 0]
+        self._check(ids, 1)
+        self.position.fill_(self.length)
+        logits = self._step(ids, self.position)
+        self.length += 1
+        return logits
 
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
@@ -297,7 +308,8 @@ def step_bytes_read(model: GPT2LMHeadModel, batch_size: int, context_len: int, d
     """The least a decode step must read from memory at `context_len` tokens of context: every weight once (the
     head reads the tied embedding whole; the position table only the rows it uses, not counted) and the cache of
     each sequence as far as the step attends: all of it for a growing cache, the ring's filled slots, or linear's
-    state. Over the card's read bandwidth (`calibrate_bandwidth`) this is the step's memory floor."""
+    state. Over the card's read bandwidth (`calibrate_bandwidth`) this is the step's memory floor (the static step
+    reads the whole `max_len` buffer: part of what the floor multiple shows)."""
     size = torch.tensor([], dtype=dtype).element_size()
     wpe = model.transformer.wpe.weight
     weights = sum(p.numel() for p in model.parameters() if p is not wpe) * size

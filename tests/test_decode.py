@@ -89,3 +89,20 @@ def test_step_bytes_read_counts_weights_once_and_each_sequences_cache() -> None:
     layers = TINY["n_layer"]
     assert read == {"sdpa": 3 * layers * 2 * 4 * 8 * 10 * 4, "sliding_window": 3 * layers * 2 * 4 * 8 * 5 * 4,
                     "linear": 3 * layers * 4 * (8 * 8 + 8) * 4}
+
+
+@pytest.mark.parametrize("variant", ["gqa", "mla", "sliding_window", "linear"])
+def test_compiled_step_decodes_like_the_eager_one(variant: str) -> None:
+    """The step has static shapes and updates its caches in place: compiled (on a GPU, with CUDA graphs) it gives
+    the eager step's logits, past the ring's wrap-around; one compilation serves every position."""
+    model = tiny(variant)
+    prompt = torch.randint(0, TINY["vocab_size"], (2, 4), generator=torch.Generator().manual_seed(3))
+    torch._dynamo.reset()
+    eager, compiled = Decoder(model, 2, 16), Decoder(model, 2, 16, compile_mode="default")
+    for decoder in (eager, compiled):
+        decoder.prefill(prompt)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for t in range(8):
+            token = torch.full((2, 1), t)
+            torch.testing.assert_close(compiled.step(token), eager.step(token), rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
