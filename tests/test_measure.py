@@ -277,3 +277,6 @@ def test_calibrations_on_the_cpu_measure_rates_and_no_energy(tmp_path) -> None:
     main(["--out-dir", str(tmp_path), "--seconds", "0.05", "--size", "64", "--nbytes", str(2**20)])
     written = json.loads((tmp_path / "cpu.json").read_text())
     assert written["tflops"] > 0 and written["bandwidth"]["gb_per_s"] > 0
+    main(["--out-dir", str(tmp_path / "bad"), "--seconds", "0.05", "--size", "64", "--nbytes", "10"])
+    written = json.loads((tmp_path / "bad" / "cpu.json").read_text())  # the GEMM floor kept, the failure said
+    assert written["tflops"] > 0 and "nbytes" in written["bandwidth"]["error"]
