@@ -96,6 +96,10 @@ class KVCache:
     def nbytes(self) -> int:
         return self.keys.nbytes + self.values.nbytes
 
+    def overwritten(self) -> tuple[torch.Tensor, ...]:
+        """Buffers a step changes for positions before its own: none (a rewind's steps rewrite their own slots)."""
+        return ()
+
 
 class LatentCache:
     """MLA's normalised latent of every position so far; decode in absorbed form (see the module docstring)."""
@@ -125,6 +129,9 @@ class LatentCache:
     @property
     def nbytes(self) -> int:
         return self.latents.nbytes
+
+    def overwritten(self) -> tuple[torch.Tensor, ...]:
+        return ()
 
 
 class RingCache:
@@ -156,6 +163,9 @@ class RingCache:
     def nbytes(self) -> int:
         return self.keys.nbytes + self.values.nbytes
 
+    def overwritten(self) -> tuple[torch.Tensor, ...]:
+        return self.keys, self.values  # a step evicts the oldest slot
+
 
 class LinearState:
     """linear's recurrent state: S = sum phi(k)^T v and z = sum phi(k) over the context, in fp32 (the training
@@ -186,6 +196,9 @@ class LinearState:
     @property
     def nbytes(self) -> int:
         return self.state.nbytes + self.normaliser.nbytes
+
+    def overwritten(self) -> tuple[torch.Tensor, ...]:
+        return self.state, self.normaliser  # a step adds its token to the sums
 
 
 def _scale(attn: nn.Module) -> float:
@@ -280,6 +293,20 @@ class Decoder:
         logits = self._step(ids, self.position)
         self.length += 1
         return logits
+
+    def mark(self) -> tuple[int, list[tuple[torch.Tensor, ...]]]:
+        """The decoder's state now, for `rewind`: its length and copies of what later steps overwrite (a ring's
+        slots, linear's sums: small; a growing cache needs no copy)."""
+        return self.length, [tuple(t.clone() for t in cache.overwritten()) for cache in self.caches]
+
+    @torch.no_grad()
+    def rewind(self, mark: tuple[int, list[tuple[torch.Tensor, ...]]]) -> None:
+        """Back to a `mark`, in place (the buffers keep their addresses, so a recorded CUDA graph stays valid):
+        repeated decodes from one prefill, as a measurement of decode alone needs."""
+        self.length, saved = mark[0], mark[1]
+        for cache, copies in zip(self.caches, saved):
+            for buffer, copy in zip(cache.overwritten(), copies):
+                buffer.copy_(copy)
 
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:

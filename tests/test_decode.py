@@ -106,3 +106,19 @@ def test_compiled_step_decodes_like_the_eager_one(variant: str) -> None:
             token = torch.full((2, 1), t)
             torch.testing.assert_close(compiled.step(token), eager.step(token), rtol=1e-5, atol=1e-5)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("variant", DECODED)
+def test_rewind_repeats_the_same_decode(variant: str) -> None:
+    """Decoding from one prefill again after `rewind` gives the same logits: past the ring's wrap, and with
+    linear's sums restored, so decode alone can be measured over repeated runs."""
+    model = tiny(variant)
+    prompt = torch.randint(0, TINY["vocab_size"], (2, 4), generator=torch.Generator().manual_seed(4))
+    decoder = Decoder(model, batch_size=2, max_len=16)
+    decoder.prefill(prompt)
+    mark = decoder.mark()
+    tokens = [torch.full((2, 1), t) for t in range(8)]
+    first = torch.stack([decoder.step(t) for t in tokens])
+    decoder.rewind(mark)
+    assert decoder.length == 4
+    torch.testing.assert_close(torch.stack([decoder.step(t) for t in tokens]), first, rtol=0, atol=0)
