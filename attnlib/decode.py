@@ -70,18 +70,47 @@ def _core(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) ->
     return core(attn, q, k, v, None, scaling=attn.scaling)[0].transpose(1, 2)
 
 
-class KVCache:
+class _Cache:
+    """What every cache has: `BUFFERS`, its tensors (their bytes are `nbytes`), and `OVERWRITTEN`, those a step
+    changes for positions before its own, which `Decoder.rewind` restores (a growing cache has none: the steps after
+    a rewind rewrite their own slots)."""
+
+    BUFFERS: tuple[str, ...] = ()
+    OVERWRITTEN: tuple[str, ...] = ()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(getattr(self, name).nbytes for name in self.BUFFERS)
+
+    def overwritten(self) -> tuple[torch.Tensor, ...]:
+        return tuple(getattr(self, name) for name in self.OVERWRITTEN)
+
+
+class _ProjectedCache(_Cache):
+    """A cache fed by the layer's own q, k, v projections: a prompt runs the variant's training-time core, and
+    `_store` keeps what later steps need of its keys and values."""
+
+    def _store(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def prefill(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = _qkv(attn, x)
+        self._store(k, v)
+        return _output(attn, _core(attn, q, k, v))
+
+
+class KVCache(_ProjectedCache):
     """Keys and values of every position so far, in static buffers of `max_len` positions."""
+
+    BUFFERS = ("keys", "values")
 
     def __init__(self, attn: nn.Module, batch: int, max_len: int, dtype: torch.dtype, device: torch.device):
         n_kv = attn.n_kv_head if isinstance(attn, GroupedQueryAttention) else attn.num_heads
         self.keys = _static(torch.zeros(batch, n_kv, max_len, attn.head_dim, dtype=dtype, device=device))
         self.values = _static(torch.zeros_like(self.keys))
 
-    def prefill(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = _qkv(attn, x)
+    def _store(self, k: torch.Tensor, v: torch.Tensor) -> None:
         self.keys[:, :, :k.shape[2]], self.values[:, :, :k.shape[2]] = k, v
-        return _output(attn, _core(attn, q, k, v))
 
     def step(self, attn: nn.Module, x: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         q, k, v = _qkv(attn, x)
@@ -92,17 +121,11 @@ class KVCache:
                                            enable_gqa=self.keys.shape[1] != q.shape[1])
         return _output(attn, y)
 
-    @property
-    def nbytes(self) -> int:
-        return self.keys.nbytes + self.values.nbytes
 
-    def overwritten(self) -> tuple[torch.Tensor, ...]:
-        """Buffers a step changes for positions before its own: none (a rewind's steps rewrite their own slots)."""
-        return ()
-
-
-class LatentCache:
+class LatentCache(_Cache):
     """MLA's normalised latent of every position so far; decode in absorbed form (see the module docstring)."""
+
+    BUFFERS = ("latents",)
 
     def __init__(self, attn: MultiHeadLatentAttention, batch: int, max_len: int, dtype: torch.dtype,
                  device: torch.device):
@@ -126,30 +149,23 @@ class LatentCache:
         y = (weights @ latents.unsqueeze(1)) @ w_uv + attn.v_up.bias.view(H, 1, D)  # [B, H, 1, D]
         return _output(attn, y)
 
-    @property
-    def nbytes(self) -> int:
-        return self.latents.nbytes
 
-    def overwritten(self) -> tuple[torch.Tensor, ...]:
-        return ()
-
-
-class RingCache:
+class RingCache(_ProjectedCache):
     """sliding_window's last `window` keys and values: position t lives in slot t mod window. Slot order does not
     matter: GPT-2's positions enter at the input, so attention over a set of keys is the same in any order."""
+
+    BUFFERS = OVERWRITTEN = ("keys", "values")  # a step evicts the oldest slot
 
     def __init__(self, attn: nn.Module, batch: int, max_len: int, dtype: torch.dtype, device: torch.device):
         self.window = attn.config.window
         self.keys = _static(torch.zeros(batch, attn.num_heads, self.window, attn.head_dim, dtype=dtype, device=device))
         self.values = _static(torch.zeros_like(self.keys))
 
-    def prefill(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = _qkv(attn, x)
+    def _store(self, k: torch.Tensor, v: torch.Tensor) -> None:
         T = k.shape[2]
         slots = torch.arange(max(0, T - self.window), T, device=k.device)  # only the last `window` are needed
         self.keys.index_copy_(2, slots % self.window, k[:, :, slots])
         self.values.index_copy_(2, slots % self.window, v[:, :, slots])
-        return _output(attn, _core(attn, q, k, v))
 
     def step(self, attn: nn.Module, x: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         q, k, v = _qkv(attn, x)
@@ -159,46 +175,29 @@ class RingCache:
         y = F.scaled_dot_product_attention(q, self.keys, self.values, attn_mask=filled, scale=_scale(attn))
         return _output(attn, y)
 
-    @property
-    def nbytes(self) -> int:
-        return self.keys.nbytes + self.values.nbytes
 
-    def overwritten(self) -> tuple[torch.Tensor, ...]:
-        return self.keys, self.values  # a step evicts the oldest slot
-
-
-class LinearState:
+class LinearState(_ProjectedCache):
     """linear's recurrent state: S = sum phi(k)^T v and z = sum phi(k) over the context, in fp32 (the training
     form accumulates in fp32 too); a step adds its token, then reads phi(q) S / phi(q) z."""
+
+    BUFFERS = OVERWRITTEN = ("state", "normaliser")  # a step adds its token to the sums
 
     def __init__(self, attn: nn.Module, batch: int, max_len: int, dtype: torch.dtype, device: torch.device):
         H, D = attn.num_heads, attn.head_dim
         self.state = _static(torch.zeros(batch, H, D, D, dtype=torch.float32, device=device))
         self.normaliser = _static(torch.zeros(batch, H, D, dtype=torch.float32, device=device))
 
-    def _append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+    def _store(self, k: torch.Tensor, v: torch.Tensor) -> None:
         phi_k = feature_map(k).float()
         self.state += phi_k.transpose(2, 3) @ v.float()
         self.normaliser += phi_k.sum(2)
 
-    def prefill(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = _qkv(attn, x)
-        self._append(k, v)
-        return _output(attn, _core(attn, q, k, v))
-
     def step(self, attn: nn.Module, x: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         q, k, v = _qkv(attn, x)
-        self._append(k, v)
+        self._store(k, v)
         phi_q = feature_map(q).float()  # [B, H, 1, D]
         y = (phi_q @ self.state) / (phi_q * self.normaliser.unsqueeze(2)).sum(-1, keepdim=True)
         return _output(attn, y.to(v.dtype))
-
-    @property
-    def nbytes(self) -> int:
-        return self.state.nbytes + self.normaliser.nbytes
-
-    def overwritten(self) -> tuple[torch.Tensor, ...]:
-        return self.state, self.normaliser  # a step adds its token to the sums
 
 
 def _scale(attn: nn.Module) -> float:
