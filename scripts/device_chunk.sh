@@ -4,6 +4,7 @@
 #   bash scripts/device_chunk.sh MINUTES [RESULTS] [PROFILE]   # e.g. 4.5: no new job after 4.5 min
 #   bash scripts/device_chunk.sh 4.5 results/longcontext longcontext
 #
+# VARIANTS=a,b limits the chunk to those variants (their jobs in plan order).
 # A job still running after STOP_MINUTES (default 8) is stopped and redone by the next chunk; run.json records
 # every chunk's time, stopped jobs included.
 # The results folder travels with the working tree (unpack the previous chunk's archive before the next call).
@@ -13,7 +14,8 @@ minutes=${1:-4.5} results=${2:-results/paper} profile=${3:-paper}
 mkdir -p "$results"
 [ -f "$results/nvidia-smi.txt" ] || nvidia-smi > "$results/nvidia-smi.txt"
 export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor TRITON_CACHE_DIR=$PWD/.cache/triton PYTHONUNBUFFERED=1
-python -m attnlib.pipeline run --profile "$profile" --results "$results" --max-minutes "$minutes" --stop-minutes "${STOP_MINUTES:-8}"
+python -m attnlib.pipeline run --profile "$profile" --results "$results" --max-minutes "$minutes" --stop-minutes "${STOP_MINUTES:-8}" \
+  ${VARIANTS:+--variants "$VARIANTS"}
 code=$?
 tar czf "${OUT:-/tmp}/results.tgz" "$results"
 ls "$results/raw" | wc -l
