@@ -79,6 +79,23 @@ def test_flex_kernel_matches_dense_mask(mask_mod) -> None:
     )
 
 
+def test_compiled_attention_never_falls_back_to_eager_across_the_long_context_grid() -> None:
+    """One compiled function serves every length of the long-context grid, with and without autograd (16 entries,
+    past dynamo's default of 8): each call is compiled, and a call past the limit is an error, never eager
+    `flex_attention` with its T x T scores."""
+    from torch._dynamo.testing import CompileCounter
+
+    from attnlib.experiments.longcontext import SEQ_LENS
+
+    counter = CompileCounter()
+    scale = torch.compile(lambda x: x * 2, backend=counter, dynamic=False)
+    for grad in (False, True):
+        for t in SEQ_LENS:
+            scale(torch.ones(t // 512, requires_grad=grad))
+    assert counter.frame_count == 2 * len(SEQ_LENS)
+    assert torch._dynamo.config.fail_on_recompile_limit_hit
+
+
 @pytest.mark.parametrize("chunk_size", [1, 8, 64, 24])  # 24 does not tile T = 64: the last chunk is padded
 def test_linear_chunked_equals_naive(chunk_size: int) -> None:
     torch.manual_seed(0)

@@ -33,6 +33,7 @@ from ..data import IGNORE_INDEX, TokenData
 from ..flops import training_flops_per_token
 from ..model import attention_parameters, build_model, causal_hidden_states
 from ..registry import get_variant
+from ..variants._common import strict_recompiles
 
 MODES = ("eager", "compile", "graph")
 COMPILE_SCOPES = ("model", "block", "nested")
@@ -154,14 +155,10 @@ class Trainer:
         if config.loss_chunk_tokens is not None:
             self._head_loss = functools.partial(chunked_causal_lm_loss, chunk_tokens=config.loss_chunk_tokens)
         if config.mode != "eager":
-            import torch._dynamo.config as dynamo_config
             import torch._inductor.config as inductor_config
 
             inductor_config.triton.cudagraph_or_error = True  # a graph that cannot be captured is an error, not slow
-            # each Trainer adds guarded entries (train, eval) for the same code: room for many trainers in one
-            # process, and an error rather than a silent fall-back to eager beyond that
-            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
-            dynamo_config.fail_on_recompile_limit_hit = True
+            strict_recompiles()  # each Trainer adds guarded entries (train, eval) for the same code
             compile_mode = "reduce-overhead" if config.mode == "graph" else None
             if config.compile_scope in ("model", "nested"):
                 self._loss = torch.compile(self._forward_loss, mode=compile_mode)

@@ -39,3 +39,16 @@ def gpt2_output_projection(config: GPT2Config) -> tuple[Conv1D, nn.Dropout]:
     c_proj = Conv1D(config.n_embd, config.n_embd)
     gpt2_init_(c_proj, config, residual=True)
     return c_proj, nn.Dropout(config.resid_pdrop)
+
+
+def strict_recompiles(limit: int = 64) -> None:
+    """Room for `limit` compiled entries per function, and an error past it.
+
+    A process that compiles one function for many shapes or grad modes (the long-context job: 8 lengths, with and
+    without autograd; several trainers) passes dynamo's default of 8 entries. Past it dynamo silently runs the
+    function eagerly, and eager `flex_attention` materialises the T x T scores (192 GiB at T = 64K).
+    """
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, limit)
+    dynamo_config.fail_on_recompile_limit_hit = True

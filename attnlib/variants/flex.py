@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import create_block_mask, create_mask, flex_attention
 
 from ..registry import VariantSpec, register
-from ._common import require_plain_causal
+from ._common import require_plain_causal, strict_recompiles
 from .sdpa import is_gqa
 
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -29,6 +29,9 @@ def causal_mask_mod(b, h, q_idx, kv_idx):
 @functools.cache
 def _compiled_flex_attention() -> Callable:
     return torch.compile(flex_attention, dynamic=False)
+
+
+strict_recompiles()  # one compiled flex_attention per shape and grad mode; never the eager, T x T fall-back
 
 
 @functools.lru_cache(maxsize=32)
