@@ -217,5 +217,10 @@ def test_long_context_report_writes_tables_figures_and_the_sections_macros(tmp_p
     assert "ran out of memory or failed from T = 32K" in macros
     table = (paper / "generated" / "longcontext" / "crossover.tex").read_text()
     assert "none up to 32K" in table
+    unmeasured = sorted(set(VARIANTS) - set(energy))  # every variant has a row; those without results say so
+    assert set(crossover.index) == set(VARIANTS) - {"sdpa"}
+    assert not crossover.loc[unmeasured, "measured"].any() and crossover.loc[["linear", "baseline"], "measured"].all()
+    assert table.count("not measured") == 3 * len(unmeasured)
+    assert f"{unmeasured[-2]} and {unmeasured[-1]} have no results in this grid yet" in macros.replace("\\_", "_")
     for figure in ("longcontext_energy", "longcontext_memory"):
         assert (tmp_path / "figures" / "longcontext" / f"{figure}.pdf").exists()

@@ -166,7 +166,7 @@ def _per_length(sweep: pd.DataFrame, column: str, ci: str | None, scale: float, 
         failed = group[group.status != "ok"]
         ax.scatter(failed.seq_len, [top] * len(failed), marker="x", color=color)
         fast = sweep[(sweep.variant == variant) & (sweep["mode"] != "eager")].dropna(subset=[column])
-        ax.scatter(fast.seq_len, fast[column] * scale, marker="^", color=color, s=18)
+        ax.scatter(fast.seq_len, fast[column] * scale, marker="^", color=color, s=18, zorder=3)
     ax.set(xscale="log", yscale="log", xlabel="sequence length T (tokens)", ylabel=label)
     ax.set_xticks(sorted(sweep.seq_len.unique()), [f"{t // 1024}K" if t >= 1024 else str(t)
                                                    for t in sorted(sweep.seq_len.unique())])

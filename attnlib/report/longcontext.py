@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import figures, latex
+from ..registry import VARIANTS
 from .figures import GIB
 from .frames import TRIAL_QUANTITIES, aggregate, compare, with_calibration
 
@@ -69,21 +70,23 @@ def crossover_length(lengths: list[int], advantage: list[float | None]) -> float
     return math.exp(math.log(lengths[k - 1]) + fraction * (math.log(lengths[k]) - math.log(lengths[k - 1])))
 
 
-def crossover_frame(summary: pd.DataFrame, mode: str = "eager", reference: str = REFERENCE) -> pd.DataFrame:
+def crossover_frame(summary: pd.DataFrame, mode: str = "eager", reference: str = REFERENCE,
+                    expected: list[str] | None = None) -> pd.DataFrame:
     """One row per variant: from which length its energy per token stays below the reference's
     (`crossover_seq_len`, with `ci_low` / `ci_high` where the 95% intervals put it earliest / latest; empty when
     not within the grid), and the same for throughput (`tokens_per_s_...`) and peak memory (`peak_mem_...`). A
-    length where the variant failed (out of memory) and the reference ran counts against the variant."""
+    length where the variant failed (out of memory) and the reference ran counts against the variant. A variant
+    of `expected` without results gets a row with `measured` False, so that it is never silently absent."""
     rows = summary[(summary["mode"] == mode) & (summary.status == "ok")] if len(summary) else summary
     if rows.empty or reference not in set(rows.variant):
-        return pd.DataFrame(columns=["variant", "reference", "crossover_seq_len", "ci_low", "ci_high"])
+        return pd.DataFrame(columns=["variant", "reference", "measured", "crossover_seq_len", "ci_low", "ci_high"])
     grid = sorted(summary[summary["mode"] == mode].seq_len.unique())
     ref = rows[rows.variant == reference].set_index("seq_len")
     out = []
     for variant in [v for v in summary.variant.unique() if v != reference]:
         own = rows[rows.variant == variant].set_index("seq_len")
         lengths = [t for t in grid if t in own.index or t in ref.index]  # both failed: no evidence either way
-        row = {"variant": variant, "reference": reference}
+        row = {"variant": variant, "reference": reference, "measured": True}
         for quantity, lower_is_better in CROSSOVER_QUANTITIES.items():
             mean = quantity if quantity == "peak_mem_bytes" else f"{quantity}_mean"
             ci = None if quantity == "peak_mem_bytes" else f"{quantity}_ci95"
@@ -104,6 +107,9 @@ def crossover_frame(summary: pd.DataFrame, mode: str = "eager", reference: str =
             if ci:
                 row[f"{prefix}ci_low"], row[f"{prefix}ci_high"] = found[1], found[2]
         out.append(row)
+    measured = set(summary.variant)
+    out += [{"variant": v, "reference": reference, "measured": False}
+            for v in sorted(set(expected or []) - measured - {reference})]
     return pd.DataFrame(out)
 
 
@@ -125,8 +131,8 @@ def crossover_table(crossover: pd.DataFrame, max_seq_len: int) -> str:
             return seq_label(point)
         return f"{seq_label(point)} [{seq_label(row.get(f'{prefix}ci_low'))}, {seq_label(row.get(f'{prefix}ci_high'))}]"
 
-    rows = [[r.variant, cell(r, ""), cell(r, "tokens_per_s_"), cell(r, "peak_mem_", False)]
-            for _, r in crossover.iterrows()]
+    rows = [[r.variant, cell(r, ""), cell(r, "tokens_per_s_"), cell(r, "peak_mem_", False)] if r.measured
+            else [r.variant] + ["not measured"] * 3 for _, r in crossover.iterrows()]
     return latex.booktabs(["variant", "energy per token", "throughput", "peak memory"], rows, "llll")
 
 
@@ -139,7 +145,7 @@ def explanation(sweep: pd.DataFrame, frame: pd.DataFrame, crossover: pd.DataFram
     flops = (frame[(frame.kind == "sweep") & (frame.status == "ok")]
              .groupby(["variant", "seq_len"]).training_flops_per_token.first())
     sentences = []
-    for _, row in crossover.iterrows():
+    for _, row in crossover[crossover.measured.astype(bool)].iterrows():
         v = row.variant
         point = row.crossover_seq_len
         text = (f"{v} stays below {reference}'s energy per token from T $\\approx$ {seq_label(point)} "
@@ -158,6 +164,10 @@ def explanation(sweep: pd.DataFrame, frame: pd.DataFrame, crossover: pd.DataFram
         if len(failed):
             text += f"; it ran out of memory or failed from T = {seq_label(failed.seq_len.min())}"
         sentences.append(text + ".")
+    missing = crossover.variant[~crossover.measured.astype(bool)].tolist()
+    if missing:
+        names = " and ".join([", ".join(missing[:-1]), missing[-1]] if len(missing) > 1 else missing)
+        sentences.append(f"{names} {'has' if len(missing) == 1 else 'have'} no results in this grid yet.")
     return " ".join(sentences)
 
 
@@ -167,7 +177,7 @@ def build_longcontext_report(frame: pd.DataFrame, calibrations: dict[str, dict],
     (also under `paper/generated/<label>/`, with the crossover table and the macros `paper/longcontext.tex`
     uses) and the two figures against T; returns the sweep's summary."""
     sweep, layers = sweep_summary(frame, calibrations), layer_summary(frame, calibrations)
-    crossover = crossover_frame(sweep)
+    crossover = crossover_frame(sweep, expected=list(VARIANTS))
     generated = paper_dir / "generated" / label
     generated.mkdir(parents=True, exist_ok=True)
     for name, table in (("summary", sweep), ("layer_summary", layers), ("crossover", crossover)):
