@@ -3,7 +3,8 @@
 #
 #   ./run_all.sh                       # CUDA -> measure the paper profile; no GPU -> rebuild the paper from the
 #                                      # committed results/paper/ (the reviewer path), or run smoke if there are none
-#   ./run_all.sh --profile smoke       # choose the profile (paper, smoke, longcontext: the 512-64K grid, a GPU's)
+#   ./run_all.sh --profile smoke       # choose the profile (paper, smoke; a GPU's: longcontext, the 512-64K grid,
+#                                      # inference, prefill and decode)
 #   ./run_all.sh --variants sdpa,flash # a subset of attnlib.VARIANTS
 #   ./run_all.sh --results DIR         # measure into DIR (default results/<profile>); with a GPU, also compare
 #                                      # DIR's table with the committed results/paper/ (DIR/comparison.csv)
@@ -78,18 +79,22 @@ fi
 
 # 4. Tables, figures, macros (the aggregation notebook); a reviewer's folder is compared with ours.
 python -m attnlib.pipeline report --profile "$profile" --results "$results" || fail "aggregation failed"
-if [ "$label" != paper ] && [ -f results/paper/summary.csv ] && [ "$gpu" = 1 ] && [ ! -f "$results/crossover.csv" ]; then
+section=""  # a family with a section of its own in the paper: long context (crossover.csv), inference (decode.csv)
+[ -f "$results/crossover.csv" ] && section=longcontext
+[ -f "$results/decode.csv" ] && section=inference
+if [ "$label" != paper ] && [ -f results/paper/summary.csv ] && [ "$gpu" = 1 ] && [ -z "$section" ]; then
   echo "== $results against the committed results/paper/ (written to $results/comparison.csv)"
   python -m attnlib.pipeline compare --results "$results" --reference results/paper || fail "comparison failed"
 fi
 
-# 5. The paper. A long-context folder is not a paper of its own: results/longcontext/ is a section of the paper
-#    built from results/paper/ (paper/longcontext.tex), so that paper is rebuilt.
-if [ -f "$results/crossover.csv" ]; then
-  if [ "$label" = longcontext ] && [ -f paper/generated/paper/macros.tex ]; then
+# 5. The paper. A long-context or inference folder is not a paper of its own: results/longcontext/ and
+#    results/inference/ are sections of the paper built from results/paper/ (paper/<family>.tex), so that paper
+#    is rebuilt.
+if [ -n "$section" ]; then
+  if [ "$label" = "$section" ] && [ -f paper/generated/paper/macros.tex ]; then
     label=paper
   else
-    echo "== $results is a long-context folder: tables and figures written; the paper's section reads results/longcontext/"
+    echo "== $results is a $section folder: tables and figures written; the paper's section reads results/$section/"
     label=""
   fi
 fi

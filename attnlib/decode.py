@@ -258,29 +258,32 @@ class Decoder:
             raise ValueError(f"max_len: the caches hold {self.max_len} positions, {self.length + new} needed")
 
     def _blocks(self, hidden: torch.Tensor, attend) -> torch.Tensor:
-        """GPT-2's blocks, `attend(cache, attn, x)` in place of self-attention; then ln_f and the head."""
-        t = self.model.transformer
-        for block, cache in zip(t.h, self.caches):
+        """GPT-2's blocks, `attend(cache, attn, x)` in place of self-attention (ln_f and the head: `_head`)."""
+        for block, cache in zip(self.model.transformer.h, self.caches):
             hidden = hidden + attend(cache, block.attn, block.ln_1(hidden))
             hidden = hidden + block.mlp(block.ln_2(hidden))
-        return self.model.lm_head(t.ln_f(hidden))
+        return hidden
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(self.model.transformer.ln_f(hidden))
 
     def _step_logits(self, ids: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         t = self.model.transformer
         hidden = t.wte(ids) + t.wpe(position)
-        return self._blocks(hidden, lambda cache, attn, x: cache.step(attn, x, position))[:, 0]
+        return self._head(self._blocks(hidden, lambda cache, attn, x: cache.step(attn, x, position))[:, 0])
 
     @torch.no_grad()
-    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
-        """Logits [B, T, V] of a prompt [B, T], which fills the caches."""
+    def prefill(self, ids: torch.Tensor, all_logits: bool = True) -> torch.Tensor:
+        """Logits [B, T, V] of a prompt [B, T], which fills the caches; with `all_logits=False` only the last
+        position's, [B, 1, V] (all that generation needs: the head costs 2 x its weights per position)."""
         if self.length:
             raise ValueError("prefill: the caches are not empty; build a new Decoder")
         self._check(ids, ids.shape[1])
         t = self.model.transformer
         hidden = t.wte(ids) + t.wpe(torch.arange(ids.shape[1], device=ids.device))
-        logits = self._blocks(hidden, lambda cache, attn, x: cache.prefill(attn, x))
+        hidden = self._blocks(hidden, lambda cache, attn, x: cache.prefill(attn, x))
         self.length = ids.shape[1]
-        return logits
+        return self._head(hidden if all_logits else hidden[:, -1:])
 
     @torch.no_grad()
     def step(self, ids: torch.Tensor) -> torch.Tensor:
@@ -310,7 +313,7 @@ class Decoder:
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
         """Greedy continuation: the `new_tokens` ids [B, new_tokens] after `prompt` [B, T]."""
-        logits, out = self.prefill(prompt)[:, -1], []
+        logits, out = self.prefill(prompt, all_logits=False)[:, -1], []
         for _ in range(new_tokens):
             out.append(logits.argmax(-1, keepdim=True))
             logits = self.step(out[-1])

@@ -76,6 +76,32 @@ def layer_flops(attention: nn.Module, config: GPT2Config, seq_len: int, batch_si
     return batch_size * (2.0 * weights * seq_len + core)
 
 
+def _attention_forward(config: GPT2Config, seq_len: int) -> float:
+    """The variant's mask-exact forward attention FLOPs of one layer on one sequence of `seq_len` (0 at 0)."""
+    spec = get_variant(config.attnlib_variant)
+    return (spec.attention_flops or causal_attention_flops)(config, seq_len) if seq_len > 0 else 0.0
+
+
+def prefill_flops(model: GPT2LMHeadModel, batch_size: int, seq_len: int) -> float:
+    """Forward FLOPs of a prefill of `batch_size` prompts of `seq_len` tokens that keeps only the last position's
+    logits: 2 x the weights below the head per token, 2 x the head's weights once per sequence, and the
+    mask-exact attention of every layer."""
+    head = model.lm_head.weight.numel()
+    body = matmul_parameters(model) - head
+    attention = model.config.n_layer * _attention_forward(model.config, seq_len)
+    return batch_size * (2.0 * body * seq_len + 2.0 * head + attention)
+
+
+def decode_flops(model: GPT2LMHeadModel, batch_size: int, context_len: int, new_tokens: int) -> float:
+    """Forward FLOPs of `new_tokens` decode steps after `context_len` tokens: 2 x every weight per step, and the
+    attention the new tokens add under the variant's mask-exact count (its count at the final length minus its
+    count at `context_len`: what the cache saves recomputing)."""
+    config = model.config
+    attention = config.n_layer * (_attention_forward(config, context_len + new_tokens)
+                                  - _attention_forward(config, context_len))
+    return batch_size * (2.0 * matmul_parameters(model) * new_tokens + attention)
+
+
 def counted_training_flops(model: nn.Module, input_ids: torch.Tensor) -> int:
     """FLOPs that FlopCounterMode sees in one forward + backward of `model` on `input_ids` (labels = inputs)."""
     from torch.utils.flop_counter import FlopCounterMode

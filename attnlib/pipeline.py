@@ -1,7 +1,7 @@
 """The study's orchestration: profiles, the job plan, papermill execution, resumption, the run record.
 
 A profile (`attnlib/profiles/<name>.toml`) fixes the training setup (`[train]`), the families it runs, each with
-its section (`[trials]`, `[quality]`, `[longcontext]`), the plan's seed (`[plan]`) and per-variant parameters
+its section (`[trials]`, `[quality]`, `[longcontext]`, `[inference]`), the plan's seed (`[plan]`) and per-variant parameters
 (`[variants.<name>]`). The plan has one job per variant and family, variants in an order drawn from the plan's
 seed, each variant's jobs together; a variant's quality runs go into its trials job when they train in one of its
 modes (they reuse its trainer and compiled code).
@@ -28,7 +28,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .experiments import longcontext, quality, trials
+from .experiments import inference, longcontext, quality, trials
+from .experiments.inference import InferenceConfig
 from .experiments.longcontext import LongContextConfig
 from .experiments.quality import QualityConfig
 from .experiments.training import TrainConfig
@@ -39,9 +40,10 @@ from .results import is_complete, load_results
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = Path(__file__).resolve().parent / "profiles"
-FAMILIES = {"trials": trials, "quality": quality, "longcontext": longcontext}  # in the order of a variant's jobs
+FAMILIES = {"trials": trials, "quality": quality, "longcontext": longcontext,  # in the order of a variant's jobs
+            "inference": inference}
 SECTIONS = {"train": TrainConfig, "trials": TrialsConfig, "quality": QualityConfig, "longcontext": LongContextConfig,
-            "plan": None, "variants": None}
+            "inference": InferenceConfig, "plan": None, "variants": None}
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class Profile:
         return TrainConfig(variant=variant, **train)
 
     def job_config(self, family: str, variant: str,
-                   order_seed: int = 0) -> TrialsConfig | QualityConfig | LongContextConfig:
+                   order_seed: int = 0) -> TrialsConfig | QualityConfig | LongContextConfig | InferenceConfig:
         """The resolved config of `variant`'s job of `family`; `order_seed` draws the order inside the job."""
         settings, train = dict(self.families[family]), self.train_config(variant)
         if family == "quality":  # quality runs in one mode, given in its section
@@ -131,7 +133,7 @@ class Job:
             return TrialsConfig(**c).result_names()
         if self.family == "quality":
             return [f"{self.variant}__quality__seed{s}.json" for s in c["seeds"]]
-        return LongContextConfig(**c).result_names()
+        return SECTIONS[self.family](**c).result_names()
 
 
 def plan(profile: Profile, variants: list[str]) -> list[Job]:

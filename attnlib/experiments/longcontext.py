@@ -19,7 +19,6 @@ status and the reason and is not visited again: the grid has no silent holes.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +29,11 @@ from tqdm.auto import tqdm
 
 from ..data import TokenData, prepare_data
 from ..flops import layer_flops
-from ..measurement import IdleBaseline, measure, measure_idle
-from ..measurement.codecarbon_estimate import CodeCarbonTracker
 from ..measurement.trials import round_orders
 from ..model import build_model
-from ..provenance import provenance
-from ..results import LayerResult, ModelInfo, Provenance, Result, SweepResult, write_result
-from .training import TrainConfig, Trainer, check_finite, default_device, failure_status, frozen_gc
+from ..results import LayerResult, ModelInfo, Result, SweepResult
+from ._job import WindowedJob
+from .training import TrainConfig, Trainer, check_finite, failure_status, frozen_gc
 
 NOTEBOOK = "longcontext.ipynb"
 LAYER_PASSES = ("forward", "forward_backward")
@@ -109,15 +106,12 @@ class LongContextConfig:
         return dataclasses.asdict(self)
 
 
-class _Job:
+class _Job(WindowedJob):
     """The state one long-context job carries between its cells: data per length, layers per length, failures."""
 
     def __init__(self, config: LongContextConfig, out_dir: Path, cache_dir: Path):
-        self.config, self.out_dir, self.cache_dir = config, Path(out_dir), Path(cache_dir)
-        self.device = default_device()
-        self.origin = Provenance(**provenance())
-        self.idle: IdleBaseline | None = measure_idle(config.idle_s) if self.device.type == "cuda" else None
-        self.codecarbon = CodeCarbonTracker("USA")  # one tracker, one task per window (its start-up costs ~2 s)
+        super().__init__(out_dir, config.idle_s)
+        self.config, self.cache_dir = config, Path(cache_dir)
         self._data: dict[int, TokenData] = {}
         self._layers: dict[int, tuple[torch.nn.Module, Any]] = {}
         self.trainers: dict[int, Trainer] = {}  # eager training cells, kept on the host between rounds
@@ -128,19 +122,6 @@ class _Job:
             t = self.config.train
             self._data[seq_len] = prepare_data(t.dataset, seq_len, self.cache_dir, t.max_documents)
         return self._data[seq_len]
-
-    def window(self, label: str, keep_trace: bool):
-        return measure(label, idle=self.idle, keep_trace=keep_trace,
-                       codecarbon=self.codecarbon if self.codecarbon.running else True)
-
-    def write(self, name: str, result: Result) -> Result:
-        write_result(self.out_dir / name, result)
-        return result
-
-    def free(self) -> None:
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
 
     # training cells ---------------------------------------------------------------------------------------------
     def train_visit(self, seq_len: int, mode: str, trials: list[int]) -> list[SweepResult]:

@@ -32,14 +32,15 @@ class Provenance:
 
 @dataclass(kw_only=True)
 class ModelInfo:
-    """What ran: parameter counts, the attention kernel and FLOPs per trained token (`attnlib.flops`)."""
+    """What ran: parameter counts, the attention kernel and FLOPs per trained token (`attnlib.flops`); an
+    inference result has no optimiser and no training FLOPs (None)."""
 
     params: int
     attention_params: int
     kernel: str
     exact: bool
-    optimizer: str
-    training_flops_per_token: float
+    optimizer: str | None = None
+    training_flops_per_token: float | None = None
 
 
 @dataclass(kw_only=True)
@@ -115,5 +116,30 @@ class LayerResult(Result):
     flops_per_call: float | None = None
 
 
+@dataclass(kw_only=True)
+class InferenceResult(Result):
+    """One measured window of repeated prefills, decodes or whole generations (`attnlib.experiments.inference`).
+
+    `phase` "prefill": `batch_size` prompts of `context_len` tokens (tokens: the prompts'). "decode": `new_tokens`
+    greedy steps after `context_len` tokens of context, the decoder rewound between repetitions (tokens: the
+    generated ones). "generate": Hugging Face `generate` (prefill and decode, tokens: the generated ones). `mode`:
+    "eager", "graph" (each decode step one CUDA graph replay), "hf_dynamic" or "hf_static" (generate's cache)."""
+
+    kind: ClassVar[str] = "inference"
+    phase: str
+    batch_size: int
+    context_len: int
+    new_tokens: int
+    trial: int
+    order_seed: int
+    repetitions: int | None = None  # prefills, decodes or generations in the window
+    steps: int | None = None  # decode steps in the window (repetitions x new_tokens); None for a prefill
+    cache_bytes: int | None = None  # the caches' buffers (all layers, all sequences, `max_len` positions)
+    cache_allocated_bytes: int | None = None  # what building them took from the CUDA allocator; None on a CPU
+    cache_bytes_per_token: int | None = None  # analytic, per sequence and token of context (0: constant state)
+    step_bytes_read: float | None = None  # decode: the least bytes a step reads, mean over its steps
+    first_call_s: float | None = None  # the first repetition, unmeasured: compilation lands here
+
+
 RESULT_KINDS: dict[str, type[Result]] = {cls.kind: cls for cls in (TrialResult, QualityResult, SweepResult,
-                                                                   LayerResult)}
+                                                                   LayerResult, InferenceResult)}

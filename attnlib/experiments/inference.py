@@ -1,0 +1,294 @@
+"""Inference: prefill and decode, each variant with its own cache (`attnlib.decode`), beside plain Hugging Face
+`generate` as the anchor.
+
+One process per variant, three kinds of cells (`InferenceResult`), each window a loop of repetitions:
+
+- prefill: `batch_size` random prompts of `context_len` tokens through the variant's own core, filling its
+  caches and keeping the last position's logits (what generation needs); eager. Tokens: the prompts'.
+- decode: `new_tokens` greedy steps after an unmeasured prefill of `context_len` tokens; before each repetition
+  the decoder is rewound to the end of the prefill (`Decoder.mark` / `rewind`), so a window holds decode alone.
+  In `decode_mode` ("graph": each step one CUDA graph replay) at every batch and context, and eager at
+  `eager_decode_cells`. Tokens: the generated ones.
+- generate (the sdpa job only, with `hf_anchor`): `transformers.GPT2LMHeadModel.generate` on the same weights,
+  greedy, `new_tokens` tokens after a `context_len`-token prompt, with its dynamic and with its static cache.
+
+The model is GPT-2 small in bf16 on CUDA (fp32 on a CPU) with `n_positions` long enough for every cell. FLOPs
+are mask-exact forward counts (`attnlib.flops.prefill_flops`, `decode_flops`); a decode also records the least
+bytes a step must read (`attnlib.decode.step_bytes_read`), which the report divides by the card's measured
+bandwidth for the step's memory floor. Interleaving as in the long-context family: in each of `trials` rounds
+the cells run in an order drawn afresh from the job's seed; a compiled cell compiles once and runs all its
+windows at its first visit. A cell that fails records each of its trials with the status and reason (lsh has no
+cache: "unsupported").
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..decode import Decoder, cache_bytes_per_token, step_bytes_read
+from ..flops import decode_flops, prefill_flops
+from ..measurement.trials import round_orders
+from ..model import attention_parameters, build_model
+from ..registry import get_variant
+from ..results import InferenceResult, ModelInfo, Result
+from ._job import WindowedJob
+from .training import TrainConfig, failure_status, frozen_gc
+
+NOTEBOOK = "inference.ipynb"
+DECODE_MODES = ("eager", "graph")
+ANCHOR_VARIANT = "sdpa"  # the anchor's attention: transformers' own SDPA path
+ANCHOR_MODES = ("hf_dynamic", "hf_static")
+ANCHOR_KERNEL = "transformers GPT2LMHeadModel.generate, SDPA attention"
+
+
+@dataclass
+class InferenceConfig:
+    """One variant's inference job; `train` gives the variant, its model parameters and the seed (its training
+    fields are unused)."""
+
+    train: TrainConfig
+    prefill_lens: list[int] = field(default_factory=lambda: [512, 4096, 32768])
+    prefill_batch_size: int = 16
+    decode_batch_sizes: list[int] = field(default_factory=lambda: [1, 16, 64])
+    decode_context_lens: list[int] = field(default_factory=lambda: [512, 4096])
+    new_tokens: int = 256
+    decode_mode: str = "graph"
+    eager_decode_cells: list[list[int]] = field(default_factory=lambda: [[1, 512]])  # [batch, context] pairs
+    hf_anchor: bool = True  # the sdpa job also measures transformers' generate, at the decode batches, first context
+    trials: int = 3
+    window_s: float = 2.0  # >= 2 s: >= 20 updates of the energy counter
+    warmup_reps: int = 2  # unmeasured repetitions per visit (compilation and autotuning land in the first)
+    idle_s: float = 2.0
+    order_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train, dict):
+            self.train = TrainConfig(**self.train)
+        for name in ("prefill_lens", "decode_batch_sizes", "decode_context_lens"):
+            values = getattr(self, name)
+            if not values or not all(isinstance(v, int) and v >= 1 for v in values) or len(set(values)) != len(values):
+                raise ValueError(f"{name}: distinct integers >= 1, at least one, got {values}")
+        if self.decode_mode not in DECODE_MODES:
+            raise ValueError(f"decode_mode: one of {', '.join(DECODE_MODES)}, got {self.decode_mode!r}")
+        for cell in self.eager_decode_cells:
+            if len(cell) != 2 or cell[0] < 1 or cell[1] < 1:
+                raise ValueError(f"eager_decode_cells: [batch, context] pairs of integers >= 1, got {cell}")
+        if min(self.prefill_batch_size, self.new_tokens, self.trials, self.warmup_reps) < 1:
+            raise ValueError("prefill_batch_size, new_tokens, trials and warmup_reps must be >= 1, got "
+                             f"{self.prefill_batch_size}, {self.new_tokens}, {self.trials}, {self.warmup_reps}")
+        if self.window_s <= 0 or self.idle_s <= 0:
+            raise ValueError(f"window_s and idle_s must be > 0, got {self.window_s}, {self.idle_s}")
+        build_model(self.train.variant, **self.model_overrides())  # bad model parameters fail here, before any work
+
+    @property
+    def n_positions(self) -> int:
+        """Positions the model needs: the longest prompt, or the longest context plus the new tokens."""
+        contexts = self.decode_context_lens + [context for _, context in self.eager_decode_cells]
+        return max(max(self.prefill_lens), max(contexts) + self.new_tokens)
+
+    def model_overrides(self) -> dict[str, Any]:
+        return {**self.train.model, "n_positions": self.n_positions}
+
+    def cells(self) -> dict[str, tuple[str, str, int, int]]:
+        """Cell name -> (phase, mode, batch_size, context_len), in a fixed order."""
+        out = {f"prefill/eager/B{self.prefill_batch_size}/T{t}": ("prefill", "eager", self.prefill_batch_size, t)
+               for t in self.prefill_lens}
+        decode = [(self.decode_mode, b, t) for t in self.decode_context_lens for b in self.decode_batch_sizes]
+        decode += [("eager", b, t) for b, t in self.eager_decode_cells if self.decode_mode != "eager"]
+        out |= {f"decode/{m}/B{b}/T{t}": ("decode", m, b, t) for m, b, t in decode}
+        if self.hf_anchor and self.train.variant == ANCHOR_VARIANT:
+            t = self.decode_context_lens[0]
+            out |= {f"generate/{m}/B{b}/T{t}": ("generate", m, b, t)
+                    for m in ANCHOR_MODES for b in self.decode_batch_sizes}
+        return out
+
+    def result_name(self, cell: str, trial: int) -> str:
+        phase, mode, batch, context = self.cells()[cell]
+        return f"{self.train.variant}__inference__{phase}__{mode}__B{batch}__T{context}__trial{trial}.json"
+
+    def result_names(self) -> list[str]:
+        """The result files of the job (under raw/)."""
+        return [self.result_name(cell, trial) for cell in self.cells() for trial in range(self.trials)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class _Work:
+    """One cell's repeated unit of work, what one repetition does, and its fixed facts."""
+
+    run: Callable[[], None]
+    tokens: int  # per repetition
+    flops: float  # per repetition
+    steps: int  # decode steps per repetition (0: none)
+    facts: dict[str, Any]  # InferenceResult fields of the cell (cache sizes, bytes per step)
+    kernel: str | None = None  # what ran, where it is not the variant's own kernel
+
+
+class _Job(WindowedJob):
+    """One inference job: its model (built once, bf16 on CUDA) and its cells' failures."""
+
+    def __init__(self, config: InferenceConfig, out_dir: Path):
+        super().__init__(out_dir, config.idle_s)
+        self.config = config
+        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        torch.manual_seed(config.train.seed)
+        model = build_model(config.train.variant, **config.model_overrides())
+        self.model = model.to(self.device, self.dtype).eval()
+        spec = get_variant(config.train.variant)
+        self.info = ModelInfo(params=sum(p.numel() for p in model.parameters()),
+                              attention_params=attention_parameters(model), kernel=spec.kernel(self.device.type),
+                              exact=spec.exact)
+        self.failed: dict[str, tuple[str, str]] = {}
+        self._prompts = torch.Generator(device="cpu").manual_seed(config.train.seed)
+
+    def prompt(self, batch: int, length: int) -> torch.Tensor:
+        vocab = self.model.config.vocab_size
+        return torch.randint(vocab, (batch, length), generator=self._prompts).to(self.device)
+
+    def work(self, phase: str, mode: str, batch: int, context: int) -> _Work:
+        """Build one cell's unit of work (caches allocated, a decode's prompt prefilled, unmeasured)."""
+        c, model = self.config, self.model
+        if phase == "generate":
+            return self._anchor(mode, batch, context)
+        before = torch.cuda.memory_allocated() if self.device.type == "cuda" else None
+        new = c.new_tokens if phase == "decode" else 0
+        decoder = Decoder(model, batch, context + new, compile_mode="reduce-overhead" if mode == "graph" else None)
+        facts = dict(cache_bytes=decoder.cache_bytes, cache_bytes_per_token=cache_bytes_per_token(model, self.dtype),
+                     cache_allocated_bytes=None if before is None else torch.cuda.memory_allocated() - before)
+        prompt = self.prompt(batch, context)
+        if phase == "prefill":
+            empty = decoder.mark()
+
+            def run() -> None:
+                decoder.rewind(empty)
+                decoder.prefill(prompt, all_logits=False)
+
+            return _Work(run, batch * context, prefill_flops(model, batch, context), 0, facts)
+        first = decoder.prefill(prompt, all_logits=False)[:, -1].argmax(-1, keepdim=True)
+        after_prompt = decoder.mark()
+
+        def run() -> None:
+            decoder.rewind(after_prompt)
+            ids = first
+            for _ in range(new):
+                ids = decoder.step(ids).argmax(-1, keepdim=True)
+
+        facts["step_bytes_read"] = sum(step_bytes_read(model, batch, context + i + 1, self.dtype)
+                                       for i in range(new)) / new
+        return _Work(run, batch * new, decode_flops(model, batch, context, new), new, facts)
+
+    def _anchor(self, mode: str, batch: int, context: int) -> _Work:
+        """transformers' own GPT-2 (SDPA attention) on the job model's weights, greedy `generate`."""
+        from transformers import GPT2LMHeadModel
+
+        c = self.config
+        config = copy.deepcopy(self.model.config)
+        config._attn_implementation, config.use_cache = "sdpa", True
+        hf = GPT2LMHeadModel(config).to(self.device, self.dtype).eval()
+        hf.load_state_dict(self.model.state_dict())  # strict: the same weights, or an error
+        prompt = self.prompt(batch, context)
+        mask = torch.ones_like(prompt)
+        kwargs = dict(max_new_tokens=c.new_tokens, min_new_tokens=c.new_tokens, do_sample=False,
+                      pad_token_id=0, attention_mask=mask)
+        if mode == "hf_static":
+            kwargs["cache_implementation"] = "static"
+
+        def run() -> None:
+            with torch.no_grad():
+                hf.generate(prompt, **kwargs)
+
+        flops = prefill_flops(self.model, batch, context) + decode_flops(self.model, batch, context, c.new_tokens - 1)
+        return _Work(run, batch * c.new_tokens, flops, c.new_tokens, {}, ANCHOR_KERNEL)
+
+    def visit(self, cell: str, trials: list[int]) -> list[InferenceResult]:
+        """Measure `trials` windows of one cell: build its work, `warmup_reps` unmeasured repetitions, then each
+        window repeats it for at least `window_s`."""
+        c = self.config
+        phase, mode, batch, context = c.cells()[cell]
+        common = dict(variant=c.train.variant, mode=mode, phase=phase, batch_size=batch, context_len=context,
+                      new_tokens=0 if phase == "prefill" else c.new_tokens, provenance=self.origin,
+                      config=c.to_dict(), order_seed=c.order_seed)
+        results, start = [], time.perf_counter()
+        try:
+            work = self.work(phase, mode, batch, context)
+            info = self.info if work.kernel is None else dataclasses.replace(self.info, kernel=work.kernel)
+            first = time.perf_counter()
+            work.run()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            first_call_s = time.perf_counter() - first
+            for _ in range(c.warmup_reps - 1):
+                work.run()
+            with frozen_gc():
+                for trial in trials:
+                    trial_start = time.perf_counter()
+                    with self.window(f"{c.train.variant}/{cell}/trial{trial}") as window:
+                        reps, window_start = 0, time.perf_counter()
+                        while reps == 0 or time.perf_counter() - window_start < c.window_s:
+                            work.run()
+                            reps += 1
+                        window.add_work(tokens=reps * work.tokens, flops=reps * work.flops)
+                    wall = time.perf_counter() - (start if trial == trials[0] else trial_start)
+                    results.append(self.write(c.result_name(cell, trial), InferenceResult(
+                        **common, **work.facts, trial=trial, model=info, measurement=window.result,
+                        repetitions=reps, steps=reps * work.steps or None, first_call_s=first_call_s,
+                        job_wall_s=wall)))
+        except Exception as error:  # the cell's remaining trials record the failure; other cells go on
+            status, text = failure_status(error), f"{type(error).__name__}: {str(error)[:2000]}"
+            self.failed[cell] = (status, text)
+            results += [self.write(c.result_name(cell, t), InferenceResult(
+                **common, trial=t, status=status, error=text, job_wall_s=time.perf_counter() - start))
+                for t in trials[len(results):]]
+        finally:
+            work = None
+            if mode != "eager":
+                torch._dynamo.reset()
+            self.free()
+        return results
+
+    def failed_trial(self, cell: str, trial: int) -> InferenceResult:
+        """A later trial of a failed cell: the same status and reason, without running it again."""
+        c = self.config
+        phase, mode, batch, context = c.cells()[cell]
+        status, text = self.failed[cell]
+        return self.write(c.result_name(cell, trial), InferenceResult(
+            variant=c.train.variant, mode=mode, phase=phase, batch_size=batch, context_len=context,
+            new_tokens=0 if phase == "prefill" else c.new_tokens, provenance=self.origin, config=c.to_dict(),
+            order_seed=c.order_seed, trial=trial, status=status, error=text, job_wall_s=0.0))
+
+
+def run_inference_job(config: InferenceConfig, out_dir: Path, progress: bool = True) -> list[Result]:
+    """Every cell of `config.train.variant`'s inference grid, `config.trials` interleaved rounds; writes one JSON
+    result per window (or per failed trial) into `out_dir`."""
+    job = _Job(config, out_dir)
+    cells = config.cells()
+    compiled = {cell for cell, (_, mode, _, _) in cells.items() if mode != "eager"}
+    orders = [[cell for cell in order if trial == 0 or cell not in compiled]
+              for trial, order in enumerate(round_orders(list(cells), config.trials, config.order_seed))]
+    results: list[Result] = []
+    job.codecarbon.start()  # a failure leaves it stopped; each window then tries on its own and records why
+    try:
+        bar = tqdm(total=sum(map(len, orders)), desc=f"{config.train.variant} inference", disable=not progress)
+        for trial, order in enumerate(orders):
+            for cell in order:
+                if cell in job.failed:
+                    results.append(job.failed_trial(cell, trial))
+                else:
+                    results += job.visit(cell, list(range(config.trials)) if cell in compiled else [trial])
+                bar.update()
+        bar.close()
+    finally:
+        job.free()
+        if job.codecarbon.running:
+            job.codecarbon.stop()
+    return results
