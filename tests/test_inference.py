@@ -3,6 +3,11 @@ results."""
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -14,8 +19,11 @@ from attnlib.experiments.training import TrainConfig
 from attnlib.flops import causal_attention_flops, decode_flops, matmul_parameters, prefill_flops
 from attnlib.pipeline import load_profile, plan
 from attnlib.registry import VARIANTS
-from attnlib.results import results_frame
+from attnlib.measurement import Measurement
+from attnlib.report import build_report
+from attnlib.results import InferenceResult, ModelInfo, Provenance, results_frame, write_result
 
+REPO = Path(__file__).resolve().parent.parent
 TINY_MODEL = dict(n_layer=2, n_embd=32, n_head=4)
 
 
@@ -143,3 +151,86 @@ def test_profile_plans_one_inference_job_per_variant() -> None:
     assert config.decode_context_lens == [512, 4096] and config.new_tokens == 256 and config.trials >= 3
     assert config.window_s >= 2 and config.decode_mode == "graph"
     assert config.n_positions == 32768
+
+
+def inference_result(variant: str, mode: str, phase: str, batch: int, context: int, trial: int, ms_per_step: float,
+                     j_per_token: float, status: str = "ok") -> InferenceResult:
+    new = 0 if phase == "prefill" else 256
+    reps = 4
+    steps = reps * new or None
+    tokens = reps * batch * (new or context)
+    wall = (steps or reps) * ms_per_step / 1e3
+    m = None if status != "ok" else Measurement(
+        label="x", wall_s=wall, tokens=tokens, flops=tokens * 1e9, tokens_per_s=tokens / wall,
+        gpu_j_per_token=j_per_token, gpu_energy_j=j_per_token * tokens, gpu_power_mean_w=j_per_token * tokens / wall)
+    per_token = {"sdpa": 36864, "gqa": 9216, "linear": 0}.get(variant, 36864)
+    provenance = Provenance(attnlib_commit="abc", versions={}, python="3.12", device="NVIDIA H100 80GB HBM3",
+                            device_uuid="GPU-0", created="2026-11-24T00:00:00+00:00")
+    config = InferenceConfig(train=TrainConfig(variant=variant), prefill_lens=[512, 4096], decode_batch_sizes=[1, 64],
+                             decode_context_lens=[512, 4096], eager_decode_cells=[]).to_dict()
+    return InferenceResult(
+        variant=variant, mode=mode, phase=phase, batch_size=batch, context_len=context, new_tokens=new, trial=trial,
+        order_seed=1, status=status, provenance=provenance, config=config, measurement=m,
+        model=ModelInfo(params=1, attention_params=1, kernel="k", exact=True) if m else None,
+        error=None if m else "NotImplementedError: lsh: no decode cache", repetitions=reps if m else None,
+        steps=steps if m else None, cache_bytes=per_token * batch * (context + new) if m else None,
+        cache_bytes_per_token=per_token if m else None, step_bytes_read=3.35e6 * ms_per_step if new and m else None)
+
+
+def test_inference_report_writes_tables_figures_and_the_sections_macros(tmp_path) -> None:
+    """From a results folder: summary.csv with the issue's columns, the floor multiple from the card's measured
+    bandwidth, the decode table, three figures and exactly the macros paper/inference.tex uses."""
+    results = tmp_path / "inference"
+    decode = {"sdpa": 2.0, "gqa": 1.6, "linear": 1.2}  # ms per step at batch 1
+    for trial in range(3):
+        for variant, ms in decode.items():
+            for batch, context in ((1, 512), (64, 4096), (1, 4096), (64, 512)):
+                j = ms * (1 + 0.001 * trial) / 10 / batch ** 0.5
+                write_result(results / "raw" / f"{variant}_d_{batch}_{context}_{trial}.json",
+                             inference_result(variant, "graph", "decode", batch, context, trial, ms, j))
+            for context in (512, 4096):
+                write_result(results / "raw" / f"{variant}_p_{context}_{trial}.json",
+                             inference_result(variant, "eager", "prefill", 16, context, trial, 5.0, 1e-3))
+        write_result(results / "raw" / f"hf_{trial}.json",
+                     inference_result("sdpa", "hf_static", "generate", 1, 512, trial, 2.4, 0.39))
+        write_result(results / "raw" / f"lsh_{trial}.json",
+                     inference_result("lsh", "graph", "decode", 1, 512, trial, 0, 0, status="unsupported"))
+    calibration = {"uuid": "GPU-0", "tflops": 700.0, "j_per_flop": 1e-12, "bandwidth": {"gb_per_s": 3000.0}}
+    (results / "calibration").mkdir()
+    (results / "calibration" / "GPU-0.json").write_text(json.dumps(calibration))
+    paper = tmp_path / "paperdir"
+    paper.mkdir()
+    shutil.copy(REPO / "paper" / "inference.tex", paper / "inference.tex")
+    summary = build_report(results, "inference", tmp_path / "figures", paper)
+    for column in ("variant", "phase", "batch_size", "context_len", "status", "trials", "ms_per_step_mean", "ms_mean",
+                   "tokens_per_s_mean", "j_per_token_mean", "j_per_token_ci95", "cache_bytes_per_token",
+                   "floor_multiple"):
+        assert column in summary, column
+    sdpa = summary[(summary.variant == "sdpa") & (summary.phase == "decode") & (summary.batch_size == 1)
+                   & (summary.context_len == 512)].iloc[0]
+    assert sdpa.ms_per_step_mean == pytest.approx(2.0)
+    assert sdpa.floor_multiple == pytest.approx(2.0 / (1e3 * 3.35e6 * 2.0 / 3e12))  # step time / (bytes / bandwidth)
+    assert (results / "decode.csv").exists() and summary[summary.variant == "lsh"].status.tolist() == ["unsupported"]
+    macros = (paper / "generated" / "inference" / "macros.tex").read_text()
+    names = set(re.findall(r"\\newcommand\{\\data(\w+)\}", macros))
+    assert names == set(re.findall(r"\\data(\w+)", (paper / "inference.tex").read_text()))
+    assert "n/a" not in macros.replace("\\dataInferenceGpuMinutes}{n/a}", "").replace(
+        "\\dataInferenceMeasuredFractionPct}{n/a}", "")
+    assert "linear: at batch 1 after 512 tokens its decode is 40\\% lower than sdpa's" in macros
+    assert "lsh: at batch 1 after 512 tokens it is unsupported" in macros
+    table = (paper / "generated" / "inference" / "decode.tex").read_text()
+    assert "transformers generate, static cache" in table and "unsupported" in table
+    for figure in ("inference_decode_energy", "inference_decode_latency", "inference_cache_bytes"):
+        assert (tmp_path / "figures" / "inference" / f"{figure}.pdf").exists()
+
+
+def test_notebook_runs_a_tiny_grid(tmp_path) -> None:
+    """The family's notebook template, as papermill runs it for a job (here its tiny CPU default)."""
+    import papermill
+
+    out = tmp_path / "raw"
+    papermill.execute_notebook(REPO / "notebooks" / "inference.ipynb", tmp_path / "inference.ipynb",
+                               parameters={"variant": "sliding_window", "out_dir": str(out)}, kernel_name="python3",
+                               progress_bar=False, cwd=str(REPO / "notebooks"))
+    frame = results_frame(tmp_path)  # the folder whose raw/ holds the results
+    assert len(frame) == 2 * 6 and (frame.status == "ok").all() and set(frame.phase) == {"prefill", "decode"}

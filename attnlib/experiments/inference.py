@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from ..decode import Decoder, cache_bytes_per_token, step_bytes_read
 from ..flops import decode_flops, prefill_flops
 from ..measurement.trials import round_orders
-from ..model import attention_parameters, build_model
+from ..model import attention_parameters, build_config, build_model
 from ..registry import get_variant
 from ..results import InferenceResult, ModelInfo, Result
 from ._job import WindowedJob
@@ -86,7 +86,7 @@ class InferenceConfig:
                              f"{self.prefill_batch_size}, {self.new_tokens}, {self.trials}, {self.warmup_reps}")
         if self.window_s <= 0 or self.idle_s <= 0:
             raise ValueError(f"window_s and idle_s must be > 0, got {self.window_s}, {self.idle_s}")
-        build_model(self.train.variant, **self.model_overrides())  # bad model parameters fail here, before any work
+        build_config(self.train.variant, **self.model_overrides())  # bad model parameters fail here, before any work
 
     @property
     def n_positions(self) -> int:

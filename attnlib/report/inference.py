@@ -1,0 +1,220 @@
+"""Inference frames: one row per (variant, mode, phase, batch, context) with latency, energy per token, the cache's
+bytes and the decode step as a multiple of its memory floor; the decode table, figures and the section's macros.
+
+The memory floor of a decode step is the least it must read (every weight once and the cache as far as it
+attends, `attnlib.decode.step_bytes_read`) over the card's measured read bandwidth (`calibrate_bandwidth`, in the
+results folder's calibration like the GEMM floor)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from ..registry import VARIANTS
+from . import latex
+from .figures import _empty, _save
+from .frames import TRIAL_QUANTITIES, aggregate, compare, with_calibration
+
+KEYS = ["variant", "mode", "phase", "batch_size", "context_len"]
+REFERENCE = "sdpa"
+FACTS = ["cache_bytes_per_token", "cache_bytes", "cache_allocated_bytes", "step_bytes_read"]  # fixed per cell
+
+
+def with_floor(windows: pd.DataFrame, calibrations: dict[str, dict]) -> pd.DataFrame:
+    """Per window: `ms_per_step` (decode, generate), `ms` per repetition (a prefill, a whole decode or
+    generation), and `floor_multiple`: a decode step's time over the time its least bytes take at the card's
+    measured read bandwidth (NaN on a card without one)."""
+    gb_per_s = windows.get("device_uuid", pd.Series(index=windows.index, dtype=object)).map(
+        lambda u: (calibrations.get(u, {}).get("bandwidth") or {}).get("gb_per_s") or math.nan)
+    wall = pd.to_numeric(windows.wall_s, errors="coerce")
+    ms_per_step = 1e3 * wall / pd.to_numeric(windows.steps, errors="coerce")
+    floor_ms = 1e3 * pd.to_numeric(windows.step_bytes_read, errors="coerce") / (gb_per_s * 1e9)
+    return windows.assign(ms_per_step=ms_per_step, ms=1e3 * wall / pd.to_numeric(windows.repetitions, errors="coerce"),
+                          floor_multiple=(ms_per_step / floor_ms).where(windows.phase == "decode"))
+
+
+def inference_summary(frame: pd.DataFrame, calibrations: dict[str, dict]) -> pd.DataFrame:
+    """One row per cell. Besides the aggregates' own names, `j_per_token_mean` / `_ci95` (GPU energy per token:
+    per prompt token for a prefill, per generated token otherwise), `floor_multiple` (its mean) and the cell's
+    cache sizes carry the columns inference tables are read by."""
+    windows = frame[frame.kind == "inference"] if "kind" in frame else frame.iloc[:0]
+    if windows.empty:
+        return pd.DataFrame()
+    windows = with_floor(with_calibration(windows, calibrations), calibrations)
+    summary = aggregate(windows, KEYS, (*TRIAL_QUANTITIES, "ms_per_step", "ms", "floor_multiple"))
+    ok = windows[windows.status == "ok"]
+    facts = ok.groupby(KEYS)[[f for f in FACTS if f in ok]].first().reset_index() if len(ok) else None
+    if facts is not None:
+        summary = summary.merge(facts, on=KEYS, how="left")
+    summary["j_per_token_mean"], summary["j_per_token_ci95"] = summary.gpu_j_per_token_mean, summary.gpu_j_per_token_ci95
+    summary["floor_multiple"] = summary.floor_multiple_mean
+    order = {v: i for i, v in enumerate(VARIANTS)}
+    return (summary.assign(_key=summary.variant.map(order))
+            .sort_values(["_key", "phase", "mode", "context_len", "batch_size"]).drop(columns="_key")
+            .reset_index(drop=True))
+
+
+def _label(variant: str, mode: str) -> str:
+    return variant if mode in ("eager", "graph") else f"transformers generate, {mode.removeprefix('hf_')} cache"
+
+
+def decode_energy_vs_batch(summary: pd.DataFrame, out_dir: Path, context_len: int, mode: str) -> Path:
+    """J per generated token against batch size at one context, per variant (95% intervals), with transformers'
+    generate as dashed anchors."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    rows = summary[(summary.context_len == context_len) & (summary.status == "ok")
+                   & (((summary.phase == "decode") & (summary["mode"] == mode)) | (summary.phase == "generate"))]
+    if rows.empty:
+        _empty(ax, "no decode measured in these results")
+    for i, ((variant, m), group) in enumerate(rows.groupby(["variant", "mode"], sort=False)):
+        group = group.sort_values("batch_size")
+        ax.errorbar(group.batch_size, group.j_per_token_mean, yerr=group.j_per_token_ci95.fillna(0), marker="o", ms=3,
+                    capsize=2, lw=1, ls="--" if m.startswith("hf_") else "-", color=f"C{i % 10}", label=_label(variant, m))
+    ax.set(xscale="log", yscale="log", xlabel="batch size (sequences decoded together)",
+           ylabel="GPU energy, J per generated token")
+    if not rows.empty:
+        ax.set_xticks(sorted(rows.batch_size.unique()), [str(b) for b in sorted(rows.batch_size.unique())])
+        ax.legend(fontsize=6, ncol=2)
+    return _save(fig, out_dir, "inference_decode_energy")
+
+
+def decode_latency_vs_context(summary: pd.DataFrame, out_dir: Path, mode: str) -> Path:
+    """ms per decode step against the context length, one panel per batch size, per variant."""
+    rows = summary[(summary.phase == "decode") & (summary["mode"] == mode) & (summary.status == "ok")]
+    batches = sorted(rows.batch_size.unique()) or [1]
+    fig, axes = plt.subplots(1, len(batches), figsize=(3 * len(batches) + 1, 3.2), squeeze=False)
+    for ax, batch in zip(axes[0], batches):
+        data = rows[rows.batch_size == batch]
+        if data.empty:
+            _empty(ax, "no decode measured in these results")
+            continue
+        for i, (variant, group) in enumerate(data.groupby("variant", sort=False)):
+            group = group.sort_values("context_len")
+            ax.errorbar(group.context_len, group.ms_per_step_mean, yerr=group.ms_per_step_ci95.fillna(0), marker="o",
+                        ms=3, capsize=2, lw=1, color=f"C{i % 10}", label=variant)
+        ax.set(xscale="log", xlabel="context (tokens)", title=f"batch {batch}")
+        ax.set_xticks(sorted(data.context_len.unique()), [str(t) for t in sorted(data.context_len.unique())])
+    axes[0][0].set_ylabel("ms per decode step")
+    axes[0][-1].legend(fontsize=6)
+    return _save(fig, out_dir, "inference_decode_latency")
+
+
+def cache_bytes(summary: pd.DataFrame, out_dir: Path, context_len: int) -> Path:
+    """What each variant's cache holds per sequence after `context_len` tokens (all layers), as bars; constant
+    caches (a ring, a recurrent state) are marked."""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    rows = summary[(summary.phase == "prefill") & (summary.context_len == context_len) & (summary.status == "ok")]
+    rows = rows.drop_duplicates("variant")
+    if rows.empty:
+        _empty(ax, f"no prefill of {context_len} tokens measured in these results")
+    else:
+        per_sequence = rows.cache_bytes / rows.batch_size / 2**20
+        ax.bar(range(len(rows)), per_sequence, color=["C1" if b == 0 else "C0" for b in rows.cache_bytes_per_token])
+        for x, (value, per_token) in enumerate(zip(per_sequence, rows.cache_bytes_per_token)):
+            ax.text(x, value, "constant" if per_token == 0 else f"{per_token / 1024:.0f} KiB/token", ha="center",
+                    va="bottom", fontsize=6)
+        ax.set_xticks(range(len(rows)), rows.variant, rotation=30, ha="right")
+        ax.set_ylabel(f"cache per sequence at {context_len} tokens, MiB")
+    return _save(fig, out_dir, "inference_cache_bytes")
+
+
+def decode_table(summary: pd.DataFrame, mode: str, context_lens: list[int], batch_sizes: list[int]) -> str:
+    """The paper's decode table: per variant (and anchor), batch and context, ms/step, J per generated token with
+    its interval, cache bytes per token and the floor multiple."""
+    rows = summary[summary.phase.isin(["decode", "generate"]) & summary.context_len.isin(context_lens)
+                   & summary.batch_size.isin(batch_sizes)
+                   & ((summary["mode"] == mode) | (summary.phase == "generate"))]
+    body = []
+    for _, r in rows.iterrows():
+        if r.status != "ok":
+            body.append([_label(r.variant, r["mode"]), str(r.batch_size), str(r.context_len), r.status, "", "", ""])
+            continue
+        body.append([_label(r.variant, r["mode"]), str(r.batch_size), str(r.context_len),
+                     latex.fmt(r.ms_per_step_mean, ".2f"), latex.pm(r.j_per_token_mean, r.j_per_token_ci95, ".3f"),
+                     latex.fmt(r.get("cache_bytes_per_token"), ",.0f"), latex.fmt(r.floor_multiple, ".1f")])
+    return latex.booktabs(["variant", "batch", "context", "ms/step", "J/token", "cache B/token", "floor $\\times$"],
+                          body, "lrrrrrr")
+
+
+def _cell(summary: pd.DataFrame, variant: str, mode: str, phase: str, batch: int, context: int) -> pd.DataFrame:
+    return summary[(summary.variant == variant) & (summary["mode"] == mode) & (summary.phase == phase)
+                   & (summary.batch_size == batch) & (summary.context_len == context)]
+
+
+def savings_text(summary: pd.DataFrame, training: pd.DataFrame | None, mode: str, cells: list[tuple[int, int]],
+                 train_seq_len: int) -> str:
+    """One generated sentence per variant: its decode energy per token against the reference's at each of
+    `cells` ((batch, context)), and its training energy per token against the reference's at `train_seq_len`
+    (eager, the long-context results) where those exist; the wording follows the intervals."""
+    sentences = []
+    for variant in [v for v in VARIANTS if v != REFERENCE and v in set(summary.variant)]:
+        parts = []
+        for batch, context in cells:
+            rows = pd.concat([_cell(summary, v, mode, "decode", batch, context) for v in (variant, REFERENCE)])
+            if len(rows) < 2 or (rows.status != "ok").any():
+                status = rows[rows.variant == variant].status
+                if len(status) and status.iloc[0] != "ok":
+                    parts.append(f"at batch {batch} after {context} tokens it is {status.iloc[0]}")
+                continue
+            c = compare(rows.assign(mode=mode), (variant, mode), (REFERENCE, mode), "gpu_j_per_token")
+            parts.append(f"at batch {batch} after {context} tokens its decode is {c.wording} {REFERENCE}'s")
+        if training is not None and len(training):
+            t = training[(training.seq_len == train_seq_len) & (training["mode"] == "eager")]
+            c = compare(t, (variant, "eager"), (REFERENCE, "eager"), "gpu_j_per_token")
+            if c.ratio is not None:
+                parts.append(f"in training at {train_seq_len} tokens it is {c.wording} {REFERENCE}")
+        if parts:
+            sentences.append(f"{variant}: " + "; ".join(parts) + ".")
+    return " ".join(sentences) or "n/a"
+
+
+def build_inference_report(frame: pd.DataFrame, calibrations: dict[str, dict], results_dir: Path, label: str,
+                           figures_dir: Path, paper_dir: Path) -> pd.DataFrame:
+    """An inference results folder into `summary.csv` (every cell), `decode.csv` (decode and generate), the decode
+    table, three figures and the macros `paper/inference.tex` uses; returns the summary."""
+    summary = inference_summary(frame, calibrations)
+    generated = paper_dir / "generated" / label
+    generated.mkdir(parents=True, exist_ok=True)
+    decode = summary[summary.phase.isin(["decode", "generate"])] if len(summary) else summary
+    for name, table in (("summary", summary), ("decode", decode)):
+        table.to_csv(results_dir / f"{name}.csv", index=False)
+        table.to_csv(generated / f"{name}.csv", index=False)
+    config = frame[frame.kind == "inference"].iloc[0].config if (frame.kind == "inference").any() else {}
+    mode = config.get("decode_mode", "graph")
+    contexts, batches = config.get("decode_context_lens", [512]), config.get("decode_batch_sizes", [1])
+    (generated / "decode.tex").write_text(decode_table(summary, mode, contexts, [batches[0], batches[-1]]))
+    out = figures_dir / label
+    decode_energy_vs_batch(summary, out, contexts[0], mode)
+    decode_latency_vs_context(summary, out, mode)
+    cache_bytes(summary, out, config.get("prefill_lens", [512])[0])
+    run = json.loads((results_dir / "run.json").read_text()) if (results_dir / "run.json").exists() else {}
+    longcontext = results_dir.parent / "longcontext" / "summary.csv"
+    training = pd.read_csv(longcontext) if longcontext.exists() else None
+    reference = _cell(summary, REFERENCE, mode, "decode", batches[0], contexts[0])
+    anchor = _cell(summary, REFERENCE, "hf_static", "generate", batches[0], contexts[0])
+    macros = {
+        "InferenceDevice": frame.device.dropna().iloc[0] if frame.device.notna().any() else "n/a",
+        "InferenceNewTokens": str(config.get("new_tokens", "n/a")),
+        "InferencePrefillLens": ", ".join(str(t) for t in config.get("prefill_lens", [])) or "n/a",
+        "InferencePrefillBatch": str(config.get("prefill_batch_size", "n/a")),
+        "InferenceBatches": ", ".join(str(b) for b in batches), "InferenceContexts": " and ".join(map(str, contexts)),
+        "InferenceDecodeMode": mode, "InferenceTrials": str(config.get("trials", "n/a")),
+        "InferenceWindowS": str(config.get("window_s", "n/a")), "InferenceReference": REFERENCE,
+        "InferenceRefJPerToken": latex.pm(reference.j_per_token_mean.iloc[0], reference.j_per_token_ci95.iloc[0], ".3f")
+        if len(reference) else "n/a",
+        "InferenceRefMsPerStep": latex.fmt(reference.ms_per_step_mean.iloc[0], ".2f") if len(reference) else "n/a",
+        "InferenceRefFloorMultiple": latex.fmt(reference.floor_multiple.iloc[0], ".1f") if len(reference) else "n/a",
+        "InferenceAnchorJPerToken": latex.pm(anchor.j_per_token_mean.iloc[0], anchor.j_per_token_ci95.iloc[0], ".3f")
+        if len(anchor) else "n/a",
+        "InferenceFirstBatch": str(batches[0]), "InferenceFirstContext": str(contexts[0]),
+        "InferenceSavings": savings_text(summary, training, mode,
+                                         [(batches[0], contexts[0]), (batches[-1], contexts[-1])], contexts[-1]),
+        "InferenceGpuMinutes": latex.fmt(run.get("gpu_minutes"), ".1f"),
+        "InferenceMeasuredFractionPct": latex.fmt(run.get("measured_fraction"), ".0f", 100),
+    }
+    latex.write_macros(macros, paper_dir / "inference.tex", generated / "macros.tex")
+    return summary
