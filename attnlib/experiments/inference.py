@@ -31,11 +31,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from ..decode import Decoder, cache_bytes_per_token, step_bytes_read
 from ..flops import decode_flops, prefill_flops
-from ..measurement.trials import round_orders
 from ..model import attention_parameters, build_config, build_model
 from ..registry import get_variant
 from ..results import InferenceResult, ModelInfo, Result
@@ -148,7 +146,6 @@ class _Job(WindowedJob):
         self.info = ModelInfo(params=sum(p.numel() for p in model.parameters()),
                               attention_params=attention_parameters(model), kernel=spec.kernel(self.device.type),
                               exact=spec.exact)
-        self.failed: dict[str, tuple[str, str]] = {}
         self._prompts = torch.Generator(device="cpu").manual_seed(config.train.seed)
 
     def prompt(self, batch: int, length: int) -> torch.Tensor:
@@ -270,25 +267,7 @@ class _Job(WindowedJob):
 def run_inference_job(config: InferenceConfig, out_dir: Path, progress: bool = True) -> list[Result]:
     """Every cell of `config.train.variant`'s inference grid, `config.trials` interleaved rounds; writes one JSON
     result per window (or per failed trial) into `out_dir`."""
-    job = _Job(config, out_dir)
-    cells = config.cells()
+    job, cells = _Job(config, out_dir), config.cells()
     compiled = {cell for cell, (_, mode, _, _) in cells.items() if mode != "eager"}
-    orders = [[cell for cell in order if trial == 0 or cell not in compiled]
-              for trial, order in enumerate(round_orders(list(cells), config.trials, config.order_seed))]
-    results: list[Result] = []
-    job.codecarbon.start()  # a failure leaves it stopped; each window then tries on its own and records why
-    try:
-        bar = tqdm(total=sum(map(len, orders)), desc=f"{config.train.variant} inference", disable=not progress)
-        for trial, order in enumerate(orders):
-            for cell in order:
-                if cell in job.failed:
-                    results.append(job.failed_trial(cell, trial))
-                else:
-                    results += job.visit(cell, list(range(config.trials)) if cell in compiled else [trial])
-                bar.update()
-        bar.close()
-    finally:
-        job.free()
-        if job.codecarbon.running:
-            job.codecarbon.stop()
-    return results
+    return job.rounds(list(cells), compiled, config.trials, config.order_seed, f"{config.train.variant} inference",
+                      progress)

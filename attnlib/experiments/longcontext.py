@@ -25,11 +25,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from ..data import TokenData, prepare_data
 from ..flops import layer_flops
-from ..measurement.trials import round_orders
 from ..model import build_model
 from ..results import LayerResult, ModelInfo, Result, SweepResult
 from ._job import WindowedJob
@@ -115,7 +113,31 @@ class _Job(WindowedJob):
         self._data: dict[int, TokenData] = {}
         self._layers: dict[int, tuple[torch.nn.Module, Any]] = {}
         self.trainers: dict[int, Trainer] = {}  # eager training cells, kept on the host between rounds
-        self.failed: dict[str, tuple[str, str]] = {}  # cell name -> (status, error)
+        # cell name -> (seq_len, mode or layer pass)
+        self.cells = {f"train/{m}/T{t}": (t, m) for t, m in config.train_cells()}
+        self.cells |= {f"layer/{p}/T{t}": (t, p) for t, p in config.layer_cells()}
+
+    def visit(self, cell: str, trials: list[int]) -> list[Result]:
+        seq_len, what = self.cells[cell]
+        if cell.startswith("train/"):
+            return self.train_visit(seq_len, what, trials)
+        return [self.layer_visit(seq_len, what, trial) for trial in trials]
+
+    def failed_trial(self, cell: str, trial: int) -> Result:
+        """A later trial of a cell that failed: the same status and reason, without running it again."""
+        (seq_len, what), (status, text) = self.cells[cell], self.failed[cell]
+        c, variant = self.config, self.config.train.variant
+        common = dict(variant=variant, provenance=self.origin, config=c.to_dict(), seq_len=seq_len,
+                      batch_size=c.batch_size(seq_len), trial=trial, order_seed=c.order_seed, status=status,
+                      error=text, job_wall_s=0.0)
+        if cell.startswith("train/"):
+            return self.write(f"{variant}__sweep__{what}__T{seq_len}__trial{trial}.json",
+                              SweepResult(mode=what, **common))
+        return self.write(f"{variant}__layer__{what}__T{seq_len}__trial{trial}.json",
+                          LayerResult(mode="eager", layer_pass=what, **common))
+
+    def release(self) -> None:
+        self.trainers.clear()
 
     def data(self, seq_len: int) -> TokenData:
         if seq_len not in self._data:
@@ -248,43 +270,6 @@ def run_longcontext_job(config: LongContextConfig, out_dir: Path, cache_dir: Pat
     """Every cell of `config.train.variant`'s long-context grid, `config.trials` interleaved rounds; writes one JSON
     result per window (or per failed trial) into `out_dir`."""
     job = _Job(config, out_dir, cache_dir)
-    cells = {f"train/{m}/T{t}": (t, m) for t, m in config.train_cells()}
-    cells |= {f"layer/{p}/T{t}": (t, p) for t, p in config.layer_cells()}
-    compiled = {f"train/{m}/T{t}" for t, m in config.train_cells() if m != "eager"}
-    # a compiled cell compiles once and runs all its windows at its place in the first round
-    orders = [[c for c in order if trial == 0 or c not in compiled]
-              for trial, order in enumerate(round_orders(list(cells), config.trials, config.order_seed))]
-    results: list[Result] = []
-    job.codecarbon.start()  # a failure leaves it stopped; each window then tries on its own and records why
-    try:
-        bar = tqdm(total=sum(map(len, orders)), desc=f"{config.train.variant} long context", disable=not progress)
-        for trial, order in enumerate(orders):
-            for cell in order:
-                seq_len, what = cells[cell]
-                if cell in job.failed:
-                    results.append(_failed_trial(job, cell, seq_len, what, trial, *job.failed[cell]))
-                elif cell.startswith("train/"):
-                    trials = list(range(config.trials)) if cell in compiled else [trial]
-                    results += job.train_visit(seq_len, what, trials)
-                else:
-                    results.append(job.layer_visit(seq_len, what, trial))
-                bar.update()
-        bar.close()
-    finally:
-        job.trainers.clear()
-        job.free()
-        if job.codecarbon.running:
-            job.codecarbon.stop()
-    return results
-
-
-def _failed_trial(job: _Job, cell: str, seq_len: int, what: str, trial: int, status: str, text: str) -> Result:
-    """A later trial of a cell that failed: the same status and reason, without running it again."""
-    c, variant = job.config, job.config.train.variant
-    common = dict(variant=variant, provenance=job.origin, config=c.to_dict(), seq_len=seq_len,
-                  batch_size=c.batch_size(seq_len), trial=trial, order_seed=c.order_seed, status=status, error=text,
-                  job_wall_s=0.0)
-    if cell.startswith("train/"):
-        return job.write(f"{variant}__sweep__{what}__T{seq_len}__trial{trial}.json", SweepResult(mode=what, **common))
-    return job.write(f"{variant}__layer__{what}__T{seq_len}__trial{trial}.json",
-                     LayerResult(mode="eager", layer_pass=what, **common))
+    compiled = {cell for cell, (_, mode) in job.cells.items() if cell.startswith("train/") and mode != "eager"}
+    return job.rounds(list(job.cells), compiled, config.trials, config.order_seed,
+                      f"{config.train.variant} long context", progress)
