@@ -14,7 +14,9 @@ What each variant keeps per layer and sequence:
 
 A decode step has static shapes, so that it can be replayed as one CUDA graph: its position is a device tensor,
 the caches are updated in place at it, and attention runs over the whole buffer through a mask of the filled
-slots. For an exact variant that is one SDPA call of its single query (every exact core computes the same
+slots. `Decoder` runs the step in one of `DECODE_MODES`: "eager"; "cudagraph", the eager step captured once as
+a CUDA graph and replayed (no compiler: a capture takes milliseconds); "compile", `torch.compile` (fused kernels
+launched from Python); "graph", `torch.compile(mode="reduce-overhead")` (fused, and replayed as CUDA graphs). For an exact variant that is one SDPA call of its single query (every exact core computes the same
 function there). MLA decodes in absorbed form: the query is taken into the latent space through W_uk and
 the weighted sum of latents out of it through W_uv, so K and V are never materialised (their biases drop out: a
 key bias adds the same score to every key, and the value bias passes through weights that sum to one).
@@ -40,6 +42,7 @@ from .variants.linear import feature_map
 from .variants.mla import MultiHeadLatentAttention
 
 KV_VARIANTS = ("baseline", "sdpa", "flash", "cudnn", "flex", "gqa")
+DECODE_MODES = ("eager", "cudagraph", "compile", "graph")
 
 
 def _heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -231,20 +234,27 @@ class Decoder:
     of at most `max_len` positions. Caches take the dtype of the model's weights (cast the model for bf16).
 
     A step has static shapes (its position is a device tensor, the caches are updated in place and attended
-    through a mask of the filled slots), so `compile_mode="reduce-overhead"` replays it as one CUDA graph."""
+    through a mask of the filled slots), so it runs in any of `DECODE_MODES` (see the module docstring)."""
 
-    def __init__(self, model: GPT2LMHeadModel, batch_size: int, max_len: int, compile_mode: str | None = None):
+    def __init__(self, model: GPT2LMHeadModel, batch_size: int, max_len: int, mode: str = "eager"):
         if model.training:
             raise ValueError("model: call model.eval() first (dropout would make decoding differ from the forward)")
         if max_len > model.config.n_positions:
             raise ValueError(f"max_len: {max_len} is more than the model's n_positions ({model.config.n_positions})")
+        weight = model.transformer.wte.weight
+        if mode not in DECODE_MODES:
+            raise ValueError(f"mode: one of {', '.join(DECODE_MODES)}, got {mode!r}")
+        if mode == "cudagraph" and weight.device.type != "cuda":
+            raise ValueError("mode 'cudagraph': CUDA graphs need the model on a CUDA device")
         self.model, self.batch_size, self.max_len, self.length = model, batch_size, max_len, 0
         kind = cache_kind(model.config.attnlib_variant)
-        weight = model.transformer.wte.weight
         self.caches = [kind(block.attn, batch_size, max_len, weight.dtype, weight.device)
                        for block in model.transformer.h]
         self.position = _static(torch.zeros(1, dtype=torch.long, device=weight.device))
-        self._step = self._step_logits if compile_mode is None else torch.compile(self._step_logits, mode=compile_mode)
+        self._step = {"eager": lambda: self._step_logits, "cudagraph": lambda: self._replay,
+                      "compile": lambda: torch.compile(self._step_logits),
+                      "graph": lambda: torch.compile(self._step_logits, mode="reduce-overhead")}[mode]()
+        self._graph: torch.cuda.CUDAGraph | None = None
 
     @property
     def cache_bytes(self) -> int:
@@ -272,6 +282,27 @@ class Decoder:
         hidden = t.wte(ids) + t.wpe(position)
         return self._head(self._blocks(hidden, lambda cache, attn, x: cache.step(attn, x, position))[:, 0])
 
+    def _replay(self, ids: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """The step as one CUDA graph, captured at the first call and replayed after. Capture records kernels
+        without running them; the two warm-up steps before it (on a side stream, as capture requires) do run, and
+        a rewind undoes what they added to the caches."""
+        if self._graph is None:
+            self._ids = ids.clone()
+            before = self.mark()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._step_logits(self._ids, position)
+            torch.cuda.current_stream().wait_stream(side)
+            self.rewind(before)
+            self._graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph):
+                self._logits = self._step_logits(self._ids, position)
+        self._ids.copy_(ids)
+        self._graph.replay()
+        return self._logits
+
     @torch.no_grad()
     def prefill(self, ids: torch.Tensor, all_logits: bool = True) -> torch.Tensor:
         """Logits [B, T, V] of a prompt [B, T], which fills the caches; with `all_logits=False` only the last
@@ -287,7 +318,8 @@ class Decoder:
 
     @torch.no_grad()
     def step(self, ids: torch.Tensor) -> torch.Tensor:
-        """Logits [B, V] of the next token after one new token per sequence, `ids` [B, 1]."""
+        """Logits [B, V] of the next token after one new token per sequence, `ids` [B, 1]. In "cudagraph" mode
+        the next step overwrites them (one static output): clone them to keep them."""
         if ids.shape[1] != 1:
             raise ValueError(f"step: one token per sequence, got {ids.shape[1]}")
         self._check(ids, 1)

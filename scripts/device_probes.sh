@@ -7,7 +7,7 @@
 # - compile_scope "nested" against the whole-model compile and the plain torch.compile loop (throughput, first
 #   step: does it keep >= 0.97x of the plain loop?), 3 rounds of 5 s windows;
 # - every variant's first step and throughput compiled with "nested";
-# - the decoder: bf16 decode against the full forward, eager and CUDA-graph ms per step, the memory floor.
+# - the decoder: bf16 decode against the full forward (eager and cudagraph), ms per step per mode, the memory floor.
 set -uo pipefail
 out=${OUT:-/tmp/probes}
 mkdir -p "$out"

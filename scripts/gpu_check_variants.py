@@ -194,7 +194,7 @@ def environment() -> dict:
 
 
 def markdown(env: dict, checks: list[dict], bench: list[dict]) -> str:
-    lines = [f"# GPU check of attnlib variants", "", f"Device: {env['gpu']}; torch {env['torch']} (CUDA {env['cuda']}), "
+    lines = ["# GPU check of attnlib variants", "", f"Device: {env['gpu']}; torch {env['torch']} (CUDA {env['cuda']}), "
              f"transformers {env['transformers']}; flash_attn installed: {env['flash_attn_installed']}; "
              f"fla installed: {env['fla_installed']}.", "",
              "## Correctness: GPT-2 small, T = 512, bf16 autocast on CUDA vs fp32 on CPU, same weights", "",

@@ -1,9 +1,10 @@
 """Check `attnlib.decode` on the GPU before an inference profile relies on it: per variant, in bf16,
 
 - correctness: prefill + steps against the full forward pass over the same tokens (teacher forcing), the largest
-  logit difference relative to the logits' scale, and whether greedy picks agree;
-- the fast path: ms per decode step at batch 1 after a 512-token prompt, eager and compiled with CUDA graphs
-  (`compile_mode="reduce-overhead"`), and the compilation's first-step time;
+  logit difference relative to the logits' scale and whether greedy picks agree, eager and as a CUDA graph;
+- the fast paths: ms per decode step at batch 1 after a 512-token prompt in every `DECODE_MODES` mode but
+  "compile" (eager, "cudagraph": the eager step captured, "graph": torch.compile with CUDA graphs), and the first
+  steps' time (capture, compilation);
 - the memory floor: the step's least bytes read (`step_bytes_read`) over the card's read bandwidth
   (`calibrate_bandwidth`), and the step's time as a multiple of it.
 
@@ -24,6 +25,8 @@ import torch
 
 import attnlib
 from attnlib.decode import Decoder, cache_bytes_per_token, cache_kind, step_bytes_read
+
+MODES = ("eager", "cudagraph", "graph")
 from attnlib.experiments.training import failure_status
 from attnlib.measurement import calibrate_bandwidth
 from attnlib.model import causal_hidden_states
@@ -42,17 +45,18 @@ def check(variant: str, steps: int, bandwidth_gb_s: float) -> dict:
                             generator=torch.Generator("cuda").manual_seed(0))
         with torch.no_grad():
             full = model.lm_head(causal_hidden_states(model, ids)).float()
-        decoder = Decoder(model, batch_size=1, max_len=PROMPT + CHECK_STEPS)
-        decoded = [decoder.prefill(ids[:, :PROMPT])[:, -1]]
-        decoded += [decoder.step(ids[:, t:t + 1]) for t in range(PROMPT, PROMPT + CHECK_STEPS - 1)]
-        decoded = torch.stack(decoded, dim=1).float()
         reference = full[:, PROMPT - 1:PROMPT + CHECK_STEPS - 1]  # the positions decoded
-        row["max_rel_err"] = ((decoded - reference).abs().max() / reference.abs().max()).item()
-        row["argmax_agree"] = (decoded.argmax(-1) == reference.argmax(-1)).float().mean().item()
+        for mode in ("eager", "cudagraph"):
+            decoder = Decoder(model, batch_size=1, max_len=PROMPT + CHECK_STEPS, mode=mode)
+            decoded = [decoder.prefill(ids[:, :PROMPT])[:, -1]]
+            decoded += [decoder.step(ids[:, t:t + 1]).clone() for t in range(PROMPT, PROMPT + CHECK_STEPS - 1)]
+            decoded = torch.stack(decoded, dim=1).float()
+            row[f"{mode}_max_rel_err"] = ((decoded - reference).abs().max() / reference.abs().max()).item()
+            row[f"{mode}_argmax_agree"] = (decoded.argmax(-1) == reference.argmax(-1)).float().mean().item()
         row["cache_bytes_per_token"] = cache_bytes_per_token(model, torch.bfloat16)
-        for mode in (None, "reduce-overhead"):
+        for mode in MODES:
             torch._dynamo.reset()
-            decoder = Decoder(model, batch_size=1, max_len=PROMPT + steps + 8, compile_mode=mode)
+            decoder = Decoder(model, batch_size=1, max_len=PROMPT + steps + 8, mode=mode)
             token = decoder.prefill(ids[:, :PROMPT])[:, -1:].argmax(-1)
             start = time.perf_counter()
             for _ in range(3):  # compilation and graph recording land here
@@ -63,12 +67,12 @@ def check(variant: str, steps: int, bandwidth_gb_s: float) -> dict:
             for _ in range(steps):
                 token = decoder.step(token).argmax(-1, keepdim=True)
             torch.cuda.synchronize()
-            name = "eager" if mode is None else "graph"
-            row[f"{name}_ms_per_step"] = 1e3 * (time.perf_counter() - start) / steps
-            row[f"{name}_first_steps_s"] = first_s
+            row[f"{mode}_ms_per_step"] = 1e3 * (time.perf_counter() - start) / steps
+            row[f"{mode}_first_steps_s"] = first_s
         floor_s = step_bytes_read(model, 1, PROMPT + steps // 2, torch.bfloat16) / (bandwidth_gb_s * 1e9)
         row["floor_ms_per_step"] = 1e3 * floor_s
-        row["graph_floor_multiple"] = row["graph_ms_per_step"] / row["floor_ms_per_step"]
+        for mode in MODES:
+            row[f"{mode}_floor_multiple"] = row[f"{mode}_ms_per_step"] / row["floor_ms_per_step"]
         row["status"] = "ok"
     except Exception as error:  # which variants fail, and why, is the point
         row["status"], row["error"] = failure_status(error), f"{type(error).__name__}: {str(error)[:500]}"
@@ -81,15 +85,17 @@ def markdown(rows: list[dict], bandwidth: dict) -> str:
     lines = [f"# Decode check ({torch.cuda.get_device_name()})", "",
              f"GPT-2 small in bf16, batch 1, prompt {PROMPT}; read bandwidth {bandwidth['gb_per_s']:.0f} GB/s "
              f"(`calibrate_bandwidth`). Correctness over {CHECK_STEPS} teacher-forced positions.", "",
-             "| variant | status | max rel. err | greedy agree | cache B/token | eager ms/step | graph ms/step | "
-             "graph first steps s | floor ms | graph x floor |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| variant | status | max rel. err (eager, cudagraph) | greedy agree | cache B/token | "
+             + " | ".join(f"{m} ms/step (first steps s)" for m in MODES) + " | floor ms | x floor (cudagraph) |",
+             "|---|---|---|---|---|" + "---|" * len(MODES) + "---|---|"]
     for r in rows:
         if r["status"] != "ok":
-            lines.append(f"| {r['variant']} | {r['status']}: {r['error'][:80]} | | | | | | | | |")
+            lines.append(f"| {r['variant']} | {r['status']}: {r['error'][:80]} |" + " |" * (len(MODES) + 5))
             continue
-        lines.append(f"| {r['variant']} | ok | {r['max_rel_err']:.2e} | {r['argmax_agree']:.3f} | "
-                     f"{r['cache_bytes_per_token']:,} | {r['eager_ms_per_step']:.2f} | {r['graph_ms_per_step']:.2f} | "
-                     f"{r['graph_first_steps_s']:.1f} | {r['floor_ms_per_step']:.3f} | {r['graph_floor_multiple']:.1f} |")
+        lines.append(f"| {r['variant']} | ok | {r['eager_max_rel_err']:.2e}, {r['cudagraph_max_rel_err']:.2e} | "
+                     f"{r['eager_argmax_agree']:.3f}, {r['cudagraph_argmax_agree']:.3f} | {r['cache_bytes_per_token']:,} | "
+                     + " | ".join(f"{r[f'{m}_ms_per_step']:.2f} ({r[f'{m}_first_steps_s']:.1f})" for m in MODES)
+                     + f" | {r['floor_ms_per_step']:.3f} | {r['cudagraph_floor_multiple']:.1f} |")
     return "\n".join(lines) + "\n"
 
 

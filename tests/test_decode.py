@@ -92,13 +92,39 @@ def test_step_bytes_read_counts_weights_once_and_each_sequences_cache() -> None:
 
 
 @pytest.mark.parametrize("variant", ["gqa", "mla", "sliding_window", "linear"])
+def test_warm_up_steps_undone_by_a_rewind_leave_the_decoder_as_it_was(variant: str) -> None:
+    """What the "cudagraph" mode relies on before its capture: steps run and then rewound leave every cache as it
+    was (linear's sums, the ring's slots past its wrap-around, the slots beyond a growing cache's length)."""
+    model = tiny(variant)
+    prompt = torch.randint(0, TINY["vocab_size"], (2, 10), generator=torch.Generator().manual_seed(4))
+    warmed, fresh = Decoder(model, 2, 16), Decoder(model, 2, 16)
+    for decoder in (warmed, fresh):
+        decoder.prefill(prompt)
+    before = warmed.mark()
+    for _ in range(2):
+        warmed._step_logits(torch.ones(2, 1, dtype=torch.long), warmed.position.fill_(warmed.length))
+    warmed.rewind(before)
+    for t in range(4):
+        token = torch.full((2, 1), t + 5)
+        torch.testing.assert_close(warmed.step(token), fresh.step(token), rtol=0, atol=0)
+
+
+def test_decoder_refuses_an_unknown_mode_and_cuda_graphs_on_a_cpu() -> None:
+    model = tiny("sdpa")
+    with pytest.raises(ValueError, match="mode: one of"):
+        Decoder(model, 1, 8, mode="fast")
+    with pytest.raises(ValueError, match="CUDA"):
+        Decoder(model, 1, 8, mode="cudagraph")
+
+
+@pytest.mark.parametrize("variant", ["gqa", "mla", "sliding_window", "linear"])
 def test_compiled_step_decodes_like_the_eager_one(variant: str) -> None:
     """The step has static shapes and updates its caches in place: compiled (on a GPU, with CUDA graphs) it gives
     the eager step's logits, past the ring's wrap-around; one compilation serves every position."""
     model = tiny(variant)
     prompt = torch.randint(0, TINY["vocab_size"], (2, 4), generator=torch.Generator().manual_seed(3))
     torch._dynamo.reset()
-    eager, compiled = Decoder(model, 2, 16), Decoder(model, 2, 16, compile_mode="default")
+    eager, compiled = Decoder(model, 2, 16), Decoder(model, 2, 16, mode="compile")
     for decoder in (eager, compiled):
         decoder.prefill(prompt)
     with torch._dynamo.config.patch(error_on_recompile=True):

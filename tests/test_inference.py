@@ -30,12 +30,12 @@ TINY_MODEL = dict(n_layer=2, n_embd=32, n_head=4)
 def tiny_config(variant: str = "sdpa", **overrides) -> InferenceConfig:
     settings = dict(train=TrainConfig(variant=variant, model=TINY_MODEL), prefill_lens=[16, 40], prefill_batch_size=2,
                     decode_batch_sizes=[1, 3], decode_context_lens=[8, 24], new_tokens=5, decode_mode="eager",
-                    eager_decode_cells=[], trials=2, window_s=0.02, warmup_reps=1, idle_s=0.01, order_seed=5)
+                    other_decode_cells={}, trials=2, window_s=0.02, warmup_reps=1, idle_s=0.01, order_seed=5)
     return InferenceConfig(**{**settings, **overrides})
 
 
 def test_config_resolves_cells_and_refuses_bad_values() -> None:
-    config = tiny_config(decode_mode="graph", eager_decode_cells=[[1, 8]])
+    config = tiny_config(decode_mode="graph", other_decode_cells={"eager": [[1, 8]]})
     cells = config.cells()
     assert sum(phase == "prefill" for phase, *_ in cells.values()) == 2
     assert sorted(k for k, (phase, mode, *_) in cells.items() if phase == "decode" and mode == "graph") == sorted(
@@ -46,7 +46,8 @@ def test_config_resolves_cells_and_refuses_bad_values() -> None:
     assert config.n_positions == 40 and tiny_config(prefill_lens=[8]).n_positions == 24 + 5
     assert InferenceConfig(**config.to_dict()).result_names() == config.result_names()  # what papermill receives
     assert len(set(config.result_names())) == len(cells) * 2
-    for bad in (dict(prefill_lens=[16, 16]), dict(decode_mode="fast"), dict(eager_decode_cells=[[1]]),
+    for bad in (dict(prefill_lens=[16, 16]), dict(decode_mode="fast"), dict(other_decode_cells={"eager": [[1]]}),
+                dict(other_decode_cells={"fast": [[1, 8]]}),
                 dict(trials=0), dict(window_s=0), dict(decode_batch_sizes=[])):
         with pytest.raises(ValueError):
             tiny_config(**bad)
@@ -149,7 +150,7 @@ def test_profile_plans_one_inference_job_per_variant() -> None:
     config = InferenceConfig(**jobs[0].config)
     assert config.prefill_lens == [512, 4096, 32768] and config.decode_batch_sizes == [1, 16, 64]
     assert config.decode_context_lens == [512, 4096] and config.new_tokens == 256 and config.trials >= 3
-    assert config.window_s >= 2 and config.decode_mode == "graph"
+    assert config.window_s >= 2 and config.decode_mode == "cudagraph" and config.other_decode_cells == {"eager": [[1, 512]]}
     assert config.n_positions == 32768
 
 
@@ -167,7 +168,7 @@ def inference_result(variant: str, mode: str, phase: str, batch: int, context: i
     provenance = Provenance(attnlib_commit="abc", versions={}, python="3.12", device="NVIDIA H100 80GB HBM3",
                             device_uuid="GPU-0", created="2026-11-24T00:00:00+00:00")
     config = InferenceConfig(train=TrainConfig(variant=variant), prefill_lens=[512, 4096], decode_batch_sizes=[1, 64],
-                             decode_context_lens=[512, 4096], eager_decode_cells=[]).to_dict()
+                             decode_context_lens=[512, 4096], other_decode_cells={}).to_dict()
     return InferenceResult(
         variant=variant, mode=mode, phase=phase, batch_size=batch, context_len=context, new_tokens=new, trial=trial,
         order_seed=1, status=status, provenance=provenance, config=config, measurement=m,
@@ -187,14 +188,14 @@ def test_inference_report_writes_tables_figures_and_the_sections_macros(tmp_path
             for batch, context in ((1, 512), (64, 4096), (1, 4096), (64, 512)):
                 j = ms * (1 + 0.001 * trial) / 10 / batch ** 0.5
                 write_result(results / "raw" / f"{variant}_d_{batch}_{context}_{trial}.json",
-                             inference_result(variant, "graph", "decode", batch, context, trial, ms, j))
+                             inference_result(variant, "cudagraph", "decode", batch, context, trial, ms, j))
             for context in (512, 4096):
                 write_result(results / "raw" / f"{variant}_p_{context}_{trial}.json",
                              inference_result(variant, "eager", "prefill", 16, context, trial, 5.0, 1e-3))
         write_result(results / "raw" / f"hf_{trial}.json",
                      inference_result("sdpa", "hf_static", "generate", 1, 512, trial, 2.4, 0.39))
         write_result(results / "raw" / f"lsh_{trial}.json",
-                     inference_result("lsh", "graph", "decode", 1, 512, trial, 0, 0, status="unsupported"))
+                     inference_result("lsh", "cudagraph", "decode", 1, 512, trial, 0, 0, status="unsupported"))
     calibration = {"uuid": "GPU-0", "tflops": 700.0, "j_per_flop": 1e-12, "bandwidth": {"gb_per_s": 3000.0}}
     (results / "calibration").mkdir()
     (results / "calibration" / "GPU-0.json").write_text(json.dumps(calibration))

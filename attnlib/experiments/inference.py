@@ -7,8 +7,9 @@ One process per variant, three kinds of cells (`InferenceResult`), each window a
   caches and keeping the last position's logits (what generation needs); eager. Tokens: the prompts'.
 - decode: `new_tokens` greedy steps after an unmeasured prefill of `context_len` tokens; before each repetition
   the decoder is rewound to the end of the prefill (`Decoder.mark` / `rewind`), so a window holds decode alone.
-  In `decode_mode` ("graph": each step one CUDA graph replay) at every batch and context, and eager at
-  `eager_decode_cells`. Tokens: the generated ones.
+  In `decode_mode` (default "cudagraph": each step one replay of a CUDA graph of the eager step) at every batch
+  and context, and in other modes of `attnlib.decode.DECODE_MODES` at `other_decode_cells`. Tokens: the generated
+  ones.
 - generate (the sdpa job only, with `hf_anchor`): `transformers.GPT2LMHeadModel.generate` on the same weights,
   greedy, `new_tokens` tokens after a `context_len`-token prompt, with its dynamic and with its static cache.
 
@@ -32,7 +33,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..decode import Decoder, cache_bytes_per_token, step_bytes_read
+from ..decode import DECODE_MODES, Decoder, cache_bytes_per_token, step_bytes_read
 from ..flops import decode_flops, prefill_flops
 from ..model import attention_parameters, build_config, build_model
 from ..registry import get_variant
@@ -41,7 +42,6 @@ from ._job import WindowedJob
 from .training import TrainConfig, failure_status, frozen_gc
 
 NOTEBOOK = "inference.ipynb"
-DECODE_MODES = ("eager", "graph")
 ANCHOR_VARIANT = "sdpa"  # the anchor's attention: transformers' own SDPA path
 ANCHOR_MODES = ("hf_dynamic", "hf_static")
 ANCHOR_KERNEL = "transformers GPT2LMHeadModel.generate, SDPA attention"
@@ -58,8 +58,9 @@ class InferenceConfig:
     decode_batch_sizes: list[int] = field(default_factory=lambda: [1, 16, 64])
     decode_context_lens: list[int] = field(default_factory=lambda: [512, 4096])
     new_tokens: int = 256
-    decode_mode: str = "graph"
-    eager_decode_cells: list[list[int]] = field(default_factory=lambda: [[1, 512]])  # [batch, context] pairs
+    decode_mode: str = "cudagraph"
+    # mode -> [batch, context] pairs measured in that mode too
+    other_decode_cells: dict[str, list[list[int]]] = field(default_factory=lambda: {"eager": [[1, 512]]})
     hf_anchor: bool = True  # the sdpa job also measures transformers' generate, at the decode batches, first context
     trials: int = 3
     window_s: float = 2.0  # >= 2 s: >= 20 updates of the energy counter
@@ -74,11 +75,12 @@ class InferenceConfig:
             values = getattr(self, name)
             if not values or not all(isinstance(v, int) and v >= 1 for v in values) or len(set(values)) != len(values):
                 raise ValueError(f"{name}: distinct integers >= 1, at least one, got {values}")
-        if self.decode_mode not in DECODE_MODES:
-            raise ValueError(f"decode_mode: one of {', '.join(DECODE_MODES)}, got {self.decode_mode!r}")
-        for cell in self.eager_decode_cells:
-            if len(cell) != 2 or cell[0] < 1 or cell[1] < 1:
-                raise ValueError(f"eager_decode_cells: [batch, context] pairs of integers >= 1, got {cell}")
+        for mode in [self.decode_mode, *self.other_decode_cells]:
+            if mode not in DECODE_MODES:
+                raise ValueError(f"decode_mode, other_decode_cells: modes among {', '.join(DECODE_MODES)}, got {mode!r}")
+        for cell in self._other_cells():
+            if min(cell[1:]) < 1:
+                raise ValueError(f"other_decode_cells: [batch, context] pairs of integers >= 1, got {list(cell[1:])}")
         if min(self.prefill_batch_size, self.new_tokens, self.trials, self.warmup_reps) < 1:
             raise ValueError("prefill_batch_size, new_tokens, trials and warmup_reps must be >= 1, got "
                              f"{self.prefill_batch_size}, {self.new_tokens}, {self.trials}, {self.warmup_reps}")
@@ -86,10 +88,17 @@ class InferenceConfig:
             raise ValueError(f"window_s and idle_s must be > 0, got {self.window_s}, {self.idle_s}")
         build_config(self.train.variant, **self.model_overrides())  # bad model parameters fail here, before any work
 
+    def _other_cells(self) -> list[tuple[str, int, int]]:
+        """(mode, batch, context) of `other_decode_cells`; a malformed pair is a ValueError."""
+        try:
+            return [(mode, int(b), int(t)) for mode, pairs in self.other_decode_cells.items() for b, t in pairs]
+        except (TypeError, ValueError):
+            raise ValueError(f"other_decode_cells: mode -> [batch, context] pairs, got {self.other_decode_cells}") from None
+
     @property
     def n_positions(self) -> int:
         """Positions the model needs: the longest prompt, or the longest context plus the new tokens."""
-        contexts = self.decode_context_lens + [context for _, context in self.eager_decode_cells]
+        contexts = self.decode_context_lens + [context for _, _, context in self._other_cells()]
         return max(max(self.prefill_lens), max(contexts) + self.new_tokens)
 
     def model_overrides(self) -> dict[str, Any]:
@@ -100,7 +109,7 @@ class InferenceConfig:
         out = {f"prefill/eager/B{self.prefill_batch_size}/T{t}": ("prefill", "eager", self.prefill_batch_size, t)
                for t in self.prefill_lens}
         decode = [(self.decode_mode, b, t) for t in self.decode_context_lens for b in self.decode_batch_sizes]
-        decode += [("eager", b, t) for b, t in self.eager_decode_cells if self.decode_mode != "eager"]
+        decode += [cell for cell in self._other_cells() if cell[0] != self.decode_mode]
         out |= {f"decode/{m}/B{b}/T{t}": ("decode", m, b, t) for m, b, t in decode}
         if self.hf_anchor and self.train.variant == ANCHOR_VARIANT:
             t = self.decode_context_lens[0]
@@ -159,7 +168,7 @@ class _Job(WindowedJob):
             return self._anchor(mode, batch, context)
         before = torch.cuda.memory_allocated() if self.device.type == "cuda" else None
         new = c.new_tokens if phase == "decode" else 0
-        decoder = Decoder(model, batch, context + new, compile_mode="reduce-overhead" if mode == "graph" else None)
+        decoder = Decoder(model, batch, context + new, mode=mode)
         facts = dict(cache_bytes=decoder.cache_bytes, cache_bytes_per_token=cache_bytes_per_token(model, self.dtype),
                      cache_allocated_bytes=None if before is None else torch.cuda.memory_allocated() - before)
         prompt = self.prompt(batch, context)
