@@ -113,21 +113,27 @@ class LSHAttention(nn.Module):
         if past_key_values is not None:
             raise NotImplementedError("lsh: no KV cache; build with use_cache=False")
         B, T, _ = hidden_states.shape
-        qk, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-                 for t in self.c_attn(hidden_states).split(self.config.n_embd, dim=2))
+        y = self.core(*self.project(hidden_states)).transpose(1, 2).reshape(B, T, -1)
+        return self.resid_dropout(self.c_proj(y)), None
+
+    def project(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The shared query/key and the values, `[B, H, T, D]` each."""
+        B, T, _ = hidden_states.shape
+        return tuple(t.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+                     for t in self.c_attn(hidden_states).split(self.config.n_embd, dim=2))
+
+    def core(self, qk: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """LSH attention of `[B, H, T, D]` inputs, `[B, H, T, D]` out."""
         # any T: pad to whole chunks at the end; padded tokens come after every real one in each bucket, and a
         # query only sees keys before it in sorted order, so they never reach a real output
-        pad = -T % self.chunk_size
-        qk, v = (F.pad(t, (0, 0, 0, pad)) for t in (qk, v))
+        T = qk.shape[2]
+        qk, v = (F.pad(t, (0, 0, 0, -T % self.chunk_size)) for t in (qk, v))
         if self.config.recompute and torch.is_grad_enabled():
             # keep only the core's inputs for the backward pass and recompute the rest there (FlashAttention's
             # trade): what a layer holds for backward is then O(T x D), not O(T x n_hashes x chunk_size)
-            y = checkpoint(lsh_attention, qk, v, self.rotations, self.chunk_size, self.head_dim**-0.5,
-                           use_reentrant=False)[:, :, :T]
-        else:
-            y = lsh_attention(qk, v, self.rotations, self.chunk_size, self.head_dim**-0.5)[:, :, :T]
-        y = y.transpose(1, 2).reshape(B, T, -1)
-        return self.resid_dropout(self.c_proj(y)), None
+            return checkpoint(lsh_attention, qk, v, self.rotations, self.chunk_size, self.head_dim**-0.5,
+                              use_reentrant=False)[:, :, :T]
+        return lsh_attention(qk, v, self.rotations, self.chunk_size, self.head_dim**-0.5)[:, :, :T]
 
 
 def attention_flops(config: GPT2Config, seq_len: int) -> float:

@@ -1,0 +1,53 @@
+"""CLEAR's components of a forward pass: chained they are the whole model for every variant (nothing left out),
+each runs alone on its real shapes, and their counts and FLOPs add up to the model's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attnlib
+from attnlib.components import KINDS, components, forward_by_components
+from attnlib.flops import causal_attention_flops, matmul_parameters
+from conftest import TINY, random_tokens, tiny_model
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("variant", list(attnlib.VARIANTS))
+def test_components_chained_are_the_whole_forward_pass(variant: str) -> None:
+    model = tiny_model(variant)
+    ids = random_tokens(2)
+    torch.testing.assert_close(forward_by_components(model, ids), model(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("variant", ["sdpa", "gqa", "mla", "linear", "lsh", "sliding_window"])
+def test_each_component_runs_alone_with_its_count_and_flops(variant: str) -> None:
+    """Every kind once, counted as often as a forward pass calls it; a call on the recorded inputs gives the same
+    result twice (the repetition harness needs nothing else); the matmul FLOPs of all components are the
+    model's forward matmul FLOPs plus the cores'."""
+    model = tiny_model(variant)
+    ids = random_tokens(2)
+    parts = components(model, ids)
+    layers = TINY["n_layer"]
+    assert [c.kind for c in parts] == list(KINDS)
+    assert {c.kind: c.count for c in parts} == {
+        "embedding": 1, "layer_norm": 2 * layers + 1, "input_projection": layers, "attention_core": layers,
+        "output_projection": layers, "mlp": layers, "residual_add": 2 * layers, "lm_head": 1}
+    for part in parts:
+        first, second = part.run(), part.run()
+        for a, b in zip(first if isinstance(first, tuple) else (first,), second if isinstance(second, tuple) else (second,)):
+            assert torch.equal(a, b)
+    matmul = sum(c.count * c.flops for c in parts if c.flops is not None and c.kind != "attention_core")
+    B, T = ids.shape
+    assert matmul == pytest.approx(2 * B * T * matmul_parameters(model))
+    core = next(c for c in parts if c.kind == "attention_core")
+    spec = attnlib.get_variant(variant)
+    assert core.flops == pytest.approx(B * (spec.attention_flops or causal_attention_flops)(model.config, T))
+    assert all(c.flops is None for c in parts if c.kind in ("embedding", "layer_norm", "residual_add"))
+
+
+def test_components_need_eval_mode() -> None:
+    model = tiny_model("sdpa").train()
+    with pytest.raises(ValueError, match="eval"):
+        forward_by_components(model, random_tokens(1))
