@@ -106,13 +106,17 @@ _RUN: dict[str, Callable[..., Any]] = {  # kind -> the call on its recorded inpu
 
 @dataclass
 class Component:
-    """One component: `run()` calls it once on recorded inputs of its real shapes; a forward pass calls it
-    `count` times; `flops` is one call's matmul FLOPs (None: elementwise, no matmul work)."""
+    """One component: `fn(*args)` is one call on recorded inputs of its real shapes (`run`); a forward pass calls
+    it `count` times; `flops` is one call's matmul FLOPs (None: elementwise, no matmul work)."""
 
     kind: str
     count: int
-    run: Callable[[], Any]
+    fn: Callable[..., Any]
+    args: tuple
     flops: float | None
+
+    def run(self) -> Any:
+        return self.fn(*self.args)
 
 
 def _weights(*modules: nn.Module) -> int:
@@ -143,8 +147,7 @@ def components(model: GPT2LMHeadModel, ids: torch.Tensor) -> list[Component]:
         "lm_head": 2.0 * B * T * model.lm_head.weight.numel(),
     }
     run = {**_RUN, "embedding": lambda ids, positions: t.wte(ids) + t.wpe(positions)}
-    return [Component(kind, counts[kind], (lambda f=run[kind], a=inputs[kind]: f(*a)), flops.get(kind))
-            for kind in KINDS]
+    return [Component(kind, counts[kind], run[kind], inputs[kind], flops.get(kind)) for kind in KINDS]
 
 
 def _projection_modules(attn: nn.Module) -> list[nn.Module]:

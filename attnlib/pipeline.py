@@ -1,8 +1,8 @@
 """The study's orchestration: profiles, the job plan, papermill execution, resumption, the run record.
 
 A profile (`attnlib/profiles/<name>.toml`) fixes the training setup (`[train]`), the families it runs, each with
-its section (`[trials]`, `[quality]`, `[longcontext]`, `[inference]`), the plan's seed (`[plan]`) and per-variant parameters
-(`[variants.<name>]`). The plan has one job per variant and family, variants in an order drawn from the plan's
+its section (`[trials]`, `[quality]`, `[longcontext]`, `[inference]`, `[components]`), the plan's seed (`[plan]`)
+and per-variant parameters (`[variants.<name>]`). The plan has one job per variant and family, variants in an order drawn from the plan's
 seed, each variant's jobs together; a variant's quality runs go into its trials job when they train in one of its
 modes (they reuse its trainer and compiled code).
 Each job is one papermill execution of its family's notebook (`notebooks/trials.ipynb`, `quality.ipynb`) in its
@@ -25,10 +25,12 @@ import subprocess
 import sys
 import time
 import tomllib
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
-from .experiments import inference, longcontext, quality, trials
+from .experiments import components, inference, longcontext, quality, trials
+from .experiments.components import ComponentsConfig
 from .experiments.inference import InferenceConfig
 from .experiments.longcontext import LongContextConfig
 from .experiments.quality import QualityConfig
@@ -41,9 +43,9 @@ from .results import is_complete, load_results
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = Path(__file__).resolve().parent / "profiles"
 FAMILIES = {"trials": trials, "quality": quality, "longcontext": longcontext,  # in the order of a variant's jobs
-            "inference": inference}
+            "inference": inference, "components": components}
 SECTIONS = {"train": TrainConfig, "trials": TrialsConfig, "quality": QualityConfig, "longcontext": LongContextConfig,
-            "inference": InferenceConfig, "plan": None, "variants": None}
+            "inference": InferenceConfig, "components": ComponentsConfig, "plan": None, "variants": None}
 
 
 @dataclass(frozen=True)
@@ -60,9 +62,9 @@ class Profile:
         train["model"] = {**train.get("model", {}), **self.variant_params.get(variant, {})}
         return TrainConfig(variant=variant, **train)
 
-    def job_config(self, family: str, variant: str,
-                   order_seed: int = 0) -> TrialsConfig | QualityConfig | LongContextConfig | InferenceConfig:
-        """The resolved config of `variant`'s job of `family`; `order_seed` draws the order inside the job."""
+    def job_config(self, family: str, variant: str, order_seed: int = 0) -> Any:
+        """The resolved config (`SECTIONS[family]`) of `variant`'s job of `family`; `order_seed` draws the order
+        inside the job."""
         settings, train = dict(self.families[family]), self.train_config(variant)
         if family == "quality":  # quality runs in one mode, given in its section
             train = dataclasses.replace(train, mode=settings.pop("mode", "eager"),

@@ -321,7 +321,9 @@ class measure:  # noqa: N801  (used as a function-like context manager, like tor
         r.tokens_per_s = per(r.tokens, r.wall_s)
         r.gpu_j_per_token, r.gpu_j_per_token_net = per(r.gpu_energy_j, r.tokens), per(r.gpu_energy_net_j, r.tokens)
         r.gpu_j_per_flop, r.gpu_j_per_flop_net = per(r.gpu_energy_j, r.flops), per(r.gpu_energy_net_j, r.flops)
-        r.tflops = None if r.flops is None else per(r.flops / 1e12, r.wall_s)
+        r.tflops = per(r.flops / 1e12, r.wall_s) if r.flops else None
+        if not r.flops:
+            r.reasons.setdefault("tflops", "no FLOPs counted in the window (elementwise work, or none given)")
 
 
 def measure_idle(seconds: float = 5.0, **kwargs: Any) -> IdleBaseline:

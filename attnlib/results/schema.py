@@ -141,5 +141,26 @@ class InferenceResult(Result):
     first_call_s: float | None = None  # the first repetition, unmeasured: compilation lands here
 
 
+@dataclass(kw_only=True)
+class ComponentResult(Result):
+    """One measured window of repeated calls of one component of a forward pass (`attnlib.components`), or of the
+    whole pass (`component` "whole"), on inputs of its real shapes (`attnlib.experiments.components`). A pass calls
+    the component `count` times; `flops_per_call` is matmul FLOPs (None: elementwise)."""
+
+    kind: ClassVar[str] = "component"
+    component: str
+    phase: str  # "forward" (inference, CLEAR's setting)
+    seq_len: int
+    batch_size: int
+    n_head: int
+    n_embd: int
+    setting: str  # "base", or the sensitivity axis this model varies ("batch_size", "n_head", "n_embd")
+    trial: int
+    order_seed: int
+    count: int | None = None
+    calls: int | None = None
+    flops_per_call: float | None = None
+
+
 RESULT_KINDS: dict[str, type[Result]] = {cls.kind: cls for cls in (TrialResult, QualityResult, SweepResult,
-                                                                   LayerResult, InferenceResult)}
+                                                                   LayerResult, InferenceResult, ComponentResult)}
