@@ -4,7 +4,7 @@
 #   ./run_all.sh                       # CUDA -> measure the paper profile; no GPU -> rebuild the paper from the
 #                                      # committed results/paper/ (the reviewer path), or run smoke if there are none
 #   ./run_all.sh --profile smoke       # choose the profile (paper, smoke; a GPU's: longcontext, the 512-64K grid,
-#                                      # inference, prefill and decode)
+#                                      # inference, prefill and decode; components, CLEAR)
 #   ./run_all.sh --variants sdpa,flash # a subset of attnlib.VARIANTS
 #   ./run_all.sh --results DIR         # measure into DIR (default results/<profile>); with a GPU, also compare
 #                                      # DIR's table with the committed results/paper/ (DIR/comparison.csv)
@@ -79,17 +79,17 @@ fi
 
 # 4. Tables, figures, macros (the aggregation notebook); a reviewer's folder is compared with ours.
 python -m attnlib.pipeline report --profile "$profile" --results "$results" || fail "aggregation failed"
-section=""  # a family with a section of its own in the paper: long context (crossover.csv), inference (decode.csv)
+section=""  # a family with a section of its own: long context (crossover.csv), inference (decode.csv), components (coverage.csv)
 [ -f "$results/crossover.csv" ] && section=longcontext
 [ -f "$results/decode.csv" ] && section=inference
+[ -f "$results/coverage.csv" ] && section=components
 if [ "$label" != paper ] && [ -f results/paper/summary.csv ] && [ "$gpu" = 1 ] && [ -z "$section" ]; then
   echo "== $results against the committed results/paper/ (written to $results/comparison.csv)"
   python -m attnlib.pipeline compare --results "$results" --reference results/paper || fail "comparison failed"
 fi
 
-# 5. The paper. A long-context or inference folder is not a paper of its own: results/longcontext/ and
-#    results/inference/ are sections of the paper built from results/paper/ (paper/<family>.tex), so that paper
-#    is rebuilt.
+# 5. The paper. A long-context, inference or components folder is not a paper of its own: results/<family>/ is a
+#    section of the paper built from results/paper/ (paper/<family>.tex), so that paper is rebuilt.
 if [ -n "$section" ]; then
   if [ "$label" = "$section" ] && [ -f paper/generated/paper/macros.tex ]; then
     label=paper

@@ -3,7 +3,12 @@ count and FLOPs, failures as results, and the notebook template."""
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 from pathlib import Path
+
+import pandas as pd
 
 import pytest
 import torch
@@ -14,7 +19,9 @@ from attnlib.experiments.components import WHOLE, ComponentsConfig, run_componen
 from attnlib.experiments.training import TrainConfig
 from attnlib.pipeline import load_profile, plan
 from attnlib.registry import VARIANTS
-from attnlib.results import results_frame
+from attnlib.measurement import Measurement
+from attnlib.report import build_report
+from attnlib.results import ComponentResult, Provenance, results_frame, write_result
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_MODEL = dict(n_layer=2, n_embd=32, n_head=4)
@@ -89,3 +96,63 @@ def test_notebook_runs_a_tiny_grid(tmp_path) -> None:
                                progress_bar=False, cwd=str(REPO / "notebooks"))
     frame = results_frame(tmp_path)
     assert len(frame) == 2 * 2 * (len(KINDS) + 1) and (frame.status == "ok").all()
+
+
+def component_result(variant: str, seq_len: int, component: str, count: int, trial: int, j_per_call: float,
+                     flops: float | None) -> ComponentResult:
+    calls = 1000
+    m = Measurement(label="x", wall_s=1.2, tokens=calls * seq_len, flops=calls * flops if flops else 0.0,
+                    gpu_energy_j=j_per_call * calls, gpu_energy_net_j=0.5 * j_per_call * calls,
+                    gpu_j_per_flop=j_per_call / flops if flops else None, gpu_power_mean_w=j_per_call * calls / 1.2)
+    provenance = Provenance(attnlib_commit="abc", versions={}, python="3.12", device="NVIDIA H100 80GB HBM3",
+                            device_uuid="GPU-0", created="2026-11-24T00:00:00+00:00")
+    return ComponentResult(variant=variant, mode="eager", component=component, phase="forward", seq_len=seq_len,
+                           batch_size=max(1, 8192 // seq_len), n_head=12, n_embd=768, setting="base", trial=trial,
+                           order_seed=1, provenance=provenance, config={"seq_lens": [512, 8192], "trials": 3,
+                                                                         "window_s": 1.2, "tokens_per_call": 8192},
+                           measurement=m, count=count, calls=calls, flops_per_call=flops)
+
+
+def test_components_report_gives_coverage_shares_and_the_sections_macros(tmp_path) -> None:
+    """Coverage = sum of count x energy per call over the whole pass's, repeated on each of a model's rows; shares
+    sum to one; energy per FLOP against the floor for matmul components; exactly the macros the section uses."""
+    results = tmp_path / "components"
+    counts = {"embedding": 1, "layer_norm": 25, "input_projection": 12, "attention_core": 12,
+              "output_projection": 12, "mlp": 12, "residual_add": 24, "lm_head": 1}
+    per_call = {"embedding": 1e-4, "layer_norm": 2e-4, "input_projection": 1e-3, "attention_core": 2e-3,
+                "output_projection": 4e-4, "mlp": 3e-3, "residual_add": 1e-4, "lm_head": 5e-3}
+    flops = {"input_projection": 1e9, "attention_core": 5e8, "output_projection": 3e8, "mlp": 4e9, "lm_head": 6e9}
+    total = sum(counts[k] * per_call[k] for k in counts)
+    for variant in ("sdpa", "linear"):
+        for seq_len in (512, 8192):
+            for trial in range(3):
+                noise = 1 + 0.01 * trial
+                for kind in counts:
+                    write_result(results / "raw" / f"{variant}_{seq_len}_{kind}_{trial}.json", component_result(
+                        variant, seq_len, kind, counts[kind], trial, per_call[kind] * noise, flops.get(kind)))
+                write_result(results / "raw" / f"{variant}_{seq_len}_whole_{trial}.json", component_result(
+                    variant, seq_len, WHOLE, 1, trial, total / 0.97 * noise, None))
+    (results / "calibration").mkdir()
+    (results / "calibration" / "GPU-0.json").write_text(json.dumps({"uuid": "GPU-0", "tflops": 700.0,
+                                                                    "j_per_flop": 1e-12}))
+    paper = tmp_path / "paperdir"
+    paper.mkdir()
+    shutil.copy(REPO / "paper" / "components.tex", paper / "components.tex")
+    summary = build_report(results, "components", tmp_path / "figures", paper)
+    for column in ("variant", "seq_len", "batch_size", "phase", "component", "calls", "j_per_call_mean",
+                   "j_per_call_ci95", "j_per_call_cv", "flops_per_call", "j_per_flop", "floor_multiple", "coverage"):
+        assert column in summary, column
+    assert summary.coverage.to_numpy() == pytest.approx(0.97)
+    parts = summary[summary.component != WHOLE]
+    assert parts.groupby(["variant", "seq_len"]).share.sum().to_numpy() == pytest.approx(1.0)
+    mlp = summary[(summary.component == "mlp")].iloc[0]
+    assert mlp.j_per_flop == pytest.approx(3e-3 * 1.01 / 4e9) and mlp.floor_multiple == pytest.approx(3e-3 * 1.01 / 4e9 / 1e-12)
+    coverage = pd.read_csv(results / "coverage.csv")
+    assert coverage.core_over_mlp_j_per_flop.to_numpy() == pytest.approx((2e-3 / 5e8) / (3e-3 / 4e9))
+    macros = (paper / "generated" / "components" / "macros.tex").read_text()
+    names = set(re.findall(r"\\newcommand\{\\data(\w+)\}", macros))
+    assert names == set(re.findall(r"\\data(\w+)", (paper / "components.tex").read_text()))
+    assert "\\dataComponentsCoverageRange}{0.97--0.97}" in macros
+    assert "CLEAR (published)" in (paper / "generated" / "components" / "coverage.tex").read_text()
+    for figure in ("components_share", "components_floor"):
+        assert (tmp_path / "figures" / "components" / f"{figure}.pdf").exists()

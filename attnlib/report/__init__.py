@@ -1,6 +1,7 @@
 """From a results folder to the paper: `frames` (summary tables), `figures` (one function per figure), `latex`
 (tables and macros by rule), `prior` (the prior study), `compare` (a reviewer's results against ours),
-`longcontext` (the long-context family's tables, crossovers and macros), `inference` (prefill and decode)."""
+`longcontext` (the long-context family's tables, crossovers and macros), `inference` (prefill and decode),
+`components` (CLEAR's per-component energy and coverage)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ..results import results_frame
 from . import figures, latex
 from .compare import comparison_frame
 from .frames import load_calibrations, summary_frame
+from .components import build_components_report
 from .inference import build_inference_report
 from .longcontext import build_longcontext_report
 from .prior import prior_macros, prior_table
@@ -97,6 +99,8 @@ def build_report(results_dir: Path, profile: str, figures_dir: Path, paper_dir: 
         return build_longcontext_report(frame, calibrations, Path(results_dir), profile, figures_dir, paper_dir)
     if (frame.kind == "inference").any():  # an inference folder: its own tables, figures and macros
         return build_inference_report(frame, calibrations, Path(results_dir), profile, figures_dir, paper_dir)
+    if (frame.kind == "component").any():  # a components folder: its own tables, figures and macros
+        return build_components_report(frame, calibrations, Path(results_dir), profile, figures_dir, paper_dir)
     summary = summary_frame(frame, calibrations, list(VARIANTS))
     generated = paper_dir / "generated" / profile
     generated.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,160 @@
+"""Component frames (CLEAR): per component, energy per call with its interval, time, power, energy per FLOP as
+a multiple of the card's GEMM floor; per model, the coverage (the components' energy, each counted as often as a
+forward pass calls it, over the whole pass's, measured the same way) and each component's share; the paper's
+coverage table, two figures and the section's macros."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from ..components import KINDS
+from ..experiments.components import WHOLE
+from ..registry import VARIANTS
+from . import latex
+from .figures import _empty, _save
+from .frames import aggregate, with_calibration
+
+MODEL_KEYS = ["variant", "setting", "seq_len", "batch_size", "n_head", "n_embd", "phase"]
+KEYS = [*MODEL_KEYS, "component"]
+# CLEAR's published figures (../shared/seeds/002): component-wise variance under 9.5%, over 90% of the energy captured
+CLEAR_CV_MAX, CLEAR_COVERAGE_MIN = 0.095, 0.90
+
+
+def components_summary(frame: pd.DataFrame, calibrations: dict[str, dict]) -> pd.DataFrame:
+    """One row per (model, component): `j_per_call_mean` / `_ci95` / `_cv` (GPU energy per call, gross) and the
+    net figure, `ms_per_call_mean`, mean power, `j_per_flop` and `floor_multiple` (matmul components), `count`,
+    `share` (of the components' energy per pass) and `coverage` (repeated on each of the model's rows)."""
+    windows = frame[frame.kind == "component"] if "kind" in frame else frame.iloc[:0]
+    if windows.empty:
+        return pd.DataFrame()
+    calls = pd.to_numeric(windows.calls, errors="coerce")
+    windows = with_calibration(windows, calibrations).assign(
+        j_per_call=pd.to_numeric(windows.gpu_energy_j, errors="coerce") / calls,
+        j_per_call_net=pd.to_numeric(windows.gpu_energy_net_j, errors="coerce") / calls,
+        ms_per_call=1e3 * pd.to_numeric(windows.wall_s, errors="coerce") / calls)
+    summary = aggregate(windows, KEYS, ("j_per_call", "j_per_call_net", "ms_per_call", "gpu_power_mean_w",
+                                        "energy_floor_multiple", "calls"))
+    ok = windows[windows.status == "ok"]
+    facts = ok.groupby(KEYS)[["count", "flops_per_call"]].first().reset_index() if len(ok) else None
+    if facts is not None:
+        summary = summary.merge(facts, on=KEYS, how="left")
+    summary["calls"] = summary.calls_mean
+    summary["j_per_flop"] = summary.j_per_call_mean / summary.flops_per_call
+    summary["floor_multiple"] = summary.energy_floor_multiple_mean
+    per_pass = summary.j_per_call_mean * summary["count"]
+    parts = summary.component != WHOLE
+    total = per_pass.where(parts).groupby([summary[k] for k in MODEL_KEYS]).transform("sum")
+    whole = summary.j_per_call_mean.where(~parts).groupby([summary[k] for k in MODEL_KEYS]).transform("max")
+    summary["share"] = (per_pass / total).where(parts)
+    summary["coverage"] = total / whole
+    order = {v: i for i, v in enumerate(VARIANTS)}
+    kinds = {k: i for i, k in enumerate((*KINDS, WHOLE))}
+    return (summary.assign(_v=summary.variant.map(order), _k=summary.component.map(kinds))
+            .sort_values(["_v", "setting", "seq_len", "batch_size", "n_head", "n_embd", "_k"])
+            .drop(columns=["_v", "_k"]).reset_index(drop=True))
+
+
+def coverage_frame(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per model: coverage, the largest component CV, and the attention core's share of the forward
+    pass's component energy and its energy per FLOP over the MLP's."""
+    rows = []
+    for values, group in summary.groupby(MODEL_KEYS, sort=False):
+        by = group.set_index("component")
+        core, mlp = (by.loc[k] if k in by.index else None for k in ("attention_core", "mlp"))
+        rows.append({**dict(zip(MODEL_KEYS, values)), "coverage": group.coverage.iloc[0],
+                     "max_cv": group[group.component != WHOLE].j_per_call_cv.max(),
+                     "core_share": None if core is None else core.share,
+                     "core_over_mlp_j_per_flop": None if core is None or mlp is None else core.j_per_flop / mlp.j_per_flop})
+    return pd.DataFrame(rows)
+
+
+def coverage_table(coverage: pd.DataFrame) -> str:
+    """The paper's table: per variant and length (base models), coverage, the worst component CV, the core's share
+    and its energy per FLOP against the MLP's; CLEAR's published figures in the last row."""
+    base = coverage[coverage.setting == "base"]
+    body = [[r.variant, str(r.seq_len), latex.fmt(r.coverage, ".2f"), latex.fmt(r.max_cv, ".1f", 100),
+             latex.fmt(r.core_share, ".1f", 100), latex.fmt(r.core_over_mlp_j_per_flop, ".2f")]
+            for _, r in base.iterrows()]
+    body.append(["CLEAR (published)", "", f"$>$ {CLEAR_COVERAGE_MIN:.2f}", f"$<$ {100 * CLEAR_CV_MAX:.1f}", "", ""])
+    return latex.booktabs(["variant", "T", "coverage", "max CV \\%", "core share \\%", "core / MLP J/FLOP"], body,
+                          "lrrrrr")
+
+
+def share_bars(summary: pd.DataFrame, out_dir: Path) -> Path:
+    """Stacked bars per variant: each component's share of the forward pass's component energy, one panel per
+    length (base models)."""
+    base = summary[(summary.setting == "base") & (summary.component != WHOLE) & summary.share.notna()]
+    lengths = sorted(base.seq_len.unique()) or [0]
+    fig, axes = plt.subplots(1, len(lengths), figsize=(4 * len(lengths) + 1, 3.4), squeeze=False)
+    for ax, length in zip(axes[0], lengths):
+        data = base[base.seq_len == length].pivot_table(index="variant", columns="component", values="share",
+                                                        sort=False)
+        if data.empty:
+            _empty(ax, "no component energy in these results (a GPU's NVML counter measures it)")
+            continue
+        data = data[[k for k in KINDS if k in data]]
+        data.plot.bar(stacked=True, ax=ax, width=0.8, legend=False)
+        ax.set(title=f"T = {length}", ylabel="share of forward-pass energy", xlabel="")
+    axes[0][-1].legend(fontsize=6, bbox_to_anchor=(1.02, 1), loc="upper left")
+    return _save(fig, out_dir, "components_share")
+
+
+def floor_bars(summary: pd.DataFrame, out_dir: Path, seq_len: int) -> Path:
+    """Energy per FLOP of each matmul component as a multiple of the card's GEMM floor, per variant (95%
+    intervals), at one length."""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    data = summary[(summary.setting == "base") & (summary.seq_len == seq_len) & summary.floor_multiple.notna()]
+    if data.empty:
+        _empty(ax, "no energy per FLOP in these results (a calibrated GPU measures it)")
+    else:
+        kinds = [k for k in KINDS if k in set(data.component)]
+        variants = list(dict.fromkeys(data.variant))
+        width = 0.8 / len(kinds)
+        for i, kind in enumerate(kinds):
+            d = data[data.component == kind].set_index("variant").reindex(variants)
+            xs = [j + (i - (len(kinds) - 1) / 2) * width for j in range(len(variants))]
+            ax.bar(xs, d.floor_multiple, width, yerr=d.energy_floor_multiple_ci95.fillna(0), capsize=2, label=kind)
+        ax.axhline(1, color="k", lw=0.8)
+        ax.set_xticks(range(len(variants)), variants, rotation=30, ha="right")
+        ax.set(ylabel="J/FLOP over the GEMM floor", title=f"T = {seq_len}")
+        ax.legend(fontsize=6)
+    return _save(fig, out_dir, "components_floor")
+
+
+def build_components_report(frame: pd.DataFrame, calibrations: dict[str, dict], results_dir: Path, label: str,
+                            figures_dir: Path, paper_dir: Path) -> pd.DataFrame:
+    """A components results folder into `summary.csv`, `coverage.csv`, the coverage table, two figures and the
+    macros `paper/components.tex` uses; returns the summary."""
+    summary = components_summary(frame, calibrations)
+    coverage = coverage_frame(summary) if len(summary) else pd.DataFrame()
+    generated = paper_dir / "generated" / label
+    generated.mkdir(parents=True, exist_ok=True)
+    for name, table in (("summary", summary), ("coverage", coverage)):
+        table.to_csv(results_dir / f"{name}.csv", index=False)
+        table.to_csv(generated / f"{name}.csv", index=False)
+    (generated / "coverage.tex").write_text(coverage_table(coverage) if len(coverage) else "")
+    config = frame[frame.kind == "component"].iloc[0].config if (frame.kind == "component").any() else {}
+    lengths = config.get("seq_lens", [512])
+    out = figures_dir / label
+    share_bars(summary, out)
+    floor_bars(summary, out, lengths[0])
+    run = json.loads((results_dir / "run.json").read_text()) if (results_dir / "run.json").exists() else {}
+    base = coverage[coverage.setting == "base"] if len(coverage) else coverage
+    macros = {
+        "ComponentsDevice": frame.device.dropna().iloc[0] if frame.device.notna().any() else "n/a",
+        "ComponentsSeqLens": " and ".join(map(str, lengths)),
+        "ComponentsTokensPerCall": latex.fmt(config.get("tokens_per_call"), ",.0f"),
+        "ComponentsTrials": str(config.get("trials", "n/a")), "ComponentsWindowS": str(config.get("window_s", "n/a")),
+        "ComponentsCoverageRange": (f"{latex.fmt(base.coverage.min(), '.2f')}--{latex.fmt(base.coverage.max(), '.2f')}"
+                                    if len(base) else "n/a"),
+        "ComponentsMaxCvPct": latex.fmt(base.max_cv.max() if len(base) else None, ".1f", 100),
+        "ClearCvMaxPct": f"{100 * CLEAR_CV_MAX:.1f}", "ClearCoverageMin": f"{CLEAR_COVERAGE_MIN:.2f}",
+        "ComponentsGpuMinutes": latex.fmt(run.get("gpu_minutes"), ".1f"),
+        "ComponentsMeasuredFractionPct": latex.fmt(run.get("measured_fraction"), ".0f", 100),
+    }
+    latex.write_macros(macros, paper_dir / "components.tex", generated / "macros.tex")
+    return summary
