@@ -15,7 +15,9 @@ the chain to the model's own logits for every variant, so no module is left out)
 | lm_head | 1 | logits of every position |
 
 Layers have the same shapes, so one layer's inputs stand for all: a component is measured once and counted
-`count` times. FLOPs are matmul FLOPs (the project's convention, mask-exact for the core); the elementwise
+`count` times. For a training step (`training_components`) each component runs forward and backward (into its
+inputs and its weights, from a fixed upstream gradient), and two more complete the step: `loss` (cross-entropy of
+the logits) and `optimizer` (one AdamW step, fused on CUDA, as the trainer's). FLOPs are matmul FLOPs (the project's convention, mask-exact for the core); the elementwise
 components (embedding, layer norm, residual add) have `flops=None`: they do no matmul work, so energy per FLOP is
 not defined for them.
 """
@@ -30,13 +32,14 @@ from torch import nn
 from transformers import GPT2LMHeadModel
 
 from .decode import _core, _heads, _output, _qkv
-from .flops import causal_attention_flops
+from .flops import BACKWARD_OVER_FORWARD, causal_attention_flops
 from .registry import get_variant
 from .variants.lsh import LSHAttention
 from .variants.mla import MultiHeadLatentAttention
 
 KINDS = ("embedding", "layer_norm", "input_projection", "attention_core", "output_projection", "mlp", "residual_add",
          "lm_head")
+TRAINING_KINDS = (*KINDS, "loss", "optimizer")
 
 
 def input_projection(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -155,3 +158,40 @@ def _projection_modules(attn: nn.Module) -> list[nn.Module]:
     if isinstance(attn, MultiHeadLatentAttention):
         return [attn.q_proj, attn.kv_down, attn.k_up, attn.v_up]
     return [attn.c_attn]
+
+
+def _with_backward(part: Component) -> Component:
+    """`part` as forward + backward: its floating-point inputs become leaves that take gradients, its outputs get
+    a fixed random upstream gradient, and its weights accumulate theirs. FLOPs: 3 x the forward's for weights
+    (2 x for the backward), 1 + 2.5 x for an attention core (FlashAttention's convention, `attnlib.flops`)."""
+    args = tuple(a.detach().requires_grad_() if torch.is_tensor(a) and a.is_floating_point() else a for a in part.args)
+    with torch.no_grad():
+        out = part.fn(*args)
+    grads = tuple(torch.randn_like(o) for o in (out if isinstance(out, tuple) else (out,)))
+
+    def forward_backward(*inputs: Any) -> None:
+        out = part.fn(*inputs)
+        torch.autograd.backward(out if isinstance(out, tuple) else (out,), grads)
+
+    factor = 1 + BACKWARD_OVER_FORWARD if part.kind == "attention_core" else 3.0
+    return Component(part.kind, part.count, forward_backward, args, None if part.flops is None else factor * part.flops)
+
+
+def training_components(model: GPT2LMHeadModel, ids: torch.Tensor,
+                        optimizer: torch.optim.Optimizer) -> list[Component]:
+    """The components of a training step on `ids` `[B, T]` (labels: the next tokens), in `TRAINING_KINDS` order:
+    each forward component with its backward, the loss with its backward, and `optimizer.step()` (on gradients
+    the components left; its own FLOPs are not matmul work)."""
+    parts = [_with_backward(part) for part in components(model, ids)]
+    head = next(p for p in parts if p.kind == "lm_head")
+    with torch.no_grad():
+        logits = head.args[0](head.args[1]).detach()
+    labels = ids.roll(-1, dims=1)
+
+    def loss(logits: torch.Tensor, labels: torch.Tensor) -> None:
+        torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten()).backward()
+
+    for p in model.parameters():  # the step reads every gradient: give each one (the components' are the same shape)
+        p.grad = torch.zeros_like(p) if p.grad is None else p.grad
+    return parts + [Component("loss", 1, loss, (logits.requires_grad_(), labels), None),
+                    Component("optimizer", 1, optimizer.step, (), None)]

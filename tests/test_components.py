@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import attnlib
-from attnlib.components import KINDS, components, forward_by_components
+from attnlib.components import KINDS, TRAINING_KINDS, components, forward_by_components, training_components
 from attnlib.flops import causal_attention_flops, matmul_parameters
 from conftest import TINY, random_tokens, tiny_model
 
@@ -51,3 +51,27 @@ def test_components_need_eval_mode() -> None:
     model = tiny_model("sdpa").train()
     with pytest.raises(ValueError, match="eval"):
         forward_by_components(model, random_tokens(1))
+
+
+@pytest.mark.parametrize("variant", ["sdpa", "mla", "linear"])
+def test_training_components_run_forward_and_backward(variant: str) -> None:
+    """Each training component runs its forward and backward (its weights get gradients), the loss backpropagates
+    into the logits, the optimizer step runs on the gradients the components left; FLOPs are 3 x the forward's
+    (3.5 x for the core)."""
+    model = tiny_model(variant)
+    ids = random_tokens(2)
+    forward = {c.kind: c for c in components(model, ids)}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)
+    parts = training_components(model, ids, optimizer)
+    assert [c.kind for c in parts] == list(TRAINING_KINDS)
+    model.zero_grad(set_to_none=True)
+    for part in parts[:-1]:
+        part.run()
+        if part.flops is not None:
+            factor = 3.5 if part.kind == "attention_core" else 3.0
+            assert part.flops == pytest.approx(factor * forward[part.kind].flops)
+    assert model.transformer.h[0].mlp.c_fc.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
+    assert parts[-2].args[0].grad is not None  # the loss's gradient reached the logits
+    before = [p.detach().clone() for p in model.parameters()]
+    parts[-1].run()  # lr 0: the step's work, the same weights
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))

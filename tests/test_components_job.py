@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from attnlib.components import KINDS
+from attnlib.components import KINDS, TRAINING_KINDS
 from attnlib.experiments import components as components_family
 from attnlib.experiments.components import WHOLE, ComponentsConfig, run_components_job
 from attnlib.experiments.training import TrainConfig
@@ -29,7 +29,8 @@ TINY_MODEL = dict(n_layer=2, n_embd=32, n_head=4)
 
 def tiny_config(variant: str = "sdpa", **overrides) -> ComponentsConfig:
     settings = dict(train=TrainConfig(variant=variant, model=TINY_MODEL), seq_lens=[16, 64], tokens_per_call=64, sensitivity_seq_len=16,
-                    sensitivity={"batch_size": [1, 4], "n_head": [2, 4], "n_embd": [16, 32]}, trials=2,
+                    sensitivity={"batch_size": [1, 4], "n_head": [2, 4], "n_embd": [16, 32]}, training_seq_len=16,
+                    trials=2,
                     window_s=0.01, warmup_calls=1, idle_s=0.01, order_seed=2)
     return ComponentsConfig(**{**settings, **overrides})
 
@@ -37,13 +38,15 @@ def tiny_config(variant: str = "sdpa", **overrides) -> ComponentsConfig:
 def test_settings_vary_one_axis_at_a_time_in_the_sensitivity_job_only() -> None:
     config = tiny_config()
     names = [s.name for s in config.settings()]
-    assert names == ["base/T16/B4/H4/C32", "base/T64/B1/H4/C32", "batch_size/T16/B1/H4/C32",
-                     "n_head/T16/B4/H2/C32", "n_embd/T16/B4/H2/C16"]  # a width keeps the head dimension (8)
-    assert [s.axis for s in tiny_config("gqa").settings()] == ["base", "base"]
-    assert len(config.cells()) == len(names) * (len(KINDS) + 1)
+    assert names == ["forward/base/T16/B4/H4/C32", "forward/base/T64/B1/H4/C32", "forward/batch_size/T16/B1/H4/C32",
+                     "forward/n_head/T16/B4/H2/C32", "forward/n_embd/T16/B4/H2/C16",  # a width keeps head dim 8
+                     "training/base/T16/B4/H4/C32"]
+    assert [s.name for s in tiny_config("flash").settings()] == names[:2]  # no sensitivity, no training step
+    assert len(config.cells()) == 5 * (len(KINDS) + 1) + len(TRAINING_KINDS) + 1
     assert ComponentsConfig(**config.to_dict()).result_names() == config.result_names()
     assert len(set(config.result_names())) == len(config.cells()) * 2
     for bad in (dict(seq_lens=[16, 16]), dict(sensitivity={"depth": [2]}), dict(trials=0), dict(window_s=0),
+                dict(training_variants=["performer"]),
                 dict(sensitivity={"n_head": [3]})):  # 3 heads do not divide a width of 32
         with pytest.raises(ValueError):
             tiny_config(**bad)
@@ -58,6 +61,8 @@ def test_every_cell_is_measured_with_its_count_and_flops(tmp_path, variant: str)
     assert (frame.calls >= 1).all() and (frame.tokens == frame.calls * frame.batch_size * frame.seq_len).all()
     counts = frame.groupby("component")["count"].first().to_dict()
     assert counts["layer_norm"] == 5 and counts["residual_add"] == 4 and counts[WHOLE] == 1
+    training = frame[frame.phase == "training"]
+    assert (len(training) > 0) == (variant == "sdpa") and set(training.component) <= {*TRAINING_KINDS, WHOLE}
     matmul = frame[frame.flops_per_call.notna()]
     assert set(matmul.component) == {"input_projection", "attention_core", "output_projection", "mlp", "lm_head"}
     assert (matmul.flops == matmul.calls * matmul.flops_per_call).all()
@@ -76,7 +81,7 @@ def test_a_failed_cell_is_recorded_for_every_trial(tmp_path, monkeypatch) -> Non
     monkeypatch.setattr(components_family._Job, "build", build_or_oom)
     frame = results_frame(run_components_job(tiny_config("gqa"), tmp_path, progress=False))
     failed = frame[frame.seq_len == 64]
-    assert len(failed) == 2 * (len(KINDS) + 1) and (failed.status == "oom").all()
+    assert len(failed) == 2 * (len(KINDS) + 1) and (failed.status == "oom").all()  # gqa's T = 64: forward only
     assert (frame[frame.seq_len == 16].status == "ok").all()
 
 
@@ -95,7 +100,7 @@ def test_notebook_runs_a_tiny_grid(tmp_path) -> None:
                                parameters={"variant": "mla", "out_dir": str(tmp_path / "raw")}, kernel_name="python3",
                                progress_bar=False, cwd=str(REPO / "notebooks"))
     frame = results_frame(tmp_path)
-    assert len(frame) == 2 * 2 * (len(KINDS) + 1) and (frame.status == "ok").all()
+    assert len(frame) == 2 * (2 * (len(KINDS) + 1) + len(TRAINING_KINDS) + 1) and (frame.status == "ok").all()
 
 
 def component_result(variant: str, seq_len: int, component: str, count: int, trial: int, j_per_call: float,

@@ -3,12 +3,15 @@ repeated alone in windows long enough for the energy counter to see it, beside t
 way, so that the report can give each component's energy per call and the coverage (the components' energy,
 counted as often as a pass calls them, over the whole pass's).
 
-One process per variant. Settings (a model and a batch): GPT-2 small at each of `seq_lens` with
-`batch_size(seq_len)` sequences, and in the `sensitivity_variant`'s job also the sensitivity axes at
-`sensitivity_seq_len`: other batch sizes, head counts at fixed width, widths. Cells are (setting, component),
-plus (setting, "whole"), the model's own forward pass (`attnlib.model.causal_hidden_states` and the head). In each
-of `trials` rounds the cells run in an order drawn afresh from the job's seed; a window repeats its call for at
-least `window_s`. Inference setting: no autograd, bf16 weights on CUDA (fp32 on a CPU), eval mode.
+One process per variant. Settings (a phase, a model and a batch): the forward pass of GPT-2 small at each of
+`seq_lens` with `batch_size(seq_len)` sequences; in the `sensitivity_variant`'s job also the sensitivity axes at
+`sensitivity_seq_len` (other batch sizes, head counts at fixed width, widths); and for `training_variants` a
+training step at `training_seq_len`. Cells are (setting, component), plus (setting, "whole"): the model's own
+forward pass (`attnlib.model.causal_hidden_states` and the head), or its own training step (forward, loss,
+backward, AdamW step, gradients zeroed in place so that the optimizer component always finds them). In each of
+`trials` rounds the cells run in an order drawn afresh from the job's seed; a window repeats its call for at least
+`window_s`. Forward: no autograd, bf16 weights on CUDA (fp32 on a CPU). Training: fp32 weights under bf16
+autocast on CUDA, as the trainer. Eval mode (no dropout) in both.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from typing import Any, Callable
 
 import torch
 
-from ..components import KINDS, Component, components
+from ..components import KINDS, TRAINING_KINDS, Component, components, training_components
 from ..model import build_config, build_model, causal_hidden_states
+from ..registry import get_variant
 from ..results import ComponentResult, Result
 from ._job import WindowedJob
 from .training import TrainConfig, failure_status, frozen_gc
@@ -34,17 +38,23 @@ SENSITIVITY_AXES = ("batch_size", "n_head", "n_embd")
 
 @dataclass(frozen=True)
 class Setting:
-    """One model and batch the components run on; `axis` names the sensitivity axis it varies ("base": none)."""
+    """One phase, model and batch the components run on; `axis` names the sensitivity axis it varies ("base":
+    none)."""
 
     axis: str
     seq_len: int
     batch_size: int
     n_head: int
     n_embd: int
+    phase: str = "forward"
 
     @property
     def name(self) -> str:
-        return f"{self.axis}/T{self.seq_len}/B{self.batch_size}/H{self.n_head}/C{self.n_embd}"
+        return f"{self.phase}/{self.axis}/T{self.seq_len}/B{self.batch_size}/H{self.n_head}/C{self.n_embd}"
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return (*(TRAINING_KINDS if self.phase == "training" else KINDS), WHOLE)
 
 
 @dataclass
@@ -58,6 +68,8 @@ class ComponentsConfig:
     sensitivity_seq_len: int = 512
     sensitivity: dict[str, list[int]] = field(default_factory=lambda: {
         "batch_size": [1, 16, 64], "n_head": [6, 12, 24], "n_embd": [512, 768, 1024]})
+    training_variants: list[str] = field(default_factory=lambda: ["sdpa", "gqa", "mla", "sliding_window", "linear"])
+    training_seq_len: int = 512
     trials: int = 3
     window_s: float = 1.2  # >= 1 s and >= 10 updates of a ~10 Hz energy counter
     warmup_calls: int = 3
@@ -77,6 +89,8 @@ class ComponentsConfig:
                              f"{self.tokens_per_call}, {self.trials}, {self.warmup_calls}, {self.sensitivity_seq_len}")
         if self.window_s <= 0 or self.idle_s <= 0:
             raise ValueError(f"window_s and idle_s must be > 0, got {self.window_s}, {self.idle_s}")
+        for variant in self.training_variants:
+            get_variant(variant)
         for setting in self.settings():  # bad model parameters (a width the heads do not divide) fail here
             build_config(self.train.variant, **self.model_overrides(setting))
 
@@ -99,6 +113,9 @@ class ComponentsConfig:
                     if v != reference[axis]:
                         varied = {**reference, axis: v} | ({"n_head": v // head_dim} if axis == "n_embd" else {})
                         out.append(Setting(axis, t, **varied))
+        if self.train.variant in self.training_variants:
+            t = self.training_seq_len
+            out.append(Setting("base", t, self.batch_size(t), **base, phase="training"))
         return out
 
     def model_overrides(self, setting: Setting) -> dict[str, Any]:
@@ -107,13 +124,13 @@ class ComponentsConfig:
 
     def cells(self) -> dict[str, tuple[Setting, str]]:
         """Cell name -> (setting, component kind or "whole")."""
-        return {f"{s.name}/{kind}": (s, kind) for s in self.settings() for kind in (*KINDS, WHOLE)}
+        return {f"{s.name}/{kind}": (s, kind) for s in self.settings() for kind in s.kinds}
 
     def result_name(self, cell: str, trial: int) -> str:
         setting, kind = self.cells()[cell]
         s = setting
-        return (f"{self.train.variant}__component__{s.axis}__T{s.seq_len}__B{s.batch_size}__H{s.n_head}__C{s.n_embd}"
-                f"__{kind}__trial{trial}.json")
+        return (f"{self.train.variant}__component__{s.phase}__{s.axis}__T{s.seq_len}__B{s.batch_size}__H{s.n_head}"
+                f"__C{s.n_embd}__{kind}__trial{trial}.json")
 
     def result_names(self) -> list[str]:
         return [self.result_name(cell, t) for cell in self.cells() for t in range(self.trials)]
@@ -131,22 +148,44 @@ class _Job(WindowedJob):
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self._built: dict[Setting, tuple[list[Component], Callable[[], Any]]] = {}
 
+    def precision(self, setting: Setting):
+        """Autocast to bf16 for a training setting on CUDA (the trainer's precision), nothing otherwise."""
+        cuda = self.device.type == "cuda" and setting.phase == "training"
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
+
     def build(self, setting: Setting) -> tuple[list[Component], Callable[[], Any]]:
-        """The setting's components and its whole forward pass, on seeded weights and random tokens."""
+        """The setting's components and its whole pass or step, on seeded weights and random tokens."""
         if setting not in self._built:
             c = self.config
             torch.manual_seed(c.train.seed)
-            model = build_model(c.train.variant, **c.model_overrides(setting)).to(self.device, self.dtype).eval()
+            training = setting.phase == "training"
+            dtype = torch.float32 if training else self.dtype
+            model = build_model(c.train.variant, **c.model_overrides(setting)).to(self.device, dtype).eval()
             ids = torch.randint(model.config.vocab_size, (setting.batch_size, setting.seq_len),
                                 generator=torch.Generator().manual_seed(c.train.seed)).to(self.device)
-            whole = lambda: model.lm_head(causal_hidden_states(model, ids))  # noqa: E731  the model's own pass
-            self._built[setting] = (components(model, ids), whole)
+            if not training:
+                whole = lambda: model.lm_head(causal_hidden_states(model, ids))  # noqa: E731  the model's own pass
+                self._built[setting] = (components(model, ids), whole)
+                return self._built[setting]
+            # lr 0: the same work, weights unchanged, so every cell of the setting sees the same model
+            optimizer = torch.optim.AdamW(model.parameters(), lr=0.0, betas=(0.9, 0.95), fused=self.device.type == "cuda")
+            labels = ids.roll(-1, dims=1)
+
+            def whole() -> None:
+                with self.precision(setting):
+                    logits = model.lm_head(causal_hidden_states(model, ids))
+                torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten()).backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=False)
+
+            with self.precision(setting):
+                self._built[setting] = (training_components(model, ids, optimizer), whole)
         return self._built[setting]
 
     def visit(self, cell: str, trials: list[int]) -> list[Result]:
         c = self.config
         setting, kind = c.cells()[cell]
-        common = dict(variant=c.train.variant, mode="eager", component=kind, phase="forward", seq_len=setting.seq_len,
+        common = dict(variant=c.train.variant, mode="eager", component=kind, phase=setting.phase, seq_len=setting.seq_len,
                       batch_size=setting.batch_size, n_head=setting.n_head, n_embd=setting.n_embd,
                       setting=setting.axis, provenance=self.origin, config=c.to_dict(), order_seed=c.order_seed)
         results, start = [], time.perf_counter()
@@ -154,7 +193,7 @@ class _Job(WindowedJob):
             parts, whole = self.build(setting)
             part = next((p for p in parts if p.kind == kind), None)
             call, count, flops = (part.run, part.count, part.flops) if part else (whole, 1, None)
-            with torch.no_grad():
+            with torch.set_grad_enabled(setting.phase == "training"), self.precision(setting):
                 for _ in range(c.warmup_calls):
                     call()
                 with frozen_gc():
@@ -180,7 +219,7 @@ class _Job(WindowedJob):
         setting, kind = c.cells()[cell]
         status, text = self.failed[cell]
         return self.write(c.result_name(cell, trial), ComponentResult(
-            variant=c.train.variant, mode="eager", component=kind, phase="forward", seq_len=setting.seq_len,
+            variant=c.train.variant, mode="eager", component=kind, phase=setting.phase, seq_len=setting.seq_len,
             batch_size=setting.batch_size, n_head=setting.n_head, n_embd=setting.n_embd, setting=setting.axis,
             provenance=self.origin, config=c.to_dict(), order_seed=c.order_seed, trial=trial, status=status,
             error=text, job_wall_s=0.0))

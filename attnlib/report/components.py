@@ -73,21 +73,22 @@ def coverage_frame(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def coverage_table(coverage: pd.DataFrame) -> str:
-    """The paper's table: per variant and length (base models), coverage, the worst component CV, the core's share
-    and its energy per FLOP against the MLP's; CLEAR's published figures in the last row."""
+    """The paper's table: per variant, phase and length (base models), coverage, the worst component CV, the
+    core's share and its energy per FLOP against the MLP's; CLEAR's published figures in the last row."""
     base = coverage[coverage.setting == "base"]
-    body = [[r.variant, str(r.seq_len), latex.fmt(r.coverage, ".2f"), latex.fmt(r.max_cv, ".1f", 100),
+    body = [[r.variant, r.phase, str(r.seq_len), latex.fmt(r.coverage, ".2f"), latex.fmt(r.max_cv, ".1f", 100),
              latex.fmt(r.core_share, ".1f", 100), latex.fmt(r.core_over_mlp_j_per_flop, ".2f")]
             for _, r in base.iterrows()]
-    body.append(["CLEAR (published)", "", f"$>$ {CLEAR_COVERAGE_MIN:.2f}", f"$<$ {100 * CLEAR_CV_MAX:.1f}", "", ""])
-    return latex.booktabs(["variant", "T", "coverage", "max CV \\%", "core share \\%", "core / MLP J/FLOP"], body,
-                          "lrrrrr")
+    body.append(["CLEAR (published)", "forward", "", f"$>$ {CLEAR_COVERAGE_MIN:.2f}", f"$<$ {100 * CLEAR_CV_MAX:.1f}", "", ""])
+    return latex.booktabs(["variant", "phase", "T", "coverage", "max CV \\%", "core share \\%",
+                           "core / MLP J/FLOP"], body, "llrrrrr")
 
 
 def share_bars(summary: pd.DataFrame, out_dir: Path) -> Path:
     """Stacked bars per variant: each component's share of the forward pass's component energy, one panel per
     length (base models)."""
-    base = summary[(summary.setting == "base") & (summary.component != WHOLE) & summary.share.notna()]
+    base = summary[(summary.setting == "base") & (summary.phase == "forward") & (summary.component != WHOLE)
+                   & summary.share.notna()]
     lengths = sorted(base.seq_len.unique()) or [0]
     fig, axes = plt.subplots(1, len(lengths), figsize=(4 * len(lengths) + 1, 3.4), squeeze=False)
     for ax, length in zip(axes[0], lengths):
@@ -107,7 +108,8 @@ def floor_bars(summary: pd.DataFrame, out_dir: Path, seq_len: int) -> Path:
     """Energy per FLOP of each matmul component as a multiple of the card's GEMM floor, per variant (95%
     intervals), at one length."""
     fig, ax = plt.subplots(figsize=(7, 3.2))
-    data = summary[(summary.setting == "base") & (summary.seq_len == seq_len) & summary.floor_multiple.notna()]
+    data = summary[(summary.setting == "base") & (summary.phase == "forward") & (summary.seq_len == seq_len)
+                   & summary.floor_multiple.notna()]
     if data.empty:
         _empty(ax, "no energy per FLOP in these results (a calibrated GPU measures it)")
     else:

@@ -149,7 +149,7 @@ class ComponentResult(Result):
 
     kind: ClassVar[str] = "component"
     component: str
-    phase: str  # "forward" (inference, CLEAR's setting)
+    phase: str  # "forward" (inference, CLEAR's setting) or "training" (each component forward + backward, the step)
     seq_len: int
     batch_size: int
     n_head: int
