@@ -32,6 +32,7 @@ from torch import nn
 from transformers import GPT2LMHeadModel
 
 from .decode import _core, _heads, _output, _qkv
+from .experiments.training import next_token_loss
 from .flops import BACKWARD_OVER_FORWARD, causal_attention_flops
 from .registry import get_variant
 from .variants.lsh import LSHAttention
@@ -180,18 +181,21 @@ def _with_backward(part: Component) -> Component:
 def training_components(model: GPT2LMHeadModel, ids: torch.Tensor,
                         optimizer: torch.optim.Optimizer) -> list[Component]:
     """The components of a training step on `ids` `[B, T]` (labels: the next tokens), in `TRAINING_KINDS` order:
-    each forward component with its backward, the loss with its backward, and `optimizer.step()` (on gradients
-    the components left; its own FLOPs are not matmul work)."""
-    parts = [_with_backward(part) for part in components(model, ids)]
-    head = next(p for p in parts if p.kind == "lm_head")
+    each forward component with its backward, the head on positions 0..T-2 and the loss as the trainer computes them
+    (`causal_lm_loss`: the last position predicts nothing), and `optimizer.step()` (on gradients the components
+    left; its own FLOPs are not matmul work)."""
+    forward = components(model, ids)
+    head = forward[-1]
+    T = ids.shape[1]
+    forward[-1] = Component("lm_head", 1, head.fn, (head.args[0], head.args[1][:, :-1]), head.flops * (T - 1) / T)
+    parts = [_with_backward(part) for part in forward]
     with torch.no_grad():
-        logits = head.args[0](head.args[1]).detach()
-    labels = ids.roll(-1, dims=1)
+        logits = forward[-1].run().detach()
 
     def loss(logits: torch.Tensor, labels: torch.Tensor) -> None:
-        torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten()).backward()
+        next_token_loss(logits, labels).backward()
 
     for p in model.parameters():  # the step reads every gradient: give each one (the components' are the same shape)
         p.grad = torch.zeros_like(p) if p.grad is None else p.grad
-    return parts + [Component("loss", 1, loss, (logits.requires_grad_(), labels), None),
+    return parts + [Component("loss", 1, loss, (logits.requires_grad_(), ids), None),
                     Component("optimizer", 1, optimizer.step, (), None)]

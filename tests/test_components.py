@@ -8,6 +8,7 @@ import torch
 
 import attnlib
 from attnlib.components import KINDS, TRAINING_KINDS, components, forward_by_components, training_components
+from attnlib.experiments.training import causal_lm_loss, next_token_loss
 from attnlib.flops import causal_attention_flops, matmul_parameters
 from conftest import TINY, random_tokens, tiny_model
 
@@ -69,9 +70,14 @@ def test_training_components_run_forward_and_backward(variant: str) -> None:
         part.run()
         if part.flops is not None:
             factor = 3.5 if part.kind == "attention_core" else 3.0
-            assert part.flops == pytest.approx(factor * forward[part.kind].flops)
+            positions = (ids.shape[1] - 1) / ids.shape[1] if part.kind == "lm_head" else 1.0  # the trainer's head
+            assert part.flops == pytest.approx(factor * positions * forward[part.kind].flops)
     assert model.transformer.h[0].mlp.c_fc.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
     assert parts[-2].args[0].grad is not None  # the loss's gradient reached the logits
+    with torch.no_grad():  # the loss component is the trainer's loss on the same logits
+        hidden = next(c for c in parts if c.kind == "lm_head").args[1]
+        torch.testing.assert_close(next_token_loss(parts[-2].args[0], ids),
+                                   causal_lm_loss(torch.cat([hidden, hidden[:, -1:]], 1), ids, model.lm_head))
     before = [p.detach().clone() for p in model.parameters()]
     parts[-1].run()  # lr 0: the step's work, the same weights
     assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))

@@ -29,7 +29,7 @@ from ..model import build_config, build_model, causal_hidden_states
 from ..registry import get_variant
 from ..results import ComponentResult, Result
 from ._job import WindowedJob
-from .training import TrainConfig, failure_status, frozen_gc
+from .training import TrainConfig, causal_lm_loss, failure_status, frozen_gc
 
 NOTEBOOK = "components.ipynb"
 WHOLE = "whole"
@@ -169,12 +169,11 @@ class _Job(WindowedJob):
                 return self._built[setting]
             # lr 0: the same work, weights unchanged, so every cell of the setting sees the same model
             optimizer = torch.optim.AdamW(model.parameters(), lr=0.0, betas=(0.9, 0.95), fused=self.device.type == "cuda")
-            labels = ids.roll(-1, dims=1)
 
-            def whole() -> None:
+            def whole() -> None:  # the trainer's step: its forward and loss under autocast, backward, AdamW
                 with self.precision(setting):
-                    logits = model.lm_head(causal_hidden_states(model, ids))
-                torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten()).backward()
+                    loss = causal_lm_loss(causal_hidden_states(model, ids), ids, model.lm_head)
+                loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=False)
 

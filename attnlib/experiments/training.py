@@ -85,8 +85,12 @@ class TrainConfig:
 def causal_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn.Module) -> torch.Tensor:
     """Next-token cross-entropy from the last hidden states `[B, T, C]`, labels `[B, T]` (-100 ignored): the
     logits of the last position predict nothing, so they are not computed. Same maths as transformers' loss."""
-    logits = lm_head(hidden[:, :-1]).float()
-    return F.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
+    return next_token_loss(lm_head(hidden[:, :-1]), labels)
+
+
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy (fp32) of the logits of positions 0..T-2 `[B, T-1, V]` against `labels[:, 1:]`."""
+    return F.cross_entropy(logits.float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
