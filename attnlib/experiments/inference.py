@@ -45,6 +45,9 @@ NOTEBOOK = "inference.ipynb"
 ANCHOR_VARIANT = "sdpa"  # the anchor's attention: transformers' own SDPA path
 ANCHOR_MODES = ("hf_dynamic", "hf_static")
 ANCHOR_KERNEL = "transformers GPT2LMHeadModel.generate, SDPA attention"
+# modes that compile (transformers may compile generate's static-cache forward): such a cell compiles once and
+# runs all its windows at its first visit; the others ("cudagraph" captures in milliseconds) are interleaved
+COMPILED_MODES = ("compile", "graph", "hf_static")
 
 
 @dataclass
@@ -257,7 +260,7 @@ class _Job(WindowedJob):
                 for t in trials[len(results):]]
         finally:
             work = None
-            if mode != "eager":
+            if mode in COMPILED_MODES:  # what this cell compiled
                 torch._dynamo.reset()
             self.free()
         return results
@@ -277,6 +280,6 @@ def run_inference_job(config: InferenceConfig, out_dir: Path, progress: bool = T
     """Every cell of `config.train.variant`'s inference grid, `config.trials` interleaved rounds; writes one JSON
     result per window (or per failed trial) into `out_dir`."""
     job, cells = _Job(config, out_dir), config.cells()
-    compiled = {cell for cell, (_, mode, _, _) in cells.items() if mode != "eager"}
+    compiled = {cell for cell, (_, mode, _, _) in cells.items() if mode in COMPILED_MODES}
     return job.rounds(list(cells), compiled, config.trials, config.order_seed, f"{config.train.variant} inference",
                       progress)
