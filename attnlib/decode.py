@@ -144,13 +144,15 @@ class LatentCache(_Cache):
         self.latents.index_copy_(1, position, attn.kv_norm(attn.kv_down(x)))
         latents = self.latents  # [B, L, r]
         H, D = attn.n_head, attn.head_dim
-        w_uk, w_uv = (w.view(-1, H, D).transpose(0, 1) for w in (attn.k_up.weight, attn.v_up.weight))  # [H, r, D]
-        q_latent = _heads(attn.q_proj(x), D) @ w_uk.transpose(1, 2)  # [B, H, 1, r]: q W_uk^T
-        scores = (q_latent @ latents.unsqueeze(1).transpose(2, 3)) * D ** -0.5  # [B, H, 1, L]
+        w_uk, w_uv = (w.view(-1, H, D) for w in (attn.k_up.weight, attn.v_up.weight))  # [r, H, D]
+        # The heads are the rows of one query matrix against the shared latents (MQA with head size r): two plain
+        # batched matmuls over [B, L, r]. A per-head broadcast would copy the whole cache H times every step.
+        q_latent = torch.einsum("bhd,rhd->bhr", _heads(attn.q_proj(x), D).squeeze(2), w_uk)  # q W_uk^T
+        scores = (q_latent @ latents.transpose(1, 2)) * D ** -0.5  # [B, H, L]
         scores = scores.float().masked_fill(~_upto(position, latents.shape[1]), float("-inf"))
-        weights = scores.softmax(-1).to(latents.dtype)
-        y = (weights @ latents.unsqueeze(1)) @ w_uv + attn.v_up.bias.view(H, 1, D)  # [B, H, 1, D]
-        return _output(attn, y)
+        weighted = scores.softmax(-1).to(latents.dtype) @ latents  # [B, H, r]
+        y = torch.einsum("bhr,rhd->bhd", weighted, w_uv) + attn.v_up.bias.view(H, D)
+        return _output(attn, y.unsqueeze(2))
 
 
 class RingCache(_ProjectedCache):

@@ -221,6 +221,9 @@ def test_inference_report_writes_tables_figures_and_the_sections_macros(tmp_path
     assert "lsh: at batch 1 after 512 tokens it is unsupported" in macros
     table = (paper / "generated" / "inference" / "decode.tex").read_text()
     assert "transformers generate, static cache" in table and "unsupported" in table
+    # a variant without results is named, never silently absent
+    assert "baseline, flash, cudnn, flex, mla and sliding\\_window have no results in this run yet." in macros
+    assert "mla &  &  & not measured" in table
     for figure in ("inference_decode_energy", "inference_decode_latency", "inference_cache_bytes"):
         assert (tmp_path / "figures" / "inference" / f"{figure}.pdf").exists()
 

@@ -136,6 +136,7 @@ def decode_table(summary: pd.DataFrame, mode: str, context_lens: list[int], batc
         body.append([_label(r.variant, r["mode"]), str(r.batch_size), str(r.context_len),
                      latex.fmt(r.ms_per_step_mean, ".2f"), latex.pm(r.j_per_token_mean, r.j_per_token_ci95, ".3f"),
                      latex.fmt(r.get("cache_bytes_per_token"), ",.0f"), latex.fmt(r.floor_multiple, ".1f")])
+    body += [[v, "", "", "not measured", "", "", ""] for v in not_measured(summary)]
     return latex.booktabs(["variant", "batch", "context", "ms/step", "J/token", "cache B/token", "floor $\\times$"],
                           body, "lrrrrrr")
 
@@ -169,7 +170,14 @@ def savings_text(summary: pd.DataFrame, training: pd.DataFrame | None, mode: str
                 parts.append(f"in training at {train_seq_len} tokens it is {c.wording} {REFERENCE}")
         if parts:
             sentences.append(f"{variant}: " + "; ".join(parts) + ".")
-    return " ".join(sentences) or "n/a"
+    sentences.append(latex.no_results_sentence(not_measured(summary), "this run"))
+    return " ".join(s for s in sentences if s) or "n/a"
+
+
+def not_measured(summary: pd.DataFrame) -> list[str]:
+    """The registered variants with no cell in these results."""
+    measured = set(summary.variant) if len(summary) else set()
+    return [v for v in VARIANTS if v not in measured]
 
 
 def build_inference_report(frame: pd.DataFrame, calibrations: dict[str, dict], results_dir: Path, label: str,

@@ -46,6 +46,15 @@ def camel(*parts: str) -> str:
     return "".join(p.replace("_", " ").title().replace(" ", "") for p in parts)
 
 
+def no_results_sentence(variants: list[str], where: str) -> str:
+    """The sentence that names the variants a grid has no results for, so that none is silently absent ("" if
+    none is)."""
+    if not variants:
+        return ""
+    names = " and ".join([", ".join(variants[:-1]), variants[-1]] if len(variants) > 1 else variants)
+    return f"{names} {'has' if len(variants) == 1 else 'have'} no results in {where} yet."
+
+
 def booktabs(header: list[str], rows: list[list[str]], align: str) -> str:
     """A LaTeX booktabs tabular (no jinja2 needed)."""
     esc = lambda s: str(s).replace("_", r"\_").replace("%", r"\%")  # noqa: E731

@@ -164,11 +164,9 @@ def explanation(sweep: pd.DataFrame, frame: pd.DataFrame, crossover: pd.DataFram
         if len(failed):
             text += f"; it ran out of memory or failed from T = {seq_label(failed.seq_len.min())}"
         sentences.append(text + ".")
-    missing = crossover.variant[~crossover.measured.astype(bool)].tolist()
-    if missing:
-        names = " and ".join([", ".join(missing[:-1]), missing[-1]] if len(missing) > 1 else missing)
-        sentences.append(f"{names} {'has' if len(missing) == 1 else 'have'} no results in this grid yet.")
-    return " ".join(sentences)
+    sentences.append(latex.no_results_sentence(crossover.variant[~crossover.measured.astype(bool)].tolist(),
+                                               "this grid"))
+    return " ".join(s for s in sentences if s)
 
 
 def build_longcontext_report(frame: pd.DataFrame, calibrations: dict[str, dict], results_dir: Path, label: str,
