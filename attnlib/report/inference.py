@@ -14,6 +14,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from ..decode import KV_VARIANTS
 from ..registry import VARIANTS
 from . import latex
 from .figures import _empty, _save
@@ -180,6 +181,23 @@ def not_measured(summary: pd.DataFrame) -> list[str]:
     return [v for v in VARIANTS if v not in measured]
 
 
+# exact variants whose decode step is the same code (one SDPA call of the single query over a full KV cache)
+SAME_DECODE = tuple(v for v in KV_VARIANTS if v != "gqa")
+
+
+def same_decode_spread(summary: pd.DataFrame, mode: str) -> tuple[float | None, int]:
+    """The largest relative spread (max / min - 1) of decode energy per token among the `SAME_DECODE` variants
+    over the cells where at least two of them were measured, and how many variants that takes in: identical code
+    run in different jobs, so this is the between-job variation that no comparison across jobs can resolve."""
+    rows = summary[(summary.phase == "decode") & (summary["mode"] == mode) & (summary.status == "ok")
+                   & summary.variant.isin(SAME_DECODE)] if len(summary) else summary
+    if rows.empty:
+        return None, 0
+    spreads = [g.j_per_token_mean.max() / g.j_per_token_mean.min() - 1
+               for _, g in rows.groupby(["batch_size", "context_len"]) if len(g) > 1]
+    return (max(spreads) if spreads else None), rows.variant.nunique()
+
+
 def build_inference_report(frame: pd.DataFrame, calibrations: dict[str, dict], results_dir: Path, label: str,
                            figures_dir: Path, paper_dir: Path) -> pd.DataFrame:
     """An inference results folder into `summary.csv` (every cell), `decode.csv` (decode and generate), the decode
@@ -204,6 +222,7 @@ def build_inference_report(frame: pd.DataFrame, calibrations: dict[str, dict], r
     training = pd.read_csv(longcontext) if longcontext.exists() else None
     reference = _cell(summary, REFERENCE, mode, "decode", batches[0], contexts[0])
     anchor = _cell(summary, REFERENCE, "hf_static", "generate", batches[0], contexts[0])
+    spread, spread_variants = same_decode_spread(summary, mode)
     macros = {
         "InferenceDevice": frame.device.dropna().iloc[0] if frame.device.notna().any() else "n/a",
         "InferenceNewTokens": str(config.get("new_tokens", "n/a")),
@@ -221,6 +240,9 @@ def build_inference_report(frame: pd.DataFrame, calibrations: dict[str, dict], r
         "InferenceFirstBatch": str(batches[0]), "InferenceFirstContext": str(contexts[0]),
         "InferenceSavings": savings_text(summary, training, mode,
                                          [(batches[0], contexts[0]), (batches[-1], contexts[-1])], contexts[-1]),
+        "InferenceSameDecode": ", ".join(v.replace("_", r"\_") for v in SAME_DECODE),
+        "InferenceSameDecodeSpreadPct": latex.fmt(spread, ".0f", 100),
+        "InferenceSameDecodeMeasured": str(spread_variants),
         "InferenceGpuMinutes": latex.fmt(run.get("gpu_minutes"), ".1f"),
         "InferenceMeasuredFractionPct": latex.fmt(run.get("measured_fraction"), ".0f", 100),
     }
