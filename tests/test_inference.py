@@ -221,6 +221,7 @@ def test_inference_report_writes_tables_figures_and_the_sections_macros(tmp_path
     assert "lsh: at batch 1 after 512 tokens it is unsupported" in macros
     table = (paper / "generated" / "inference" / "decode.tex").read_text()
     assert "transformers generate, static cache" in table and "unsupported" in table
+    assert "gqa & 1 & 512 & 1.60" in table and "transformers generate, cudagraph" not in table
     # a variant without results is named, never silently absent
     assert "baseline, cudnn, flex, mla and sliding\\_window have no results in this run yet." in macros
     # flash decodes with sdpa's very step: their 5% apart is the between-job variation the text reports

@@ -60,7 +60,8 @@ def inference_summary(frame: pd.DataFrame, calibrations: dict[str, dict]) -> pd.
 
 
 def _label(variant: str, mode: str) -> str:
-    return variant if mode in ("eager", "graph") else f"transformers generate, {mode.removeprefix('hf_')} cache"
+    """A row's or line's name: the variant, or transformers' generate with its cache for the anchor's modes."""
+    return f"transformers generate, {mode.removeprefix('hf_')} cache" if mode.startswith("hf_") else variant
 
 
 def decode_energy_vs_batch(summary: pd.DataFrame, out_dir: Path, context_len: int, mode: str) -> Path:
@@ -135,10 +136,10 @@ def decode_table(summary: pd.DataFrame, mode: str, context_lens: list[int], batc
             body.append([_label(r.variant, r["mode"]), str(r.batch_size), str(r.context_len), r.status, "", "", ""])
             continue
         body.append([_label(r.variant, r["mode"]), str(r.batch_size), str(r.context_len),
-                     latex.fmt(r.ms_per_step_mean, ".2f"), latex.pm(r.j_per_token_mean, r.j_per_token_ci95, ".3f"),
+                     latex.fmt(r.ms_per_step_mean, ".2f"), latex.pm(r.j_per_token_mean, r.j_per_token_ci95, ".2f", 1e3),
                      latex.fmt(r.get("cache_bytes_per_token"), ",.0f"), latex.fmt(r.floor_multiple, ".1f")])
     body += [[v, "", "", "not measured", "", "", ""] for v in not_measured(summary)]
-    return latex.booktabs(["variant", "batch", "context", "ms/step", "J/token", "cache B/token", "floor $\\times$"],
+    return latex.booktabs(["variant", "batch", "context", "ms/step", "mJ/token", "cache B/token", "floor $\\times$"],
                           body, "lrrrrrr")
 
 
