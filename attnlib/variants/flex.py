@@ -35,23 +35,24 @@ strict_recompiles()  # one compiled flex_attention per shape and grad mode; neve
 
 
 @functools.lru_cache(maxsize=32)
-def block_mask(mask_mod: MaskMod, seq_len: int, device: str):
-    """The BlockMask of `mask_mod` for a `seq_len` x `seq_len` self-attention, built once per shape."""
-    return create_block_mask(mask_mod, B=None, H=None, Q_LEN=seq_len, KV_LEN=seq_len, device=device)
+def block_mask(mask_mod: MaskMod, q_len: int, kv_len: int, device: str):
+    """The BlockMask of `mask_mod` for `q_len` queries over `kv_len` keys, built once per shape."""
+    return create_block_mask(mask_mod, B=None, H=None, Q_LEN=q_len, KV_LEN=kv_len, device=device)
 
 
 def flex_masked(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float | None,
                 mask_mod: MaskMod) -> torch.Tensor:
-    """Attention under `mask_mod` on `[B, H, T, D]` inputs; returns `[B, T, H, D]`.
+    """Attention under `mask_mod` on `[B, H, T, D]` queries and `[B, H_kv, S, D]` keys and values (S = T for
+    self-attention); returns `[B, T, H, D]`.
 
     CUDA: compiled FlexAttention with a block-sparse mask. CPU: SDPA with the dense mask of the same `mask_mod`.
     """
-    seq_len, gqa = query.shape[-2], is_gqa(query, key)
+    q_len, kv_len, gqa = query.shape[-2], key.shape[-2], is_gqa(query, key)
     if query.is_cuda:
-        mask = block_mask(mask_mod, seq_len, str(query.device))
+        mask = block_mask(mask_mod, q_len, kv_len, str(query.device))
         out = _compiled_flex_attention()(query, key, value, block_mask=mask, scale=scaling, enable_gqa=gqa)
     else:
-        dense = create_mask(mask_mod, None, None, seq_len, seq_len, device=query.device)
+        dense = create_mask(mask_mod, None, None, q_len, kv_len, device=query.device)
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=dense, scale=scaling, enable_gqa=gqa)
     return out.transpose(1, 2)
 

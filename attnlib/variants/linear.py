@@ -41,8 +41,12 @@ def exclusive_cumsum(x: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.zeros_like(x.narrow(dim, 0, 1)), total], dim=dim)
 
 
-def chunked_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_size: int) -> torch.Tensor:
+def chunked_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_size: int,
+                             initial: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Chunked causal linear attention on feature-mapped `[B, H, T, D]` inputs, any T.
+
+    `initial`: the sums over tokens before these, S = sum phi(k) v^T `[B, H, D, D]` and z = sum phi(k) `[B, H, D]`
+    (float32), e.g. the earlier ranks' when the sequence is split across devices (`attnlib.parallel`).
 
     A T that chunks do not tile is padded at the end (keys and queries with ones, so every denominator stays
     positive; values with zeros) and cut back: padding comes after every real token, so causality keeps it out
@@ -61,6 +65,8 @@ def chunked_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     kv = k.transpose(-1, -2) @ v  # [B, H, n, D, D] per-chunk state increments
     state = exclusive_cumsum(kv, 2)  # what earlier chunks contribute
     normaliser = exclusive_cumsum(k.sum(-2), 2)  # [B, H, n, D]
+    if initial is not None:
+        state, normaliser = state + initial[0].to(acc).unsqueeze(2), normaliser + initial[1].to(acc).unsqueeze(2)
     intra = (q @ k.transpose(-1, -2)).tril()  # [B, H, n, c, c]
     numerator = intra @ v + q @ state
     denominator = intra.sum(-1) + (q * normaliser.unsqueeze(-2)).sum(-1)

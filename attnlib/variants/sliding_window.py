@@ -17,9 +17,11 @@ from .flex import flex_masked
 
 
 @functools.lru_cache(maxsize=32)
-def sliding_window_mask_mod(window: int):
+def sliding_window_mask_mod(window: int, offset: int = 0):
+    """Query i (at position i + `offset` among the keys: keys from before the queries, e.g. a halo) sees the
+    keys i + offset - window + 1 ... i + offset."""
     def mask_mod(b, h, q_idx, kv_idx):
-        return (q_idx >= kv_idx) & (q_idx - kv_idx < window)
+        return (q_idx + offset >= kv_idx) & (q_idx + offset - kv_idx < window)
 
     return mask_mod
 
