@@ -131,3 +131,40 @@ def test_every_variant_has_a_form_or_a_reason() -> None:
             assert variant in ("lsh", "mla") and str(error).startswith(variant)
             continue
         assert callable(form) and layout in ("contiguous", "zigzag")
+
+
+def _ranks_worker(rank: int, world: int, init_file: str) -> None:
+    from test_measure import RecordedGPU, busy
+
+    from attnlib.measurement.ranks import measure_ranks
+
+    _init(rank, world, init_file)
+    with measure_ranks("aligned", tokens=10 * (rank + 1), gpus=RecordedGPU(power_w=100.0 * (rank + 1)),
+                       codecarbon=False) as window:
+        busy(0.3 * (rank + 1))  # rank 1 works twice as long; rank 0's card waits (and draws power) meanwhile
+    ranks, total = window.ranks, window.total
+    assert [r.tokens for r in ranks] == [10, 20] and total.tokens == 30 and total.gpu_count == 2
+    assert all(r.wall_s >= 0.6 for r in ranks), [r.wall_s for r in ranks]  # both ends aligned to the slowest
+    assert total.wall_s == max(r.wall_s for r in ranks)
+    assert total.gpu_energy_j == pytest.approx(sum(r.gpu_energy_j for r in ranks))
+    assert total.gpu_energy_j == pytest.approx(300.0 * total.wall_s, rel=0.3)  # 100 W + 200 W over the window
+    assert total.gpu_j_per_token == pytest.approx(total.gpu_energy_j / 30)
+    dist.destroy_process_group()
+
+
+def test_a_window_across_ranks_is_aligned_and_sums_the_cards(tmp_path) -> None:
+    mp.spawn(_ranks_worker, args=(2, str(tmp_path / "init")), nprocs=2)
+
+
+def test_a_figure_one_rank_could_not_measure_is_none_for_the_job() -> None:
+    from attnlib.measurement import Measurement
+    from attnlib.measurement.ranks import sum_over_ranks
+
+    measured = Measurement("w", wall_s=2.0, tokens=100, gpu_count=1, gpu_energy_j=400.0, torch_peak_mem_bytes=5)
+    blind = Measurement("w", wall_s=2.1, tokens=100, gpu_count=1, torch_peak_mem_bytes=7,
+                        reasons={"gpu_energy_j": "energy counter did not advance during the window"})
+    total = sum_over_ranks([measured, blind])
+    assert total.gpu_energy_j is None and total.gpu_j_per_token is None
+    assert total.reasons["gpu_energy_j"] == "rank 1: energy counter did not advance during the window"
+    assert (total.tokens, total.wall_s, total.torch_peak_mem_bytes) == (200, 2.1, 7)
+    assert sum_over_ranks([measured, measured]).gpu_j_per_token == pytest.approx(4.0)

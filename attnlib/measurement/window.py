@@ -316,14 +316,18 @@ class measure:  # noqa: N801  (used as a function-like context manager, like tor
             r.reasons["co2_kg"] = estimate.reason if not estimate else "CodeCarbon gave no carbon intensity"
 
     def _derive(self) -> None:
-        r = self.result
-        per = lambda num, den: None if num is None or not den else num / den  # noqa: E731
-        r.tokens_per_s = per(r.tokens, r.wall_s)
-        r.gpu_j_per_token, r.gpu_j_per_token_net = per(r.gpu_energy_j, r.tokens), per(r.gpu_energy_net_j, r.tokens)
-        r.gpu_j_per_flop, r.gpu_j_per_flop_net = per(r.gpu_energy_j, r.flops), per(r.gpu_energy_net_j, r.flops)
-        r.tflops = per(r.flops / 1e12, r.wall_s) if r.flops else None
-        if not r.flops:
-            r.reasons.setdefault("tflops", "no FLOPs counted in the window (elementwise work, or none given)")
+        derive_rates(self.result)
+
+
+def derive_rates(r: Measurement) -> None:
+    """A window's rates (per second, per token, per FLOP) from its totals, in place."""
+    per = lambda num, den: None if num is None or not den else num / den  # noqa: E731
+    r.tokens_per_s = per(r.tokens, r.wall_s)
+    r.gpu_j_per_token, r.gpu_j_per_token_net = per(r.gpu_energy_j, r.tokens), per(r.gpu_energy_net_j, r.tokens)
+    r.gpu_j_per_flop, r.gpu_j_per_flop_net = per(r.gpu_energy_j, r.flops), per(r.gpu_energy_net_j, r.flops)
+    r.tflops = per(r.flops / 1e12, r.wall_s) if r.flops else None
+    if not r.flops:
+        r.reasons.setdefault("tflops", "no FLOPs counted in the window (elementwise work, or none given)")
 
 
 def measure_idle(seconds: float = 5.0, **kwargs: Any) -> IdleBaseline:
