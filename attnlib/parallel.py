@@ -28,19 +28,24 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
+from torch import nn
 from torch.nn.attention.bias import causal_lower_right
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from .registry import get_variant
 from .variants.flex import flex_masked
 from .variants.linear import chunked_linear_attention, feature_map
 from .variants.sliding_window import sliding_window_mask_mod
 
 LAYOUTS = ("contiguous", "zigzag")
+CONTEXT_PARALLEL = "attnlib_context_parallel"  # the core's name in transformers' AttentionInterface
 
 
 @dataclass(frozen=True)
@@ -155,17 +160,54 @@ def carried_state_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Te
     return chunked_linear_attention(phi_q, phi_k, v, chunk_size, initial)
 
 
-def context_parallel_form(variant: str, config: Any) -> tuple[Callable[..., torch.Tensor], str]:
-    """The distributed form of `variant`'s core as `form(q, k, v, shard, scale)`, and the layout it takes;
-    raises `NotImplementedError` with the reason for a variant without one."""
+class Form(NamedTuple):
+    """A variant's distributed core: `core(q, k, v, shard, scale)`, the layout it takes and its name."""
+
+    name: str
+    core: Callable[..., torch.Tensor]
+    layout: str
+
+
+def context_parallel_form(variant: str, config: Any) -> Form:
+    """The distributed form of `variant`'s core; raises `NotImplementedError` with the reason for a variant
+    without one."""
     if variant in ("baseline", "sdpa", "flash", "cudnn", "flex", "gqa"):
-        return allgather_attention, "zigzag"
+        return Form("allgather", allgather_attention, "zigzag")
     if variant == "sliding_window":
-        return (lambda q, k, v, shard, scale=None:
-                halo_sliding_window_attention(q, k, v, shard, config.window, scale)), "contiguous"
-    if variant == "linear":
-        return (lambda q, k, v, shard, scale=None:
-                carried_state_linear_attention(q, k, v, shard, config.chunk_size)), "contiguous"
+        return Form("halo", lambda q, k, v, shard, scale=None:
+                    halo_sliding_window_attention(q, k, v, shard, config.window, scale), "contiguous")
+    if variant == "linear":  # scale-free: normalised by phi(q) z
+        return Form("carried_state", lambda q, k, v, shard, scale=None:
+                    carried_state_linear_attention(q, k, v, shard, config.chunk_size), "contiguous")
     if variant == "lsh":
         raise NotImplementedError("lsh: no distributed form (its buckets are sorted over the whole sequence)")
     raise NotImplementedError(f"{variant}: no distributed form yet")
+
+
+def _context_parallel_core(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                           **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers attention core: the form and shard `install_context_parallel` put on the module."""
+    if attention_mask is not None:
+        raise NotImplementedError("context parallel: plain causal self-attention only (no padding or cache mask)")
+    core, shard = module.context_parallel
+    return core(query, key, value, shard, scaling).transpose(1, 2), None
+
+
+AttentionInterface.register(CONTEXT_PARALLEL, _context_parallel_core)
+AttentionMaskInterface.register(CONTEXT_PARALLEL, sdpa_mask)
+
+
+def install_context_parallel(attention: nn.Module, config: Any, rank: int, world: int, group: Any = None) -> str:
+    """Make GPT-2 attention module `attention` (and every module sharing `config`) compute its core in the
+    variant's distributed form over `group`; from then on it takes this rank's tokens (`Shard` of the form's
+    layout) and returns theirs. Returns "name (layout)". Raises `NotImplementedError` with the reason
+    for a variant without a form, or whose own module does not call the attention interface (gqa, mla, lsh)."""
+    variant = config.attnlib_variant
+    form = context_parallel_form(variant, config)
+    if get_variant(variant).attention_function is None:
+        raise NotImplementedError(f"{variant}: its own attention module does not run through the attention "
+                                  "interface, so its distributed form is not wired into the layer yet")
+    attention.context_parallel = (form.core, Shard(rank, world, form.layout, group))
+    config._attn_implementation = CONTEXT_PARALLEL
+    return f"{form.name} ({form.layout})"

@@ -16,7 +16,7 @@ from attnlib import build_model
 from attnlib.experiments.training import causal_lm_loss
 from attnlib.model import causal_hidden_states
 from attnlib.parallel import (Shard, allgather_attention, carried_state_linear_attention, context_parallel_form,
-                              halo_sliding_window_attention)
+                              halo_sliding_window_attention, install_context_parallel)
 from attnlib.variants.flex import flex_masked
 from attnlib.variants.linear import feature_map, naive_linear_attention
 from attnlib.variants.sliding_window import sliding_window_mask_mod
@@ -60,7 +60,25 @@ def _forms_worker(rank: int, world: int, init_file: str) -> None:
     for local_len in (8, 10):  # 10: each shard ends in a partial chunk
         _check_form(Shard(rank, world), local_len * world, H,
                     lambda q, k, v, s: carried_state_linear_attention(q, k, v, s, chunk), linear)
+    for variant, params in (("sdpa", {}), ("sliding_window", {"window": 5}), ("linear", {"chunk_size": 4})):
+        _check_layer(rank, world, variant, params)
     dist.destroy_process_group()
+
+
+def _check_layer(rank: int, world: int, variant: str, params: dict) -> None:
+    """GPT-2's attention layer with the distributed core installed, on this rank's tokens, against the layer on
+    the whole sequence."""
+    torch.manual_seed(0)
+    model = build_model(variant, n_layer=1, n_embd=32, n_head=4, n_positions=64, **params).double().eval()
+    whole = model.transformer.h[0].attn
+    hidden = torch.randn(2, 12 * world, 32, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    expected = whole(hidden)[0]
+    distributed = build_model(variant, n_layer=1, n_embd=32, n_head=4, n_positions=64, **params).double().eval()
+    distributed.load_state_dict(model.state_dict())
+    attention = distributed.transformer.h[0].attn
+    name = install_context_parallel(attention, distributed.config, rank, world)
+    shard = attention.context_parallel[1]
+    torch.testing.assert_close(attention(shard.take(hidden, 1))[0], shard.take(expected, 1), msg=name)
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -126,11 +144,11 @@ def test_every_variant_has_a_form_or_a_reason() -> None:
     for variant in VARIANTS:
         config = build_config(variant, n_positions=64)
         try:
-            form, layout = context_parallel_form(variant, config)
+            form = context_parallel_form(variant, config)
         except NotImplementedError as error:
             assert variant in ("lsh", "mla") and str(error).startswith(variant)
             continue
-        assert callable(form) and layout in ("contiguous", "zigzag")
+        assert callable(form.core) and form.layout in ("contiguous", "zigzag")
 
 
 def _ranks_worker(rank: int, world: int, init_file: str) -> None:

@@ -224,6 +224,19 @@ class Trainer:
             hidden = causal_hidden_states(self.model, ids, shared_blocks=self.config.compile_scope == "nested")
             return self._head_loss(hidden, labels, self.model.lm_head)
 
+    def data_parallel(self, group: Any = None) -> None:
+        """From now on, average the gradients over the ranks of `group` in every backward (PyTorch's
+        DistributedDataParallel, each rank on its own card), each rank training on its own batches (the data order
+        drawn from seed + rank). Eager mode only: DDP's graph splitting under torch.compile is not checked here."""
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
+
+        if self.config.mode != "eager":
+            raise NotImplementedError(f"data_parallel: eager mode only, got mode {self.config.mode!r}")
+        device_ids = [self.device.index or 0] if self.device.type == "cuda" else None
+        self._loss = DistributedDataParallel(_ForwardLoss(self), device_ids=device_ids, process_group=group)
+        self._batches = self._batch_stream(self.config.seed + dist.get_rank(group))
+
     def step(self) -> torch.Tensor:
         """One optimiser step over `grad_accum` micro-batches; returns the (device) loss, unsynchronised."""
         total = torch.zeros((), device=self.device)
@@ -286,6 +299,18 @@ class Trainer:
             "kernel": spec.kernel(self.device.type), "exact": spec.exact, "optimizer": self.optimizer_name,
             "training_flops_per_token": self.flops.training_flops_per_token,
         }
+
+
+class _ForwardLoss(torch.nn.Module):
+    """A trainer's model and loss as one module: DDP arms its gradient all-reduce in its own forward, so the loss
+    must be computed there (a backward outside it would train each rank alone, silently)."""
+
+    def __init__(self, trainer: Trainer):
+        super().__init__()
+        self.model, self.loss = trainer.model, trainer._forward_loss
+
+    def forward(self, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.loss(ids, labels)
 
 
 @contextmanager

@@ -1,9 +1,9 @@
 """Typed results (`schema`), their files and the one loader (`store`)."""
 
-from .schema import (RESULT_KINDS, SCHEMA_VERSION, STATUSES, ComponentResult, InferenceResult, LayerResult, ModelInfo, Provenance, QualityResult,
+from .schema import (RESULT_KINDS, SCHEMA_VERSION, STATUSES, ComponentResult, DistributedResult, InferenceResult, LayerResult, ModelInfo, Provenance, QualityResult,
                      Result, SweepResult, TrialResult)
 from .store import is_complete, load_results, read_result, results_frame, write_result
 
-__all__ = ["RESULT_KINDS", "SCHEMA_VERSION", "STATUSES", "ComponentResult", "InferenceResult", "LayerResult", "ModelInfo", "Provenance", "QualityResult",
+__all__ = ["RESULT_KINDS", "SCHEMA_VERSION", "STATUSES", "ComponentResult", "DistributedResult", "InferenceResult", "LayerResult", "ModelInfo", "Provenance", "QualityResult",
            "Result", "SweepResult", "TrialResult", "is_complete", "load_results", "read_result", "results_frame",
            "write_result"]

@@ -162,5 +162,30 @@ class ComponentResult(Result):
     flops_per_call: float | None = None
 
 
+@dataclass(kw_only=True)
+class DistributedResult(Result):
+    """One measured window of work spread over `world_size` ranks, one card each (`attnlib.experiments.distributed`).
+
+    `strategy` "ddp": training steps under DistributedDataParallel, `batch_size` sequences of `seq_len` per rank and
+    step. "context_parallel": the attention layer alone on `batch_size` sequences of `seq_len` tokens split across
+    the ranks (`attnlib.parallel`), `layer_pass` "forward" or "forward_backward". `measurement` is the job's: every
+    card's energy summed over a window aligned across ranks (`attnlib.measurement.ranks`); `ranks` holds each rank's
+    own figures (its `Measurement` without the power trace), in rank order."""
+
+    kind: ClassVar[str] = "distributed"
+    strategy: str
+    world_size: int
+    seq_len: int
+    batch_size: int
+    layer_pass: str | None
+    trial: int
+    order_seed: int
+    form: str | None = None  # context_parallel: the distributed core (`attnlib.parallel`) and its layout
+    steps: int | None = None  # ddp: optimiser steps in the window
+    calls: int | None = None  # context_parallel: layer calls in the window
+    ranks: list[dict[str, Any]] = field(default_factory=list)
+
+
 RESULT_KINDS: dict[str, type[Result]] = {cls.kind: cls for cls in (TrialResult, QualityResult, SweepResult,
-                                                                   LayerResult, InferenceResult, ComponentResult)}
+                                                                   LayerResult, InferenceResult, ComponentResult,
+                                                                   DistributedResult)}
