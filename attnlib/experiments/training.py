@@ -233,7 +233,7 @@ class Trainer:
 
         if self.config.mode != "eager":
             raise NotImplementedError(f"data_parallel: eager mode only, got mode {self.config.mode!r}")
-        device_ids = [self.device.index or 0] if self.device.type == "cuda" else None
+        device_ids = [torch.cuda.current_device()] if self.device.type == "cuda" else None  # torchrun's card
         self._loss = DistributedDataParallel(_ForwardLoss(self), device_ids=device_ids, process_group=group)
         self._batches = self._batch_stream(self.config.seed + dist.get_rank(group))
 

@@ -68,6 +68,10 @@ class measure_ranks:  # noqa: N801  (a context manager used like a function, as 
         self.ranks: list[Measurement] = []
         self.total: Measurement | None = None
 
+    def add_work(self, tokens: int = 0, flops: float = 0.0) -> None:
+        """Count this rank's work done in the window (see `measure.add_work`)."""
+        self._window.add_work(tokens, flops)
+
     def _align(self) -> None:
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.synchronize()
