@@ -4,7 +4,9 @@
 #   ./run_all.sh                       # CUDA -> measure the paper profile; no GPU -> rebuild the paper from the
 #                                      # committed results/paper/ (the reviewer path), or run smoke if there are none
 #   ./run_all.sh --profile smoke       # choose the profile (paper, smoke; a GPU's: longcontext, the 512-64K grid,
-#                                      # inference, prefill and decode; components, CLEAR)
+#                                      # inference, prefill and decode; components, CLEAR; distributed, DDP and
+#                                      # context parallelism through torchrun)
+#   ./run_all.sh --profile distributed --gpus 4   # the cards a distributed job spreads over, one rank each
 #   ./run_all.sh --variants sdpa,flash # a subset of attnlib.VARIANTS
 #   ./run_all.sh --results DIR         # measure into DIR (default results/<profile>); with a GPU, also compare
 #                                      # DIR's table with the committed results/paper/ (DIR/comparison.csv)
@@ -15,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-profile="" variants="all" force="" chunk_flags="" report_only="" results=""
+profile="" variants="all" force="" chunk_flags="" report_only="" results="" gpus=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile) profile="$2"; shift 2 ;;
@@ -24,8 +26,9 @@ while [ $# -gt 0 ]; do
     --force) force="--force"; shift ;;
     --max-minutes) chunk_flags="$chunk_flags --max-minutes $2"; shift 2 ;;
     --stop-minutes) chunk_flags="$chunk_flags --stop-minutes $2"; shift 2 ;;
+    --gpus) gpus="--gpus $2"; shift 2 ;;
     --report-only) report_only=1; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -69,7 +72,7 @@ label=$(basename "$results")  # names the generated tables, figures and PDF of t
 if [ -z "$report_only" ]; then
   set +e
   # shellcheck disable=SC2086
-  python -m attnlib.pipeline run --profile "$profile" --variants "$variants" --results "$results" $force $chunk_flags
+  python -m attnlib.pipeline run --profile "$profile" --variants "$variants" --results "$results" $force $chunk_flags $gpus
   code=$?
   set -e
   [ "$code" = 0 ] || [ "$code" = 3 ] || fail "the measurement pipeline failed (exit code $code)"
@@ -79,10 +82,12 @@ fi
 
 # 4. Tables, figures, macros (the aggregation notebook); a reviewer's folder is compared with ours.
 python -m attnlib.pipeline report --profile "$profile" --results "$results" || fail "aggregation failed"
-section=""  # a family with a section of its own: long context (crossover.csv), inference (decode.csv), components (coverage.csv)
+section=""  # a family with a section of its own: long context (crossover.csv), inference (decode.csv), components
+# (coverage.csv), distributed (a summary.csv with scaling_efficiency)
 [ -f "$results/crossover.csv" ] && section=longcontext
 [ -f "$results/decode.csv" ] && section=inference
 [ -f "$results/coverage.csv" ] && section=components
+[ -f "$results/summary.csv" ] && head -1 "$results/summary.csv" | grep -q scaling_efficiency && section=distributed
 if [ "$label" != paper ] && [ -f results/paper/summary.csv ] && [ "$gpu" = 1 ] && [ -z "$section" ]; then
   echo "== $results against the committed results/paper/ (written to $results/comparison.csv)"
   python -m attnlib.pipeline compare --results "$results" --reference results/paper || fail "comparison failed"

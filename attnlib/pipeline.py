@@ -29,8 +29,9 @@ from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
-from .experiments import components, inference, longcontext, quality, trials
+from .experiments import components, distributed, inference, longcontext, quality, trials
 from .experiments.components import ComponentsConfig
+from .experiments.distributed import DistributedConfig
 from .experiments.inference import InferenceConfig
 from .experiments.longcontext import LongContextConfig
 from .experiments.quality import QualityConfig
@@ -43,9 +44,10 @@ from .results import is_complete, load_results
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = Path(__file__).resolve().parent / "profiles"
 FAMILIES = {"trials": trials, "quality": quality, "longcontext": longcontext,  # in the order of a variant's jobs
-            "inference": inference, "components": components}
+            "inference": inference, "components": components, "distributed": distributed}
 SECTIONS = {"train": TrainConfig, "trials": TrialsConfig, "quality": QualityConfig, "longcontext": LongContextConfig,
-            "inference": InferenceConfig, "components": ComponentsConfig, "plan": None, "variants": None}
+            "inference": InferenceConfig, "components": ComponentsConfig, "distributed": DistributedConfig,
+            "plan": None, "variants": None}
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class Profile:
     families: dict[str, dict]  # family -> its section's settings, for the families the profile runs
     plan_seed: int
     variant_params: dict[str, dict]
+    variants: tuple[str, ...] = tuple(VARIANTS)  # what `--variants all` runs ([plan] variants)
 
     def train_config(self, variant: str) -> TrainConfig:
         """The profile's training setup with its parameters for `variant`."""
@@ -84,9 +87,9 @@ class Profile:
         return trials.mode_config(quality.train.mode) == quality.train
 
 
-def load_profile(name: str) -> Profile:
+def load_profile(name: str, gpus: int | None = None) -> Profile:
     """A profile by name (`smoke`, `paper`) or path; `ValueError` naming the problem for unknown names, unknown
-    keys and bad values, before any work."""
+    keys and bad values, before any work. `gpus`: the cards its distributed jobs run on (`[distributed] gpus`)."""
     path = Path(name) if name.endswith(".toml") else PROFILES / f"{name}.toml"
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in PROFILES.glob("*.toml")))
@@ -98,7 +101,7 @@ def load_profile(name: str) -> Profile:
     if set(raw) - set(SECTIONS):
         raise ValueError(f"profile: unknown section(s) {sorted(set(raw) - set(SECTIONS))} in {path}")
     for section, cls in SECTIONS.items():
-        allowed = {"seed"} if section == "plan" else {f.name for f in dataclasses.fields(cls)} if cls else None
+        allowed = {"seed", "variants"} if section == "plan" else {f.name for f in dataclasses.fields(cls)} if cls else None
         allowed = allowed if section != "quality" else allowed | {"mode", "compile_scope"}
         if allowed is not None and set(raw.get(section, {})) - allowed:
             raise ValueError(f"profile: unknown [{section}] key(s) {sorted(set(raw[section]) - allowed)} in {path}")
@@ -110,8 +113,17 @@ def load_profile(name: str) -> Profile:
     if not families:
         sections = ", ".join(f"[{f}]" for f in FAMILIES)
         raise ValueError(f"profile: {path} runs no family; give at least one of {sections}")
+    if gpus is not None:
+        if "distributed" not in families:
+            raise ValueError(f"gpus: profile {path.stem!r} has no [distributed] section to run on {gpus} GPUs")
+        import torch
+
+        if torch.cuda.is_available() and gpus > torch.cuda.device_count():
+            raise ValueError(f"gpus: {gpus} asked for, {torch.cuda.device_count()} visible")
+        families["distributed"] = {**families["distributed"], "gpus": gpus}
+    chosen = tuple(get_variant(v).name for v in raw.get("plan", {}).get("variants", VARIANTS))
     profile = Profile(path.stem, raw.get("train", {}), families, int(raw.get("plan", {}).get("seed", 0)),
-                      raw.get("variants", {}))
+                      raw.get("variants", {}), chosen)
     for variant in VARIANTS:  # build every config now: bad values fail before any work
         for family in families:
             profile.job_config(family, variant)
@@ -293,10 +305,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-minutes", type=float, help="start no new job after this long (resumable chunks)")
     parser.add_argument("--stop-minutes", type=float,
                         help="stop a job still running after this long; the chunk is recorded and resumable")
+    parser.add_argument("--gpus", type=int, help="cards a distributed job runs on, one torchrun rank each")
     args = parser.parse_args(argv)
     try:
-        profile = load_profile(args.profile)
-        variants = list(VARIANTS) if args.variants == "all" else [get_variant(v).name for v in args.variants.split(",")]
+        profile = load_profile(args.profile, args.gpus)
+        variants = (list(profile.variants) if args.variants == "all"
+                    else [get_variant(v).name for v in args.variants.split(",")])
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

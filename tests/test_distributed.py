@@ -3,12 +3,19 @@ window with each rank's figures and their sum, and records a variant without a d
 
 from __future__ import annotations
 
+import re
+import shutil
+from pathlib import Path
+
 import pytest
 
 from attnlib.experiments.distributed import DistributedConfig, launch
 from attnlib.experiments.training import TrainConfig
-from attnlib.results import results_frame
+from attnlib.measurement import Measurement
+from attnlib.report import build_report
+from attnlib.results import DistributedResult, Provenance, results_frame, write_result
 
+REPO = Path(__file__).resolve().parent.parent
 TINY_MODEL = dict(n_layer=2, n_embd=32, n_head=4)
 
 
@@ -55,3 +62,72 @@ def test_a_variant_without_a_distributed_form_is_recorded_unsupported(tmp_path) 
     status = {(r.strategy, r.world_size): r.status for r in results}
     assert status == {("ddp", 2): "ok", ("context_parallel", 1): "ok", ("context_parallel", 2): "unsupported"}
     assert all("attention interface" in r.error for r in results if r.status == "unsupported")
+
+
+def distributed_result(variant: str, strategy: str, world: int, seq_len: int, trial: int, tokens_per_s: float,
+                       j_per_token: float, status: str = "ok") -> DistributedResult:
+    wall, tokens = 2.0, int(2.0 * tokens_per_s)
+    m = None if status != "ok" else Measurement(
+        label="x", wall_s=wall, tokens=tokens, tokens_per_s=tokens_per_s, gpu_count=world,
+        gpu_j_per_token=j_per_token, gpu_energy_j=j_per_token * tokens, torch_peak_mem_bytes=world * 2**30)
+    provenance = Provenance(attnlib_commit="abc", versions={}, python="3.12", device="NVIDIA H200",
+                            device_uuid="GPU-0", created="2026-11-24T00:00:00+00:00")
+    return DistributedResult(
+        variant=variant, mode="eager", strategy=strategy, world_size=world, seq_len=seq_len, batch_size=16,
+        layer_pass=None, trial=trial, order_seed=1, status=status, provenance=provenance,
+        config=tiny_config(variant).to_dict(), measurement=m, ranks=[{"tokens": tokens // world}] * world,
+        error=None if m else "NotImplementedError: gqa: its own attention module does not run through the "
+                             "attention interface")
+
+
+def test_report_gives_scaling_efficiency_energy_per_token_and_the_sections_macros(tmp_path) -> None:
+    results = tmp_path / "distributed"
+    for trial in range(3):
+        jitter = 1 + 0.001 * trial
+        for world, tps, jpt in ((1, 100.0, 1.0), (2, 180.0, 1.2), (4, 320.0, 1.5)):
+            write_result(results / "raw" / f"sdpa_ddp_{world}_{trial}.json",
+                         distributed_result("sdpa", "ddp", world, 512, trial, tps * jitter, jpt * jitter))
+        write_result(results / "raw" / f"gqa_cp_{trial}.json",
+                     distributed_result("gqa", "context_parallel", 2, 65536, trial, 0, 0, status="unsupported"))
+    paper = tmp_path / "paperdir"
+    paper.mkdir()
+    shutil.copy(REPO / "paper" / "distributed.tex", paper / "distributed.tex")
+    summary = build_report(results, "distributed", tmp_path / "figures", paper)
+    for column in ("variant", "strategy", "world_size", "seq_len", "status", "trials", "tokens_per_s_mean",
+                   "gpu_j_per_token_mean", "gpu_j_per_token_ci95", "scaling_efficiency", "peak_mem_gib_per_gpu"):
+        assert column in summary, column
+    four = summary[(summary.variant == "sdpa") & (summary.world_size == 4)].iloc[0]
+    assert four.scaling_efficiency == pytest.approx(320 / (4 * 100)) and four.peak_mem_gib_per_gpu == pytest.approx(4)
+    assert four.j_per_token_vs_one_gpu == pytest.approx(1.5)
+    macros = (paper / "generated" / "distributed" / "macros.tex").read_text()
+    names = set(re.findall(r"\\newcommand\{\\data(\w+)\}", macros))
+    assert names == set(re.findall(r"\\data(\w+)", (paper / "distributed.tex").read_text()))
+    assert "sdpa, DDP training on 4 GPUs: 320 tokens/s, scaling efficiency 0.80, energy per token 50\\% higher" in macros
+    assert "gqa has no context-parallel attention layer: NotImplementedError" in macros
+    assert (tmp_path / "figures" / "distributed" / "distributed_scaling.pdf").exists()
+
+
+def test_notebook_runs_a_tiny_grid_on_two_cpu_ranks(tmp_path) -> None:
+    """The family's notebook template, as papermill runs it for a job (here its tiny default: two gloo ranks)."""
+    import papermill
+
+    out = tmp_path / "raw"
+    papermill.execute_notebook(REPO / "notebooks" / "distributed.ipynb", tmp_path / "distributed.ipynb",
+                               parameters={"variant": "linear", "out_dir": str(out), "cache_dir": str(tmp_path)},
+                               kernel_name="python3", progress_bar=False, cwd=str(REPO / "notebooks"))
+    frame = results_frame(tmp_path)
+    assert len(frame) == 4 * 2 and (frame.status == "ok").all(), frame.error.tolist()
+    assert set(frame.form.dropna()) == {"carried_state (contiguous)"}
+
+
+def test_profile_runs_on_the_gpus_asked_for_and_plans_its_own_variants() -> None:
+    from attnlib.pipeline import load_profile, plan
+
+    profile = load_profile("distributed", gpus=2)
+    jobs = plan(profile, list(profile.variants))
+    assert sorted(j.variant for j in jobs) == sorted(["sdpa", "gqa", "mla", "sliding_window", "linear"])
+    config = DistributedConfig(**jobs[0].config)
+    assert config.gpus == 2 and {w for _, w, _ in config.cells()} == {1, 2}  # 4 needs more cards
+    assert load_profile("distributed").families["distributed"].get("gpus", 1) == 1
+    with pytest.raises(ValueError, match="no \\[distributed\\] section"):
+        load_profile("paper", gpus=2)

@@ -18,6 +18,7 @@ from . import figures, latex
 from .compare import comparison_frame
 from .frames import load_calibrations, summary_frame
 from .components import build_components_report
+from .distributed import build_distributed_report
 from .inference import build_inference_report
 from .longcontext import build_longcontext_report
 from .prior import prior_macros, prior_table
@@ -101,6 +102,8 @@ def build_report(results_dir: Path, profile: str, figures_dir: Path, paper_dir: 
         return build_inference_report(frame, calibrations, Path(results_dir), profile, figures_dir, paper_dir)
     if (frame.kind == "component").any():  # a components folder: its own tables, figures and macros
         return build_components_report(frame, calibrations, Path(results_dir), profile, figures_dir, paper_dir)
+    if (frame.kind == "distributed").any():  # a distributed folder: its own table, figure and macros
+        return build_distributed_report(frame, calibrations, Path(results_dir), profile, figures_dir, paper_dir)
     summary = summary_frame(frame, calibrations, list(VARIANTS))
     generated = paper_dir / "generated" / profile
     generated.mkdir(parents=True, exist_ok=True)
