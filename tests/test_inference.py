@@ -241,3 +241,19 @@ def test_notebook_runs_a_tiny_grid(tmp_path) -> None:
                                progress_bar=False, cwd=str(REPO / "notebooks"))
     frame = results_frame(tmp_path)  # the folder whose raw/ holds the results
     assert len(frame) == 2 * 6 and (frame.status == "ok").all() and set(frame.phase) == {"prefill", "decode"}
+
+
+def test_notebook_runs_when_every_cell_is_unsupported(tmp_path) -> None:
+    """lsh has no decode form and its prefill of these lengths is unsupported too: the notebook still ends (the
+    pipeline reads a failed notebook as a job to redo)."""
+    import papermill
+
+    config = InferenceConfig(train=TrainConfig(variant="lsh", model=TINY_MODEL), prefill_lens=[48],
+                             prefill_batch_size=1, decode_batch_sizes=[1], decode_context_lens=[16], new_tokens=4,
+                             decode_mode="eager", other_decode_cells={}, trials=1, window_s=0.05, warmup_reps=1,
+                             idle_s=0.01).to_dict()
+    papermill.execute_notebook(REPO / "notebooks" / "inference.ipynb", tmp_path / "inference.ipynb",
+                               parameters={"variant": "lsh", "config": config, "out_dir": str(tmp_path / "raw")},
+                               kernel_name="python3", progress_bar=False, cwd=str(REPO / "notebooks"))
+    frame = results_frame(tmp_path)
+    assert len(frame) == 2 and set(frame.status) == {"unsupported"}
