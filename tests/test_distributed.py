@@ -51,6 +51,7 @@ def test_torchrun_job_measures_every_cell_on_its_ranks(tmp_path) -> None:
     cp = [r for r in results if r.strategy == "context_parallel"]
     assert {(r.world_size, r.form) for r in cp} == {(1, None), (2, "allgather (zigzag)")}
     assert all(r.measurement.tokens == r.calls * 64 for r in cp)  # the whole sequence, over all ranks
+    assert all(r.comm_share > 0 and "gloo" in r.comm_share_source for r in results if r.world_size == 2)
     ddp = [r for r in results if r.strategy == "ddp"]
     assert all(r.measurement.tokens == r.steps * r.world_size * 2 * 32 for r in ddp)  # weak scaling
     assert set(results_frame(tmp_path).kind) == {"distributed"}
@@ -76,6 +77,7 @@ def distributed_result(variant: str, strategy: str, world: int, seq_len: int, tr
         variant=variant, mode="eager", strategy=strategy, world_size=world, seq_len=seq_len, batch_size=16,
         layer_pass=None, trial=trial, order_seed=1, status=status, provenance=provenance,
         config=tiny_config(variant).to_dict(), measurement=m, ranks=[{"tokens": tokens // world}] * world,
+        comm_share=0.1 * (world - 1) if m else None,
         error=None if m else "NotImplementedError: gqa: its own attention module does not run through the "
                              "attention interface")
 
@@ -102,7 +104,7 @@ def test_report_gives_scaling_efficiency_energy_per_token_and_the_sections_macro
     macros = (paper / "generated" / "distributed" / "macros.tex").read_text()
     names = set(re.findall(r"\\newcommand\{\\data(\w+)\}", macros))
     assert names == set(re.findall(r"\\data(\w+)", (paper / "distributed.tex").read_text()))
-    assert "sdpa, DDP training on 4 GPUs: 320 tokens/s, scaling efficiency 0.80, energy per token 50\\% higher" in macros
+    assert "sdpa, DDP training on 4 GPUs: 320 tokens/s, scaling efficiency 0.80, energy per token 50\\% higher than one GPU's, 30\\% of step time in collectives" in macros
     assert "gqa has no context-parallel attention layer: NotImplementedError" in macros
     assert (tmp_path / "figures" / "distributed" / "distributed_scaling.pdf").exists()
 

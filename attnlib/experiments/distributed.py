@@ -12,7 +12,8 @@ are not in its window.
   `attnlib.parallel`, output projection), forward + backward, on `cp_batch_size` sequences of `seq_len` tokens
   split across the ranks; on one rank it is the ordinary layer. Mask-exact FLOPs (`attnlib.flops.layer_flops`).
 
-Each window is `measure_ranks` (barrier-aligned ends, each rank its own card, the job's figures the sum). Every
+Each window is `measure_ranks` (barrier-aligned ends, each rank its own card, the job's figures the sum); after it,
+a few unmeasured steps under the PyTorch profiler give the share of step time spent in collectives. Every
 rank runs the same number of steps or calls in a window (agreed from a timed warm-up before it), since each one
 is a collective. A cell without a distributed form (lsh; gqa and mla, whose own modules bypass the attention
 interface) records "unsupported" with the reason on every trial; rank 0 writes the results. A failure that
@@ -31,7 +32,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -63,6 +64,7 @@ class DistributedConfig:
     trials: int = 3
     window_s: float = 2.0  # >= 2 s: >= 20 updates of the energy counter
     warmup_steps: int = 2  # per cell visit, before the timed step that sets the window's step count
+    profile_steps: int = 3  # after each window, unmeasured: the communication share of step time (torch.profiler)
     idle_s: float = 2.0
     order_seed: int = 0
 
@@ -73,7 +75,7 @@ class DistributedConfig:
             values = getattr(self, name)
             if not all(isinstance(v, int) and v >= 1 for v in values) or len(set(values)) != len(values):
                 raise ValueError(f"{name}: distinct integers >= 1, got {values}")
-        for name in ("gpus", "cp_batch_size", "trials", "warmup_steps"):
+        for name in ("gpus", "cp_batch_size", "trials", "warmup_steps", "profile_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name}: an integer >= 1, got {getattr(self, name)!r}")
         if self.window_s <= 0 or self.idle_s <= 0:
@@ -107,6 +109,32 @@ def _agreed_count(seconds_per_unit: float, window_s: float, group: Any) -> int:
     if dist.is_initialized():
         dist.all_reduce(count, op=dist.ReduceOp.MAX, group=group)
     return int(count.item())
+
+
+def communication_share(work: Callable[[], Any], repeats: int) -> tuple[float | None, str]:
+    """The share of the time of `repeats` calls of `work` that went to collectives, from the PyTorch profiler, and
+    how it was read: the device time of NCCL kernels on a GPU (overlapped with computation or not, as DDP overlaps
+    its all-reduce with the backward pass), the time of gloo's collectives on a CPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    on_cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+    with profile(activities=activities) as profiler:
+        _synchronize()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            work()
+        _synchronize()
+        wall_us = (time.perf_counter() - start) * 1e6
+    events = profiler.key_averages()
+    if on_cuda:
+        comm_us = sum(e.self_device_time_total for e in events if e.key.lower().startswith("nccl")
+                      and "kernel" in e.key.lower())
+        source = f"torch.profiler: NCCL kernels' device time over {repeats} calls"
+    else:
+        comm_us = sum(e.cpu_time_total for e in events if e.key.startswith("gloo:"))
+        source = f"torch.profiler: gloo collectives' time over {repeats} calls"
+    return (comm_us / wall_us if wall_us > 0 else None), source
 
 
 def _synchronize() -> None:
@@ -198,10 +226,11 @@ class _Job(WindowedJob):
             window.add_work(tokens=steps * tokens_per_step,
                             flops=steps * tokens_per_step * trainer.flops.training_flops_per_token)
         check_finite(loss, "at the end of the window")
+        comm_share, comm_source = communication_share(trainer.step, c.profile_steps)  # after the window, unmeasured
         return self.write(self.name("ddp", world, seq_len, trial), DistributedResult(
             **self.common("ddp", world, seq_len, trial), data=trainer.data.info, model=ModelInfo(**trainer.describe()),
             measurement=window.total, ranks=[_without_trace(r) for r in window.ranks], steps=steps,
-            job_wall_s=time.perf_counter() - start))
+            comm_share=comm_share, comm_share_source=comm_source, job_wall_s=time.perf_counter() - start))
 
     def cp_window(self, world: int, seq_len: int, trial: int, start: float) -> DistributedResult:
         """One window of forward + backward calls of the attention layer on one `seq_len` sequence split over
@@ -224,10 +253,11 @@ class _Job(WindowedJob):
             for _ in range(calls):
                 call()
             window.add_work(tokens=calls * c.cp_batch_size * seq_len // world, flops=calls * flops_per_call / world)
+        comm_share, comm_source = communication_share(call, c.profile_steps)  # after the window, unmeasured
         return self.write(self.name("context_parallel", world, seq_len, trial), DistributedResult(
             **self.common("context_parallel", world, seq_len, trial), measurement=window.total,
-            ranks=[_without_trace(r) for r in window.ranks], calls=calls, form=form,
-            job_wall_s=time.perf_counter() - start))
+            ranks=[_without_trace(r) for r in window.ranks], calls=calls, form=form, comm_share=comm_share,
+            comm_share_source=comm_source, job_wall_s=time.perf_counter() - start))
 
 
 def _without_trace(measurement: Any) -> dict[str, Any]:

@@ -16,20 +16,21 @@ import pandas as pd
 
 from . import latex
 from .figures import GIB, _empty, _save
-from .frames import aggregate, compare, with_calibration
+from .frames import TRIAL_QUANTITIES, aggregate, compare, with_calibration
+from .longcontext import seq_label
 
 KEYS = ["variant", "strategy", "world_size", "seq_len", "batch_size"]
 STRATEGY_NAMES = {"ddp": "data parallel (DDP) training", "context_parallel": "context-parallel attention layer"}
 
 
 def distributed_summary(frame: pd.DataFrame, calibrations: dict[str, dict]) -> pd.DataFrame:
-    """One row per (variant, strategy, world size, length): the aggregates, `scaling_efficiency`,
-    `j_per_token_vs_one_gpu` (energy per token over one card's) and `peak_mem_gib_per_gpu` (the largest
-    allocator peak of any card)."""
+    """One row per (variant, strategy, world size, length): the aggregates (`comm_share_mean` among them: the share
+    of step time in collectives), `scaling_efficiency`, `j_per_token_vs_one_gpu` (energy per token over one card's)
+    and `peak_mem_gib_per_gpu` (the largest allocator peak of any card)."""
     windows = frame[frame.kind == "distributed"] if "kind" in frame else frame.iloc[:0]
     if windows.empty:
         return pd.DataFrame()
-    summary = aggregate(with_calibration(windows, calibrations), KEYS)
+    summary = aggregate(with_calibration(windows, calibrations), KEYS, TRIAL_QUANTITIES + ("comm_share",))
     one = summary[(summary.world_size == 1) & (summary.status == "ok")].set_index(["variant", "strategy", "seq_len"])
     base = [one.loc[key] if key in one.index else None
             for key in zip(summary.variant, summary.strategy, summary.seq_len)]
@@ -50,7 +51,7 @@ def scaling_figure(summary: pd.DataFrame, out_dir: Path) -> Path:
     for column, strategy in enumerate(strategies):
         rows = summary[(summary.strategy == strategy) & (summary.status == "ok")]
         for i, ((variant, seq_len), group) in enumerate(rows.groupby(["variant", "seq_len"])):
-            label = variant if strategy == "ddp" else f"{variant}, T = {seq_len // 1024}K"
+            label = variant if strategy == "ddp" else f"{variant}, T = {seq_label(seq_len)}"
             for row, quantity in enumerate(("scaling_efficiency", "j_per_token_vs_one_gpu")):
                 axes[row][column].plot(group.world_size, group[quantity], marker="o", color=f"C{i % 10}", label=label)
         axes[0][column].set_title(STRATEGY_NAMES[strategy], fontsize=9)
@@ -76,10 +77,12 @@ def scaling_text(summary: pd.DataFrame) -> str:
             continue
         rows = group[group.world_size.isin([1, largest.world_size])].assign(mode=group.world_size.astype(str))
         c = compare(rows, (variant, str(largest.world_size)), (variant, "1"), "gpu_j_per_token")
-        what = "DDP training" if strategy == "ddp" else f"the context-parallel layer at T = {seq_len // 1024}K"
+        what = "DDP training" if strategy == "ddp" else f"the context-parallel layer at T = {seq_label(seq_len)}"
         sentences.append(f"{variant}, {what} on {largest.world_size} GPUs: "
                          f"{latex.fmt(largest.tokens_per_s_mean, ',.0f')} tokens/s, scaling efficiency "
-                         f"{latex.fmt(largest.scaling_efficiency, '.2f')}, energy per token {c.wording} one GPU's.")
+                         f"{latex.fmt(largest.scaling_efficiency, '.2f')}, energy per token {c.wording} one GPU's"
+                         + ("" if pd.isna(largest.comm_share_mean) else
+                            f", {latex.fmt(largest.comm_share_mean, '.0f', 100)}% of step time in collectives") + ".")
     unsupported = summary[summary.status == "unsupported"] if len(summary) else summary
     for _, r in unsupported.drop_duplicates(["variant", "strategy"]).iterrows():
         sentences.append(f"{r.variant} has no {STRATEGY_NAMES[r.strategy]}: {r.error}.")
@@ -103,7 +106,7 @@ def build_distributed_report(frame: pd.DataFrame, calibrations: dict[str, dict],
     macros = {
         "DistributedDevice": frame.device.dropna().iloc[0] if frame.device.notna().any() else "n/a",
         "DistributedWorldSizes": ", ".join(str(w) for w in sizes) or "n/a",
-        "DistributedCpSeqLens": " and ".join(f"{t // 1024}K" for t in config.get("cp_seq_lens", [])) or "n/a",
+        "DistributedCpSeqLens": " and ".join(seq_label(t) for t in config.get("cp_seq_lens", [])) or "n/a",
         "DistributedTrials": str(config.get("trials", "n/a")),
         "DistributedWindowS": str(config.get("window_s", "n/a")),
         "DistributedScaling": scaling_text(summary),

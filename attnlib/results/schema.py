@@ -183,6 +183,8 @@ class DistributedResult(Result):
     form: str | None = None  # context_parallel: the distributed core (`attnlib.parallel`) and its layout
     steps: int | None = None  # ddp: optimiser steps in the window
     calls: int | None = None  # context_parallel: layer calls in the window
+    comm_share: float | None = None  # rank 0's share of step time in collectives, profiled after the window
+    comm_share_source: str | None = None
     ranks: list[dict[str, Any]] = field(default_factory=list)
 
 
