@@ -6,13 +6,15 @@ differ in what they exchange:
 | form | variants | what a rank receives |
 |---|---|---|
 | `allgather_attention` | exact softmax: baseline, sdpa, flash, cudnn, flex, gqa | every rank's keys and values (the all-gather form of Llama 3's context parallelism) |
+| latent all-gather (`MultiHeadLatentAttention`) | mla | every rank's latent, `kv_lora_rank` numbers a token, up-projected to keys and values on each rank |
 | `halo_sliding_window_attention` | sliding_window | the previous rank's last `window - 1` keys and values |
 | `carried_state_linear_attention` | linear | the earlier ranks' sums S = sum phi(k) v^T [D, D] and z = sum phi(k) [D] |
 
 Causal attention gives later positions more work; the "zigzag" layout (rank r holds chunks r and 2W-1-r of 2W, as
 PyTorch's `context_parallel` load balancer and Megatron-LM do) evens it out for the all-gather form. The banded
 and recurrent forms cost the same per token everywhere and take the "contiguous" layout. lsh has no distributed
-form (its buckets are sorted over the whole sequence); mla's would gather its latent, which is not built yet.
+form (its buckets are sorted over the whole sequence). gqa's and mla's own modules run their form when
+`install_context_parallel` has set their `context_parallel`; GPT-2's module gets it through the attention interface.
 
 Every form takes and returns `[B, H, T_local, D]` like the variant's own core, and runs under any process group:
 gloo on CPU (the tests), NCCL on GPUs. Gradients flow back through the exchange (`torch.distributed.nn`), and
@@ -107,22 +109,33 @@ def _in_sequence_order(parts: list[torch.Tensor], shard: Shard, seq_len: int) ->
     return torch.cat([piece for _, piece in sorted(pieces, key=lambda p: p[0])], dim=-2)
 
 
-def allgather_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, shard: Shard,
-                        scale: float | None = None) -> torch.Tensor:
+def gather_sequence(x: torch.Tensor, shard: Shard) -> torch.Tensor:
+    """Every rank's local tokens of `x` (sequence along dim -2) as the whole sequence, in one differentiable
+    all-gather."""
+    return _in_sequence_order(_gather(x, shard), shard, x.shape[-2] * shard.world)
+
+
+def attend_gathered(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, shard: Shard,
+                    scale: float | None = None) -> torch.Tensor:
     """Exact causal softmax attention of this rank's queries `[B, H, L, D]` over the whole sequence's keys and
-    values, gathered from every rank in one collective (`[B, H_kv, L, D]` each; H_kv < H is GQA). Each local chunk
-    attends to the keys up to its own end under a lower-right causal mask, so no work is spent on masked keys
-    beyond it."""
-    seq_len = q.shape[-2] * shard.world
-    keys, values = _in_sequence_order(_gather(torch.stack([k, v]), shard), shard, seq_len).unbind(0)
+    values `[B, H_kv, T, D]` (H_kv < H is GQA): each local chunk attends to the keys up to its own end under a
+    lower-right causal mask, so no work is spent on keys beyond it."""
     outs, offset = [], 0
-    for start, length in shard.chunks(seq_len):
+    for start, length in shard.chunks(keys.shape[-2]):
         end = start + length
         outs.append(F.scaled_dot_product_attention(
             q.narrow(-2, offset, length), keys[..., :end, :], values[..., :end, :],
-            attn_mask=causal_lower_right(length, end), scale=scale, enable_gqa=k.shape[1] != q.shape[1]))
+            attn_mask=causal_lower_right(length, end), scale=scale, enable_gqa=keys.shape[1] != q.shape[1]))
         offset += length
     return torch.cat(outs, dim=-2)
+
+
+def allgather_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, shard: Shard,
+                        scale: float | None = None) -> torch.Tensor:
+    """Exact causal attention of this rank's queries over every rank's keys and values (`[B, H_kv, L, D]` each),
+    gathered in one collective (`attend_gathered`)."""
+    keys, values = gather_sequence(torch.stack([k, v]), shard).unbind(0)
+    return attend_gathered(q, keys, values, shard, scale)
 
 
 def halo_sliding_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, shard: Shard, window: int,
@@ -161,10 +174,11 @@ def carried_state_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Te
 
 
 class Form(NamedTuple):
-    """A variant's distributed core: `core(q, k, v, shard, scale)`, the layout it takes and its name."""
+    """A variant's distributed core: `core(q, k, v, shard, scale)` (None: the variant's own module runs its
+    distributed path, given the shard), the layout it takes and its name."""
 
     name: str
-    core: Callable[..., torch.Tensor]
+    core: Callable[..., torch.Tensor] | None
     layout: str
 
 
@@ -179,6 +193,8 @@ def context_parallel_form(variant: str, config: Any) -> Form:
     if variant == "linear":  # scale-free: normalised by phi(q) z
         return Form("carried_state", lambda q, k, v, shard, scale=None:
                     carried_state_linear_attention(q, k, v, shard, config.chunk_size), "contiguous")
+    if variant == "mla":  # its module gathers the latent (kv_lora_rank numbers a token) and up-projects it
+        return Form("latent_allgather", None, "zigzag")
     if variant == "lsh":
         raise NotImplementedError("lsh: no distributed form (its buckets are sorted over the whole sequence)")
     raise NotImplementedError(f"{variant}: no distributed form yet")
@@ -199,15 +215,15 @@ AttentionMaskInterface.register(CONTEXT_PARALLEL, sdpa_mask)
 
 
 def install_context_parallel(attention: nn.Module, config: Any, rank: int, world: int, group: Any = None) -> str:
-    """Make GPT-2 attention module `attention` (and every module sharing `config`) compute its core in the
-    variant's distributed form over `group`; from then on it takes this rank's tokens (`Shard` of the form's
-    layout) and returns theirs. Returns "name (layout)". Raises `NotImplementedError` with the reason
-    for a variant without a form, or whose own module does not call the attention interface (gqa, mla, lsh)."""
+    """Make attention module `attention` of a GPT-2 built with `config` compute its core in the variant's
+    distributed form over `group`; from then on it takes this rank's tokens (`Shard` of the form's layout) and
+    returns theirs (for GPT-2's own module, every module sharing `config`). Returns "name (layout)". Raises
+    `NotImplementedError` with the reason for a variant without a form (lsh) or with attention dropout."""
     variant = config.attnlib_variant
     form = context_parallel_form(variant, config)
-    if get_variant(variant).attention_function is None:
-        raise NotImplementedError(f"{variant}: its own attention module does not run through the attention "
-                                  "interface, so its distributed form is not wired into the layer yet")
+    if getattr(config, "attn_pdrop", 0.0):
+        raise NotImplementedError(f"{variant}: attention dropout has no distributed form (attn_pdrop = 0 only)")
     attention.context_parallel = (form.core, Shard(rank, world, form.layout, group))
-    config._attn_implementation = CONTEXT_PARALLEL
+    if get_variant(variant).attention_function is not None:  # GPT-2's module: through the attention interface
+        config._attn_implementation = CONTEXT_PARALLEL
     return f"{form.name} ({form.layout})"

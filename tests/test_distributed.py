@@ -58,11 +58,11 @@ def test_torchrun_job_measures_every_cell_on_its_ranks(tmp_path) -> None:
 
 
 def test_a_variant_without_a_distributed_form_is_recorded_unsupported(tmp_path) -> None:
-    config = tiny_config("gqa", ddp_world_sizes=[2])
+    config = tiny_config("lsh", ddp_world_sizes=[2])
     results = launch(config, tmp_path / "raw", tmp_path / "cache")
     status = {(r.strategy, r.world_size): r.status for r in results}
     assert status == {("ddp", 2): "ok", ("context_parallel", 1): "ok", ("context_parallel", 2): "unsupported"}
-    assert all("attention interface" in r.error for r in results if r.status == "unsupported")
+    assert all("no distributed form" in r.error for r in results if r.status == "unsupported")
 
 
 def distributed_result(variant: str, strategy: str, world: int, seq_len: int, trial: int, tokens_per_s: float,
@@ -78,8 +78,8 @@ def distributed_result(variant: str, strategy: str, world: int, seq_len: int, tr
         layer_pass=None, trial=trial, order_seed=1, status=status, provenance=provenance,
         config=tiny_config(variant).to_dict(), measurement=m, ranks=[{"tokens": tokens // world}] * world,
         comm_share=0.1 * (world - 1) if m else None,
-        error=None if m else "NotImplementedError: gqa: its own attention module does not run through the "
-                             "attention interface")
+        error=None if m else "NotImplementedError: lsh: no distributed form (its buckets are sorted over the "
+                             "whole sequence)")
 
 
 def test_report_gives_scaling_efficiency_energy_per_token_and_the_sections_macros(tmp_path) -> None:
@@ -89,8 +89,8 @@ def test_report_gives_scaling_efficiency_energy_per_token_and_the_sections_macro
         for world, tps, jpt in ((1, 100.0, 1.0), (2, 180.0, 1.2), (4, 320.0, 1.5)):
             write_result(results / "raw" / f"sdpa_ddp_{world}_{trial}.json",
                          distributed_result("sdpa", "ddp", world, 512, trial, tps * jitter, jpt * jitter))
-        write_result(results / "raw" / f"gqa_cp_{trial}.json",
-                     distributed_result("gqa", "context_parallel", 2, 65536, trial, 0, 0, status="unsupported"))
+        write_result(results / "raw" / f"lsh_cp_{trial}.json",
+                     distributed_result("lsh", "context_parallel", 2, 65536, trial, 0, 0, status="unsupported"))
     paper = tmp_path / "paperdir"
     paper.mkdir()
     shutil.copy(REPO / "paper" / "distributed.tex", paper / "distributed.tex")
@@ -105,7 +105,7 @@ def test_report_gives_scaling_efficiency_energy_per_token_and_the_sections_macro
     names = set(re.findall(r"\\newcommand\{\\data(\w+)\}", macros))
     assert names == set(re.findall(r"\\data(\w+)", (paper / "distributed.tex").read_text()))
     assert "sdpa, DDP training on 4 GPUs: 320 tokens/s, scaling efficiency 0.80, energy per token 50\\% higher than one GPU's, 30\\% of step time in collectives" in macros
-    assert "gqa has no context-parallel attention layer: NotImplementedError" in macros
+    assert "lsh has no context-parallel attention layer: NotImplementedError: lsh: no distributed form" in macros
     assert (tmp_path / "figures" / "distributed" / "distributed_scaling.pdf").exists()
 
 

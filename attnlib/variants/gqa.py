@@ -28,6 +28,7 @@ class GroupedQueryAttention(nn.Module):
         gpt2_init_(self.c_attn, config)
         self.c_proj, self.resid_dropout = gpt2_output_projection(config)
         self.attn_pdrop = config.attn_pdrop
+        self.context_parallel = None  # (core, shard): set by attnlib.parallel.install_context_parallel
 
     def forward(self, hidden_states: torch.Tensor, past_key_values=None, attention_mask=None, **kwargs):
         B, T, _ = hidden_states.shape
@@ -35,10 +36,14 @@ class GroupedQueryAttention(nn.Module):
         q, k, v = qkv.transpose(1, 2).split([self.n_head, self.n_kv_head, self.n_kv_head], dim=1)  # [B, h, T, D]
         if past_key_values is not None:  # the cache holds n_kv_head heads: GQA's memory saving
             k, v = past_key_values.update(k, v, self.layer_idx)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attention_mask, is_causal=attention_mask is None,
-            dropout_p=self.attn_pdrop if self.training else 0.0, enable_gqa=True,
-        )  # [B, H, T, D]
+        if self.context_parallel is not None:  # this rank's tokens of a sequence split across ranks
+            core, shard = self.context_parallel
+            y = core(q, k, v, shard)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attention_mask, is_causal=attention_mask is None,
+                dropout_p=self.attn_pdrop if self.training else 0.0, enable_gqa=True,
+            )  # [B, H, T, D]
         y = y.transpose(1, 2).reshape(B, T, -1)
         return self.resid_dropout(self.c_proj(y)), None
 

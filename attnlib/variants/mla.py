@@ -32,18 +32,26 @@ class MultiHeadLatentAttention(nn.Module):
             gpt2_init_(proj, config)
         self.c_proj, self.resid_dropout = gpt2_output_projection(config)
         self.attn_pdrop = config.attn_pdrop
+        self.context_parallel = None  # (None, shard): set by attnlib.parallel.install_context_parallel
 
     def forward(self, hidden_states: torch.Tensor, past_key_values=None, attention_mask=None, **kwargs):
         if past_key_values is not None:
             raise NotImplementedError("mla: a latent KV cache is not implemented; build with use_cache=False")
         B, T, _ = hidden_states.shape
         latent = self.kv_norm(self.kv_down(hidden_states))  # [B, T, r]: all a cache would hold
-        heads = lambda t: t.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # noqa: E731  [B, H, T, D]
-        q, k, v = heads(self.q_proj(hidden_states)), heads(self.k_up(latent)), heads(self.v_up(latent))
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attention_mask, is_causal=attention_mask is None,
-            dropout_p=self.attn_pdrop if self.training else 0.0,
-        )
+        heads = lambda t: t.view(B, t.shape[1], self.n_head, self.head_dim).transpose(1, 2)  # noqa: E731  [B, H, T, D]
+        q = heads(self.q_proj(hidden_states))
+        if self.context_parallel is not None:  # this rank's tokens: gather every rank's latent, not keys and values
+            from ..parallel import attend_gathered, gather_sequence  # (attnlib.parallel imports the variants)
+
+            shard = self.context_parallel[1]
+            latent = gather_sequence(latent, shard)
+            y = attend_gathered(q, heads(self.k_up(latent)), heads(self.v_up(latent)), shard)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, heads(self.k_up(latent)), heads(self.v_up(latent)), attn_mask=attention_mask,
+                is_causal=attention_mask is None, dropout_p=self.attn_pdrop if self.training else 0.0,
+            )
         y = y.transpose(1, 2).reshape(B, T, -1)
         return self.resid_dropout(self.c_proj(y)), None
 
