@@ -12,7 +12,7 @@
 #                                      # DIR's table with the committed results/paper/ (DIR/comparison.csv)
 #   ./run_all.sh --force               # redo results that already exist (otherwise they are kept: resumable)
 #   ./run_all.sh --max-minutes 8       # start no new job after 8 minutes (run again to resume)
-#   ./run_all.sh --stop-minutes 10     # stop a job still running after 10 minutes (redone by the next run)
+#   ./run_all.sh --stop-minutes 10     # stop a job still running 10 minutes after the start (redone next run)
 #   ./run_all.sh --report-only         # rebuild tables, figures and the PDF from the results folder (no GPU needed)
 set -euo pipefail
 cd "$(dirname "$0")"

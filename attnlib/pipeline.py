@@ -304,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="redo jobs whose results exist")
     parser.add_argument("--max-minutes", type=float, help="start no new job after this long (resumable chunks)")
     parser.add_argument("--stop-minutes", type=float,
-                        help="stop a job still running after this long; the chunk is recorded and resumable")
+                        help="stop a job still running this long after the run began; the chunk is recorded and "
+                             "resumable")
     parser.add_argument("--gpus", type=int, help="cards a distributed job runs on, one torchrun rank each")
     args = parser.parse_args(argv)
     try:

@@ -5,7 +5,8 @@
 #   bash scripts/device_chunk.sh 4.5 results/longcontext longcontext
 #
 # VARIANTS=a,b limits the chunk to those variants (their jobs in plan order).
-# A job still running after STOP_MINUTES (default 8) is stopped and redone by the next chunk; run.json records
+# A job still running STOP_MINUTES (default 8) after the chunk began is stopped and redone by the next chunk (so
+# MINUTES + the longest job must stay under it); run.json records
 # every chunk's time, stopped jobs included.
 # The results folder travels with the working tree (unpack the previous chunk's archive before the next call).
 # Triton and Inductor caches stay on the machine between warm calls (.cache/, ignored).
