@@ -295,7 +295,8 @@ def main(argv: list[str]) -> None:
     config = DistributedConfig(**json.loads(Path(argv[0]).read_text()))
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    # NCCL for the cards' tensors, gloo for the host's (the agreed step counts, the gathered figures)
+    dist.init_process_group("cuda:nccl,cpu:gloo" if torch.cuda.is_available() else "gloo")
     try:
         run_distributed_job(config, Path(argv[1]), Path(argv[2]))
     finally:
