@@ -10,7 +10,8 @@ are not in its window.
   as data parallelism is used). Scaling efficiency is the report's: tok/s on N cards over N x tok/s on one.
 - "context_parallel": the attention layer alone (input projections, the variant's distributed core from
   `attnlib.parallel`, output projection), forward + backward, on `cp_batch_size` sequences of `seq_len` tokens
-  split across the ranks; on one rank it is the ordinary layer. Mask-exact FLOPs (`attnlib.flops.layer_flops`).
+  split across the ranks, in the same form on one rank, so that scaling compares one code path. Mask-exact FLOPs
+  (`attnlib.flops.layer_flops`).
 
 Each window is `measure_ranks` (barrier-aligned ends, each rank its own card, the job's figures the sum); after it,
 a few unmeasured steps under the PyTorch profiler give the share of step time spent in collectives. Every
@@ -240,7 +241,9 @@ class _Job(WindowedJob):
         model = build_model(variant, seq_len=seq_len, **{**c.train.model, "n_layer": 1, "n_positions": seq_len})
         attention, config = model.transformer.h[0].attn.train().to(self.device), model.config
         flops_per_call = layer_flops(attention, config, seq_len, c.cp_batch_size, backward=True)  # whole sequence
-        form = install_context_parallel(attention, config, self.rank, world, self.groups[world]) if world > 1 else None
+        # the distributed form on one rank too, so that scaling compares one code path on 1 and N cards (linear's
+        # form is attnlib's chunked PyTorch core, not fla's kernel; the exact form splits the causal work in two)
+        form = install_context_parallel(attention, config, self.rank, world, self.groups[world])
         call = layer_call(attention, c.cp_batch_size, seq_len // world, config.n_embd, self.device, backward=True)
         for _ in range(c.warmup_steps):
             call()
