@@ -105,10 +105,11 @@ def test_notebook_runs_a_tiny_grid(tmp_path) -> None:
 
 def component_result(variant: str, seq_len: int, component: str, count: int, trial: int, j_per_call: float,
                      flops: float | None) -> ComponentResult:
-    calls = 1000
-    m = Measurement(label="x", wall_s=1.2, tokens=calls * seq_len, flops=calls * flops if flops else 0.0,
-                    gpu_energy_j=j_per_call * calls, gpu_energy_net_j=0.5 * j_per_call * calls,
-                    gpu_j_per_flop=j_per_call / flops if flops else None, gpu_power_mean_w=j_per_call * calls / 1.2)
+    calls, power_w = 1000, 500.0  # every window at one power: its time is its energy over 500 W
+    m = Measurement(label="x", wall_s=j_per_call * calls / power_w, tokens=calls * seq_len,
+                    flops=calls * flops if flops else 0.0, gpu_energy_j=j_per_call * calls,
+                    gpu_energy_net_j=0.5 * j_per_call * calls, gpu_j_per_flop=j_per_call / flops if flops else None,
+                    gpu_power_mean_w=power_w)
     provenance = Provenance(attnlib_commit="abc", versions={}, python="3.12", device="NVIDIA H100 80GB HBM3",
                             device_uuid="GPU-0", created="2026-11-24T00:00:00+00:00")
     return ComponentResult(variant=variant, mode="eager", component=component, phase="forward", seq_len=seq_len,
@@ -158,6 +159,13 @@ def test_components_report_gives_coverage_shares_and_the_sections_macros(tmp_pat
     names = set(re.findall(r"\\newcommand\{\\data(\w+)\}", macros))
     assert names == set(re.findall(r"\\data(\w+)", (paper / "components.tex").read_text()))
     assert "\\dataComponentsCoverageRange}{0.97--0.97}" in macros
+    # every window took as long as the energy says at one power, so the time adds up like the energy does
+    assert coverage.time_coverage.to_numpy() == pytest.approx(0.97) and coverage.coverage_net.notna().all()
+    assert (coverage.coverage_ci95 > 0).all() and coverage.core_over_mlp_j_per_flop_ci95.notna().all()
+    assert "The coverage interval includes 1 for 0 of the 4 models." in macros  # 0.97, intervals of ~1%
+    assert "At $T$ = 512 the attention core is dearer for sdpa" in macros
+    assert "baseline, flash, cudnn, flex, gqa, mla, sliding\\_window and lsh have no results" in macros
+    assert "mla &  &  & not measured" in (paper / "generated" / "components" / "coverage.tex").read_text()
     assert "CLEAR (published)" in (paper / "generated" / "components" / "coverage.tex").read_text()
     for figure in ("components_share", "components_floor"):
         assert (tmp_path / "figures" / "components" / f"{figure}.pdf").exists()

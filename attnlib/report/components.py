@@ -45,17 +45,39 @@ def components_summary(frame: pd.DataFrame, calibrations: dict[str, dict]) -> pd
     summary["calls"] = summary.calls_mean
     summary["j_per_flop"] = summary.j_per_call_mean / summary.flops_per_call
     summary["floor_multiple"] = summary.energy_floor_multiple_mean
-    per_pass = summary.j_per_call_mean * summary["count"]
     parts = summary.component != WHOLE
-    total = per_pass.where(parts).groupby([summary[k] for k in MODEL_KEYS]).transform("sum")
-    whole = summary.j_per_call_mean.where(~parts).groupby([summary[k] for k in MODEL_KEYS]).transform("max")
+    per_pass, total, whole = _per_pass(summary, "j_per_call_mean", parts)
     summary["share"] = (per_pass / total).where(parts)
     summary["coverage"] = total / whole
+    # the interval of a ratio of sums, each component's interval scaled by its count, added in quadrature
+    _, total_ci, whole_ci = _per_pass(summary, "j_per_call_ci95", parts, squared=True)
+    summary["coverage_ci95"] = summary.coverage * ((total_ci / total ** 2) + (whole_ci / whole ** 2)) ** 0.5
+    summary["coverage_net"] = _ratio(summary, "j_per_call_net_mean", parts)
+    summary["time_coverage"] = _ratio(summary, "ms_per_call_mean", parts)
     order = {v: i for i, v in enumerate(VARIANTS)}
     kinds = {k: i for i, k in enumerate((*KINDS, WHOLE))}
     return (summary.assign(_v=summary.variant.map(order), _k=summary.component.map(kinds))
             .sort_values(["_v", "setting", "seq_len", "batch_size", "n_head", "n_embd", "_k"])
             .drop(columns=["_v", "_k"]).reset_index(drop=True))
+
+
+def _per_pass(summary: pd.DataFrame, column: str, parts: pd.Series, squared: bool = False
+              ) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """`column` x count per component, its sum over a model's components and the whole pass's value, on every row
+    of the model (`squared`: each term and the whole's value squared, for intervals in quadrature)."""
+    per_pass = summary[column] * summary["count"]
+    value = summary[column]
+    if squared:
+        per_pass, value = per_pass ** 2, value ** 2
+    groups = [summary[k] for k in MODEL_KEYS]
+    return (per_pass, per_pass.where(parts).groupby(groups).transform("sum"),
+            value.where(~parts).groupby(groups).transform("max"))
+
+
+def _ratio(summary: pd.DataFrame, column: str, parts: pd.Series) -> pd.Series:
+    """The components' sum of `column` per pass over the whole pass's (coverage of energy, net energy or time)."""
+    _, total, whole = _per_pass(summary, column, parts)
+    return total / whole
 
 
 def coverage_frame(summary: pd.DataFrame) -> pd.DataFrame:
@@ -65,10 +87,21 @@ def coverage_frame(summary: pd.DataFrame) -> pd.DataFrame:
     for values, group in summary.groupby(MODEL_KEYS, sort=False):
         by = group.set_index("component")
         core, mlp = (by.loc[k] if k in by.index else None for k in ("attention_core", "mlp"))
+        parts = group[group.component != WHOLE]
+        whole = by.loc[WHOLE] if WHOLE in by.index else None
+        ratio = None if core is None or mlp is None else core.j_per_flop / mlp.j_per_flop
         rows.append({**dict(zip(MODEL_KEYS, values)), "coverage": group.coverage.iloc[0],
-                     "max_cv": group[group.component != WHOLE].j_per_call_cv.max(),
+                     "coverage_ci95": group.coverage_ci95.iloc[0], "coverage_net": group.coverage_net.iloc[0],
+                     "time_coverage": group.time_coverage.iloc[0], "max_cv": parts.j_per_call_cv.max(),
+                     # mean power of the components run alone (their energy over their time per pass) and the pass's
+                     "parts_power_w": 1e3 * (parts.j_per_call_mean * parts["count"]).sum()
+                     / (parts.ms_per_call_mean * parts["count"]).sum(),
+                     "whole_power_w": None if whole is None else whole.gpu_power_mean_w_mean,
                      "core_share": None if core is None else core.share,
-                     "core_over_mlp_j_per_flop": None if core is None or mlp is None else core.j_per_flop / mlp.j_per_flop})
+                     "core_over_mlp_j_per_flop": ratio,
+                     "core_over_mlp_j_per_flop_ci95": None if ratio is None else ratio * (
+                         (core.j_per_call_ci95 / core.j_per_call_mean) ** 2
+                         + (mlp.j_per_call_ci95 / mlp.j_per_call_mean) ** 2) ** 0.5})
     return pd.DataFrame(rows)
 
 
@@ -76,12 +109,91 @@ def coverage_table(coverage: pd.DataFrame) -> str:
     """The paper's table: per variant, phase and length (base models), coverage, the worst component CV, the
     core's share and its energy per FLOP against the MLP's; CLEAR's published figures in the last row."""
     base = coverage[coverage.setting == "base"]
-    body = [[r.variant, r.phase, str(r.seq_len), latex.fmt(r.coverage, ".2f"), latex.fmt(r.max_cv, ".1f", 100),
-             latex.fmt(r.core_share, ".1f", 100), latex.fmt(r.core_over_mlp_j_per_flop, ".2f")]
+    body = [[r.variant, r.phase, str(r.seq_len), latex.pm(r.coverage, r.coverage_ci95, ".2f"),
+             latex.fmt(r.coverage_net, ".2f"), latex.fmt(r.time_coverage, ".2f"), latex.fmt(r.max_cv, ".1f", 100),
+             latex.fmt(r.core_share, ".1f", 100),
+             latex.pm(r.core_over_mlp_j_per_flop, r.core_over_mlp_j_per_flop_ci95, ".2f")]
             for _, r in base.iterrows()]
-    body.append(["CLEAR (published)", "forward", "", f"$>$ {CLEAR_COVERAGE_MIN:.2f}", f"$<$ {100 * CLEAR_CV_MAX:.1f}", "", ""])
-    return latex.booktabs(["variant", "phase", "T", "coverage", "max CV \\%", "core share \\%",
-                           "core / MLP J/FLOP"], body, "llrrrrr")
+    body += [[v, "", "", "not measured", "", "", "", "", ""] for v in not_measured(coverage)]
+    body.append(["CLEAR (published)", "forward", "", f"$>$ {CLEAR_COVERAGE_MIN:.2f}", "", "",
+                 f"$<$ {100 * CLEAR_CV_MAX:.1f}", "", ""])
+    return latex.booktabs(["variant", "phase", "T", "coverage", "net", "time", "max CV \\%", "core share \\%",
+                           "core / MLP J/FLOP"], body, "llrrrrrrr")
+
+
+def not_measured(coverage: pd.DataFrame) -> list[str]:
+    """The registered variants with no model in these results."""
+    measured = set(coverage.variant) if len(coverage) else set()
+    return [v for v in VARIANTS if v not in measured]
+
+
+def excess_text(coverage: pd.DataFrame, tolerance: float = 0.03) -> str:
+    """Where the components' energy exceeds the pass's, say from what: their time (a component alone takes
+    longer than inside the pass, `time_coverage` above 1 + `tolerance`) or their power (the time adds up, but a
+    component run alone draws more than the pass). Generated from the base models' coverage rows."""
+    models = coverage[coverage.setting == "base"]
+    within = ((models.coverage - models.coverage_ci95 <= 1) & (models.coverage + models.coverage_ci95 >= 1)).sum()
+    opening = f"The coverage interval includes 1 for {within} of the {len(models)} models."
+    base = models[models.coverage > 1 + tolerance]
+    if base.empty:
+        return opening + " No model's components exceed its pass by more than {:.0f}\\%.".format(100 * tolerance)
+    name = lambda r: f"{r.variant} {r.phase} at {r.seq_len}"  # noqa: E731
+    slow = base[base.time_coverage > 1 + tolerance]
+    hot = base[base.time_coverage <= 1 + tolerance]
+    sentences = [opening]
+    if len(slow):
+        sentences.append(
+            f"In {len(slow)} of the {len(base)} models whose components exceed the pass by more than "
+            f"{100 * tolerance:.0f}\\%, the components alone take longer than inside it (time coverage "
+            f"{slow.time_coverage.min():.2f}--{slow.time_coverage.max():.2f}: " + ", ".join(map(name, slow.itertuples()))
+            + "), most likely waiting for launches that the pass hides behind the work it has queued; their mean "
+            f"power is {slow.parts_power_w.min():.0f}--{slow.parts_power_w.max():.0f}~W against the pass's "
+            f"{slow.whole_power_w.min():.0f}--{slow.whole_power_w.max():.0f}~W, and net of idle their coverage is "
+            f"{slow.coverage_net.min():.2f}--{slow.coverage_net.max():.2f}.")
+    if len(hot):
+        sentences.append(
+            f"In {'the other ' if len(slow) else ''}{len(hot)} the time adds up (time coverage "
+            f"{hot.time_coverage.min():.2f}--{hot.time_coverage.max():.2f}: " + ", ".join(map(name, hot.itertuples()))
+            + f") but the components alone draw more power, {hot.parts_power_w.min():.0f}--"
+            f"{hot.parts_power_w.max():.0f}~W against the pass's {hot.whole_power_w.min():.0f}--"
+            f"{hot.whole_power_w.max():.0f}~W: a loop of one kernel holds the card in a power state that the pass, "
+            "mixing kernels, does not.")
+    return " ".join(sentences)
+
+
+def lm_head_text(summary: pd.DataFrame, seq_len: int) -> str:
+    """The LM head's share of the forward pass and its energy per FLOP over the GEMM floor beside the MLP's (base
+    models at `seq_len`), ranges over the variants."""
+    rows = summary[(summary.setting == "base") & (summary.phase == "forward") & (summary.seq_len == seq_len)]
+    head, mlp = rows[rows.component == "lm_head"], rows[rows.component == "mlp"]
+    if head.empty or mlp.empty or head.floor_multiple.isna().all():
+        return "n/a"
+    span = lambda x, spec, scale=1: f"{scale * x.min():{spec}}--{scale * x.max():{spec}}"  # noqa: E731
+    return (f"At $T$ = {seq_len} the LM head takes {span(head.share, '.0f', 100)}\\% of the forward pass's energy "
+            f"at {span(head.floor_multiple, '.1f')}$\\times$ the GEMM floor, against the MLP's "
+            f"{span(mlp.floor_multiple, '.1f')}$\\times$.")
+
+
+def core_text(coverage: pd.DataFrame, lengths: list[int]) -> str:
+    """CLEAR's claim put to each variant: is the attention core dearer per FLOP than the MLP (forward, base
+    models), as far as the 95% intervals allow."""
+    base = coverage[(coverage.setting == "base") & (coverage.phase == "forward")
+                    & coverage.core_over_mlp_j_per_flop.notna()]
+    sentences = []
+    for length in lengths:
+        rows = base[base.seq_len == length]
+        if rows.empty:
+            continue
+        groups = {"dearer": [], "cheaper": [], "indistinguishable": []}
+        for r in rows.itertuples():
+            low = r.core_over_mlp_j_per_flop - r.core_over_mlp_j_per_flop_ci95
+            high = r.core_over_mlp_j_per_flop + r.core_over_mlp_j_per_flop_ci95
+            key = "dearer" if low > 1 else "cheaper" if high < 1 else "indistinguishable"
+            groups[key].append(f"{r.variant} {r.core_over_mlp_j_per_flop:.2f}$\\times$")
+        said = [f"{kind} for {', '.join(names)}" for kind, names in groups.items() if names]
+        sentences.append(f"At $T$ = {length} the attention core is " + "; ".join(said) + " (its energy per FLOP over "
+                         "the MLP's).")
+    return " ".join(sentences) or "n/a"
 
 
 def share_bars(summary: pd.DataFrame, out_dir: Path) -> Path:
@@ -155,6 +267,11 @@ def build_components_report(frame: pd.DataFrame, calibrations: dict[str, dict], 
                                     if len(base) else "n/a"),
         "ComponentsMaxCvPct": latex.fmt(base.max_cv.max() if len(base) else None, ".1f", 100),
         "ClearCvMaxPct": f"{100 * CLEAR_CV_MAX:.1f}", "ClearCoverageMin": f"{CLEAR_COVERAGE_MIN:.2f}",
+        "ComponentsExcess": excess_text(base) if len(base) else "n/a",
+        "ComponentsCoreDearer": core_text(base, lengths) if len(base) else "n/a",
+        "ComponentsLmHead": lm_head_text(summary, lengths[0]) if len(summary) else "n/a",
+        "ComponentsNotMeasured": latex.no_results_sentence(
+            not_measured(coverage), "this run") or "Every variant was measured.",
         "ComponentsGpuMinutes": latex.fmt(run.get("gpu_minutes"), ".1f"),
         "ComponentsMeasuredFractionPct": latex.fmt(run.get("measured_fraction"), ".0f", 100),
     }
