@@ -229,6 +229,7 @@ def test_inference_report_writes_tables_figures_and_the_sections_macros(tmp_path
     # ... so flash's decode is not compared with sdpa's, and gqa's 3% (distinct intervals) is no saving either
     assert "flash: its decode step is sdpa's own." in macros
     assert "gqa: at batch 1 after 512 tokens its decode is within the between-job spread of sdpa's" in macros
+    assert "\\dataInferenceSavingsBrief}{linear (40\\%) uses less energy per generated token than sdpa}" in macros
     assert "mla &  &  & not measured" in table
     for figure in ("inference_decode_energy", "inference_decode_latency", "inference_cache_bytes"):
         assert (tmp_path / "figures" / "inference" / f"{figure}.pdf").exists()

@@ -215,6 +215,7 @@ def test_long_context_report_writes_tables_figures_and_the_sections_macros(tmp_p
         "\\dataLongContextMeasuredFractionPct}{n/a}", "")
     assert "linear stays below sdpa" in macros and "baseline does not stay below" in macros
     assert "ran out of memory or failed from T = 32K" in macros
+    assert "\\dataLongContextCrossovers}{linear from 3.17K; the other one not up to 32K}" in macros
     table = (paper / "generated" / "longcontext" / "crossover.tex").read_text()
     assert "none up to 32K" in table
     unmeasured = sorted(set(VARIANTS) - set(energy))  # every variant has a row; those without results say so

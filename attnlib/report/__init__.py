@@ -123,5 +123,5 @@ def build_report(results_dir: Path, profile: str, figures_dir: Path, paper_dir: 
         comparison.to_csv(generated / "device_comparison.csv", index=False)
         macros.update(device_macros(comparison, str(reference.device.iloc[0])))
         figures.device_comparison(comparison, out, devices[0], str(reference.device.iloc[0]))
-    latex.write_macros(macros, paper_dir / "paper.tex", generated / "macros.tex")
+    latex.write_macros(macros, paper_dir / "paper.tex", generated / "macros.tex", skip=latex.SECTION_MACRO_PREFIXES)
     return summary

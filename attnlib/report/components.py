@@ -275,5 +275,5 @@ def build_components_report(frame: pd.DataFrame, calibrations: dict[str, dict], 
         "ComponentsGpuMinutes": latex.fmt(run.get("gpu_minutes"), ".1f"),
         "ComponentsMeasuredFractionPct": latex.fmt(run.get("measured_fraction"), ".0f", 100),
     }
-    latex.write_macros(macros, paper_dir / "components.tex", generated / "macros.tex")
+    latex.write_macros(macros, paper_dir / "components.tex", generated / "macros.tex", also=paper_dir / "paper.tex")
     return summary

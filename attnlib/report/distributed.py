@@ -112,5 +112,5 @@ def build_distributed_report(frame: pd.DataFrame, calibrations: dict[str, dict],
         "DistributedScaling": scaling_text(summary),
         "DistributedGpuMinutes": latex.fmt(run.get("gpu_minutes"), ".1f"),
     }
-    latex.write_macros(macros, paper_dir / "distributed.tex", generated / "macros.tex")
+    latex.write_macros(macros, paper_dir / "distributed.tex", generated / "macros.tex", also=paper_dir / "paper.tex")
     return summary

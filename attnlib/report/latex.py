@@ -154,10 +154,20 @@ def used_macros(tex: str) -> list[str]:
     return sorted(set(re.findall(r"\\data([A-Za-z]+)", tex)))
 
 
-def write_macros(macros: dict[str, str], paper_tex: Path, path: Path) -> dict[str, str]:
-    """`\\newcommand`s for exactly the macros `paper_tex` uses; "n/a" for those the data cannot give."""
+# the experiment families' macros (generated/<family>/macros.tex, which paper.tex inputs where they exist)
+SECTION_MACRO_PREFIXES = ("LongContext", "Inference", "Components", "Clear", "Distributed")
+
+
+def write_macros(macros: dict[str, str], paper_tex: Path, path: Path, also: Path | None = None,
+                 skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """`\\newcommand`s for exactly the macros `paper_tex` uses, but those starting with one of `skip` (another
+    file defines them), and those of `macros` that `also` uses (a section's macros quoted in paper.tex's
+    abstract); "n/a" for those the data cannot give."""
     esc = lambda s: str(s).replace("_", r"\_").replace("#", r"\#").replace("%", r"\%").replace(r"\\%", r"\%")  # noqa: E731
-    chosen = {name: macros.get(name, "n/a") for name in used_macros(paper_tex.read_text())}
+    names = {n for n in used_macros(paper_tex.read_text()) if not n.startswith(skip)}
+    if also is not None and also.exists():
+        names |= set(used_macros(also.read_text())) & set(macros)
+    chosen = {name: macros.get(name, "n/a") for name in sorted(names)}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"\\newcommand{{\\data{k}}}{{{esc(v)}}}\n" for k, v in chosen.items()))
     return chosen

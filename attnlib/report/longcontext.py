@@ -136,6 +136,20 @@ def crossover_table(crossover: pd.DataFrame, max_seq_len: int) -> str:
     return latex.booktabs(["variant", "energy per token", "throughput", "peak memory"], rows, "llll")
 
 
+def crossovers_brief(crossover: pd.DataFrame, max_seq_len: int) -> str:
+    """The abstract's clause: the variants whose energy per token stays below the reference's from some length,
+    earliest first, and how many do not within the grid ("sliding_window from 512, linear from 3.52K; the other
+    6 not up to 64K")."""
+    measured = crossover[crossover.measured] if len(crossover) else crossover
+    found = measured[measured.crossover_seq_len.notna()].sort_values("crossover_seq_len") if len(measured) else measured
+    parts = [f"{r.variant} from {seq_label(r.crossover_seq_len)}" for r in found.itertuples()]
+    rest = len(measured) - len(found)
+    named = (", ".join(parts[:-1]) + " and " + parts[-1]) if len(parts) > 1 else "".join(parts) or "no variant"
+    others = "the other one" if rest == 1 else f"the other {rest}"
+    return named + (f"; {others} not up to {seq_label(max_seq_len)}" if rest and parts else
+                    f" up to {seq_label(max_seq_len)}" if not parts else "")
+
+
 def explanation(sweep: pd.DataFrame, frame: pd.DataFrame, crossover: pd.DataFrame, at: int,
                 reference: str = REFERENCE) -> str:
     """One generated sentence per variant: its crossover, and at length `at` (eager) how its energy per token
@@ -199,8 +213,9 @@ def build_longcontext_report(frame: pd.DataFrame, calibrations: dict[str, dict],
         "LongContextLossChunkTokens": latex.fmt(config.get("train", {}).get("loss_chunk_tokens"), ",.0f"),
         "LongContextExplainedAt": seq_label(at),
         "LongContextExplanation": explanation(sweep, frame, crossover, at) if len(crossover) else "n/a",
+        "LongContextCrossovers": crossovers_brief(crossover, lengths[-1]) if len(crossover) and lengths else "n/a",
         "LongContextGpuMinutes": latex.fmt(run.get("gpu_minutes"), ".1f"),
         "LongContextMeasuredFractionPct": latex.fmt(run.get("measured_fraction"), ".0f", 100),
     }
-    latex.write_macros(macros, paper_dir / "longcontext.tex", generated / "macros.tex")
+    latex.write_macros(macros, paper_dir / "longcontext.tex", generated / "macros.tex", also=paper_dir / "paper.tex")
     return sweep
