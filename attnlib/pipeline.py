@@ -38,6 +38,7 @@ from .experiments.quality import QualityConfig
 from .experiments.training import TrainConfig
 from .experiments.trials import TrialsConfig
 from .measurement.trials import round_orders
+from .provenance import attnlib_commit
 from .registry import VARIANTS, get_variant
 from .results import is_complete, load_results
 
@@ -312,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         profile = load_profile(args.profile, args.gpus)
         variants = (list(profile.variants) if args.variants == "all"
                     else [get_variant(v).name for v in args.variants.split(",")])
+        if args.command == "run":
+            attnlib_commit()  # a malformed $ATTNLIB_COMMIT fails here, not on every result
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

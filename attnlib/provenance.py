@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import re
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -28,9 +29,13 @@ def library_versions() -> dict[str, str | None]:
 
 def attnlib_commit() -> str | None:
     """`$ATTNLIB_COMMIT` where set (a tree that travels to a GPU machine may carry a stale .git, or none), else
-    `git rev-parse HEAD` of the checkout (with `+dirty` when tracked files under attnlib/ differ), else None."""
-    if os.environ.get("ATTNLIB_COMMIT"):
-        return os.environ["ATTNLIB_COMMIT"]
+    `git rev-parse HEAD` of the checkout (with `+dirty` when tracked files under attnlib/ differ), else None.
+    The variable must name a full 40-digit commit: a short or mistyped one would be recorded on every result."""
+    named = os.environ.get("ATTNLIB_COMMIT")
+    if named:
+        if not re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", named):
+            raise ValueError(f"ATTNLIB_COMMIT: a full 40-digit commit (git rev-parse HEAD), got {named!r}")
+        return named
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "attnlib"], cwd=REPO).returncode != 0

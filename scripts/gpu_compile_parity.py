@@ -98,6 +98,7 @@ def main() -> None:
     parser.add_argument("--candidates", default="plain/eager,plain/compile,plain/graph,attnlib/eager,attnlib/compile,"
                         "attnlib/graph,attnlib/compile-block,attnlib/graph-block")
     args = parser.parse_args()
+    origin = provenance()  # before any GPU work: a malformed $ATTNLIB_COMMIT fails here
     if not torch.cuda.is_available():
         raise SystemExit("gpu_compile_parity: no CUDA device; this script runs on the GPU machine")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -121,7 +122,7 @@ def main() -> None:
         candidates.append(Candidate(name, run))
     result = run_trials(candidates, warmup=1, trials=args.trials, seed=args.seed, idle=idle, codecarbon=False)
     (args.out / "compile_parity.json").write_text(json.dumps(
-        {"provenance": provenance(), "idle_w": idle.power_w, "first_step_s": compile_s, **result.to_dict()}, indent=1, default=str))
+        {"provenance": origin, "idle_w": idle.power_w, "first_step_s": compile_s, **result.to_dict()}, indent=1, default=str))
 
     lines = [f"# Compiled training at a user's speed ({torch.cuda.get_device_name()})", "",
              f"GPT-2 small, B {BATCH} x T {SEQ_LEN}, bf16, fused AdamW, clip 1.0; {args.trials} rounds of "

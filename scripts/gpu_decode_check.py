@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(attnlib.VARIANTS))
     parser.add_argument("--steps", type=int, default=64)
     args = parser.parse_args()
+    origin = provenance()  # before any GPU work: a malformed $ATTNLIB_COMMIT fails here
     if not torch.cuda.is_available():
         raise SystemExit("gpu_decode_check: no CUDA device; this script runs on the GPU machine")
     variants = [attnlib.get_variant(v).name for v in args.variants.split(",")]
@@ -115,7 +116,7 @@ def main() -> None:
         rows.append(check(variant, args.steps, bandwidth["gb_per_s"]))
         print(json.dumps(rows[-1]), flush=True)
     (args.out / "decode_check.json").write_text(json.dumps(
-        {"provenance": provenance(), "bandwidth": bandwidth, "rows": rows}, indent=1, default=str))
+        {"provenance": origin, "bandwidth": bandwidth, "rows": rows}, indent=1, default=str))
     (args.out / "decode_check.md").write_text(markdown(rows, bandwidth))
     print(markdown(rows, bandwidth))
 

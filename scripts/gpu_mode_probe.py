@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--scope", default="block")
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
+    origin = provenance()  # before any GPU work: a malformed $ATTNLIB_COMMIT fails here
     if not torch.cuda.is_available():
         raise SystemExit("gpu_mode_probe: no CUDA device; this script runs on the GPU machine")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -64,7 +65,7 @@ def main() -> None:
     for variant in args.variants.split(","):
         rows.append(probe(variant, args.mode, args.scope, data, args.steps))
         print(json.dumps(rows[-1]), flush=True)
-        (args.out / "mode_probe.json").write_text(json.dumps({"provenance": provenance(), "rows": rows}, indent=1))
+        (args.out / "mode_probe.json").write_text(json.dumps({"provenance": origin, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

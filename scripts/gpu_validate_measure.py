@@ -94,6 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    origin = provenance()  # before any GPU work: a malformed $ATTNLIB_COMMIT fails here
     if not torch.cuda.is_available():
         raise SystemExit("gpu_validate_measure: no CUDA device; this script runs on the GPU machine")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -170,7 +171,7 @@ def main() -> None:
     print("zeus", report["zeus"], flush=True)
 
     report["environment"] = windows[0].environment
-    report["provenance"] = provenance()
+    report["provenance"] = origin
     (args.out / "measure_validation.json").write_text(json.dumps(report, indent=1))
     c, rep, o = report["counter_vs_trace"], report["repeatability"], report["overhead"]
     md = f"""# attnlib.measure validation on {report['environment'].get('gpu_names')}

@@ -335,3 +335,7 @@ def test_commit_named_by_the_environment_wins_over_a_stale_checkout(monkeypatch)
     assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", attnlib_commit() or "")  # the checkout's HEAD
     monkeypatch.setenv("ATTNLIB_COMMIT", "4b72c191a64b03ee804a9901ae4aa13cdcdf1c05")
     assert attnlib_commit() == "4b72c191a64b03ee804a9901ae4aa13cdcdf1c05"
+    for wrong in ("4b72c19", "85cf1e5", "not-a-commit"):  # short or mistyped: refused before any work
+        monkeypatch.setenv("ATTNLIB_COMMIT", wrong)
+        with pytest.raises(ValueError, match="40-digit"):
+            attnlib_commit()
