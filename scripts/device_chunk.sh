@@ -4,7 +4,8 @@
 #   bash scripts/device_chunk.sh MINUTES [RESULTS] [PROFILE]   # e.g. 4.5: no new job after 4.5 min
 #   bash scripts/device_chunk.sh 4.5 results/longcontext longcontext
 #
-# VARIANTS=a,b limits the chunk to those variants (their jobs in plan order).
+# VARIANTS=a,b limits the chunk to those variants (their jobs in plan order); GPUS=N runs a distributed profile's
+# jobs on N cards (torchrun, one rank each).
 # A job still running STOP_MINUTES (default 8) after the chunk began is stopped and redone by the next chunk (so
 # MINUTES + the longest job must stay under it); run.json records
 # every chunk's time, stopped jobs included.
@@ -16,7 +17,7 @@ mkdir -p "$results"
 [ -f "$results/nvidia-smi.txt" ] || nvidia-smi > "$results/nvidia-smi.txt"
 export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor TRITON_CACHE_DIR=$PWD/.cache/triton PYTHONUNBUFFERED=1
 python -m attnlib.pipeline run --profile "$profile" --results "$results" --max-minutes "$minutes" --stop-minutes "${STOP_MINUTES:-8}" \
-  ${VARIANTS:+--variants "$VARIANTS"}
+  ${VARIANTS:+--variants "$VARIANTS"} ${GPUS:+--gpus "$GPUS"}
 code=$?
 tar czf "${OUT:-/tmp}/results.tgz" "$results"
 ls "$results/raw" | wc -l
