@@ -80,6 +80,7 @@ def decode_energy_vs_batch(summary: pd.DataFrame, out_dir: Path, context_len: in
            ylabel="GPU energy, J per generated token")
     if not rows.empty:
         ax.set_xticks(sorted(rows.batch_size.unique()), [str(b) for b in sorted(rows.batch_size.unique())])
+        ax.minorticks_off()
         ax.legend(fontsize=6, ncol=2)
     return _save(fig, out_dir, "inference_decode_energy")
 
@@ -100,8 +101,9 @@ def decode_latency_vs_context(summary: pd.DataFrame, out_dir: Path, mode: str) -
                         ms=3, capsize=2, lw=1, color=f"C{i % 10}", label=variant)
         ax.set(xscale="log", xlabel="context (tokens)", title=f"batch {batch}")
         ax.set_xticks(sorted(data.context_len.unique()), [str(t) for t in sorted(data.context_len.unique())])
+        ax.minorticks_off()  # a log axis's minor labels (6 x 10^2, ...) crowd the two contexts
     axes[0][0].set_ylabel("ms per decode step")
-    axes[0][-1].legend(fontsize=6)
+    axes[0][-1].legend(fontsize=6, bbox_to_anchor=(1.02, 1), loc="upper left")
     return _save(fig, out_dir, "inference_decode_latency")
 
 
