@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from . import latex
-from .figures import GIB, _empty, _save
+from .figures import GIB, _empty, _save, series_color
 from .frames import TRIAL_QUANTITIES, aggregate, compare, with_calibration
 from .longcontext import seq_label
 
@@ -53,7 +53,7 @@ def scaling_figure(summary: pd.DataFrame, out_dir: Path) -> Path:
         for i, ((variant, seq_len), group) in enumerate(rows.groupby(["variant", "seq_len"])):
             label = variant if strategy == "ddp" else f"{variant}, T = {seq_label(seq_len)}"
             for row, quantity in enumerate(("scaling_efficiency", "j_per_token_vs_one_gpu")):
-                axes[row][column].plot(group.world_size, group[quantity], marker="o", color=f"C{i % 10}", label=label)
+                axes[row][column].plot(group.world_size, group[quantity], marker="o", color=series_color(i), label=label)
         axes[0][column].set_title(STRATEGY_NAMES[strategy], fontsize=9)
         axes[0][column].axhline(1.0, color="grey", lw=0.5)
         axes[1][column].axhline(1.0, color="grey", lw=0.5)

@@ -18,6 +18,12 @@ import seaborn as sns  # noqa: E402
 GIB = 2**30
 
 
+def series_color(i: int) -> tuple:
+    """The i-th line's colour: tab20's ten saturated colours, then its ten light ones, so that up to 20 lines
+    (ten variants and the anchors) never share one."""
+    return plt.get_cmap("tab20")((2 * i) % 20 + (2 * i // 20) % 2)
+
+
 def _save(fig, out_dir: Path, name: str) -> Path:
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ import pandas as pd
 from ..decode import KV_VARIANTS
 from ..registry import VARIANTS
 from . import latex
-from .figures import _empty, _save
+from .figures import _empty, _save, series_color
 from .frames import TRIAL_QUANTITIES, aggregate, compare, with_calibration
 
 KEYS = ["variant", "mode", "phase", "batch_size", "context_len"]
@@ -75,7 +75,7 @@ def decode_energy_vs_batch(summary: pd.DataFrame, out_dir: Path, context_len: in
     for i, ((variant, m), group) in enumerate(rows.groupby(["variant", "mode"], sort=False)):
         group = group.sort_values("batch_size")
         ax.errorbar(group.batch_size, group.j_per_token_mean, yerr=group.j_per_token_ci95.fillna(0), marker="o", ms=3,
-                    capsize=2, lw=1, ls="--" if m.startswith("hf_") else "-", color=f"C{i % 10}", label=_label(variant, m))
+                    capsize=2, lw=1, ls="--" if m.startswith("hf_") else "-", color=series_color(i), label=_label(variant, m))
     ax.set(xscale="log", yscale="log", xlabel="batch size (sequences decoded together)",
            ylabel="GPU energy, J per generated token")
     if not rows.empty:
@@ -98,7 +98,7 @@ def decode_latency_vs_context(summary: pd.DataFrame, out_dir: Path, mode: str) -
         for i, (variant, group) in enumerate(data.groupby("variant", sort=False)):
             group = group.sort_values("context_len")
             ax.errorbar(group.context_len, group.ms_per_step_mean, yerr=group.ms_per_step_ci95.fillna(0), marker="o",
-                        ms=3, capsize=2, lw=1, color=f"C{i % 10}", label=variant)
+                        ms=3, capsize=2, lw=1, color=series_color(i), label=variant)
         ax.set(xscale="log", xlabel="context (tokens)", title=f"batch {batch}")
         ax.set_xticks(sorted(data.context_len.unique()), [str(t) for t in sorted(data.context_len.unique())])
         ax.minorticks_off()  # a log axis's minor labels (6 x 10^2, ...) crowd the two contexts
