@@ -50,8 +50,8 @@ def components_summary(frame: pd.DataFrame, calibrations: dict[str, dict]) -> pd
     summary["share"] = (per_pass / total).where(parts)
     summary["coverage"] = total / whole
     # the interval of a ratio of sums, each component's interval scaled by its count, added in quadrature
-    _, total_ci, whole_ci = _per_pass(summary, "j_per_call_ci95", parts, squared=True)
-    summary["coverage_ci95"] = summary.coverage * ((total_ci / total ** 2) + (whole_ci / whole ** 2)) ** 0.5
+    _, total_ci_squared, whole_ci_squared = _per_pass(summary, "j_per_call_ci95", parts, squared=True)
+    summary["coverage_ci95"] = summary.coverage * (total_ci_squared / total ** 2 + whole_ci_squared / whole ** 2) ** 0.5
     summary["coverage_net"] = _ratio(summary, "j_per_call_net_mean", parts)
     summary["time_coverage"] = _ratio(summary, "ms_per_call_mean", parts)
     order = {v: i for i, v in enumerate(VARIANTS)}
@@ -145,7 +145,8 @@ def excess_text(coverage: pd.DataFrame, tolerance: float = 0.03) -> str:
         sentences.append(
             f"In {len(slow)} of the {len(base)} models whose components exceed the pass by more than "
             f"{100 * tolerance:.0f}\\%, the components alone take longer than inside it (time coverage "
-            f"{slow.time_coverage.min():.2f}--{slow.time_coverage.max():.2f}: " + ", ".join(map(name, slow.itertuples()))
+            f"{slow.time_coverage.min():.2f}--{slow.time_coverage.max():.2f}: "
+            + ", ".join(map(name, slow.itertuples()))
             + "), most likely waiting for launches that the pass hides behind the work it has queued; their mean "
             f"power is {slow.parts_power_w.min():.0f}--{slow.parts_power_w.max():.0f}~W against the pass's "
             f"{slow.whole_power_w.min():.0f}--{slow.whole_power_w.max():.0f}~W, and net of idle their coverage is "

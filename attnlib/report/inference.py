@@ -18,7 +18,7 @@ from ..decode import KV_VARIANTS
 from ..registry import VARIANTS
 from . import latex
 from .figures import _empty, _save, series_color
-from .frames import TRIAL_QUANTITIES, aggregate, compare, with_calibration
+from .frames import TRIAL_QUANTITIES, Comparison, aggregate, compare, with_calibration
 
 KEYS = ["variant", "mode", "phase", "batch_size", "context_len"]
 REFERENCE = "sdpa"
@@ -75,7 +75,8 @@ def decode_energy_vs_batch(summary: pd.DataFrame, out_dir: Path, context_len: in
     for i, ((variant, m), group) in enumerate(rows.groupby(["variant", "mode"], sort=False)):
         group = group.sort_values("batch_size")
         ax.errorbar(group.batch_size, group.j_per_token_mean, yerr=group.j_per_token_ci95.fillna(0), marker="o", ms=3,
-                    capsize=2, lw=1, ls="--" if m.startswith("hf_") else "-", color=series_color(i), label=_label(variant, m))
+                    capsize=2, lw=1, ls="--" if m.startswith("hf_") else "-", color=series_color(i),
+                    label=_label(variant, m))
     ax.set(xscale="log", yscale="log", xlabel="batch size (sequences decoded together)",
            ylabel="GPU energy, J per generated token")
     if not rows.empty:
@@ -150,6 +151,22 @@ def _cell(summary: pd.DataFrame, variant: str, mode: str, phase: str, batch: int
                    & (summary.batch_size == batch) & (summary.context_len == context)]
 
 
+def decode_comparison(summary: pd.DataFrame, variant: str, mode: str, batch: int, context: int
+                      ) -> Comparison | str | None:
+    """`variant`'s decode energy per token against the reference's at one cell: a `Comparison`, the variant's
+    status where it did not run ("unsupported", "oom"), or None where either has no result."""
+    rows = pd.concat([_cell(summary, v, mode, "decode", batch, context) for v in (variant, REFERENCE)])
+    if len(rows) == 2 and (rows.status == "ok").all():
+        return compare(rows.assign(mode=mode), (variant, mode), (REFERENCE, mode), "gpu_j_per_token")
+    status = rows[rows.variant == variant].status
+    return status.iloc[0] if len(status) and status.iloc[0] != "ok" else None
+
+
+def _beyond_spread(c: Comparison, between_job_spread: float | None) -> bool:
+    """The intervals separate and the difference exceeds the between-job spread (a fraction; None: unknown)."""
+    return c.distinct and (between_job_spread is None or abs(c.ratio - 1) > between_job_spread)
+
+
 def savings_text(summary: pd.DataFrame, training: pd.DataFrame | None, mode: str, cells: list[tuple[int, int]],
                  train_seq_len: int, between_job_spread: float | None) -> str:
     """One generated sentence per variant: its decode energy per token against the reference's at each of
@@ -160,17 +177,14 @@ def savings_text(summary: pd.DataFrame, training: pd.DataFrame | None, mode: str
     sentences = []
     for variant in [v for v in VARIANTS if v != REFERENCE and v in set(summary.variant)]:
         parts = [f"its decode step is {REFERENCE}'s own"] if variant in SAME_DECODE else []
-        for batch, context in cells if variant not in SAME_DECODE else []:
-            rows = pd.concat([_cell(summary, v, mode, "decode", batch, context) for v in (variant, REFERENCE)])
-            if len(rows) < 2 or (rows.status != "ok").any():
-                status = rows[rows.variant == variant].status
-                if len(status) and status.iloc[0] != "ok":
-                    parts.append(f"at batch {batch} after {context} tokens it is {status.iloc[0]}")
-                continue
-            c = compare(rows.assign(mode=mode), (variant, mode), (REFERENCE, mode), "gpu_j_per_token")
-            within = c.distinct and between_job_spread is not None and abs(c.ratio - 1) <= between_job_spread
-            wording = "within the between-job spread of" if within else c.wording
-            parts.append(f"at batch {batch} after {context} tokens its decode is {wording} {REFERENCE}'s")
+        for batch, context in [] if variant in SAME_DECODE else cells:
+            c = decode_comparison(summary, variant, mode, batch, context)
+            if isinstance(c, str):
+                parts.append(f"at batch {batch} after {context} tokens it is {c}")
+            elif c is not None:
+                within = c.distinct and not _beyond_spread(c, between_job_spread)
+                wording = "within the between-job spread of" if within else c.wording
+                parts.append(f"at batch {batch} after {context} tokens its decode is {wording} {REFERENCE}'s")
         if training is not None and len(training):
             t = training[(training.seq_len == train_seq_len) & (training["mode"] == "eager")]
             c = compare(t, (variant, "eager"), (REFERENCE, "eager"), "gpu_j_per_token")
@@ -185,16 +199,12 @@ def savings_text(summary: pd.DataFrame, training: pd.DataFrame | None, mode: str
 def decode_savings_brief(summary: pd.DataFrame, mode: str, batch: int, context: int,
                          between_job_spread: float | None) -> str:
     """The abstract's clause: the variants whose decode at (`batch`, `context`) uses less energy per token than
-    the reference's, beyond both intervals and the between-job spread, with their savings ("gqa (59%) and linear
-    (81%) use less energy per generated token than sdpa"); the exact variants, whose decode step is the reference's own, are not compared."""
-    ref = _cell(summary, REFERENCE, mode, "decode", batch, context)
+    the reference's, beyond both intervals and the between-job spread, with their savings ("gqa (59%) and
+    linear (81%) use less energy per generated token than sdpa"); the exact variants are not compared."""
     saved = []
     for variant in [v for v in VARIANTS if v != REFERENCE and v not in SAME_DECODE]:
-        rows = pd.concat([_cell(summary, variant, mode, "decode", batch, context), ref])
-        if len(rows) < 2 or (rows.status != "ok").any():
-            continue
-        c = compare(rows.assign(mode=mode), (variant, mode), (REFERENCE, mode), "gpu_j_per_token")
-        if c.distinct and c.ratio < 1 and (between_job_spread is None or 1 - c.ratio > between_job_spread):
+        c = decode_comparison(summary, variant, mode, batch, context)
+        if isinstance(c, Comparison) and c.ratio < 1 and _beyond_spread(c, between_job_spread):
             saved.append(f"{variant} ({100 * (1 - c.ratio):.0f}\\%)")
     if not saved:
         return f"no variant decodes with less energy per token than {REFERENCE} beyond the intervals"
