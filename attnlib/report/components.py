@@ -157,8 +157,8 @@ def excess_text(coverage: pd.DataFrame, tolerance: float = 0.03) -> str:
             f"{hot.time_coverage.min():.2f}--{hot.time_coverage.max():.2f}: " + ", ".join(map(name, hot.itertuples()))
             + f") but the components alone draw more power, {hot.parts_power_w.min():.0f}--"
             f"{hot.parts_power_w.max():.0f}~W against the pass's {hot.whole_power_w.min():.0f}--"
-            f"{hot.whole_power_w.max():.0f}~W: a loop of one kernel holds the card in a power state that the pass, "
-            "mixing kernels, does not.")
+            f"{hot.whole_power_w.max():.0f}~W, most likely because a loop of one kernel holds the card in another "
+            "power state than the pass's mix of kernels.")
     return " ".join(sentences)
 
 
