@@ -7,7 +7,9 @@ seed, each variant's jobs together; a variant's quality runs go into its trials 
 modes (they reuse its trainer and compiled code).
 Each job is one papermill execution of its family's notebook (`notebooks/trials.ipynb`, `quality.ipynb`) in its
 own process, given the job's resolved config, and writes JSON results; a job whose results all exist is skipped
-unless forced, so a killed run resumes where it stopped. `run.json` records the device time of every chunk.
+unless forced (then its results are deleted first), so a killed run resumes where it stopped: a components or
+inference job at its first missing window, a job of another family from its start. `run.json` records the device
+time of every chunk.
 
     python -m attnlib.pipeline run --profile smoke [--variants a,b] [--results DIR] [--force] [--max-minutes 4]
                                    [--stop-minutes 8]
@@ -170,7 +172,7 @@ def is_done(job: Job, results_dir: Path) -> bool:
 
 def execute(job: Job, results_dir: Path, cache_dir: Path, timeout_s: float | None = None) -> bool:
     """Run the job's family notebook through papermill; False if the kernel died or ran past `timeout_s` (then it
-    is stopped, and the job's finished results stay: a later run redoes the job)."""
+    is stopped, and the job's finished results stay: a later run resumes or redoes the job)."""
     import papermill
 
     # Every job is a fresh process: let Triton keep autotuning results on disk (fla's kernels autotune for
@@ -265,8 +267,11 @@ def run(profile: Profile, variants: list[str], results_dir: Path, cache_dir: Pat
             left += len(todo) - index
             print(f"stopped at {stop_minutes} min; {left} jobs left: run again to resume", flush=True)
             break
+        if force:  # a components or inference job keeps the windows it finds: forced, it finds none
+            for name in job.result_names():
+                (results_dir / "raw" / name).unlink(missing_ok=True)
         finished = execute(job, results_dir, cache_dir, timeout_s)
-        ran.append(job.name if finished else f"{job.name} (stopped or failed; redone by the next run)")
+        ran.append(job.name if finished else f"{job.name} (stopped or failed; resumed by the next run)")
         left += 0 if finished else 1
         statuses = [json.loads(p.read_text())["status"] for p in (results_dir / "raw" / n for n in job.result_names())
                     if p.exists()]

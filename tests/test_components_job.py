@@ -85,6 +85,25 @@ def test_a_failed_cell_is_recorded_for_every_trial(tmp_path, monkeypatch) -> Non
     assert (frame[frame.seq_len == 16].status == "ok").all()
 
 
+def test_a_stopped_job_resumes_at_its_missing_windows(tmp_path, monkeypatch) -> None:
+    config = tiny_config("flash")
+    run_components_job(config, tmp_path, progress=False)
+    written = {p.name: p.read_bytes() for p in tmp_path.glob("*.json")}
+    missing = config.result_names()[::3]  # as if the job had been stopped: some windows never written
+    for name in missing:
+        (tmp_path / name).unlink()
+    visited: list[str] = []
+    visit = components_family._Job.visit
+    monkeypatch.setattr(components_family._Job, "visit",
+                        lambda self, cell, trials: visited.extend(config.result_name(cell, t) for t in trials)
+                        or visit(self, cell, trials))
+    again = run_components_job(config, tmp_path, progress=False)
+    assert sorted(visited) == sorted(missing)  # only the missing windows are measured again
+    assert len(again) == len(written) and sorted(p.name for p in tmp_path.glob("*.json")) == sorted(written)
+    assert all((tmp_path / name).read_bytes() == data for name, data in written.items() if name not in missing)
+    assert {r.status for r in again} == {"ok"}
+
+
 def test_profile_plans_one_components_job_per_variant() -> None:
     jobs = plan(load_profile("components"), list(VARIANTS))
     assert [j.family for j in jobs] == ["components"] * len(VARIANTS)

@@ -239,9 +239,11 @@ def test_trials_job_runs_its_quality_seeds_with_its_own_trainer(tmp_path, monkey
 def test_resume_skips_finished_and_redoes_broken(tmp_path, monkeypatch) -> None:
     profile = load_profile("smoke")
     ran: list[str] = []
+    found: list[int] = []  # how many of its results each executed job found
 
     def fake_execute(job, results_dir, cache_dir, timeout_s) -> bool:
         ran.append(job.name)
+        found.append(sum((results_dir / "raw" / name).exists() for name in job.result_names()))
         for name in job.result_names():
             (results_dir / "raw").mkdir(parents=True, exist_ok=True)
             (results_dir / "raw" / name).write_text(done_result)
@@ -256,8 +258,9 @@ def test_resume_skips_finished_and_redoes_broken(tmp_path, monkeypatch) -> None:
     ran.clear()
     (tmp_path / "raw" / jobs[0].result_names()[0]).write_text('{"status": "o')  # killed mid-write
     assert pipeline.run(profile, ["sdpa"], tmp_path, tmp_path / "cache") == 0 and ran == [jobs[0].name]
-    ran.clear()
+    ran.clear(), found.clear()
     assert pipeline.run(profile, ["sdpa"], tmp_path, tmp_path / "cache", force=True) == 0 and len(ran) == len(jobs)
+    assert found == [0] * len(jobs)  # forced, a job starts from nothing (a resuming job would keep its windows)
     record = json.loads((tmp_path / "run.json").read_text())
     assert len(record["chunks"]) == 3 and record["device"] == "cpu" and record["gpu_minutes"] >= 0
 

@@ -4,6 +4,7 @@ baseline, one CodeCarbon tracker, where its results go, and the interleaved roun
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -13,7 +14,7 @@ from ..measurement import IdleBaseline, measure, measure_idle
 from ..measurement.codecarbon_estimate import CodeCarbonTracker
 from ..measurement.trials import round_orders
 from ..provenance import provenance
-from ..results import Provenance, Result, write_result
+from ..results import Provenance, Result, is_complete, read_result, write_result
 from .training import default_device
 
 
@@ -54,21 +55,32 @@ class WindowedJob:
         """Drop what the job kept between its cells (models on the host), once the rounds end."""
 
     def rounds(self, cells: list[str], compiled: set[str], trials: int, seed: int, desc: str,
-               progress: bool) -> list[Result]:
+               progress: bool, result_name: Callable[[str, int], str] | None = None) -> list[Result]:
         """`trials` rounds over `cells`, each in an order drawn afresh from `seed`, so that slow drift spreads over
-        the cells; a cell of `compiled` compiles once and runs all its windows at its place in the first round."""
+        the cells; a cell of `compiled` compiles once and runs all its windows at its place in the first round.
+        With `result_name` (cell, trial -> file name) a job resumes: a window whose result `out_dir` already holds
+        is read back, not measured again, so a job longer than one chunk finishes over several."""
         orders = [[cell for cell in order if trial == 0 or cell not in compiled]
                   for trial, order in enumerate(round_orders(cells, trials, seed))]
+
+        def kept(cell: str, trial: int) -> Result | None:
+            path = self.out_dir / result_name(cell, trial) if result_name else None
+            return read_result(path) if path and is_complete(path) else None
+
         results: list[Result] = []
         self.codecarbon.start()  # a failure leaves it stopped; each window then tries on its own and records why
         try:
             bar = tqdm(total=sum(map(len, orders)), desc=desc, disable=not progress)
             for trial, order in enumerate(orders):
                 for cell in order:
-                    if cell in self.failed:
+                    wanted = list(range(trials)) if cell in compiled else [trial]
+                    done = [r for r in (kept(cell, t) for t in wanted) if r is not None]
+                    if len(done) == len(wanted):
+                        results += done
+                    elif cell in self.failed:
                         results.append(self.failed_trial(cell, trial))
-                    else:
-                        results += self.visit(cell, list(range(trials)) if cell in compiled else [trial])
+                    else:  # a compiled cell measures all its windows again: they share one compilation
+                        results += self.visit(cell, wanted)
                     bar.update()
             bar.close()
         finally:

@@ -229,7 +229,7 @@ class _Job(WindowedJob):
 
 def run_components_job(config: ComponentsConfig, out_dir: Path, progress: bool = True) -> list[Result]:
     """Every cell of `config.train.variant`'s components grid, `config.trials` interleaved rounds; writes one JSON
-    result per window (or per failed trial) into `out_dir`."""
+    result per window (or per failed trial) into `out_dir`, keeping the windows it already holds (a resumed job)."""
     job = _Job(config, out_dir)
     return job.rounds(list(config.cells()), set(), config.trials, config.order_seed,
-                      f"{config.train.variant} components", progress)
+                      f"{config.train.variant} components", progress, result_name=config.result_name)

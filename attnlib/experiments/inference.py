@@ -278,8 +278,8 @@ class _Job(WindowedJob):
 
 def run_inference_job(config: InferenceConfig, out_dir: Path, progress: bool = True) -> list[Result]:
     """Every cell of `config.train.variant`'s inference grid, `config.trials` interleaved rounds; writes one JSON
-    result per window (or per failed trial) into `out_dir`."""
+    result per window (or per failed trial) into `out_dir`, keeping the windows it already holds (a resumed job)."""
     job, cells = _Job(config, out_dir), config.cells()
     compiled = {cell for cell, (_, mode, _, _) in cells.items() if mode in COMPILED_MODES}
     return job.rounds(list(cells), compiled, config.trials, config.order_seed, f"{config.train.variant} inference",
-                      progress)
+                      progress, result_name=config.result_name)
