@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
-from attnlib.experiments.distributed import DistributedConfig, launch
+from attnlib.experiments.distributed import DistributedConfig, _agreed_count, launch
 from attnlib.experiments.training import TrainConfig
 from attnlib.measurement import Measurement
 from attnlib.report import build_report
@@ -37,6 +38,12 @@ def test_config_resolves_cells_and_refuses_bad_values() -> None:
                 dict(train=TrainConfig(mode="compile"))):
         with pytest.raises(ValueError):
             tiny_config(**bad)
+
+
+def test_a_window_counts_its_steps_from_the_fastest_timed_one() -> None:
+    durations = iter([0.05, 0.01, 0.02])  # a slow first step (an allocator growing) would shorten the window
+    assert _agreed_count(lambda: time.sleep(next(durations)), 0.1, None) in (5, 6, 7, 8, 9, 10)  # not 2
+    assert _agreed_count(lambda: None, 0.0, None, timed_calls=1) == 1  # at least one step
 
 
 def test_torchrun_job_measures_every_cell_on_its_ranks(tmp_path) -> None:

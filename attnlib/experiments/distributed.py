@@ -64,7 +64,7 @@ class DistributedConfig:
     cp_batch_size: int = 1
     trials: int = 3
     window_s: float = 2.0  # >= 2 s: >= 20 updates of the energy counter
-    warmup_steps: int = 2  # per cell visit, before the timed step that sets the window's step count
+    warmup_steps: int = 2  # per cell visit, before the 3 timed steps whose fastest sets the window's step count
     profile_steps: int = 3  # after each window, unmeasured: the communication share of step time (torch.profiler)
     idle_s: float = 2.0
     order_seed: int = 0
@@ -103,10 +103,18 @@ class DistributedConfig:
         return dataclasses.asdict(self)
 
 
-def _agreed_count(seconds_per_unit: float, window_s: float, group: Any) -> int:
-    """How many steps or calls fill `window_s`, the largest any rank of `group` asks for (each is a collective, so
-    every rank must run the same number)."""
-    count = torch.tensor([max(1, math.ceil(window_s / max(seconds_per_unit, 1e-9)))], dtype=torch.int64)
+def _agreed_count(work: Callable[[], Any], window_s: float, group: Any, timed_calls: int = 3) -> int:
+    """How many calls of `work` fill `window_s`, from the fastest of `timed_calls` synchronised calls (one slow
+    call would shorten the window below `window_s`), the largest any rank of `group` asks for (each call is a
+    collective, so every rank must run the same number)."""
+    seconds = []
+    for _ in range(timed_calls):
+        _synchronize()
+        begin = time.perf_counter()
+        work()
+        _synchronize()
+        seconds.append(time.perf_counter() - begin)
+    count = torch.tensor([max(1, math.ceil(window_s / max(min(seconds), 1e-9)))], dtype=torch.int64)
     if dist.is_initialized():
         dist.all_reduce(count, op=dist.ReduceOp.MAX, group=group)
     return int(count.item())
@@ -215,11 +223,7 @@ class _Job(WindowedJob):
             self.trainers[world] = trainer
         for _ in range(c.warmup_steps):
             check_finite(trainer.step(), "in the warm-up")
-        _synchronize()
-        timed = time.perf_counter()
-        trainer.step()
-        _synchronize()
-        steps = _agreed_count(time.perf_counter() - timed, c.window_s, self.groups[world])
+        steps = _agreed_count(trainer.step, c.window_s, self.groups[world])
         tokens_per_step = c.train.tokens_per_step
         with frozen_gc(), self.window_on(f"{c.train.variant}/ddp/W{world}/trial{trial}", world) as window:
             for _ in range(steps):
@@ -247,11 +251,7 @@ class _Job(WindowedJob):
         call = layer_call(attention, c.cp_batch_size, seq_len // world, config.n_embd, self.device, backward=True)
         for _ in range(c.warmup_steps):
             call()
-        _synchronize()
-        timed = time.perf_counter()
-        call()
-        _synchronize()
-        calls = _agreed_count(time.perf_counter() - timed, c.window_s, self.groups[world])
+        calls = _agreed_count(call, c.window_s, self.groups[world])
         with frozen_gc(), self.window_on(f"{variant}/cp/W{world}/T{seq_len}/trial{trial}", world) as window:
             for _ in range(calls):
                 call()
