@@ -123,7 +123,7 @@ def test_notebook_runs_a_tiny_grid(tmp_path) -> None:
 
 
 def component_result(variant: str, seq_len: int, component: str, count: int, trial: int, j_per_call: float,
-                     flops: float | None) -> ComponentResult:
+                     flops: float | None, setting: str = "base", batch_size: int | None = None) -> ComponentResult:
     calls, power_w = 1000, 500.0  # every window at one power: its time is its energy over 500 W
     m = Measurement(label="x", wall_s=j_per_call * calls / power_w, tokens=calls * seq_len,
                     flops=calls * flops if flops else 0.0, gpu_energy_j=j_per_call * calls,
@@ -132,9 +132,10 @@ def component_result(variant: str, seq_len: int, component: str, count: int, tri
     provenance = Provenance(attnlib_commit="abc", versions={}, python="3.12", device="NVIDIA H100 80GB HBM3",
                             device_uuid="GPU-0", created="2026-11-24T00:00:00+00:00")
     return ComponentResult(variant=variant, mode="eager", component=component, phase="forward", seq_len=seq_len,
-                           batch_size=max(1, 8192 // seq_len), n_head=12, n_embd=768, setting="base", trial=trial,
-                           order_seed=1, provenance=provenance, config={"seq_lens": [512, 8192], "trials": 3,
-                                                                         "window_s": 1.2, "tokens_per_call": 8192},
+                           batch_size=batch_size or max(1, 8192 // seq_len), n_head=12, n_embd=768, setting=setting,
+                           trial=trial, order_seed=1, provenance=provenance,
+                           config={"seq_lens": [512, 8192], "trials": 3, "window_s": 1.2, "tokens_per_call": 8192,
+                                   "sensitivity_variant": "sdpa", "sensitivity_seq_len": 512},
                            measurement=m, count=count, calls=calls, flops_per_call=flops)
 
 
@@ -157,6 +158,12 @@ def test_components_report_gives_coverage_shares_and_the_sections_macros(tmp_pat
                         variant, seq_len, kind, counts[kind], trial, per_call[kind] * noise, flops.get(kind)))
                 write_result(results / "raw" / f"{variant}_{seq_len}_whole_{trial}.json", component_result(
                     variant, seq_len, WHOLE, 1, trial, total / 0.97 * noise, None))
+    for trial in range(3):  # one sensitivity model of sdpa: batch 1, its components cover 90% of its pass
+        for kind in counts:
+            write_result(results / "raw" / f"sdpa_B1_{kind}_{trial}.json", component_result(
+                "sdpa", 512, kind, counts[kind], trial, per_call[kind], flops.get(kind), "batch_size", 1))
+        write_result(results / "raw" / f"sdpa_B1_whole_{trial}.json", component_result(
+            "sdpa", 512, WHOLE, 1, trial, total / 0.9, None, "batch_size", 1))
     (results / "calibration").mkdir()
     (results / "calibration" / "GPU-0.json").write_text(json.dumps({"uuid": "GPU-0", "tflops": 700.0,
                                                                     "j_per_flop": 1e-12}))
@@ -167,9 +174,9 @@ def test_components_report_gives_coverage_shares_and_the_sections_macros(tmp_pat
     for column in ("variant", "seq_len", "batch_size", "phase", "component", "calls", "j_per_call_mean",
                    "j_per_call_ci95", "j_per_call_cv", "flops_per_call", "j_per_flop", "floor_multiple", "coverage"):
         assert column in summary, column
-    assert summary.coverage.to_numpy() == pytest.approx(0.97)
+    assert summary[summary.setting == "base"].coverage.to_numpy() == pytest.approx(0.97)
     parts = summary[summary.component != WHOLE]
-    assert parts.groupby(["variant", "seq_len"]).share.sum().to_numpy() == pytest.approx(1.0)
+    assert parts.groupby(["variant", "seq_len", "batch_size"]).share.sum().to_numpy() == pytest.approx(1.0)
     mlp = summary[(summary.component == "mlp")].iloc[0]
     assert mlp.j_per_flop == pytest.approx(3e-3 * 1.01 / 4e9) and mlp.floor_multiple == pytest.approx(3e-3 * 1.01 / 4e9 / 1e-12)
     coverage = pd.read_csv(results / "coverage.csv")
@@ -179,12 +186,16 @@ def test_components_report_gives_coverage_shares_and_the_sections_macros(tmp_pat
     assert names == set(re.findall(r"\\data(\w+)", (paper / "components.tex").read_text()))
     assert "\\dataComponentsCoverageRange}{0.97--0.97}" in macros
     # every window took as long as the energy says at one power, so the time adds up like the energy does
-    assert coverage.time_coverage.to_numpy() == pytest.approx(0.97) and coverage.coverage_net.notna().all()
+    assert coverage.time_coverage.to_numpy() == pytest.approx(coverage.coverage.to_numpy())
+    assert coverage.coverage_net.notna().all()
     assert (coverage.coverage_ci95 > 0).all() and coverage.core_over_mlp_j_per_flop_ci95.notna().all()
     assert "The coverage interval includes 1 for 0 of the 4 models." in macros  # 0.97, intervals of ~1%
     assert "At $T$ = 512 the attention core is dearer for sdpa" in macros
     assert "baseline, flash, cudnn, flex, gqa, mla, sliding\\_window and lsh have no results" in macros
     assert "mla &  &  & not measured" in (paper / "generated" / "components" / "coverage.tex").read_text()
     assert "CLEAR (published)" in (paper / "generated" / "components" / "coverage.tex").read_text()
+    sensitivity = (paper / "generated" / "components" / "sensitivity.tex").read_text().splitlines()
+    assert [line.split(" & ")[0] for line in sensitivity if " & " in line][1:] == ["the base model", "batch 1"]
+    assert "coverage is 0.90--0.97, lowest for batch 1 (0.90 $\\pm$ 0.00" in macros
     for figure in ("components_share", "components_floor"):
         assert (tmp_path / "figures" / "components" / f"{figure}.pdf").exists()

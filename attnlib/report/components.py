@@ -105,20 +105,59 @@ def coverage_frame(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _table_cells(r) -> list[str]:
+    """A model's coverage ± interval, net and time coverage, worst CV, core share and core/MLP energy per FLOP."""
+    return [latex.pm(r.coverage, r.coverage_ci95, ".2f"), latex.fmt(r.coverage_net, ".2f"),
+            latex.fmt(r.time_coverage, ".2f"), latex.fmt(r.max_cv, ".1f", 100), latex.fmt(r.core_share, ".1f", 100),
+            latex.pm(r.core_over_mlp_j_per_flop, r.core_over_mlp_j_per_flop_ci95, ".2f")]
+
+
+TABLE_HEADER = ["coverage", "net", "time", "max CV \\%", "core share \\%", "core / MLP J/FLOP"]
+
+
 def coverage_table(coverage: pd.DataFrame) -> str:
     """The paper's table: per variant, phase and length (base models), coverage, the worst component CV, the
     core's share and its energy per FLOP against the MLP's; CLEAR's published figures in the last row."""
     base = coverage[coverage.setting == "base"]
-    body = [[r.variant, r.phase, str(r.seq_len), latex.pm(r.coverage, r.coverage_ci95, ".2f"),
-             latex.fmt(r.coverage_net, ".2f"), latex.fmt(r.time_coverage, ".2f"), latex.fmt(r.max_cv, ".1f", 100),
-             latex.fmt(r.core_share, ".1f", 100),
-             latex.pm(r.core_over_mlp_j_per_flop, r.core_over_mlp_j_per_flop_ci95, ".2f")]
-            for _, r in base.iterrows()]
+    body = [[r.variant, r.phase, str(r.seq_len), *_table_cells(r)] for _, r in base.iterrows()]
     body += [[v, "", "", "not measured", "", "", "", "", ""] for v in not_measured(coverage)]
     body.append(["CLEAR (published)", "forward", "", f"$>$ {CLEAR_COVERAGE_MIN:.2f}", "", "",
                  f"$<$ {100 * CLEAR_CV_MAX:.1f}", "", ""])
-    return latex.booktabs(["variant", "phase", "T", "coverage", "net", "time", "max CV \\%", "core share \\%",
-                           "core / MLP J/FLOP"], body, "llrrrrrrr")
+    return latex.booktabs(["variant", "phase", "T", *TABLE_HEADER], body, "llrrrrrrr")
+
+
+def sensitivity_rows(coverage: pd.DataFrame, variant: str, seq_len: int) -> pd.DataFrame:
+    """`variant`'s forward models at `seq_len`: its base model, then one per value of each varied axis."""
+    rows = coverage[(coverage.variant == variant) & (coverage.phase == "forward") & (coverage.seq_len == seq_len)]
+    axes = {"base": 0, "batch_size": 1, "n_head": 2, "n_embd": 3}
+    return rows.assign(_a=rows.setting.map(axes)).sort_values(["_a", "batch_size", "n_head", "n_embd"]).drop(columns="_a")
+
+
+def _varied(r) -> str:
+    return {"batch_size": f"batch {r.batch_size}", "n_head": f"{r.n_head} heads",
+            "n_embd": f"width {r.n_embd}"}.get(r.setting, "the base model")
+
+
+def sensitivity_table(rows: pd.DataFrame) -> str:
+    """CLEAR's sensitivity axes for one variant: batch size, heads at a fixed width, width at a fixed head size."""
+    body = [[_varied(r), str(r.batch_size), str(r.n_head), str(r.n_embd), *_table_cells(r)] for _, r in rows.iterrows()]
+    if len(rows) < 2:  # a run without the sensitivity job (--variants)
+        body = [["not measured in this run", *[""] * 9]]
+    return latex.booktabs(["model", "B", "heads", "width", *TABLE_HEADER], body, "lrrrrrrrrr")
+
+
+def sensitivity_text(rows: pd.DataFrame) -> str:
+    """The sensitivity grid in a sentence: ranges of coverage, core share and core/MLP energy per FLOP, and the
+    model with the lowest coverage."""
+    if len(rows) < 2:
+        return "n/a"
+    low = rows.loc[rows.coverage.idxmin()]
+    span = lambda x, spec, scale=1: f"{scale * x.min():{spec}}--{scale * x.max():{spec}}"  # noqa: E731
+    return (f"Around {low.variant}'s model at $T$ = {low.seq_len}, with one of batch size, heads and width varied at a "
+            f"time (Table~\\ref{{tab:sensitivity}}), coverage is {span(rows.coverage, '.2f')}, lowest for "
+            f"{_varied(low)} ({latex.pm(low.coverage, low.coverage_ci95, '.2f')}, component CVs up to "
+            f"{100 * low.max_cv:.0f}\\%); the attention core takes {span(rows.core_share, '.1f', 100)}\\% of the "
+            f"components' energy at {span(rows.core_over_mlp_j_per_flop, '.2f')}$\\times$ the MLP's energy per FLOP.")
 
 
 def not_measured(coverage: pd.DataFrame) -> list[str]:
@@ -253,6 +292,9 @@ def build_components_report(frame: pd.DataFrame, calibrations: dict[str, dict], 
         table.to_csv(generated / f"{name}.csv", index=False)
     (generated / "coverage.tex").write_text(coverage_table(coverage) if len(coverage) else "")
     config = frame[frame.kind == "component"].iloc[0].config if (frame.kind == "component").any() else {}
+    sensitivity = (sensitivity_rows(coverage, config.get("sensitivity_variant"), config.get("sensitivity_seq_len"))
+                   if len(coverage) else coverage)
+    (generated / "sensitivity.tex").write_text(sensitivity_table(sensitivity))
     lengths = config.get("seq_lens", [512])
     out = figures_dir / label
     share_bars(summary, out)
@@ -271,6 +313,7 @@ def build_components_report(frame: pd.DataFrame, calibrations: dict[str, dict], 
         "ComponentsExcess": excess_text(base) if len(base) else "n/a",
         "ComponentsCoreDearer": core_text(base, lengths) if len(base) else "n/a",
         "ComponentsLmHead": lm_head_text(summary, lengths[0]) if len(summary) else "n/a",
+        "ComponentsSensitivity": sensitivity_text(sensitivity),
         "ComponentsNotMeasured": latex.no_results_sentence(
             not_measured(coverage), "this run") or "Every variant was measured.",
         "ComponentsGpuMinutes": latex.fmt(run.get("gpu_minutes"), ".1f"),
