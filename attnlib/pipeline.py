@@ -8,7 +8,8 @@ modes (they reuse its trainer and compiled code).
 Each job is one papermill execution of its family's notebook (`notebooks/trials.ipynb`, `quality.ipynb`) in its
 own process, given the job's resolved config, and writes JSON results; a job whose results all exist is skipped
 unless forced (then its results are deleted first), so a killed run resumes where it stopped: a components or
-inference job at its first missing window, a job of another family from its start. `run.json` records the device
+inference job at its first missing window, a trials or quality job at its first mode or seed without results, a
+long-context or distributed job from its start. `run.json` records the device
 time of every chunk.
 
     python -m attnlib.pipeline run --profile smoke [--variants a,b] [--results DIR] [--force] [--max-minutes 4]

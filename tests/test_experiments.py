@@ -234,6 +234,16 @@ def test_trials_job_runs_its_quality_seeds_with_its_own_trainer(tmp_path, monkey
     assert built == ["eager"] and [r.kind for r in results] == ["trial", "quality", "quality"]
     assert sorted(p.name for p in (tmp_path / "raw").glob("*.json")) == sorted(config.result_names())
     assert all(r.status == "ok" for r in results) and results[1].val_loss > 0
+    # stopped after its windows and first seed: the resumed job keeps them and runs the second seed only
+    written = {p.name: p.read_bytes() for p in (tmp_path / "raw").glob("*.json")}
+    (tmp_path / "raw" / "sdpa__quality__seed2.json").unlink()
+    built.clear()
+    again = run_trials_job(config, tmp_path / "raw", tmp_path / "cache", progress=False)
+    assert built == ["eager"] and again[:2] == results[:2] and again[2].seed == 2 and again[2].status == "ok"
+    assert again[2].val_loss == pytest.approx(results[2].val_loss, rel=1e-4)  # the same seed, the same run
+    assert all((tmp_path / "raw" / n).read_bytes() == b for n, b in written.items() if n != "sdpa__quality__seed2.json")
+    built.clear()
+    assert run_trials_job(config, tmp_path / "raw", tmp_path / "cache", progress=False) == again and built == []
 
 
 def test_resume_skips_finished_and_redoes_broken(tmp_path, monkeypatch) -> None:

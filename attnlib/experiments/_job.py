@@ -14,7 +14,7 @@ from ..measurement import IdleBaseline, measure, measure_idle
 from ..measurement.codecarbon_estimate import CodeCarbonTracker
 from ..measurement.trials import round_orders
 from ..provenance import provenance
-from ..results import Provenance, Result, is_complete, read_result, write_result
+from ..results import Provenance, Result, finished_result, write_result
 from .training import default_device
 
 
@@ -64,8 +64,7 @@ class WindowedJob:
                   for trial, order in enumerate(round_orders(cells, trials, seed))]
 
         def kept(cell: str, trial: int) -> Result | None:
-            path = self.out_dir / result_name(cell, trial) if result_name else None
-            return read_result(path) if path and is_complete(path) else None
+            return finished_result(self.out_dir / result_name(cell, trial)) if result_name else None
 
         results: list[Result] = []
         self.codecarbon.start()  # a failure leaves it stopped; each window then tries on its own and records why

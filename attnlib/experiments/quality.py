@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ..data import TokenData, prepare_data
 from ..measurement import IdleBaseline, measure, measure_idle
 from ..provenance import provenance
-from ..results import ModelInfo, Provenance, QualityResult, write_result
+from ..results import ModelInfo, Provenance, QualityResult, finished_result, write_result
 from .training import TrainConfig, Trainer, check_finite, default_device, failure_status, frozen_gc
 
 NOTEBOOK = "quality.ipynb"
@@ -65,12 +65,17 @@ def run_quality_job(config: QualityConfig, out_dir: Path, cache_dir: Path, progr
 def quality_runs(config: QualityConfig, data: TokenData, device: torch.device, idle: IdleBaseline | None,
                  origin: Provenance, out_dir: Path, progress: bool = True,
                  trainer: Trainer | None = None) -> list[QualityResult]:
-    """The seeds of one quality job. `trainer`: one the caller built for `config.train` (the trials job's trainer
-    of the same mode), whose compiled code the seeds then reuse; None builds one."""
+    """The seeds of one quality job, less those `out_dir` already holds (a resumed job). `trainer`: one the caller
+    built for `config.train` (the trials job's trainer of the same mode), whose compiled code the seeds then reuse;
+    None builds one when a seed is to run."""
     train = config.train
     eval_every = max(1, (config.eval_every_tokens or config.tokens // 8) // train.tokens_per_step)
     results = []
     for seed in config.seeds:
+        path = Path(out_dir) / f"{train.variant}__quality__seed{seed}.json"
+        if (kept := finished_result(path)) is not None:  # a resumed job keeps the seeds it has
+            results.append(kept)
+            continue
         common = dict(variant=train.variant, mode=train.mode, provenance=origin, config=config.to_dict(),
                       data=data.info, seed=seed)
         start = time.perf_counter()
@@ -101,6 +106,6 @@ def quality_runs(config: QualityConfig, data: TokenData, device: torch.device, i
             trainer = None
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-        write_result(Path(out_dir) / f"{train.variant}__quality__seed{seed}.json", result)
+        write_result(path, result)
         results.append(result)
     return results

@@ -6,7 +6,8 @@ For each mode, in an order drawn from the job's seed (`round_orders`): build the
 be captured, ...) gives results with that status and the reason, and the other modes go on.
 
 A job may carry the variant's quality runs (`quality`): they run after the windows of their mode with the same
-trainer, so they cost neither a process of their own nor a second compilation.
+trainer, so they cost neither a process of their own nor a second compilation. A stopped job resumes: the modes
+and seeds whose results exist are kept.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ..measurement import IdleBaseline, measure, measure_idle
 from ..measurement.codecarbon_estimate import CodeCarbonTracker
 from ..measurement.trials import round_orders
 from ..provenance import provenance
-from ..results import ModelInfo, Provenance, QualityResult, Result, TrialResult, write_result
+from ..results import ModelInfo, Provenance, QualityResult, Result, TrialResult, finished_result, write_result
 from .quality import QualityConfig, quality_runs
 from .training import MODES, TrainConfig, Trainer, check_finite, default_device, failure_status, frozen_gc
 
@@ -86,9 +87,16 @@ class TrialsConfig:
 
 def _trials_of_mode(config: TrialsConfig, mode: str, data, device: torch.device, idle: IdleBaseline | None,
                     origin: Provenance, out_dir: Path, progress: bool, codecarbon: CodeCarbonTracker) -> list[Result]:
-    """The mode's windows, then, when the job's quality runs are in this mode, its seeds with the same trainer."""
+    """The mode's windows, then, when the job's quality runs are in this mode, its seeds with the same trainer. A
+    resumed job keeps a mode whose windows `out_dir` holds (its missing quality seeds then build their own trainer)
+    and measures the others afresh: one mode's windows run together after one compilation."""
     train = config.mode_config(mode)
     with_quality = config.quality is not None and config.quality.train.mode == mode
+    kept = [finished_result(out_dir / f"{train.variant}__{mode}__trial{t}.json") for t in range(config.trials)]
+    if all(r is not None for r in kept):
+        quality = quality_runs(config.quality, data, device, idle, origin, out_dir, progress) if with_quality else []
+        torch._dynamo.reset()
+        return [*kept, *quality]
     results: list[TrialResult] = []
     quality: list[QualityResult] = []
     common = dict(variant=train.variant, mode=mode, provenance=origin, config=config.to_dict(), data=data.info,

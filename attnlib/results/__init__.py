@@ -2,8 +2,8 @@
 
 from .schema import (RESULT_KINDS, SCHEMA_VERSION, STATUSES, ComponentResult, DistributedResult, InferenceResult, LayerResult, ModelInfo, Provenance, QualityResult,
                      Result, SweepResult, TrialResult)
-from .store import is_complete, load_results, read_result, results_frame, write_result
+from .store import finished_result, is_complete, load_results, read_result, results_frame, write_result
 
 __all__ = ["RESULT_KINDS", "SCHEMA_VERSION", "STATUSES", "ComponentResult", "DistributedResult", "InferenceResult", "LayerResult", "ModelInfo", "Provenance", "QualityResult",
-           "Result", "SweepResult", "TrialResult", "is_complete", "load_results", "read_result", "results_frame",
+           "Result", "SweepResult", "TrialResult", "finished_result", "is_complete", "load_results", "read_result", "results_frame",
            "write_result"]

@@ -63,12 +63,18 @@ def read_result(path: Path) -> Result:
     return from_dict(RESULT_KINDS[kind], data)
 
 
-def is_complete(path: Path) -> bool:
-    """A readable result with a recorded status exists (a failure is a result, too)."""
+def finished_result(path: Path) -> Result | None:
+    """The result in `path` if it is readable and has a recorded status (a failure is a result, too), else None:
+    what a resumed job keeps instead of measuring again."""
     try:
-        return read_result(path).status in STATUSES
+        result = read_result(path)
     except (OSError, ValueError, TypeError):
-        return False
+        return None
+    return result if result.status in STATUSES else None
+
+
+def is_complete(path: Path) -> bool:
+    return finished_result(path) is not None
 
 
 def load_results(results_dir: Path) -> list[Result]:
