@@ -9,6 +9,7 @@ differ in what they exchange:
 | latent all-gather (`MultiHeadLatentAttention`) | mla | every rank's latent, `kv_lora_rank` numbers a token, up-projected to keys and values on each rank |
 | `halo_sliding_window_attention` | sliding_window | the previous rank's last `window - 1` keys and values |
 | `carried_state_linear_attention` | linear | the earlier ranks' sums S = sum phi(k) v^T [D, D] and z = sum phi(k) [D] |
+| `ring_attention` (PyTorch's `context_parallel`, CUDA only) | sdpa | the other ranks' keys and values, one rank's at a time, merged by their log-sum-exp |
 
 Causal attention gives later positions more work; the "zigzag" layout (rank r holds chunks r and 2W-1-r of 2W, as
 PyTorch's `context_parallel` load balancer and Megatron-LM do) evens it out for the all-gather form. The banded
@@ -29,6 +30,8 @@ joins the backward collectives.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
@@ -227,3 +230,49 @@ def install_context_parallel(attention: nn.Module, config: Any, rank: int, world
     if get_variant(variant).attention_function is not None:  # GPT-2's module: through the attention interface
         config._attn_implementation = CONTEXT_PARALLEL
     return f"{form.name} ({form.layout})"
+
+
+RING_VARIANTS = ("sdpa",)  # cores that are one causal F.scaled_dot_product_attention call, which the ring replaces
+
+
+@contextmanager
+def ring_attention(buffers: list[torch.Tensor], group: Any = None, seq_dim: int = 1) -> Iterator[Any]:
+    """PyTorch's ring attention (`torch.distributed.tensor.experimental.context_parallel`) over `group`'s ranks:
+    shards the full-length `buffers` in place along `seq_dim` (its head-tail layout, rank r holding chunks r and
+    2W-1-r of 2W, as `Shard(..., "zigzag")`), and while open, every causal `F.scaled_dot_product_attention` on
+    local shards runs as ring attention, forward and backward (so both must run inside). Yields the device mesh.
+    `NotImplementedError` off CUDA: the ring dispatches CUDA's flash, efficient and cuDNN SDPA kernels only."""
+    if buffers[0].device.type != "cuda":
+        raise NotImplementedError("ring attention: PyTorch's context_parallel replaces CUDA's SDPA kernels only")
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.tensor.experimental import context_parallel
+
+    mesh = DeviceMesh.from_group(group if group is not None else dist.group.WORLD, "cuda")
+    with context_parallel(mesh, buffers=buffers, buffer_seq_dims=[seq_dim] * len(buffers),
+                          no_restore_buffers=set(buffers)):
+        yield mesh
+
+
+def ring_attention_error(attention: nn.Module, width: int, group: Any, device: torch.device,
+                         tokens: int = 4096) -> float:
+    """The largest difference between the ring form of attention layer `attention` (its outputs and its input's
+    gradient, gathered from the ranks) and the layer on one card, over the largest reference value: the check a
+    ring cell passes before it is timed."""
+    from torch.distributed.tensor.experimental._attention import context_parallel_unshard  # not public yet
+
+    x = torch.randn(1, tokens, width, device=device, dtype=torch.bfloat16)  # seeded alike on every rank
+    grad = torch.randn_like(x)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        full = x.clone().requires_grad_()
+        reference = attention(full)[0]
+    reference.backward(grad)
+    local, local_grad = x.clone(), grad.clone()
+    with ring_attention([local, local_grad], group) as mesh:
+        local.requires_grad_()
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            out = attention(local)[0]
+        out.backward(local_grad)
+        gathered = context_parallel_unshard(mesh, [out.detach(), local.grad], [1, 1])
+    attention.zero_grad(set_to_none=True)
+    return max(((g.float() - r.float()).abs().max() / r.float().abs().max()).item()
+               for g, r in zip(gathered, (reference.detach(), full.grad)))

@@ -7,9 +7,9 @@ seed, each variant's jobs together; a variant's quality runs go into its trials 
 modes (they reuse its trainer and compiled code).
 Each job is one papermill execution of its family's notebook (`notebooks/trials.ipynb`, `quality.ipynb`) in its
 own process, given the job's resolved config, and writes JSON results; a job whose results all exist is skipped
-unless forced (then its results are deleted first), so a killed run resumes where it stopped: a components or
-inference job at its first missing window, a trials or quality job at its first mode or seed without results, a
-long-context or distributed job from its start. `run.json` records the device
+unless forced (then its results are deleted first), so a killed run resumes where it stopped: a components,
+inference or distributed job at its first missing window, a trials or quality job at its first mode or seed
+without results, a long-context job from its start. `run.json` records the device
 time of every chunk.
 
     python -m attnlib.pipeline run --profile smoke [--variants a,b] [--results DIR] [--force] [--max-minutes 4]
@@ -268,7 +268,7 @@ def run(profile: Profile, variants: list[str], results_dir: Path, cache_dir: Pat
             left += len(todo) - index
             print(f"stopped at {stop_minutes} min; {left} jobs left: run again to resume", flush=True)
             break
-        if force:  # a components or inference job keeps the windows it finds: forced, it finds none
+        if force:  # a resuming job keeps the results it finds: forced, it finds none
             for name in job.result_names():
                 (results_dir / "raw" / name).unlink(missing_ok=True)
         finished = execute(job, results_dir, cache_dir, timeout_s)

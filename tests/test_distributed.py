@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from attnlib.experiments.distributed import DistributedConfig, _agreed_count, launch
+from attnlib.experiments.distributed import DistributedConfig, _agreed_count, launch, run_distributed_job
 from attnlib.experiments.training import TrainConfig
 from attnlib.measurement import Measurement
 from attnlib.report import build_report
@@ -34,6 +34,9 @@ def test_config_resolves_cells_and_refuses_bad_values() -> None:
                               ("context_parallel", 2, 64)]  # 4 ranks: more than the 2 cards
     assert len(config.result_names()) == 4 * 2
     assert DistributedConfig(**config.to_dict()).result_names() == config.result_names()  # what papermill receives
+    ring = [("ring_attention", 1, 64), ("ring_attention", 2, 64)]  # PyTorch's ring: sdpa's core only
+    assert tiny_config(ring_world_sizes=[1, 2]).cells() == config.cells() + ring
+    assert tiny_config("gqa", ring_world_sizes=[1, 2]).cells() == tiny_config("gqa").cells()
     for bad in (dict(cp_seq_lens=[66]), dict(gpus=0), dict(ddp_world_sizes=[2, 2]), dict(window_s=0),
                 dict(train=TrainConfig(mode="compile"))):
         with pytest.raises(ValueError):
@@ -70,6 +73,14 @@ def test_a_variant_without_a_distributed_form_is_recorded_unsupported(tmp_path) 
     status = {(r.strategy, r.world_size): r.status for r in results}
     assert status == {("ddp", 2): "ok", ("context_parallel", 1): "unsupported", ("context_parallel", 2): "unsupported"}
     assert all("no distributed form" in r.error for r in results if r.status == "unsupported")
+
+
+def test_ring_attention_off_cuda_is_recorded_unsupported(tmp_path) -> None:
+    config = tiny_config("sdpa", gpus=1, ddp_world_sizes=[1], cp_world_sizes=[1], ring_world_sizes=[1], trials=1)
+    results = run_distributed_job(config, tmp_path, tmp_path / "cache", progress=False)  # one rank, no torchrun
+    status = {r.strategy: r.status for r in results}
+    assert status == {"ddp": "ok", "context_parallel": "ok", "ring_attention": "unsupported"}
+    assert "CUDA" in next(r.error for r in results if r.strategy == "ring_attention")
 
 
 def distributed_result(variant: str, strategy: str, world: int, seq_len: int, trial: int, tokens_per_s: float,

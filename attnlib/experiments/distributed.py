@@ -12,6 +12,9 @@ are not in its window.
   `attnlib.parallel`, output projection), forward + backward, on `cp_batch_size` sequences of `seq_len` tokens
   split across the ranks, in the same form on one rank, so that scaling compares one code path. Mask-exact FLOPs
   (`attnlib.flops.layer_flops`).
+- "ring_attention": the same layer and split with PyTorch's own ring attention (`context_parallel`, CUDA only) in
+  place of attnlib's form, for the variants whose core it replaces (`attnlib.parallel.RING_VARIANTS`), after a check
+  that its outputs and input gradient equal the layer's on one card.
 
 Each window is `measure_ranks` (barrier-aligned ends, each rank its own card, the job's figures the sum); after it,
 a few unmeasured steps under the PyTorch profiler give the share of step time spent in collectives. Every
@@ -24,6 +27,7 @@ timeout then ends the job, and its notebook records the error.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -42,14 +46,15 @@ from ..data import prepare_data
 from ..flops import layer_flops
 from ..measurement.ranks import measure_ranks
 from ..model import build_model
-from ..parallel import install_context_parallel
+from ..parallel import RING_VARIANTS, install_context_parallel, ring_attention, ring_attention_error
 from ..results import DistributedResult, ModelInfo, Result, read_result
 from ._job import WindowedJob
 from .longcontext import layer_call
 from .training import TrainConfig, Trainer, check_finite, failure_status, frozen_gc
 
 NOTEBOOK = "distributed.ipynb"
-STRATEGIES = ("ddp", "context_parallel")
+STRATEGIES = ("ddp", "context_parallel", "ring_attention")
+RING_TOLERANCE = 2e-2  # bf16: the ring merges partial softmaxes in another order than one kernel
 
 
 @dataclass
@@ -62,6 +67,7 @@ class DistributedConfig:
     cp_world_sizes: list[int] = field(default_factory=lambda: [1, 2, 4])
     cp_seq_lens: list[int] = field(default_factory=lambda: [65536, 131072])
     cp_batch_size: int = 1
+    ring_world_sizes: list[int] = field(default_factory=list)  # PyTorch's ring form, for RING_VARIANTS only
     trials: int = 3
     window_s: float = 2.0  # >= 2 s: >= 20 updates of the energy counter
     warmup_steps: int = 2  # per cell visit, before the 3 timed steps whose fastest sets the window's step count
@@ -72,9 +78,10 @@ class DistributedConfig:
     def __post_init__(self) -> None:
         if isinstance(self.train, dict):
             self.train = TrainConfig(**self.train)
-        for name in ("ddp_world_sizes", "cp_world_sizes", "cp_seq_lens"):
+        for name in ("ddp_world_sizes", "cp_world_sizes", "cp_seq_lens", "ring_world_sizes"):
             values = getattr(self, name)
-            if not all(isinstance(v, int) and v >= 1 for v in values) or len(set(values)) != len(values):
+            if not all(isinstance(v, int) and v >= 1 for v in values) or len(set(values)) != len(values) or (
+                    not values and name != "ring_world_sizes"):
                 raise ValueError(f"{name}: distinct integers >= 1, got {values}")
         for name in ("gpus", "cp_batch_size", "trials", "warmup_steps", "profile_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
@@ -83,7 +90,7 @@ class DistributedConfig:
             raise ValueError(f"window_s and idle_s must be > 0, got {self.window_s}, {self.idle_s}")
         if self.train.mode != "eager":
             raise ValueError(f"train.mode: data-parallel training runs in eager mode, got {self.train.mode!r}")
-        for world, seq_len in ((w, t) for s, w, t in self.cells() if s == "context_parallel"):
+        for world, seq_len in ((w, t) for s, w, t in self.cells() if s != "ddp"):
             if seq_len % (2 * world):
                 raise ValueError(f"cp_seq_lens: {seq_len} does not split into {2 * world} equal chunks for "
                                  f"{world} ranks")
@@ -91,8 +98,9 @@ class DistributedConfig:
     def cells(self) -> list[tuple[str, int, int]]:
         """(strategy, world_size, seq_len) of every cell this job measures."""
         ddp = [("ddp", w, self.train.seq_len) for w in self.ddp_world_sizes if w <= self.gpus]
-        return ddp + [("context_parallel", w, t) for w in self.cp_world_sizes if w <= self.gpus
-                      for t in self.cp_seq_lens]
+        ring = self.ring_world_sizes if self.train.variant in RING_VARIANTS else []
+        return ddp + [(s, w, t) for s, sizes in (("context_parallel", self.cp_world_sizes), ("ring_attention", ring))
+                      for w in sizes if w <= self.gpus for t in self.cp_seq_lens]
 
     def result_names(self) -> list[str]:
         """The result files of the job (under raw/)."""
@@ -184,8 +192,9 @@ class _Job(WindowedJob):
             return []
         start = time.perf_counter()
         try:
-            measure = self.ddp_window if strategy == "ddp" else self.cp_window
-            return [measure(world, seq_len, trial, start) for trial in trials]
+            if strategy == "ddp":
+                return [self.ddp_window(world, seq_len, trial, start) for trial in trials]
+            return [self.cp_window(strategy, world, seq_len, trial, start) for trial in trials]
         except Exception as error:  # recorded for this cell's remaining trials; the next cells go on
             status, text = failure_status(error), f"{type(error).__name__}: {str(error)[:2000]}"
             self.failed[cell] = (status, text)
@@ -237,28 +246,43 @@ class _Job(WindowedJob):
             measurement=window.total, ranks=[_without_trace(r) for r in window.ranks], steps=steps,
             comm_share=comm_share, comm_share_source=comm_source, job_wall_s=time.perf_counter() - start))
 
-    def cp_window(self, world: int, seq_len: int, trial: int, start: float) -> DistributedResult:
+    def cp_window(self, strategy: str, world: int, seq_len: int, trial: int, start: float) -> DistributedResult:
         """One window of forward + backward calls of the attention layer on one `seq_len` sequence split over
-        `world` ranks (each rank calls it on its own tokens)."""
+        `world` ranks (each rank calls it on its own tokens), in attnlib's form ("context_parallel") or PyTorch's
+        ring ("ring_attention")."""
         c, variant = self.config, self.config.train.variant
         torch.manual_seed(c.train.seed)
         model = build_model(variant, seq_len=seq_len, **{**c.train.model, "n_layer": 1, "n_positions": seq_len})
         attention, config = model.transformer.h[0].attn.train().to(self.device), model.config
         flops_per_call = layer_flops(attention, config, seq_len, c.cp_batch_size, backward=True)  # whole sequence
-        # the distributed form on one rank too, so that scaling compares one code path on 1 and N cards (linear's
-        # form is attnlib's chunked PyTorch core, not fla's kernel; the exact form splits the causal work in two)
-        form = install_context_parallel(attention, config, self.rank, world, self.groups[world])
-        call = layer_call(attention, c.cp_batch_size, seq_len // world, config.n_embd, self.device, backward=True)
-        for _ in range(c.warmup_steps):
-            call()
-        calls = _agreed_count(call, c.window_s, self.groups[world])
-        with frozen_gc(), self.window_on(f"{variant}/cp/W{world}/T{seq_len}/trial{trial}", world) as window:
-            for _ in range(calls):
+        group = self.groups[world]
+        if strategy == "ring_attention":
+            error = ring_attention_error(attention, config.n_embd, group, self.device)
+            if not error <= RING_TOLERANCE:
+                raise RuntimeError(f"ring attention differs from one card by {error:.2e} (> {RING_TOLERANCE})")
+            form = f"ring (PyTorch context_parallel, head-tail; {error:.1e} from one card)"
+            hidden = torch.randn(c.cp_batch_size, seq_len, config.n_embd, device=self.device, dtype=torch.bfloat16)
+            sharded = ring_attention([hidden], group)  # hidden becomes this rank's tokens
+        else:
+            # the distributed form on one rank too, so that scaling compares one code path on 1 and N cards
+            # (linear's form is attnlib's chunked PyTorch core, not fla's kernel; the exact form splits the causal
+            # work in two)
+            form = install_context_parallel(attention, config, self.rank, world, group)
+            hidden, sharded = None, contextlib.nullcontext()
+        with sharded:  # the ring's forward and backward both run inside its context
+            call = layer_call(attention, c.cp_batch_size, seq_len // world, config.n_embd, self.device,
+                              backward=True, hidden=hidden)
+            for _ in range(c.warmup_steps):
                 call()
-            window.add_work(tokens=calls * c.cp_batch_size * seq_len // world, flops=calls * flops_per_call / world)
-        comm_share, comm_source = communication_share(call, c.profile_steps)  # after the window, unmeasured
-        return self.write(self.name("context_parallel", world, seq_len, trial), DistributedResult(
-            **self.common("context_parallel", world, seq_len, trial), measurement=window.total,
+            calls = _agreed_count(call, c.window_s, group)
+            with frozen_gc(), self.window_on(f"{variant}/{strategy}/W{world}/T{seq_len}/trial{trial}", world) as window:
+                for _ in range(calls):
+                    call()
+                window.add_work(tokens=calls * c.cp_batch_size * seq_len // world,
+                                flops=calls * flops_per_call / world)
+            comm_share, comm_source = communication_share(call, c.profile_steps)  # after the window, unmeasured
+        return self.write(self.name(strategy, world, seq_len, trial), DistributedResult(
+            **self.common(strategy, world, seq_len, trial), measurement=window.total,
             ranks=[_without_trace(r) for r in window.ranks], calls=calls, form=form, comm_share=comm_share,
             comm_share_source=comm_source, job_wall_s=time.perf_counter() - start))
 
@@ -271,10 +295,12 @@ def _without_trace(measurement: Any) -> dict[str, Any]:
 def run_distributed_job(config: DistributedConfig, out_dir: Path, cache_dir: Path,
                         progress: bool = True) -> list[Result]:
     """This rank's part of the job (under torchrun, or alone as one rank): `config.trials` interleaved rounds over
-    the cells; rank 0 writes one JSON result per window (or per failed trial) into `out_dir`."""
+    the cells; rank 0 writes one JSON result per window (or per failed trial) into `out_dir`, and every rank keeps
+    the windows it finds there (a resumed job; rank 0 writes a cell's results after its ranks' last barrier)."""
     job = _Job(config, out_dir, cache_dir)
     return job.rounds(list(job.cells), set(), config.trials, config.order_seed,
-                      f"{config.train.variant} distributed", progress and job.rank == 0)
+                      f"{config.train.variant} distributed", progress and job.rank == 0,
+                      result_name=lambda cell, trial: job.name(*job.cells[cell], trial))
 
 
 def launch(config: DistributedConfig, out_dir: Path, cache_dir: Path) -> list[Result]:

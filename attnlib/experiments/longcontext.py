@@ -244,11 +244,13 @@ class _Job(WindowedJob):
 
 
 def layer_call(attention: torch.nn.Module, batch: int, seq_len: int, width: int, device: torch.device,
-               backward: bool) -> Callable[[], None]:
-    """One call of an attention layer on fixed random hidden states `[batch, seq_len, width]`, under the same
-    autocast as training; with `backward`, the backward pass into the input and the weights too."""
+               backward: bool, hidden: torch.Tensor | None = None) -> Callable[[], None]:
+    """One call of an attention layer on fixed random hidden states `[batch, seq_len, width]` (or on `hidden`), under
+    the same autocast as training; with `backward`, the backward pass into the input and the weights too."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    hidden = torch.randn(batch, seq_len, width, device=device, dtype=dtype, requires_grad=backward)
+    if hidden is None:
+        hidden = torch.randn(batch, seq_len, width, device=device, dtype=dtype)
+    hidden.requires_grad_(backward)
     grad = torch.randn_like(hidden) if backward else None
 
     def call() -> None:

@@ -20,7 +20,8 @@ from .frames import TRIAL_QUANTITIES, aggregate, compare, with_calibration
 from .longcontext import seq_label
 
 KEYS = ["variant", "strategy", "world_size", "seq_len", "batch_size"]
-STRATEGY_NAMES = {"ddp": "data parallel (DDP) training", "context_parallel": "context-parallel attention layer"}
+STRATEGY_NAMES = {"ddp": "data parallel (DDP) training", "context_parallel": "context-parallel attention layer",
+                  "ring_attention": "attention layer with PyTorch's ring attention"}
 
 
 def distributed_summary(frame: pd.DataFrame, calibrations: dict[str, dict]) -> pd.DataFrame:
@@ -77,7 +78,7 @@ def scaling_text(summary: pd.DataFrame) -> str:
             continue
         rows = group[group.world_size.isin([1, largest.world_size])].assign(mode=group.world_size.astype(str))
         c = compare(rows, (variant, str(largest.world_size)), (variant, "1"), "gpu_j_per_token")
-        what = "DDP training" if strategy == "ddp" else f"the context-parallel layer at T = {seq_label(seq_len)}"
+        what = "DDP training" if strategy == "ddp" else f"the {STRATEGY_NAMES[strategy]} at T = {seq_label(seq_len)}"
         sentences.append(f"{variant}, {what} on {largest.world_size} GPUs: "
                          f"{latex.fmt(largest.tokens_per_s_mean, ',.0f')} tokens/s, scaling efficiency "
                          f"{latex.fmt(largest.scaling_efficiency, '.2f')}, energy per token {c.wording} one GPU's"
