@@ -262,6 +262,8 @@ def ring_attention_error(attention: nn.Module, width: int, group: Any, device: t
 
     x = torch.randn(1, tokens, width, device=device, dtype=torch.bfloat16)  # seeded alike on every rank
     grad = torch.randn_like(x)
+    training = attention.training
+    attention.eval()  # no dropout (GPT-2's resid_pdrop), which would draw other masks on the two paths
     with torch.autocast(device.type, dtype=torch.bfloat16):
         full = x.clone().requires_grad_()
         reference = attention(full)[0]
@@ -274,5 +276,6 @@ def ring_attention_error(attention: nn.Module, width: int, group: Any, device: t
         out.backward(local_grad)
         gathered = context_parallel_unshard(mesh, [out.detach(), local.grad], [1, 1])
     attention.zero_grad(set_to_none=True)
+    attention.train(training)
     return max(((g.float() - r.float()).abs().max() / r.float().abs().max()).item()
                for g, r in zip(gathered, (reference.detach(), full.grad)))
