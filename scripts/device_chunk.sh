@@ -7,8 +7,8 @@
 # VARIANTS=a,b limits the chunk to those variants (their jobs in plan order); GPUS=N runs a distributed profile's
 # jobs on N cards (torchrun, one rank each).
 # A job still running STOP_MINUTES (default 8) after the chunk began is stopped; the next chunk resumes it (a
-# components or inference job at its first missing window, a trials or quality job at its first mode or seed
-# without results) or redoes it (long context, distributed: then MINUTES + the longest job must stay under
+# components, inference or distributed job at its first missing window, a trials or quality job at its first
+# mode or seed without results) or redoes it (long context: then MINUTES + the longest job must stay under
 # STOP_MINUTES). run.json records every chunk's time, stopped jobs included.
 # The results folder travels with the working tree (unpack the previous chunk's archive before the next call).
 # Triton and Inductor caches stay on the machine between warm calls (.cache/, ignored).
