@@ -83,6 +83,25 @@ def test_ring_attention_off_cuda_is_recorded_unsupported(tmp_path) -> None:
     assert "CUDA" in next(r.error for r in results if r.strategy == "ring_attention")
 
 
+def test_a_stopped_job_resumes_at_its_missing_windows(tmp_path, monkeypatch) -> None:
+    from attnlib.experiments import distributed as family
+
+    config = tiny_config("sdpa", gpus=1, ddp_world_sizes=[1], cp_world_sizes=[1])
+    run_distributed_job(config, tmp_path, tmp_path / "cache", progress=False)
+    written = {p.name: p.read_bytes() for p in tmp_path.glob("*.json")}
+    missing = config.result_names()[1::2]  # as if stopped: every cell's second window never written
+    for name in missing:
+        (tmp_path / name).unlink()
+    visited: list[str] = []
+    visit = family._Job.visit
+    monkeypatch.setattr(family._Job, "visit", lambda self, cell, trials: visited.extend(
+        self.name(*self.cells[cell], t) for t in trials) or visit(self, cell, trials))
+    again = run_distributed_job(config, tmp_path, tmp_path / "cache", progress=False)
+    assert sorted(visited) == sorted(missing) and len(again) == len(written)
+    assert all((tmp_path / n).read_bytes() == b for n, b in written.items() if n not in missing)
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == sorted(written)
+
+
 def distributed_result(variant: str, strategy: str, world: int, seq_len: int, trial: int, tokens_per_s: float,
                        j_per_token: float, status: str = "ok") -> DistributedResult:
     wall, tokens = 2.0, int(2.0 * tokens_per_s)
