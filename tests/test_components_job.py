@@ -196,6 +196,7 @@ def test_components_report_gives_coverage_shares_and_the_sections_macros(tmp_pat
     assert "CLEAR (published)" in (paper / "generated" / "components" / "coverage.tex").read_text()
     sensitivity = (paper / "generated" / "components" / "sensitivity.tex").read_text().splitlines()
     assert [line.split(" & ")[0] for line in sensitivity if " & " in line][1:] == ["the base model", "batch 1"]
-    assert "coverage is 0.90--0.97, lowest for batch 1 (0.90 $\\pm$ 0.00" in macros
+    assert "coverage is 0.90--0.97; the least, for batch 1 (0.90 $\\pm$ 0.00" in macros
+    assert "has an interval that excludes 1" in macros
     for figure in ("components_share", "components_floor"):
         assert (tmp_path / "figures" / "components" / f"{figure}.pdf").exists()

@@ -53,7 +53,6 @@ from .longcontext import layer_call
 from .training import TrainConfig, Trainer, check_finite, failure_status, frozen_gc
 
 NOTEBOOK = "distributed.ipynb"
-STRATEGIES = ("ddp", "context_parallel", "ring_attention")
 RING_TOLERANCE = 2e-2  # bf16: the ring merges partial softmaxes in another order than one kernel
 
 
@@ -80,8 +79,7 @@ class DistributedConfig:
             self.train = TrainConfig(**self.train)
         for name in ("ddp_world_sizes", "cp_world_sizes", "cp_seq_lens", "ring_world_sizes"):
             values = getattr(self, name)
-            if not all(isinstance(v, int) and v >= 1 for v in values) or len(set(values)) != len(values) or (
-                    not values and name != "ring_world_sizes"):
+            if not all(isinstance(v, int) and v >= 1 for v in values) or len(set(values)) != len(values):
                 raise ValueError(f"{name}: distinct integers >= 1, got {values}")
         for name in ("gpus", "cp_batch_size", "trials", "warmup_steps", "profile_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:

@@ -148,15 +148,17 @@ def sensitivity_table(rows: pd.DataFrame) -> str:
 
 def sensitivity_text(rows: pd.DataFrame) -> str:
     """The sensitivity grid in a sentence: ranges of coverage, core share and core/MLP energy per FLOP, and the
-    model with the lowest coverage."""
+    model with the least coverage, with whether its interval includes 1 (a point estimate, not a ranking)."""
     if len(rows) < 2:
         return "n/a"
     low = rows.loc[rows.coverage.idxmin()]
+    includes = low.coverage - low.coverage_ci95 <= 1 <= low.coverage + low.coverage_ci95
     span = lambda x, spec, scale=1: f"{scale * x.min():{spec}}--{scale * x.max():{spec}}"  # noqa: E731
     return (f"Around {low.variant}'s model at $T$ = {low.seq_len}, with one of batch size, heads and width varied at a "
-            f"time (Table~\\ref{{tab:sensitivity}}), coverage is {span(rows.coverage, '.2f')}, lowest for "
+            f"time (Table~\\ref{{tab:sensitivity}}), coverage is {span(rows.coverage, '.2f')}; the least, for "
             f"{_varied(low)} ({latex.pm(low.coverage, low.coverage_ci95, '.2f')}, component CVs up to "
-            f"{100 * low.max_cv:.0f}\\%); the attention core takes {span(rows.core_share, '.1f', 100)}\\% of the "
+            f"{100 * low.max_cv:.0f}\\%), has an interval that {'includes' if includes else 'excludes'} 1; the attention "
+            f"core takes {span(rows.core_share, '.1f', 100)}\\% of the "
             f"components' energy at {span(rows.core_over_mlp_j_per_flop, '.2f')}$\\times$ the MLP's energy per FLOP.")
 
 
