@@ -105,8 +105,11 @@ class LSHAttention(nn.Module):
         gpt2_init_(self.c_attn, config)
         self.c_proj, self.resid_dropout = gpt2_output_projection(config)
         generator = torch.Generator().manual_seed(config.lsh_seed + (layer_idx or 0))
-        rotations = torch.randn(self.head_dim, config.n_hashes, config.n_buckets // 2, generator=generator)
-        self.register_buffer("rotations", rotations)
+        # drawn on the host from a seeded host generator (the same rotations on every device), then put where the
+        # other weights are being built
+        rotations = torch.randn(self.head_dim, config.n_hashes, config.n_buckets // 2, generator=generator,
+                                device="cpu")
+        self.register_buffer("rotations", rotations.to(self.c_attn.weight.device))
 
     def forward(self, hidden_states: torch.Tensor, past_key_values=None, attention_mask=None, **kwargs):
         require_plain_causal(attention_mask, "lsh")
