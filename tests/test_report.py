@@ -104,6 +104,13 @@ def test_claims_hold_only_as_far_as_the_intervals_allow(results_dir) -> None:
     assert modes["GraphVsEagerEnergySavingRange"] == "57--57" and modes["GraphVsEagerEnergyNoSaving"] == "none"
     assert modes["EagerCheapestVariant"] == "gqa" and modes["EagerDearestVariant"] == "baseline"
     assert modes["EagerCheapestVsDearestEnergy"].endswith("lower than")
+    spreads = summary.copy()  # rows within 2% between windows are counted; the widest is named
+    eager = spreads["mode"] == "eager"
+    spreads.loc[eager, "tokens_per_s_spread"] = spreads.loc[eager, "variant"].map({"gqa": 0.05, "sdpa": 0.02,
+                                                                                    "baseline": 0.001})
+    modes = latex.mode_macros(spreads)
+    assert modes["EagerThroughputSpreadWithinTwoPct"] == "2 of 3"
+    assert modes["EagerThroughputSpreadMaxPct"] == "5.0" and modes["EagerThroughputSpreadMaxVariant"] == "gqa"
 
 
 def test_build_report_writes_tables_figures_and_only_used_macros(results_dir, tmp_path) -> None:

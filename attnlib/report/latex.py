@@ -112,7 +112,7 @@ def row_macros(summary: pd.DataFrame) -> dict[str, str]:
 def mode_macros(summary: pd.DataFrame) -> dict[str, str]:
     """Per mode: the energy ranking (ties where intervals overlap), the cheapest row against the dearest, the range
     of savings against eager where the intervals separate (and the rows without one), the largest throughput
-    spread between trials."""
+    spread between trials and how many rows stay within 2%."""
     macros: dict[str, str] = {}
     for mode, rows in summary.groupby("mode"):
         key = camel(mode)
@@ -129,6 +129,8 @@ def mode_macros(summary: pd.DataFrame) -> dict[str, str]:
             worst = spread.loc[spread.tokens_per_s_spread.idxmax()]
             macros[key + "ThroughputSpreadMaxPct"] = fmt(worst.tokens_per_s_spread, ".1f", 100)
             macros[key + "ThroughputSpreadMaxVariant"] = worst.variant
+            within = int((spread.tokens_per_s_spread <= 0.02).sum())
+            macros[key + "ThroughputSpreadWithinTwoPct"] = f"{within} of {len(spread)}"
         if mode != "eager":
             # a saving is quoted only where the intervals separate; the rows where they overlap are named
             savings = [compare(summary, (v, mode), (v, "eager"), "gpu_j_per_token") for v in rows.variant]
