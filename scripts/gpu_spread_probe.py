@@ -3,7 +3,8 @@
 For each variant, one compiled trainer (whole model, as the paper's compile rows), warmed up, then rounds of 5 s
 windows in a seeded random order of two conditions:
 - `bare`: the training loop between two synchronisations, no measurement thread;
-- `measured`: the same loop inside `attnlib.measure` (its ~10 Hz NVML power sampler running).
+- `measured`: the same loop inside `attnlib.measure` (its ~10 Hz NVML power sampler running, a CodeCarbon task).
+As in a trials job, one CodeCarbon tracker runs through all windows of a variant.
 Per window: tokens/s, the host time of each `Trainer.step()` call (median, 99th percentile, max: with a full launch
 queue the host waits for the GPU, so a host-bound loop shows its own step time, and a stall shows as a spike), and
 the card's SM clock and temperature at both ends. Writes DIR/spread_probe.json and DIR/spread_probe.md.
@@ -25,6 +26,7 @@ import torch
 from attnlib.data import prepare_data
 from attnlib.experiments.training import TrainConfig, Trainer, frozen_gc
 from attnlib.measurement import measure
+from attnlib.measurement.codecarbon_estimate import CodeCarbonTracker
 from attnlib.measurement.nvml import open_nvml
 from attnlib.provenance import provenance
 
@@ -69,16 +71,20 @@ def main() -> None:
         for _ in range(10):
             trainer.step()
         torch.cuda.synchronize()
+        codecarbon = CodeCarbonTracker("USA")
+        codecarbon.start()
         with frozen_gc():
             for round_ in range(args.rounds):
                 for condition in rng.sample(CONDITIONS, len(CONDITIONS)):
                     if condition == "measured":
-                        with measure(f"{variant}/{condition}"):
+                        with measure(f"{variant}/{condition}", codecarbon=codecarbon):
                             row = window(trainer, args.window_s, gpus)
                     else:
                         row = window(trainer, args.window_s, gpus)
                     rows.append({"variant": variant, "condition": condition, "round": round_, **row})
                     print(json.dumps(rows[-1]), flush=True)
+        if codecarbon.running:
+            codecarbon.stop()
         del trainer
         torch._dynamo.reset()
         torch.cuda.empty_cache()
