@@ -44,11 +44,12 @@ def window(trainer: Trainer, seconds: float, gpus) -> dict:
         host_ms.append(1e3 * (time.perf_counter() - t))
     torch.cuda.synchronize()
     wall = time.perf_counter() - start
+    end = gpus.state()
     host_ms.sort()
     return {"steps": len(host_ms), "tokens_per_s": len(host_ms) * trainer.config.tokens_per_step / wall,
             "host_ms_p50": statistics.median(host_ms), "host_ms_p99": host_ms[int(0.99 * (len(host_ms) - 1))],
-            "host_ms_max": host_ms[-1], "sm_clock_mhz": [state["sm_clock_mhz"][0], gpus.state()["sm_clock_mhz"][0]],
-            "temperature_c": [state["temperature_c"][0], gpus.state()["temperature_c"][0]]}
+            "host_ms_max": host_ms[-1], "sm_clock_mhz": [state["sm_clock_mhz"][0], end["sm_clock_mhz"][0]],
+            "temperature_c": [state["temperature_c"][0], end["temperature_c"][0]]}
 
 
 def main() -> None:
