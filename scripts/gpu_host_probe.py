@@ -1,21 +1,20 @@
-"""Is compiled (no CUDA graph) training bound by the host, and does Inductor's C++ wrapper lift it? A diagnostic.
+"""Is compiled (no CUDA graph) training bound by the host, and what lifts it? A diagnostic, not a table.
 
-For each variant, two whole-model compiled trainers (as the paper's compile rows): `compile` (Inductor's Python
-wrapper) and `compile-cpp` (`torch._inductor.config.cpp_wrapper = True`: the same kernels launched from C++). For
-each: the first step's wall time (compilation), then the host time of each phase of a step, timed from an idle GPU
-(synchronise, time the calls, synchronise: one step's ~500 launches do not fill the launch queue, so the host's
-time is its own, not a wait), against the step's wall time. A loop whose host time per step reaches the step's GPU
-time is bound by the host. Then rounds of 5 s windows, the conditions interleaved in a seeded random order.
+For each variant, whole-model compiled trainers (as the paper's compile rows) under Inductor settings
+(`CONDITIONS`), one after the other, each compiled afresh (`torch._dynamo.reset()`: dynamo would otherwise reuse
+the first compiled code for every trainer). For each: the first step's wall time (compilation), the host time of
+each phase of a step, timed from an idle GPU (synchronise, time the calls, synchronise: one step's ~500 launches do
+not fill the launch queue, so the host's time is its own, not a wait), against the step's wall time, then
+`--windows` windows of 5 s. A loop whose host time per step reaches the step's GPU time is bound by the host.
 Writes DIR/host_probe.json and DIR/host_probe.md.
 
-usage: python scripts/gpu_host_probe.py --out DIR [--variants sdpa,gqa] [--rounds 3] [--window-s 5]
+usage: python scripts/gpu_host_probe.py --out DIR [--variants sdpa,gqa] [--windows 4] [--window-s 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import time
 from pathlib import Path
@@ -27,7 +26,11 @@ from attnlib.data import prepare_data
 from attnlib.experiments.training import TrainConfig, Trainer, frozen_gc
 from attnlib.provenance import provenance
 
-CONDITIONS = {"compile": {}, "compile-cpp": {"cpp_wrapper": True}}
+CONDITIONS = {  # name -> torch._inductor.config settings
+    "compile": {},
+    "compile-no-asserts": {"size_asserts": False, "alignment_asserts": False, "scalar_asserts": False},
+    "compile-cpp": {"cpp_wrapper": True},
+}
 PHASES = ("batch", "forward", "backward", "clip", "optimizer", "zero+schedule")
 
 
@@ -75,51 +78,41 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--variants", default="sdpa,gqa")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--windows", type=int, default=4)
     parser.add_argument("--window-s", type=float, default=5.0)
-    parser.add_argument("--seed", type=int, default=20261124)
     args = parser.parse_args()
     origin = provenance()  # before any GPU work: a malformed $ATTNLIB_COMMIT fails here
     if not torch.cuda.is_available():
         raise SystemExit("gpu_host_probe: no CUDA device; this script runs on the GPU machine")
     args.out.mkdir(parents=True, exist_ok=True)
     data = prepare_data("debian-docs", 512, Path(".cache"))
-    rng, rows = random.Random(args.seed), []
+    rows = []
     for variant in args.variants.split(","):
-        trainers, summary = {}, {}
-        for condition, patch in CONDITIONS.items():
-            trainer = Trainer(TrainConfig(variant=variant, mode="compile", dataset="debian-docs"), data,
-                              torch.device("cuda"), total_steps=10**6)
-            start = time.perf_counter()
-            with inductor_config.patch(patch):
+        for condition, settings in CONDITIONS.items():
+            torch._dynamo.reset()
+            with inductor_config.patch(settings):
+                trainer = Trainer(TrainConfig(variant=variant, mode="compile", dataset="debian-docs"), data,
+                                  torch.device("cuda"), total_steps=10**6)
+                start = time.perf_counter()
                 trainer.step()
                 torch.cuda.synchronize()
-                first_step_s = time.perf_counter() - start
+                row = {"variant": variant, "condition": condition, "first_step_s": time.perf_counter() - start}
                 for _ in range(9):
                     trainer.step()
-            summary[condition] = {"variant": variant, "condition": condition, "first_step_s": first_step_s,
-                                  **phase_times(trainer), "tokens_per_s": []}
-            print(json.dumps(summary[condition]), flush=True)
-            trainers[condition] = trainer
-        with frozen_gc():
-            for _ in range(args.rounds):
-                for condition in rng.sample(list(CONDITIONS), len(CONDITIONS)):
-                    summary[condition]["tokens_per_s"].append(window(trainers[condition], args.window_s))
-        for row in summary.values():
-            tps = row["tokens_per_s"]
-            row["spread"] = (max(tps) - min(tps)) / max(tps)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-        del trainers, trainer
-        torch._dynamo.reset()
-        torch.cuda.empty_cache()
+                row.update(phase_times(trainer))
+                with frozen_gc():
+                    tps = [window(trainer, args.window_s) for _ in range(args.windows)]
+            rows.append({**row, "tokens_per_s": tps, "spread": (max(tps) - min(tps)) / max(tps)})
+            print(json.dumps(rows[-1]), flush=True)
+            del trainer
+            torch.cuda.empty_cache()
     (args.out / "host_probe.json").write_text(json.dumps({"provenance": origin, "rows": rows}, indent=1) + "\n")
     lines = [f"# Host time of a compiled step ({origin['device']})", "",
              "GPT-2 small, B16 x T512, whole-model `torch.compile`; host ms: median over 20 steps each started on an "
-             f"idle GPU; wall ms: the same steps until the GPU finishes; then {args.rounds} rounds of "
-             f"{args.window_s:g} s windows, conditions in random order (seed {args.seed}).", "",
+             f"idle GPU; wall ms: the same steps until the GPU finishes; then {args.windows} windows of "
+             f"{args.window_s:g} s.", "",
              "| variant | condition | first step s | " + " | ".join(f"host ms {p}" for p in PHASES)
-             + " | host ms total | wall ms | tok/s mean | spread % |", "|---" * (len(PHASES) + 8) + "|"]
+             + " | host ms total | wall ms | tok/s mean | spread % |", "|---" * (len(PHASES) + 7) + "|"]
     lines += [f"| {r['variant']} | {r['condition']} | {r['first_step_s']:.1f} | "
               + " | ".join(f"{r[f'host_ms_{p}']:.2f}" for p in PHASES)
               + f" | {r['host_ms_total']:.1f} | {r['wall_ms']:.1f} | {statistics.mean(r['tokens_per_s']):,.0f} | "
