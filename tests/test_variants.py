@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import attnlib
 from attnlib.variants.flex import causal_mask_mod
+from attnlib.variants import linear
 from attnlib.variants.linear import chunked_linear_attention, feature_map, naive_linear_attention
 from attnlib.variants.lsh import lsh_attention
 from attnlib.variants.sliding_window import sliding_window_mask_mod
@@ -108,6 +109,47 @@ def test_linear_chunked_equals_naive(chunk_size: int) -> None:
     grads_ref = torch.autograd.grad(naive.sum(), (q, k, v))
     for g, g_ref in zip(grads, grads_ref):
         torch.testing.assert_close(g, g_ref)
+
+
+def exact_fla_chunk_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stand in for fla's chunk kernels (Triton, CUDA only) with the exact unnormalised sums they compute on
+    `[B, T, H, D]` inputs, so that the custom-op wiring around them runs on the host."""
+    def heads_first(*tensors):
+        return (t.transpose(1, 2) for t in tensors)
+
+    def forward(q, k, v, scale, **_):
+        q, k, v = heads_first(q, k, v)
+        return ((q @ k.transpose(-1, -2)).tril() * scale @ v).transpose(1, 2), None
+
+    def backward(q, k, v, do, scale, **_):  # by hand: a custom op runs below autograd
+        q, k, v, do = heads_first(q, k, v, do)
+        scores, grad_scores = (q @ k.transpose(-1, -2)).tril() * scale, (do @ v.transpose(-1, -2)).tril() * scale
+        dq, dk, dv = grad_scores @ k, grad_scores.transpose(-1, -2) @ q, scores.transpose(-1, -2) @ do
+        return (*heads_first(dq, dk, dv), None, None)
+
+    monkeypatch.setattr(linear, "chunk_simple_gla_fwd", forward)
+    monkeypatch.setattr(linear, "chunk_simple_gla_bwd", backward)
+
+
+def test_linear_fla_op_compiles_into_one_graph_with_exact_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA path (`fla_causal_linear` then `normalise`) equals the quadratic reference, gradients included,
+    and `torch.compile` traces it whole (fullgraph: no break around the kernels, its fake and backward registered)."""
+    exact_fla_chunk_kernels(monkeypatch)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 64, 16, dtype=torch.float64, requires_grad=True) for _ in range(3))
+
+    def attention(q, k, v):
+        fq, fk, v = (t.transpose(1, 2) for t in (feature_map(q), feature_map(k), v))
+        return linear.normalise(linear.fla_causal_linear(fq, fk, v), fq, fk).transpose(1, 2)
+
+    torch._dynamo.reset()
+    out = torch.compile(attention, fullgraph=True, backend="aot_eager")(q, k, v)
+    naive = naive_linear_attention(feature_map(q), feature_map(k), v)
+    torch.testing.assert_close(out, naive, rtol=1e-6, atol=1e-6)  # the 1e-10 in fla's denominator
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    grads_ref = torch.autograd.grad(naive.sum(), (q, k, v))
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=1e-6, atol=1e-6)
 
 
 def shared_qk_reference(qk: torch.Tensor, v: torch.Tensor, visible: torch.Tensor, scaling: float) -> tuple:

@@ -4,8 +4,12 @@
 
 computed in chunks of `chunk_size` tokens (any T: a last partial chunk is padded): quadratic inside a chunk, a running [D, D] state between chunks, so
 memory is O(T) in sequence length and FLOPs are O(T (chunk_size + D) D) instead of O(T^2 D). On CUDA with
-flash-linear-attention installed its Triton `chunk_linear_attn` runs; otherwise `chunked_linear_attention` below.
-`naive_linear_attention` is the quadratic reference the tests hold both to.
+flash-linear-attention installed, fla's Triton chunk kernels compute the numerator (`fla_causal_linear`, a PyTorch
+custom op, so that `torch.compile` keeps it inside one graph and CUDA graphs capture it: fla's own
+`chunk_linear_attn` is `torch.compiler.disable`d, which splits every layer's graph in two and launches its kernels
+from Python) and `normalise` divides by the denominator, as fla's `chunk_linear_attn(normalize=True)` does;
+otherwise `chunked_linear_attention` below. `naive_linear_attention` is the quadratic reference the tests hold
+both to.
 """
 
 from __future__ import annotations
@@ -18,9 +22,60 @@ from ..registry import VariantSpec, register
 from ._common import require_plain_causal, require_positive
 
 try:
-    from fla.ops.linear_attn import chunk_linear_attn
+    from fla.ops.simple_gla.chunk import chunk_simple_gla_bwd, chunk_simple_gla_fwd
 except ImportError:  # optional extra: `pip install attnlib[fla]`
-    chunk_linear_attn = None
+    chunk_simple_gla_fwd = chunk_simple_gla_bwd = None
+
+FLA_CHUNK = 64  # the chunk size of fla's kernels
+
+
+@torch.library.custom_op("attnlib::fla_causal_linear", mutates_args=())
+def fla_causal_linear(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Unnormalised causal linear attention, sum_{j<=i} (q_i . k_j) v_j, of `[B, T, H, D]` inputs: fla's chunk
+    kernels (`chunk_simple_gla` with no gate, scale 1), which `chunk_linear_attn` runs before normalising."""
+    o, _ = chunk_simple_gla_fwd(q=q.contiguous(), k=k.contiguous(), v=v.contiguous(), g=None, g_gamma=None,
+                                scale=1.0, initial_state=None, output_final_state=False, cu_seqlens=None,
+                                chunk_size=FLA_CHUNK)
+    return o.to(q.dtype)
+
+
+@fla_causal_linear.register_fake
+def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return torch.empty(v.shape, dtype=q.dtype, device=v.device)
+
+
+@torch.library.custom_op("attnlib::fla_causal_linear_backward", mutates_args=())
+def fla_causal_linear_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                               grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients of `fla_causal_linear` with respect to q, k and v: fla's chunk backward kernels."""
+    dq, dk, dv, _, _ = chunk_simple_gla_bwd(q=q.contiguous(), k=k.contiguous(), v=v.contiguous(), g=None,
+                                            g_gamma=None, initial_state=None, do=grad.contiguous(), dht=None,
+                                            scale=1.0, cu_seqlens=None, chunk_size=FLA_CHUNK)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+@fla_causal_linear_backward.register_fake
+def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: torch.Tensor):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _save_inputs(ctx, inputs: tuple, output: torch.Tensor) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _fla_causal_linear_grad(ctx, grad: torch.Tensor):
+    return fla_causal_linear_backward(*ctx.saved_tensors, grad)
+
+
+fla_causal_linear.register_autograd(_fla_causal_linear_grad, setup_context=_save_inputs)
+
+
+def normalise(numerator: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Divide the unnormalised output `[B, T, H, D]` by phi(q_i) . sum_{j<=i} phi(k_j), as fla's
+    `normalize_with_z_state` does: the key prefix sum accumulated in float32 and kept in the keys' dtype, 1e-10
+    added to the denominator."""
+    k_sum = k.float().cumsum(1).to(k.dtype)
+    return numerator / ((q * k_sum).sum(-1, keepdim=True) + 1e-10)
 
 
 def feature_map(x: torch.Tensor) -> torch.Tensor:
@@ -75,8 +130,8 @@ def chunked_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
 
 
 def kernel(device: str) -> str:
-    if device == "cuda" and chunk_linear_attn is not None:
-        return "fla chunk_linear_attn (Triton)"
+    if device == "cuda" and chunk_simple_gla_fwd is not None:
+        return "fla chunk kernels (Triton), as chunk_linear_attn"
     return "attnlib chunked_linear_attention (PyTorch)"
 
 
@@ -85,10 +140,9 @@ def linear_attention(module, query, key, value, attention_mask, scaling=None, dr
     the normalisation by phi(q)^T z_i makes the output scale-free."""
     require_plain_causal(attention_mask, "linear")
     q, k = feature_map(query), feature_map(key)
-    if query.is_cuda and chunk_linear_attn is not None:
+    if query.is_cuda and chunk_simple_gla_fwd is not None:
         q, k, v = (t.transpose(1, 2) for t in (q, k, value))  # fla takes [B, T, H, D]
-        out, _ = chunk_linear_attn(q, k, v, scale=1.0, normalize=True)
-        return out, None
+        return normalise(fla_causal_linear(q, k, v), q, k), None
     return chunked_linear_attention(q, k, value, module.config.chunk_size).transpose(1, 2), None
 
 
