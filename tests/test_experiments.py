@@ -122,23 +122,59 @@ def test_loss_equals_transformers_loss(cache) -> None:
 
 def tiny_trials(**overrides) -> TrialsConfig:
     return TrialsConfig(train=TrainConfig(variant="flex", **TINY_TRAIN), **{
-        **dict(modes=["eager", "compile", "graph"], trials=2, window_s=0.3, unmeasured_steps=1, idle_s=0.1), **overrides})
+        **dict(modes=["eager", "compile", "graph"], rounds=2, window_s=0.3, unmeasured_steps=1, idle_s=0.1), **overrides})
 
 
-def test_trials_job_writes_typed_results(tmp_path, cache) -> None:
+def test_trials_job_writes_paired_typed_results(tmp_path, cache) -> None:
     results = run_trials_job(tiny_trials(), tmp_path, cache, progress=False)
-    assert sorted((r.mode, r.trial) for r in results) == [(m, t) for m in ("compile", "eager", "graph") for t in (0, 1)]
+    assert sorted((r.mode, r.round, r.role) for r in results) == [
+        (m, t, role) for m in ("compile", "eager", "graph") for t in (0, 1) for role in ("reference", "variant")]
     ok = [r for r in results if r.status == "ok"]
     assert {r.mode for r in ok} == {"eager", "compile"}
     graph = [r for r in results if r.mode == "graph"]
     assert all(r.status == "unsupported" and "CUDA" in r.error for r in graph)  # a CPU has no CUDA graphs
-    saved = read_result(tmp_path / "flex__eager__trial1.json")
-    assert isinstance(saved, TrialResult) and saved == next(r for r in ok if (r.mode, r.trial) == ("eager", 1))
+    saved = read_result(tmp_path / "flex__eager__round1__variant.json")
+    assert isinstance(saved, TrialResult) and saved == next(r for r in ok if (r.mode, r.round, r.role) == ("eager", 1, "variant"))
+    reference = read_result(tmp_path / "flex__eager__round1__reference.json")
+    assert (saved.variant, saved.reference, reference.variant, reference.role) == ("flex", "sdpa", "flex", "reference")
+    assert saved.model.kernel != reference.model.kernel  # the reference window trained sdpa, not flex
     m = saved.measurement
     assert m.wall_s >= 0.3 and m.tokens == saved.steps * 64 and m.flops == m.tokens * saved.model.training_flops_per_token
     assert m.gpu_energy_j is None and m.reasons["gpu_energy_j"]  # CPU: none, with the reason
+    assert saved.steady_state.converged is None and saved.steady_state.reason  # no counter to judge steady state by
     assert saved.provenance.versions["torch"] and saved.provenance.device == "cpu"
     assert saved.data.dataset.startswith("python-docs") and saved.config["train"]["variant"] == "flex"
+
+
+def test_each_round_draws_its_own_order(tmp_path, cache, monkeypatch) -> None:
+    """Rounds are the replicates: in each, one window of each role, in an order drawn from the recorded seed."""
+    from attnlib.measurement import round_orders
+
+    opened: list[str] = []
+    import attnlib.experiments.trials as trials_module
+
+    real = trials_module.measure
+
+    def recording(label, **kwargs):
+        opened.append(label)
+        return real(label, **kwargs)
+
+    monkeypatch.setattr(trials_module, "measure", recording)
+    results = run_trials_job(tiny_trials(modes=["eager"], rounds=4, window_s=0.05), tmp_path, cache, progress=False)
+    seed = results[0].order_seed
+    assert [label.rsplit("/", 1)[1] for label in opened] == [role for order in round_orders(
+        ["reference", "variant"], 4, seed) for role in order]
+    assert len({tuple(o) for o in round_orders(["reference", "variant"], 4, seed)}) == 2  # both orders occur
+
+
+def test_reference_setup_drops_the_variants_own_parameters() -> None:
+    config = TrialsConfig(train=TrainConfig(variant="gqa", **{**TINY_TRAIN, "model": {**TINY_TRAIN["model"],
+                                                                                      "n_kv_head": 1}}), modes=["eager"])
+    reference = config.reference_config("eager")
+    assert reference.variant == "sdpa" and "n_kv_head" not in reference.model and reference.model["n_layer"] == 1
+    assert reference.seq_len == config.train.seq_len and reference.batch_size == config.train.batch_size
+    with pytest.raises(ValueError, match="rounds"):
+        tiny_trials(rounds=1)
 
 
 def test_quality_job_runs_every_seed_with_a_loss_curve(tmp_path, cache) -> None:
@@ -162,8 +198,8 @@ def test_failures_are_recorded(tmp_path, cache, monkeypatch, error, status) -> N
 
     monkeypatch.setattr(Trainer, "step", broken_step)
     results = run_trials_job(tiny_trials(modes=["eager"]), tmp_path, cache, progress=False)
-    assert [r.status for r in results] == [status, status]
-    assert json.loads((tmp_path / "flex__eager__trial0.json").read_text())["status"] == status
+    assert [r.status for r in results] == [status] * 4
+    assert json.loads((tmp_path / "flex__eager__round0__variant.json").read_text())["status"] == status
 
 
 def test_compile_scope_per_mode(tmp_path, cache, monkeypatch) -> None:
@@ -186,12 +222,12 @@ def test_compile_scope_per_mode(tmp_path, cache, monkeypatch) -> None:
 
 
 def test_results_frame_columns_are_field_names(tmp_path, cache) -> None:
-    run_trials_job(tiny_trials(modes=["eager"], trials=1), tmp_path / "raw", cache, progress=False)
+    run_trials_job(tiny_trials(modes=["eager"], rounds=2), tmp_path / "raw", cache, progress=False)
     frame = results_frame(tmp_path)
-    for column in ("kind", "variant", "mode", "status", "trial", "tokens_per_s", "gpu_j_per_token", "wall_s",
+    for column in ("kind", "variant", "mode", "status", "round", "role", "reference", "tokens_per_s", "gpu_j_per_token", "wall_s",
                    "job_wall_s", "dataset", "params", "kernel", "attnlib_commit", "device"):
         assert column in frame, column
-    assert frame.kind.tolist() == ["trial"] and frame.wall_s.iloc[0] >= 0.3
+    assert frame.kind.tolist() == ["trial"] * 4 and frame.wall_s.min() >= 0.3
 
 
 def test_plan_is_seeded_and_complete() -> None:
@@ -202,9 +238,10 @@ def test_plan_is_seeded_and_complete() -> None:
     assert [j.family for j in jobs] == ["trials"] * 3 and {j.variant for j in jobs} == {"sdpa", "gqa", "mla"}
     assert [j.name for j in jobs] == [j.name for j in plan(profile, ["sdpa", "gqa", "mla"])]
     trials = jobs[0].config
-    assert trials["modes"] == ["eager", "compile", "graph"] and trials["trials"] >= 5 and trials["window_s"] >= 5
+    assert trials["modes"] == ["eager", "graph"] and trials["rounds"] >= 5 and trials["window_s"] >= 5
+    assert trials["reference"] == "sdpa" and trials["steady_state"]["tolerance"] <= 0.005
     names = jobs[0].result_names()
-    assert names[0] == f"{jobs[0].variant}__eager__trial0.json" and len(names) == 15 + 3
+    assert names[0] == f"{jobs[0].variant}__eager__round0__reference.json" and len(names) == 2 * 5 * 2 + 3
     assert names[-1] == f"{jobs[0].variant}__quality__seed3.json"
     quality = trials["quality"]
     assert quality["seeds"] == [1, 2, 3] and quality["train"]["mode"] == "graph"
@@ -228,19 +265,19 @@ def test_trials_job_runs_its_quality_seeds_with_its_own_trainer(tmp_path, monkey
 
     monkeypatch.setattr(Trainer, "__init__", counting_init)
     config = load_profile("smoke").job_config("trials", "sdpa")
-    config = dataclasses.replace(config, trials=1, window_s=0.2, idle_s=0.05,
+    config = dataclasses.replace(config, rounds=2, window_s=0.2, idle_s=0.05,
                                  quality=dataclasses.replace(config.quality, seeds=[1, 2], tokens=2048))
     results = run_trials_job(config, tmp_path / "raw", tmp_path / "cache", progress=False)
-    assert built == ["eager"] and [r.kind for r in results] == ["trial", "quality", "quality"]
+    assert built == ["eager", "eager"] and [r.kind for r in results] == ["trial"] * 4 + ["quality"] * 2
     assert sorted(p.name for p in (tmp_path / "raw").glob("*.json")) == sorted(config.result_names())
-    assert all(r.status == "ok" for r in results) and results[1].val_loss > 0
+    assert all(r.status == "ok" for r in results) and results[4].val_loss > 0
     # stopped after its windows and first seed: the resumed job keeps them and runs the second seed only
     written = {p.name: p.read_bytes() for p in (tmp_path / "raw").glob("*.json")}
     (tmp_path / "raw" / "sdpa__quality__seed2.json").unlink()
     built.clear()
     again = run_trials_job(config, tmp_path / "raw", tmp_path / "cache", progress=False)
-    assert built == ["eager"] and again[:2] == results[:2] and again[2].seed == 2 and again[2].status == "ok"
-    assert again[2].val_loss == pytest.approx(results[2].val_loss, rel=1e-4)  # the same seed, the same run
+    assert built == ["eager"] and again[:5] == results[:5] and again[5].seed == 2 and again[5].status == "ok"
+    assert again[5].val_loss == pytest.approx(results[5].val_loss, rel=1e-4)  # the same seed, the same run
     assert all((tmp_path / "raw" / n).read_bytes() == b for n, b in written.items() if n != "sdpa__quality__seed2.json")
     built.clear()
     assert run_trials_job(config, tmp_path / "raw", tmp_path / "cache", progress=False) == again and built == []
@@ -260,7 +297,7 @@ def test_resume_skips_finished_and_redoes_broken(tmp_path, monkeypatch) -> None:
         return True
 
     done_result = json.dumps({"kind": "trial", **json.loads(json.dumps(dataclasses.asdict(TrialResult(
-        variant="sdpa", mode="eager", status="oom", provenance=None, config={}, trial=0, order_seed=0))))})
+        variant="sdpa", mode="eager", status="oom", provenance=None, config={}, round=0, order_seed=0))))})
     monkeypatch.setattr(pipeline, "execute", fake_execute)
     jobs = plan(profile, ["sdpa"])
     assert pipeline.run(profile, ["sdpa"], tmp_path, tmp_path / "cache") == 0

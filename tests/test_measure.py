@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from attnlib.measurement import (Candidate, GPUBackend, IdleBaseline, NullGPUs, energy_between, measure, measure_idle,
-                                 round_orders, run_trials, summarize)
-from attnlib.measurement.nvml import open_nvml
+from attnlib.measurement import (Candidate, GPUBackend, IdleBaseline, NullGPUs, SteadyStateConfig, energy_between, measure,
+                                 measure_idle, paired_ratio, reach_steady_state, round_orders, run_trials, summarize)
+from attnlib.measurement.nvml import clock_event_names, open_nvml
 from attnlib.measurement.rapl import open_rapl
 
 
@@ -96,6 +96,90 @@ def test_derived_figures_on_recorded_counter() -> None:
     assert r.energy_counter_updates >= 10 and not r.warnings
     assert r.idle_power_w == 100.0 and r.idle_power_source == "recorded idle"
     assert r.environment["start"]["sm_clock_mhz"] == [1980] and r.environment["end"]["temperature_c"] == [40]
+
+
+class ThrottledGPU(RecordedGPU):
+    """A card at its power cap: every state read reports the SW power cap, every other one a thermal slowdown too,
+    and its SM clock and temperature rise with each read."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.reads = 0
+
+    def state(self) -> dict:
+        self.reads += 1
+        reasons = ["sw_power_cap"] + (["sw_thermal_slowdown"] if self.reads % 2 == 0 else [])
+        return {"sm_clock_mhz": [1700 + self.reads], "mem_clock_mhz": [2619], "temperature_c": [50 + self.reads],
+                "clock_event_reasons": [reasons]}
+
+
+def test_window_records_the_cards_state() -> None:
+    """Temperature at both ends, mean SM clock and how often each clock-event reason held, per window."""
+    gpu = ThrottledGPU(power_w=690.0, update_s=0.01)
+    with measure("capped", codecarbon=False, gpus=gpu) as window:
+        time.sleep(1.2)
+    r = window.result
+    assert r.temperature_start_c == 51 and r.temperature_end_c == 50 + gpu.reads
+    assert r.state_samples >= 2 and 1700 < r.sm_clock_mean_mhz < 1700 + gpu.reads
+    assert r.clock_event_shares["sw_power_cap"] == 1.0 and 0.3 <= r.clock_event_shares["sw_thermal_slowdown"] <= 0.7
+    with measure("no reasons", codecarbon=False, gpus=RecordedGPU()) as window:
+        time.sleep(0.6)
+    assert window.result.clock_event_shares == {} and "clock_event_shares" in window.result.reasons
+    assert window.result.sm_clock_mean_mhz == 1980
+    assert clock_event_names(0x4 | 0x20) == ["sw_power_cap", "sw_thermal_slowdown"] and clock_event_names(0x1000) == ["0x1000"]
+
+
+class WarmingGPU(RecordedGPU):
+    """A card whose power settles from `power_w` + `excess_w` to `power_w` with time constant `tau_s` (`drift_w_per_s`
+    adds a rise that never settles); the counter integrates it exactly, updated every millisecond."""
+
+    def __init__(self, power_w: float, excess_w: float, tau_s: float, drift_w_per_s: float = 0.0):
+        super().__init__(power_w=power_w, update_s=0.001)
+        self.excess_w, self.tau_s, self.drift = excess_w, tau_s, drift_w_per_s
+
+    def energy_mj(self) -> list[int]:
+        t = round((time.perf_counter() - self.t0) / self.update_s) * self.update_s
+        joules = (self.power_w_value * t + self.excess_w * self.tau_s * (1 - math.exp(-t / self.tau_s))
+                  + self.drift * t * t / 2)
+        return [int(1e6 + 1000 * joules)]
+
+
+def steady_work(seconds: float, window) -> None:
+    busy(seconds)
+    window.add_work(tokens=int(1000 * seconds))
+
+
+def test_steady_state_waits_for_the_card_to_settle() -> None:
+    config = SteadyStateConfig(stretch_s=0.15, tolerance=0.005, min_s=0.3, max_s=5.0)
+    state = reach_steady_state({"a": steady_work, "b": steady_work}, config, gpus=WarmingGPU(300.0, 150.0, tau_s=0.25))
+    assert state.converged is True and 0.9 < state.seconds < 3.0  # exp(-t/0.25) must fall to ~1% first
+    a = [s["gpu_j_per_token"] for s in state.stretches if s["workload"] == "a"]
+    assert [s["workload"] for s in state.stretches[:4]] == ["a", "b", "a", "b"] and a[0] > 1.1 * a[-1]
+    assert abs(a[-1] / a[-2] - 1) < 0.005
+
+
+def test_steady_state_stops_at_its_cap_and_says_so() -> None:
+    config = SteadyStateConfig(stretch_s=0.1, tolerance=0.005, min_s=0.0, max_s=0.6)
+    state = reach_steady_state({"a": steady_work}, config, gpus=WarmingGPU(300.0, 0.0, 1.0, drift_w_per_s=2000.0))
+    assert state.converged is False and 0.6 <= state.seconds < 1.0 and "still changing" in state.reason
+    cpu = reach_steady_state({"a": steady_work}, config)  # no energy counter here: nothing to judge by, nothing run
+    assert cpu.converged is None and cpu.seconds == 0 and cpu.reason
+    with pytest.raises(ValueError, match="steady_state"):
+        SteadyStateConfig(tolerance=0)
+
+
+def test_paired_ratio_is_a_t_interval_of_log_ratios() -> None:
+    r = paired_ratio([1.1, 1.2, 1.0, None], [1.0, 1.0, 1.0, 1.0])
+    logs = [math.log(1.1), math.log(1.2), 0.0]
+    mean = sum(logs) / 3
+    half = 4.303 * math.sqrt(sum((x - mean) ** 2 for x in logs) / 2) / math.sqrt(3)
+    assert r.n == 3 and r.ratio == pytest.approx(math.exp(mean))
+    assert (r.low, r.high) == (pytest.approx(math.exp(mean - half)), pytest.approx(math.exp(mean + half)))
+    assert not r.excludes_one() and r.half_width() == pytest.approx(max(r.high - 1, 1 - r.low))
+    assert paired_ratio([0.9, 0.91, 0.89], [1.0, 1.0, 1.0]).excludes_one()
+    assert paired_ratio([0.9], [1.0]).low is None and paired_ratio([], []).ratio is None
+    with pytest.raises(ValueError, match="pairs"):
+        paired_ratio([1.0], [1.0, 2.0])
 
 
 def test_null_backend_stands_in_for_a_missing_gpu() -> None:

@@ -1,11 +1,19 @@
-"""Training trials: throughput and energy of one variant in each execution mode, one process per variant.
+"""Training windows of one variant, paired with the reference on the same card: throughput and energy in each
+execution mode, one process per variant.
 
-For each mode, in an order drawn from the job's seed (`round_orders`): build the trainer, run unmeasured steps
-(compilation, CUDA-graph recording, autotuning, allocator growth), then `trials` measured windows of at least
-`window_s` seconds each. Each window is one `TrialResult`. A mode that fails (out of memory, a graph that cannot
-be captured, ...) gives results with that status and the reason, and the other modes go on.
+For each mode, in an order drawn from the job's seed (`round_orders`): build the variant's trainer and warm it up
+(compilation, CUDA-graph recording, autotuning, allocator growth: `unmeasured_steps`, unmeasured; its memory is
+read now, alone on the card), then the reference's (`reference`, sdpa by default, with the same setup), run both
+in turns until the card reaches steady state (`attnlib.measurement.steady`), then `rounds` rounds of one window of
+each, of at least `window_s` seconds, in an order drawn afresh per round. A round is the replicate: the report
+takes the variant's ratio to the reference in each round, so drift in temperature, clocks or the host cancels
+within the round, and a ratio measured on one card compares with one measured on another. The reference's own job
+(variant == reference) pairs two builds of it: the A/A control, whose interval is the table's noise floor.
 
-A job may carry the variant's quality runs (`quality`): they run after the windows of their mode with the same
+Each window is one `TrialResult`. A mode that fails (out of memory, a graph that cannot be captured, ...) gives
+results with that status and the reason, and the other modes go on.
+
+A job may carry the variant's quality runs (`quality`): they run after the windows of their mode with the variant's
 trainer, so they cost neither a process of their own nor a second compilation. A stopped job resumes: the modes
 and seeds whose results exist are kept.
 """
@@ -22,29 +30,36 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..data import prepare_data
-from ..measurement import IdleBaseline, measure, measure_idle
+from ..data import TokenData, prepare_data
+from ..measurement import IdleBaseline, SteadyStateConfig, measure, measure_idle, reach_steady_state
 from ..measurement.codecarbon_estimate import CodeCarbonTracker
+from ..measurement.nvml import open_nvml
 from ..measurement.trials import round_orders
 from ..provenance import provenance
+from ..registry import get_variant
 from ..results import ModelInfo, Provenance, QualityResult, Result, TrialResult, finished_result, write_result
+from ..results.schema import ROLES
 from .quality import QualityConfig, quality_runs
 from .training import MODES, TrainConfig, Trainer, check_finite, default_device, failure_status, frozen_gc
 
 NOTEBOOK = "trials.ipynb"
+REFERENCE = "sdpa"  # every comparison's reference: PyTorch's fused attention, what a transformers model runs
 
 
 @dataclass
 class TrialsConfig:
-    """One trials job: `train` is the setup (its `mode` is ignored: every mode in `modes` runs)."""
+    """One paired trials job: `train` is the variant's setup (its `mode` is ignored: every mode in `modes`
+    runs); the reference trains with the same setup, less the variant's own parameters."""
 
     train: TrainConfig
+    reference: str = REFERENCE
     modes: list[str] = field(default_factory=lambda: list(MODES))
-    trials: int = 5
+    rounds: int = 5  # each one window of the variant and one of the reference
     window_s: float = 5.0  # each measured window lasts at least this long (>= 5 s: 50 counter updates)
     unmeasured_steps: int = 10  # compilation and autotuning happen here, outside the windows
+    steady_state: SteadyStateConfig = field(default_factory=SteadyStateConfig)
     idle_s: float = 2.0  # idle baseline, CUDA context alive, at the start of the job
-    order_seed: int = 0  # draws the order of the modes
+    order_seed: int = 0  # draws the order of the modes, and of the two windows in each round
     compile_scopes: dict[str, str] = field(default_factory=dict)  # mode -> its compile_scope, else train's
     # the variant's quality runs, in this process with the trainer of their mode (its compiled code reused)
     quality: QualityConfig | None = None
@@ -54,6 +69,9 @@ class TrialsConfig:
             self.train = TrainConfig(**self.train)
         if isinstance(self.quality, dict):
             self.quality = QualityConfig(**self.quality)
+        if isinstance(self.steady_state, dict):
+            self.steady_state = SteadyStateConfig(**self.steady_state)
+        get_variant(self.reference)
         if set(self.compile_scopes) - {"compile", "graph"}:
             raise ValueError(f"compile_scopes: keys are compiled modes (compile, graph), got {sorted(self.compile_scopes)}")
         for mode, scope in self.compile_scopes.items():
@@ -64,9 +82,10 @@ class TrialsConfig:
         if self.quality is not None and self.quality.train != self.mode_config(self.quality.train.mode):
             raise ValueError("quality: its training setup must be this job's in one of its modes, got "
                              f"{self.quality.train} against {self.mode_config(self.quality.train.mode)}")
-        if self.trials < 1 or self.window_s <= 0 or self.unmeasured_steps < 1 or self.idle_s <= 0:
-            raise ValueError("trials >= 1, window_s > 0, unmeasured_steps >= 1 and idle_s > 0 required, got "
-                             f"{self.trials}, {self.window_s}, {self.unmeasured_steps}, {self.idle_s}")
+        if self.rounds < 2 or self.window_s <= 0 or self.unmeasured_steps < 1 or self.idle_s <= 0:
+            raise ValueError("rounds >= 2 (an interval needs two), window_s > 0, unmeasured_steps >= 1 and "
+                             f"idle_s > 0 required, got {self.rounds}, {self.window_s}, {self.unmeasured_steps}, "
+                             f"{self.idle_s}")
 
     def mode_config(self, mode: str) -> TrainConfig | None:
         """The training setup of `mode`, with its compile scope; None for a mode the job does not run."""
@@ -75,83 +94,134 @@ class TrialsConfig:
         scope = self.compile_scopes.get(mode, self.train.compile_scope)
         return dataclasses.replace(self.train, mode=mode, compile_scope=scope)
 
+    def reference_config(self, mode: str) -> TrainConfig:
+        """The reference's setup in `mode`: the variant's, with the reference's name and without the variant's own
+        parameters (`VARIANTS[variant].params`)."""
+        train = self.mode_config(mode)
+        own = set(get_variant(train.variant).params) - set(get_variant(self.reference).params)
+        return dataclasses.replace(train, variant=self.reference,
+                                   model={k: v for k, v in train.model.items() if k not in own})
+
+    def window_name(self, mode: str, round_index: int, role: str) -> str:
+        return f"{self.train.variant}__{mode}__round{round_index}__{role}.json"
+
     def result_names(self) -> list[str]:
         """The result files of the job (under raw/)."""
-        v = self.train.variant
-        trials = [f"{v}__{m}__trial{t}.json" for m in self.modes for t in range(self.trials)]
-        return trials + ([f"{v}__quality__seed{s}.json" for s in self.quality.seeds] if self.quality else [])
+        windows = [self.window_name(m, r, role) for m in self.modes for r in range(self.rounds) for role in ROLES]
+        return windows + ([f"{self.train.variant}__quality__seed{s}.json" for s in self.quality.seeds]
+                          if self.quality else [])
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _trials_of_mode(config: TrialsConfig, mode: str, data, device: torch.device, idle: IdleBaseline | None,
-                    origin: Provenance, out_dir: Path, progress: bool, codecarbon: CodeCarbonTracker) -> list[Result]:
-    """The mode's windows, then, when the job's quality runs are in this mode, its seeds with the same trainer. A
-    resumed job keeps a mode whose windows `out_dir` holds (its missing quality seeds then build their own trainer)
-    and measures the others afresh: one mode's windows run together after one compilation."""
+@dataclass
+class _Warm:
+    """A trainer after its unmeasured steps, with their times and (first built) its memory alone on the card."""
+
+    trainer: Trainer
+    first_step_s: float
+    warmup_s: float
+    torch_peak_mem_bytes: int | None = None
+    gpu_mem_used_bytes: int | None = None
+
+
+def _warmed(train: TrainConfig, data: TokenData, device: torch.device, steps: int, alone: bool) -> _Warm:
+    """Build `train`'s trainer and run `steps` unmeasured steps; `alone`: read its memory afterwards (the allocator's
+    peak over the steps, and the device memory in use), before any other trainer exists."""
+    if alone and device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    trainer = Trainer(train, data, device, total_steps=10**6)
+    start = time.perf_counter()
+    loss = trainer.step()
+    check_finite(loss, "at the first step")
+    first_step_s = time.perf_counter() - start  # compilation lands here (.item synchronises)
+    for _ in range(steps - 1):
+        loss = trainer.step()
+    check_finite(loss, "during warm-up")
+    warm = _Warm(trainer, first_step_s, time.perf_counter() - start)
+    if alone and device.type == "cuda":
+        warm.torch_peak_mem_bytes = torch.cuda.max_memory_allocated()
+        gpus = open_nvml()
+        warm.gpu_mem_used_bytes = gpus.memory_used_bytes() if gpus.available else None
+    return warm
+
+
+def _paired_mode(config: TrialsConfig, mode: str, data: TokenData, device: torch.device, idle: IdleBaseline | None,
+                 origin: Provenance, out_dir: Path, progress: bool, codecarbon: CodeCarbonTracker) -> list[Result]:
+    """The mode's paired rounds, then, when the job's quality runs are in this mode, its seeds with the variant's
+    trainer. A resumed job keeps a mode whose windows `out_dir` holds (its missing quality seeds then build their
+    own trainer) and measures the others afresh: a mode's rounds share one steady state."""
     train = config.mode_config(mode)
     with_quality = config.quality is not None and config.quality.train.mode == mode
-    kept = [finished_result(out_dir / f"{train.variant}__{mode}__trial{t}.json") for t in range(config.trials)]
-    if all(r is not None for r in kept):
+    keys = [(r, role) for r in range(config.rounds) for role in ROLES]
+    kept = {key: finished_result(out_dir / config.window_name(mode, *key)) for key in keys}
+    if all(r is not None for r in kept.values()):
         quality = quality_runs(config.quality, data, device, idle, origin, out_dir, progress) if with_quality else []
         torch._dynamo.reset()
-        return [*kept, *quality]
-    results: list[TrialResult] = []
-    quality: list[QualityResult] = []
+        return [*kept.values(), *quality]
+    seed = config.order_seed + MODES.index(mode)
     common = dict(variant=train.variant, mode=mode, provenance=origin, config=config.to_dict(), data=data.info,
-                  order_seed=config.order_seed)
+                  order_seed=seed, reference=config.reference)
+    results: dict[tuple[int, str], TrialResult] = {}
+    quality: list[QualityResult] = []
     start = time.perf_counter()
-    trainer = None
+    warm: dict[str, _Warm] = {}
     try:
-        trainer = Trainer(train, data, device, total_steps=10**6)
-        model = ModelInfo(**trainer.describe())
-        warm_start = time.perf_counter()
-        loss = trainer.step()
-        check_finite(loss, "at the first step")
-        first_step_s = time.perf_counter() - warm_start  # compilation lands here (.item synchronises)
-        for _ in range(config.unmeasured_steps - 1):
-            loss = trainer.step()
-        check_finite(loss, "during warm-up")
-        warmup_s = time.perf_counter() - warm_start
+        warm["variant"] = _warmed(train, data, device, config.unmeasured_steps, alone=True)
+        warm["reference"] = _warmed(config.reference_config(mode), data, device, config.unmeasured_steps, alone=False)
+        models = {role: ModelInfo(**w.trainer.describe()) for role, w in warm.items()}
         with frozen_gc():  # the windows run with no full collection over the compiled graphs
-            for trial in range(config.trials):
-                trial_start = time.perf_counter()
-                with measure(f"{train.variant}/{mode}/trial{trial}", idle=idle, keep_trace=trial == 0,
-                             codecarbon=codecarbon if codecarbon.running else True) as window:
-                    steps, loss = trainer.steps_for(config.window_s, window)
-                result = TrialResult(**common, trial=trial, model=model, measurement=window.result, steps=steps,
-                                     final_train_loss=check_finite(loss, "at the end of the window"),
-                                     first_step_s=first_step_s, warmup_s=warmup_s,
-                                     job_wall_s=time.perf_counter() - (start if trial == 0 else trial_start))
-                results.append(result)
+            steady = reach_steady_state({role: w.trainer.steps_for for role, w in warm.items()}, config.steady_state)
+            if progress:
+                tqdm.write(f"{train.variant}/{mode}: steady state after {steady.seconds:.0f} s "
+                           f"(converged: {steady.converged})")
+            for round_index, order in enumerate(tqdm(round_orders(list(ROLES), config.rounds, seed),
+                                                     desc=f"{train.variant}/{mode} rounds", disable=not progress)):
+                for role in order:
+                    window_start = time.perf_counter()
+                    label = f"{train.variant}/{mode}/round{round_index}/{role}"
+                    with measure(label, idle=idle, keep_trace=round_index == 0,
+                                 codecarbon=codecarbon if codecarbon.running else True) as window:
+                        steps, loss = warm[role].trainer.steps_for(config.window_s, window)
+                    w = warm[role]
+                    results[(round_index, role)] = TrialResult(
+                        **common, round=round_index, role=role, model=models[role], measurement=window.result,
+                        steps=steps, final_train_loss=check_finite(loss, "at the end of the window"),
+                        first_step_s=w.first_step_s, warmup_s=w.warmup_s, steady_state=steady,
+                        alone_torch_peak_mem_bytes=w.torch_peak_mem_bytes, alone_gpu_mem_used_bytes=w.gpu_mem_used_bytes,
+                        job_wall_s=time.perf_counter() - (start if not results else window_start))
                 if progress:
-                    m = window.result
-                    energy = "" if m.gpu_j_per_token is None else f", {1e3 * m.gpu_j_per_token:.3f} mJ/token"
-                    tqdm.write(f"{train.variant}/{mode} trial {trial}: {m.tokens_per_s:,.0f} tok/s{energy}")
+                    ratio = [results[(round_index, role)].measurement.gpu_j_per_token for role in ("variant", "reference")]
+                    energy = "" if None in ratio else f", energy ratio {ratio[0] / ratio[1]:.3f}"
+                    tqdm.write(f"{label.rsplit('/', 1)[0]}: {results[(round_index, 'variant')].measurement.tokens_per_s:,.0f} "
+                               f"tok/s{energy}")
         if with_quality:
-            quality = quality_runs(config.quality, data, device, idle, origin, out_dir, progress, trainer=trainer)
+            quality = quality_runs(config.quality, data, device, idle, origin, out_dir, progress,
+                                   trainer=warm["variant"].trainer)
     except Exception as error:  # every failure becomes a recorded status; the other modes go on
         status, text = failure_status(error), f"{type(error).__name__}: {str(error)[:2000]}"
-        results += [TrialResult(**common, trial=t, status=status, error=text, job_wall_s=time.perf_counter() - start)
-                    for t in range(len(results), config.trials)]
+        for round_index, role in keys:
+            if (round_index, role) not in results:
+                results[(round_index, role)] = TrialResult(**common, round=round_index, role=role, status=status,
+                                                           error=text, job_wall_s=time.perf_counter() - start)
     finally:
-        del trainer
+        warm.clear()
         gc.collect()
         torch._dynamo.reset()  # frees compiled graphs and CUDA-graph pools before the next mode
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    for result in results:
-        write_result(out_dir / f"{train.variant}__{mode}__trial{result.trial}.json", result)
+    for (round_index, role), result in results.items():
+        write_result(out_dir / config.window_name(mode, round_index, role), result)
     if with_quality and not quality:  # the mode failed before its quality runs: they try on their own
         quality = quality_runs(config.quality, data, device, idle, origin, out_dir, progress)
         torch._dynamo.reset()
-    return [*results, *quality]
+    return [*(results[key] for key in keys), *quality]
 
 
 def run_trials_job(config: TrialsConfig, out_dir: Path, cache_dir: Path, progress: bool = True) -> list[Result]:
-    """Every mode's trials of `config.train.variant` (and its quality runs, if the job has them); writes one JSON
-    result per trial (and seed) into `out_dir`."""
+    """Every mode's paired rounds of `config.train.variant` against the reference (and its quality runs, if the job
+    has them); writes one JSON result per window (and seed) into `out_dir`."""
     device = default_device()
     origin = Provenance(**provenance())
     data = prepare_data(config.train.dataset, config.train.seq_len, cache_dir, config.train.max_documents)
@@ -162,7 +232,7 @@ def run_trials_job(config: TrialsConfig, out_dir: Path, cache_dir: Path, progres
     results = []
     try:
         for mode in tqdm(order, desc=f"{config.train.variant} modes", disable=not progress):
-            results += _trials_of_mode(config, mode, data, device, idle, origin, Path(out_dir), progress, codecarbon)
+            results += _paired_mode(config, mode, data, device, idle, origin, Path(out_dir), progress, codecarbon)
     finally:
         if codecarbon.running:
             codecarbon.stop()

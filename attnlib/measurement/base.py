@@ -48,7 +48,9 @@ class GPUBackend(ABC):
 
     @abstractmethod
     def state(self) -> dict[str, list]:
-        """Clocks and temperature at one instant."""
+        """One list per reading, one entry per device, at one instant: `sm_clock_mhz`, `mem_clock_mhz`,
+        `temperature_c`, and `clock_event_reasons` (each device's list of reason names) where the GPU reports
+        them."""
 
     @abstractmethod
     def environment(self) -> dict[str, Any]:

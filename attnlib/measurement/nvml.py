@@ -12,6 +12,18 @@ from typing import Any
 
 from .base import GPUBackend, NullGPUs
 
+# NVML's clock-event ("throttle") reason bits, by the names the results record
+CLOCK_EVENT_REASONS = {0x1: "gpu_idle", 0x2: "applications_clocks_setting", 0x4: "sw_power_cap", 0x8: "hw_slowdown",
+                       0x10: "sync_boost", 0x20: "sw_thermal_slowdown", 0x40: "hw_thermal_slowdown",
+                       0x80: "hw_power_brake_slowdown", 0x100: "display_clock_setting"}
+
+
+def clock_event_names(mask: int) -> list[str]:
+    """The reasons set in an NVML clock-event bit mask, by name (unknown bits as hex)."""
+    names = [name for bit, name in CLOCK_EVENT_REASONS.items() if mask & bit]
+    rest = mask & ~sum(CLOCK_EVENT_REASONS)
+    return names + ([hex(rest)] if rest else [])
+
 
 class NvmlGPUs(GPUBackend):
     """NVIDIA devices matched to NVML by UUID (the current CUDA device, or all of them)."""
@@ -56,12 +68,17 @@ class NvmlGPUs(GPUBackend):
         return sum(int(self._nvml.nvmlDeviceGetMemoryInfo(h).used) for h in self.handles)
 
     def state(self) -> dict[str, list]:
-        """Clocks (MHz) and temperature (C) of each device: the thermal and DVFS state at one instant."""
+        """Clocks (MHz), temperature (C) and the clock-event reasons in force (why the clocks are below their
+        maximum: power cap, thermal or hardware slowdown) of each device: the thermal and DVFS state at one
+        instant."""
         nvml = self._nvml
+        reasons = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
+            nvml.nvmlDeviceGetCurrentClocksThrottleReasons  # the older name of the same call
         return {
             "sm_clock_mhz": [nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_SM) for h in self.handles],
             "mem_clock_mhz": [nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_MEM) for h in self.handles],
             "temperature_c": [nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU) for h in self.handles],
+            "clock_event_reasons": [clock_event_names(int(reasons(h))) for h in self.handles],
         }
 
     def environment(self) -> dict[str, Any]:

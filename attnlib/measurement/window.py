@@ -58,6 +58,12 @@ class Measurement:
     gpu_power_source: str | None = None
     gpu_energy_trace_j: float | None = None  # integral of the power samples: a cross-check, not the figure
     power_trace: list[tuple[float, float]] | None = None  # (s since start, W), when keep_trace=True
+    # the card's state: temperature at both ends, SM clock and clock-event reasons sampled ~2 times a second
+    temperature_start_c: float | None = None  # the hottest measured device
+    temperature_end_c: float | None = None
+    sm_clock_mean_mhz: float | None = None  # mean over the state samples and devices
+    clock_event_shares: dict[str, float] = field(default_factory=dict)  # reason -> share of state samples with it
+    state_samples: int = 0
     # memory
     torch_peak_mem_bytes: int | None = None
     gpu_mem_used_peak_bytes: int | None = None
@@ -95,8 +101,12 @@ class IdleBaseline:
 _open_windows: list["measure"] = []  # innermost last; peak-memory bookkeeping across nested windows
 
 
+STATE_PERIOD_S = 0.5  # clocks and clock-event reasons: a few reads a second see a power cap that holds
+
+
 class _PowerSampler(threading.Thread):
-    """Samples power and the energy counter every `period_s`, device memory every second, until stopped."""
+    """Samples power and the energy counter every `period_s`, the card's state (`GPUBackend.state`) every
+    `STATE_PERIOD_S` and device memory every second, until stopped."""
 
     def __init__(self, gpus, period_s: float):
         super().__init__(daemon=True)
@@ -104,11 +114,13 @@ class _PowerSampler(threading.Thread):
         self.samples: list[tuple[float, float]] = []
         self.energy_values: set[int] = set()
         self.mem_peak_bytes = 0
+        self.states: list[dict[str, list]] = []
         self._stop_event = threading.Event()
         self.t0 = time.perf_counter()
 
     def run(self) -> None:
         memory_every = max(1, round(1.0 / self.period_s))
+        state_every = max(1, round(STATE_PERIOD_S / self.period_s))
         while not self._stop_event.is_set():
             now = time.perf_counter() - self.t0
             power_w, energy_mj = self.gpus.sample()
@@ -116,6 +128,8 @@ class _PowerSampler(threading.Thread):
             self.energy_values.add(energy_mj)
             if len(self.samples) % memory_every == 1 or memory_every == 1:
                 self.mem_peak_bytes = max(self.mem_peak_bytes, self.gpus.memory_used_bytes())
+            if len(self.samples) % state_every == 1 or state_every == 1:
+                self.states.append(self.gpus.state())
             self._stop_event.wait(self.period_s)
 
     def stop(self) -> None:
@@ -269,6 +283,7 @@ class measure:  # noqa: N801  (used as a function-like context manager, like tor
         if self._keep_trace:
             r.power_trace = samples
         r.gpu_mem_used_peak_bytes = self._sampler.mem_peak_bytes or None
+        summarize_states(r, r.environment["start"], r.environment["end"], self._sampler.states)
         _open_windows.remove(self)
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             r.torch_peak_mem_bytes = max(self._mem_peak_bytes, torch.cuda.max_memory_allocated())
@@ -317,6 +332,26 @@ class measure:  # noqa: N801  (used as a function-like context manager, like tor
 
     def _derive(self) -> None:
         derive_rates(self.result)
+
+
+def summarize_states(r: Measurement, start: dict[str, list], end: dict[str, list],
+                     samples: list[dict[str, list]]) -> None:
+    """The window's temperatures at both ends (the hottest device), its mean SM clock and the share of state
+    samples in which each clock-event reason was in force on any device, in place."""
+    hottest = lambda state: max(state["temperature_c"]) if state.get("temperature_c") else None  # noqa: E731
+    r.temperature_start_c, r.temperature_end_c = hottest(start), hottest(end)
+    clocks = [c for state in samples for c in state.get("sm_clock_mhz", [])]
+    r.sm_clock_mean_mhz = sum(clocks) / len(clocks) if clocks else None
+    if r.sm_clock_mean_mhz is None:
+        r.reasons["sm_clock_mean_mhz"] = "no state sample in the window"
+    with_reasons = [state["clock_event_reasons"] for state in samples if "clock_event_reasons" in state]
+    r.state_samples = len(samples)
+    if not with_reasons:
+        r.reasons["clock_event_shares"] = "the GPU backend reports no clock-event reasons"
+        return
+    seen = sorted({name for devices in with_reasons for names in devices for name in names})
+    r.clock_event_shares = {name: sum(any(name in names for names in devices) for devices in with_reasons)
+                            / len(with_reasons) for name in seen}
 
 
 def derive_rates(r: Measurement) -> None:

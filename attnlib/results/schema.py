@@ -12,9 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..data import DataInfo
+from ..measurement.steady import SteadyState
 from ..measurement.window import Measurement
 
-SCHEMA_VERSION = 2
+# 3: paired training windows (`TrialResult.role`, `round`, `steady_state`) and the card's state per window
+# (`Measurement.temperature_*`, `sm_clock_mean_mhz`, `clock_event_shares`); version 2 files are read as version 3
+# (`attnlib.results.store.upgrade`), never rewritten
+SCHEMA_VERSION = 3
+ROLES = ("reference", "variant")
 STATUSES = ("ok", "oom", "nan", "unsupported", "error")
 
 
@@ -63,15 +68,31 @@ class Result:
 
 @dataclass(kw_only=True)
 class TrialResult(Result):
-    """One measured window of training steps after an unmeasured warm-up (`attnlib.experiments.trials`)."""
+    """One measured window of training steps after an unmeasured warm-up (`attnlib.experiments.trials`).
+
+    Paired (schema 3): each round measures one window of the variant and one of the `reference` on the same card
+    in the same process, in an order drawn from `order_seed`; `role` says which this window is, and `variant`
+    names the job's variant in both (the A/A control is the reference's own job, a second build against the
+    first). `steady_state` is how the mode's pair reached it before the first round. `alone_*` is the variant's
+    memory with its trainer alone on the card, after its warm-up (the windows' own memory figures include the
+    other trainer's). Unpaired (schema 2, `role` None): the rounds were consecutive windows of one trainer."""
 
     kind: ClassVar[str] = "trial"
-    trial: int
-    order_seed: int  # the seed of the round orders this trial's position came from
+    round: int
+    order_seed: int  # the seed of the round orders this window's position came from
+    role: str | None = None  # one of ROLES; None: an unpaired window (schema 2)
+    reference: str | None = None  # the reference's variant name
     steps: int | None = None
     final_train_loss: float | None = None
     first_step_s: float | None = None  # compilation lands here
     warmup_s: float | None = None
+    steady_state: SteadyState | None = None
+    alone_torch_peak_mem_bytes: int | None = None  # the allocator's peak over the warm-up steps
+    alone_gpu_mem_used_bytes: int | None = None  # device memory in use after them (NVML): context, cache, graph pools
+
+    def __post_init__(self) -> None:
+        if self.role not in (None, *ROLES):
+            raise ValueError(f"role: one of {', '.join(ROLES)} or None, got {self.role!r}")
 
 
 @dataclass(kw_only=True)

@@ -52,12 +52,22 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
     return cls(**values)
 
 
+def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """A result's dict of schema 2 as schema 3 (in memory; files stay as written): a training window's `trial`
+    (its position among its row's consecutive windows) becomes its `round`, unpaired (no `role`)."""
+    if data.get("schema_version") == 2:
+        data = {**data, "schema_version": 3}
+        if data.get("kind") == "trial":
+            data["round"] = data.pop("trial")
+    return data
+
+
 def read_result(path: Path) -> Result:
     """The result in `path`, as its dataclass; `ValueError` naming the file for other schemas or kinds."""
-    data = json.loads(Path(path).read_text())
+    data = upgrade(json.loads(Path(path).read_text()))
     version, kind = data.get("schema_version"), data.pop("kind", None)
     if version != SCHEMA_VERSION:
-        raise ValueError(f"{path}: schema version {version!r}, this attnlib reads {SCHEMA_VERSION}")
+        raise ValueError(f"{path}: schema version {version!r}, this attnlib reads {SCHEMA_VERSION} (and 2)")
     if kind not in RESULT_KINDS:
         raise ValueError(f"{path}: unknown result kind {kind!r} (known: {', '.join(RESULT_KINDS)})")
     return from_dict(RESULT_KINDS[kind], data)
