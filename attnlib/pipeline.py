@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import os
 import subprocess
@@ -227,21 +228,24 @@ def calibrate(results_dir: Path) -> None:
         print("calibration failed: MFU and floor multiples will be n/a in the tables", flush=True)
 
 
-def record_chunk(results_dir: Path, wall_s: float, jobs: list[str]) -> dict:
-    """Add one pipeline run (chunk) to `run.json`: the device, every chunk's wall time and jobs, and the totals
-    `gpu_minutes` (the measuring runs' wall time) and `measured_fraction` (time inside measured windows over it)."""
+def record_chunk(results_dir: Path, wall_s: float, jobs: list[str], since: str) -> dict:
+    """Add one pipeline run (chunk) to `run.json`: the device, the chunk's wall time, jobs and measured windows'
+    time (`windows_s`: the windows of results written since `since`, a UTC ISO time), and the totals `gpu_minutes`
+    (the measuring runs' wall time) and `measured_fraction` (windows over it)."""
     from .provenance import device_name
 
     path = results_dir / "run.json"
     record = json.loads(path.read_text()) if path.exists() else {"chunks": []}
     if wall_s > 0 and jobs:
-        record["chunks"].append({"wall_s": round(wall_s, 1), "jobs": jobs})
+        windows_s = sum(r.measurement.wall_s for r in load_results(results_dir) if r.measurement is not None
+                        and r.measurement.wall_s is not None and r.provenance is not None
+                        and r.provenance.created >= since)
+        record["chunks"].append({"wall_s": round(wall_s, 1), "windows_s": round(windows_s, 1), "jobs": jobs})
     record["device"] = device_name()[0]
     gpu_s = sum(c["wall_s"] for c in record["chunks"])
-    windows_s = sum(r.measurement.wall_s for r in load_results(results_dir) if r.measurement is not None
-                    and r.measurement.wall_s is not None)
     record["gpu_minutes"] = round(gpu_s / 60, 2)
-    record["measured_fraction"] = round(windows_s / gpu_s, 3) if gpu_s else None
+    record["measured_fraction"] = (round(sum(c.get("windows_s", 0) for c in record["chunks"]) / gpu_s, 3)
+                                   if gpu_s and all("windows_s" in c for c in record["chunks"]) else None)
     path.write_text(json.dumps(record, indent=1) + "\n")
     return record
 
@@ -251,6 +255,7 @@ def run(profile: Profile, variants: list[str], results_dir: Path, cache_dir: Pat
     """Execute the plan; returns the number of jobs still to do (0 when complete). No job starts after
     `max_minutes`; a job still running at `stop_minutes` is stopped, and the chunk, its time included, is recorded."""
     start = time.monotonic()
+    since = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     calibrate(results_dir)
     jobs = plan(profile, variants)
     todo = [j for j in jobs if force or not is_done(j, results_dir)]
@@ -278,7 +283,7 @@ def run(profile: Profile, variants: list[str], results_dir: Path, cache_dir: Pat
                     if p.exists()]
         print(f"[{index + 1}/{len(todo)}] {job.name}: {statuses.count('ok')}/{len(job.result_names())} ok "
               f"({time.monotonic() - job_start:.0f} s)", flush=True)
-    record = record_chunk(results_dir, time.monotonic() - start, ran)
+    record = record_chunk(results_dir, time.monotonic() - start, ran, since)
     print(f"run.json: {record['gpu_minutes']} GPU minutes, measured fraction {record['measured_fraction']}", flush=True)
     return left
 

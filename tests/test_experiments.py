@@ -141,7 +141,7 @@ def test_trials_job_writes_paired_typed_results(tmp_path, cache) -> None:
     m = saved.measurement
     assert m.wall_s >= 0.3 and m.tokens == saved.steps * 64 and m.flops == m.tokens * saved.model.training_flops_per_token
     assert m.gpu_energy_j is None and m.reasons["gpu_energy_j"]  # CPU: none, with the reason
-    assert saved.steady_state.converged is None and saved.steady_state.reason  # no counter to judge steady state by
+    assert saved.steady_state.steady_state_converged is None and saved.steady_state.steady_state_reason  # no counter to judge steady state by
     assert saved.provenance.versions["torch"] and saved.provenance.device == "cpu"
     assert saved.data.dataset.startswith("python-docs") and saved.config["train"]["variant"] == "flex"
 

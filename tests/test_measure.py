@@ -152,18 +152,18 @@ def steady_work(seconds: float, window) -> None:
 def test_steady_state_waits_for_the_card_to_settle() -> None:
     config = SteadyStateConfig(stretch_s=0.15, tolerance=0.005, min_s=0.3, max_s=5.0)
     state = reach_steady_state({"a": steady_work, "b": steady_work}, config, gpus=WarmingGPU(300.0, 150.0, tau_s=0.25))
-    assert state.converged is True and 0.9 < state.seconds < 3.0  # exp(-t/0.25) must fall to ~1% first
-    a = [s["gpu_j_per_token"] for s in state.stretches if s["workload"] == "a"]
-    assert [s["workload"] for s in state.stretches[:4]] == ["a", "b", "a", "b"] and a[0] > 1.1 * a[-1]
+    assert state.steady_state_converged is True and 0.9 < state.steady_state_s < 3.0  # exp(-t/0.25) must fall to ~1% first
+    a = [s["gpu_j_per_token"] for s in state.steady_state_stretches if s["workload"] == "a"]
+    assert [s["workload"] for s in state.steady_state_stretches[:4]] == ["a", "b", "a", "b"] and a[0] > 1.1 * a[-1]
     assert abs(a[-1] / a[-2] - 1) < 0.005
 
 
 def test_steady_state_stops_at_its_cap_and_says_so() -> None:
     config = SteadyStateConfig(stretch_s=0.1, tolerance=0.005, min_s=0.0, max_s=0.6)
     state = reach_steady_state({"a": steady_work}, config, gpus=WarmingGPU(300.0, 0.0, 1.0, drift_w_per_s=2000.0))
-    assert state.converged is False and 0.6 <= state.seconds < 1.0 and "still changing" in state.reason
+    assert state.steady_state_converged is False and 0.6 <= state.steady_state_s < 1.0 and "still changing" in state.steady_state_reason
     cpu = reach_steady_state({"a": steady_work}, config)  # no energy counter here: nothing to judge by, nothing run
-    assert cpu.converged is None and cpu.seconds == 0 and cpu.reason
+    assert cpu.steady_state_converged is None and cpu.steady_state_s == 0 and cpu.steady_state_reason
     with pytest.raises(ValueError, match="steady_state"):
         SteadyStateConfig(tolerance=0)
 

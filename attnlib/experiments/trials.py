@@ -174,8 +174,8 @@ def _paired_mode(config: TrialsConfig, mode: str, data: TokenData, device: torch
         with frozen_gc():  # the windows run with no full collection over the compiled graphs
             steady = reach_steady_state({role: w.trainer.steps_for for role, w in warm.items()}, config.steady_state)
             if progress:
-                tqdm.write(f"{train.variant}/{mode}: steady state after {steady.seconds:.0f} s "
-                           f"(converged: {steady.converged})")
+                tqdm.write(f"{train.variant}/{mode}: steady state after {steady.steady_state_s:.0f} s "
+                           f"(converged: {steady.steady_state_converged})")
             for round_index, order in enumerate(tqdm(round_orders(list(ROLES), config.rounds, seed),
                                                      desc=f"{train.variant}/{mode} rounds", disable=not progress)):
                 for role in order:

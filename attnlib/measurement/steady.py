@@ -37,14 +37,15 @@ class SteadyStateConfig:
 
 @dataclass
 class SteadyState:
-    """How a job reached steady state: `seconds` of running the workloads, `converged` True (settled), False
-    (stopped at `max_s` unsettled) or None (no energy counter to judge by: `reason` says why), and each stretch's
-    workload, J/token and temperature at its end."""
+    """How a job reached steady state: `steady_state_s` of running the workloads, `steady_state_converged` True
+    (settled), False (stopped at `max_s` unsettled) or None (no energy counter to judge by:
+    `steady_state_reason` says why), and each stretch's workload, J/token and temperature at its end. (The names
+    carry their prefix because a result's loader makes each field a column.)"""
 
-    seconds: float
-    converged: bool | None
-    stretches: list[dict[str, Any]] = field(default_factory=list)
-    reason: str | None = None
+    steady_state_s: float
+    steady_state_converged: bool | None
+    steady_state_stretches: list[dict[str, Any]] = field(default_factory=list)
+    steady_state_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
