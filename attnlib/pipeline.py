@@ -250,6 +250,19 @@ def record_chunk(results_dir: Path, wall_s: float, jobs: list[str], since: str) 
     return record
 
 
+def check_device(results_dir: Path) -> None:
+    """`ValueError` if `results_dir` holds results measured on another kind of device than this machine's: a run
+    there would mix devices in one table, and `--force` would delete what the other device measured."""
+    from .provenance import device_name
+
+    here = device_name()[0]
+    others = sorted({r.provenance.device for r in load_results(results_dir) if r.provenance is not None} - {here})
+    if others:
+        raise ValueError(f"results: {results_dir} holds results measured on {', '.join(others)}, and this machine "
+                         f"measures on {here}; give this run a folder of its own (--results DIR), so that nothing "
+                         "measured there is mixed with, or replaced by, this device's results")
+
+
 def run(profile: Profile, variants: list[str], results_dir: Path, cache_dir: Path, force: bool = False,
         max_minutes: float | None = None, stop_minutes: float | None = None) -> int:
     """Execute the plan; returns the number of jobs still to do (0 when complete). No job starts after
@@ -331,6 +344,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results_dir = args.results or REPO / "results" / profile.name
     if args.command == "run":
+        try:
+            check_device(results_dir)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         return 3 if run(profile, variants, results_dir, args.cache, args.force, args.max_minutes,
                        args.stop_minutes) else 0
     if args.command == "compare":

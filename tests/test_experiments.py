@@ -15,7 +15,7 @@ from attnlib.experiments.quality import QualityConfig, run_quality_job
 from attnlib.experiments.training import TrainConfig, Trainer, causal_lm_loss, chunked_causal_lm_loss
 from attnlib.experiments.trials import TrialsConfig, run_trials_job
 from attnlib.pipeline import load_profile, plan
-from attnlib.results import QualityResult, TrialResult, read_result, results_frame
+from attnlib.results import Provenance, QualityResult, TrialResult, read_result, results_frame, write_result
 
 TINY_TRAIN = dict(seq_len=32, batch_size=2, model=dict(n_layer=1, n_embd=32, n_head=2, n_positions=64),
                   dataset="python-docs", max_documents=300)
@@ -310,6 +310,20 @@ def test_resume_skips_finished_and_redoes_broken(tmp_path, monkeypatch) -> None:
     assert found == [0] * len(jobs)  # forced, a job starts from nothing (a resuming job would keep its windows)
     record = json.loads((tmp_path / "run.json").read_text())
     assert len(record["chunks"]) == 3 and record["device"] == "cpu" and record["gpu_minutes"] >= 0
+
+
+def test_a_run_never_mixes_devices_or_deletes_another_devices_results(tmp_path, capsys) -> None:
+    """`--force` on a CPU into a folder measured on a GPU refuses before any work, and leaves the folder as it was."""
+    kept = TrialResult(variant="sdpa", mode="eager", provenance=Provenance(
+        attnlib_commit="abc", versions={}, python="3.12", device="NVIDIA H100 80GB HBM3", device_uuid="GPU-1",
+        created="2026-12-06T00:00:00+00:00"), config={}, round=0, order_seed=0, role="variant", reference="sdpa")
+    write_result(tmp_path / "raw" / "sdpa__eager__round0__variant.json", kept)
+    (tmp_path / "run.json").write_text('{"device": "NVIDIA H100 80GB HBM3"}')
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    code = pipeline.main(["run", "--profile", "smoke", "--variants", "sdpa", "--results", str(tmp_path), "--force"])
+    err = capsys.readouterr().err
+    assert code == 2 and "NVIDIA H100 80GB HBM3" in err and "--results DIR" in err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
 def test_max_minutes_stops_early_and_reports_what_is_left(tmp_path, monkeypatch) -> None:

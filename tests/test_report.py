@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 
 from attnlib.data import DataInfo
-from attnlib.measurement import Measurement
+from attnlib.measurement import Measurement, SteadyState
 from attnlib.report import build_report, latex
 from attnlib.report.compare import compare
-from attnlib.report.frames import compare as compare_rows
-from attnlib.report.frames import ranking, summary_frame
+from attnlib.report.frames import summary_frame, verdict
 from attnlib.results import ModelInfo, Provenance, QualityResult, TrialResult, results_frame, write_result
+from attnlib.results.schema import ROLES
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = DataInfo(dataset="debian-docs", dataset_description="d", dataset_sha256="ab" * 32, documents=10,
@@ -31,17 +31,38 @@ def origin(card: str = "GPU-0", device: str = "NVIDIA H100 80GB HBM3") -> Proven
 
 
 def trial(variant: str, mode: str, index: int, tokens_per_s: float, j_per_token: float, status: str = "ok",
-          device: str = "NVIDIA H100 80GB HBM3") -> TrialResult:
+          device: str = "NVIDIA H100 80GB HBM3", role: str | None = "variant") -> TrialResult:
+    """One training window: paired (`role` variant or reference, in the job of `variant`) or unpaired (None)."""
     tokens = int(tokens_per_s * 5)
+    paired = role is not None
     m = None if status != "ok" else Measurement(
         label="x", wall_s=5.0, tokens=tokens, flops=tokens * 8e8, tokens_per_s=tokens_per_s, gpu_j_per_token=j_per_token,
         gpu_j_per_token_net=j_per_token * 0.8, gpu_energy_j=j_per_token * tokens, gpu_power_mean_w=j_per_token * tokens_per_s,
         torch_peak_mem_bytes=12 * 2**30, tflops=tokens_per_s * 8e8 / 1e12, gpu_j_per_flop=j_per_token / 8e8,
-        power_trace=[(0.1 * i, 500.0 + i) for i in range(100)] if index == 0 else None)
-    config = {"window_s": 5.0, "unmeasured_steps": 10, "idle_s": 2.0, "train": {"batch_size": 16, "seq_len": 512}}
-    return TrialResult(variant=variant, mode=mode, trial=index, order_seed=1, status=status, provenance=origin(device=device),
-                       config=config, data=DATA, model=MODEL if m else None, measurement=m,
+        power_trace=[(0.1 * i, 500.0 + i) for i in range(100)] if index == 0 else None,
+        temperature_start_c=50.0 if paired else None, temperature_end_c=52.0 if paired else None,
+        sm_clock_mean_mhz=1900.0 if paired else None, state_samples=10 if paired else 0,
+        clock_event_shares={"sw_power_cap": 1.0 if mode == "graph" else 0.0} if paired else {})
+    config = {"window_s": 5.0, "unmeasured_steps": 10, "idle_s": 2.0, "train": {"batch_size": 16, "seq_len": 512},
+              "reference": "sdpa", "steady_state": {"stretch_s": 3.0, "tolerance": 0.005, "min_s": 12.0, "max_s": 60.0}}
+    steady = SteadyState(20.0, True) if paired else None
+    return TrialResult(variant=variant, mode=mode, round=index, order_seed=1, status=status, provenance=origin(device=device),
+                       config=config, data=DATA, model=MODEL if m else None, measurement=m, role=role,
+                       reference="sdpa" if paired else None, steady_state=steady,
+                       alone_gpu_mem_used_bytes=10 * 2**30 if paired and role == "variant" else None,
                        error=None if status == "ok" else "OutOfMemoryError: CUDA out of memory")
+
+
+def paired_job(variant: str, mode: str, tokens_per_s: float, j_per_token: float, energy_factor: float,
+               noise: tuple[float, ...] = (0.002, -0.003, 0.001, 0.0, -0.001)) -> list[TrialResult]:
+    """A variant's paired windows: the reference drifts upward round by round (a warming card), the variant is
+    `energy_factor` times it, give or take `noise`."""
+    windows = []
+    for i, n in enumerate(noise):
+        reference = j_per_token * (1 + 0.004 * i)
+        windows.append(trial(variant, mode, i, tokens_per_s, reference, role="reference"))
+        windows.append(trial(variant, mode, i, tokens_per_s / energy_factor, reference * energy_factor * (1 + n)))
+    return windows
 
 
 def quality(variant: str, seed: int, val_loss: float) -> QualityResult:
@@ -55,11 +76,13 @@ def quality(variant: str, seed: int, val_loss: float) -> QualityResult:
 @pytest.fixture
 def results_dir(tmp_path) -> Path:
     folder = tmp_path / "paper"
-    results = [trial("sdpa", mode, i, tps + 500 * i, jpt * (1 + 0.005 * i)) for i in range(5)
-               for mode, tps, jpt in (("eager", 128e3, 4.15e-3), ("compile", 330e3, 1.9e-3), ("graph", 390e3, 1.79e-3))]
-    results += [trial("baseline", "eager", i, 95e3, 5.3e-3 + 1e-5 * i) for i in range(5)]
-    results += [trial("gqa", "eager", i, 128.5e3, 4.14e-3 + 1e-5 * i) for i in range(5)]  # overlaps sdpa eager
-    results += [trial("baseline", "graph", i, 0, 0, status="oom") for i in range(5)]
+    results = [trial("sdpa", "compile", i, 330e3 + 500 * i, 1.9e-3 * (1 + 0.005 * i), role=None) for i in range(5)]
+    for mode, tps, jpt in (("eager", 128e3, 4.15e-3), ("graph", 390e3, 1.79e-3)):
+        results += paired_job("sdpa", mode, tps, jpt, 1.0)  # the A/A control
+        results += paired_job("baseline", mode, tps, jpt, 1.30) if mode == "eager" else \
+            [trial("baseline", "graph", i, 0, 0, status="oom", role=role) for i in range(5) for role in ROLES]
+        results += paired_job("gqa", mode, tps, jpt, 0.95)
+        results += paired_job("mla", mode, tps, jpt, 0.998, noise=(0.0, 0.0005, -0.0005, 0.0002, -0.0002))
     results += [quality(v, s, loss + 0.01 * s) for v, loss in (("sdpa", 4.5), ("baseline", 4.5), ("gqa", 4.6))
                 for s in (1, 2, 3)]
     for i, r in enumerate(results):
@@ -71,66 +94,73 @@ def results_dir(tmp_path) -> Path:
     return folder
 
 
-def test_summary_rows_stats_and_calibration(results_dir) -> None:
+def test_summary_rows_paired_ratios_and_calibration(results_dir) -> None:
     summary = summary_frame(results_frame(results_dir), {"GPU-0": {"tflops": 680.0, "j_per_flop": 1.03e-12}},
-                            ["baseline", "sdpa", "gqa"])
-    assert list(zip(summary.variant, summary["mode"])) == [("baseline", "eager"), ("baseline", "graph"),
-                                                          ("sdpa", "eager"), ("sdpa", "compile"), ("sdpa", "graph"),
-                                                          ("gqa", "eager")]
-    sdpa = summary[(summary.variant == "sdpa") & (summary["mode"] == "graph")].iloc[0]
-    assert sdpa.trials == 5 and sdpa.tokens_per_s_mean == pytest.approx(391e3)
-    assert sdpa.mfu_mean == pytest.approx(391e3 * 8e8 / 1e12 / 680.0)
-    assert sdpa.energy_floor_multiple_mean == pytest.approx(sdpa.gpu_j_per_token_mean / 8e8 / 1.03e-12, rel=1e-3)
-    assert sdpa.tokens_per_s_spread == pytest.approx(1 - 390e3 / 392e3)
-    assert sdpa.seeds == 3 and sdpa.val_loss_mean == pytest.approx(4.52) and sdpa.val_loss_ci95 > 0
-    oom = summary[(summary.variant == "baseline") & (summary["mode"] == "graph")].iloc[0]
-    assert oom.status == "oom" and oom.trials == 0 and "out of memory" in oom.error and pd.isna(oom.tokens_per_s_mean)
+                            ["baseline", "sdpa", "gqa", "mla"])
+    assert list(zip(summary.variant, summary["mode"])) == [
+        ("baseline", "eager"), ("baseline", "graph"), ("sdpa", "eager"), ("sdpa", "compile"), ("sdpa", "graph"),
+        ("gqa", "eager"), ("gqa", "graph"), ("mla", "eager"), ("mla", "graph")]
+    rows = summary.set_index(["variant", "mode"])
+    gqa = rows.loc[("gqa", "graph")]  # its own windows only: the reference's enter its ratios, not its means
+    assert gqa.protocol == "paired" and gqa.rounds == 5 and gqa.windows == 5
+    assert gqa.tokens_per_s_mean == pytest.approx(390e3 / 0.95)
+    assert gqa.gpu_j_per_token_ratio == pytest.approx(0.95, rel=2e-3) and gqa.gpu_j_per_token_ratio_low < 0.95
+    assert gqa.mfu_mean == pytest.approx(390e3 / 0.95 * 8e8 / 1e12 / 680.0)
+    assert gqa.power_cap_share_mean == 1.0 and gqa.sm_clock_mean_mhz_mean == 1900.0 and gqa.steady_state_s == 20.0
+    assert gqa.gpu_mem_used_peak_bytes_max == 10 * 2**30  # alone on the card, not during the paired windows
+    compiled = rows.loc[("sdpa", "compile")]  # an unpaired row: no ratio, its spread
+    assert compiled.protocol == "unpaired" and pd.isna(compiled.gpu_j_per_token_ratio)
+    assert compiled.gpu_j_per_token_verdict == "unpaired" and compiled.tokens_per_s_spread == pytest.approx(1 - 330e3 / 332e3)
+    assert rows.loc[("sdpa", "graph")].seeds == 3 and rows.loc[("sdpa", "graph")].val_loss_mean == pytest.approx(4.52)
+    oom = rows.loc[("baseline", "graph")]
+    assert oom.status == "oom" and oom.windows == 0 and "out of memory" in oom.error and pd.isna(oom.tokens_per_s_mean)
 
 
-def test_claims_hold_only_as_far_as_the_intervals_allow(results_dir) -> None:
-    summary = summary_frame(results_frame(results_dir))
-    tie = compare_rows(summary, ("gqa", "eager"), ("sdpa", "eager"), "gpu_j_per_token")
-    assert not tie.distinct and tie.wording == "indistinguishable from"
-    saving = compare_rows(summary, ("sdpa", "eager"), ("baseline", "eager"), "gpu_j_per_token")
-    assert saving.distinct and saving.wording == f"{100 * (1 - saving.ratio):.0f}\\% lower than"
-    assert compare_rows(summary, ("sdpa", "graph"), ("sdpa", "eager"), "tokens_per_s").wording.endswith("$\\times$")
-    assert compare_rows(summary, ("baseline", "graph"), ("sdpa", "eager"), "tokens_per_s").wording == "n/a"
-    assert ranking(summary, "eager") == "gqa $\\approx$ sdpa $<$ baseline"
-    one_value = summary.copy()  # a row of a single window has no interval: no claim either way
-    one_value.loc[(one_value.variant == "gqa") & (one_value["mode"] == "eager"), "gpu_j_per_token_ci95"] = float("nan")
-    assert compare_rows(one_value, ("gqa", "eager"), ("sdpa", "eager"), "gpu_j_per_token").wording == "n/a"
-    assert ranking(one_value, "eager") == "sdpa $<$ baseline (no interval: gqa)"
-    modes = latex.mode_macros(summary)
-    assert modes["GraphVsEagerEnergySavingRange"] == "57--57" and modes["GraphVsEagerEnergyNoSaving"] == "none"
-    assert modes["EagerCheapestVariant"] == "gqa" and modes["EagerDearestVariant"] == "baseline"
-    assert modes["EagerCheapestVsDearestEnergy"].endswith("lower than")
-    spreads = summary.copy()  # rows within 2% between windows are counted; the widest is named
-    eager = spreads["mode"] == "eager"
-    spreads.loc[eager, "tokens_per_s_spread"] = spreads.loc[eager, "variant"].map({"gqa": 0.05, "sdpa": 0.02,
-                                                                                    "baseline": 0.001})
-    modes = latex.mode_macros(spreads)
-    assert modes["EagerThroughputSpreadWithinTwoPct"] == "2 of 3"
-    assert modes["EagerThroughputSpreadMaxPct"] == "5.0" and modes["EagerThroughputSpreadMaxVariant"] == "gqa"
+def test_claims_hold_only_beyond_the_aa_bound(results_dir) -> None:
+    summary = summary_frame(results_frame(results_dir)).set_index(["variant", "mode"])
+    control = summary.loc[("sdpa", "eager")]
+    assert control.gpu_j_per_token_verdict == "control" and control.gpu_j_per_token_ratio_low < 1 < control.gpu_j_per_token_ratio_high
+    bound = control.gpu_j_per_token_aa_bound
+    assert bound == pytest.approx(max(control.gpu_j_per_token_ratio_high - 1, 1 - control.gpu_j_per_token_ratio_low))
+    assert summary.loc[("gqa", "eager"), "gpu_j_per_token_verdict"] == "cheaper"
+    assert summary.loc[("baseline", "eager"), "gpu_j_per_token_verdict"] == "dearer"
+    assert summary.loc[("gqa", "eager"), "tokens_per_s_verdict"] == "faster"
+    mla = summary.loc[("mla", "eager")]  # its interval excludes 1, but its 0.2% is inside the A/A bound
+    assert mla.gpu_j_per_token_ratio_high < 1 and 1 - mla.gpu_j_per_token_ratio < bound
+    assert mla.gpu_j_per_token_verdict == "indistinguishable"
+    assert verdict(0.97, 0.96, 0.98, None, ("cheaper", "dearer")) == "cheaper"  # no control: the interval decides
+    assert verdict(0.97, 0.93, 1.01, 0.001, ("cheaper", "dearer")) == "indistinguishable"
+    assert verdict(None, None, None, 0.01, ("cheaper", "dearer")) == "n/a"
+    modes = latex.mode_macros(summary.reset_index())
+    assert modes["EagerEnergyCheaper"].startswith("\\texttt{gqa} 0.95") and "mla" in modes["EagerEnergyIndistinguishable"]
+    assert modes["EagerEnergyDearer"].startswith("\\texttt{baseline} 1.30") and modes["EagerAaEnergy"].startswith("1.0")
+    assert modes["GraphPowerCapSharePct"] == "100" and modes["EagerSteadyStateConverged"] == "4 of 4"
+    assert modes["CompileThroughputSpreadWithinTwoPct"] == "1 of 1"
+    assert "sdpa" not in modes["GraphEnergyIndistinguishable"]  # the control is not in its own groups
 
 
 def test_build_report_writes_tables_figures_and_only_used_macros(results_dir, tmp_path) -> None:
     paper = tmp_path / "paperdir"
     paper.mkdir()
-    (paper / "paper.tex").write_text(r"\dataSdpaGraphGpuJPerTokenMean \dataSdpaEagerVsEagerEnergy \dataEagerEnergyRanking"
-                                     r" \dataGqaEagerVsSdpaEnergy \dataGpuMinutes \dataNoSuchThing \dataValLossRanking")
+    (paper / "paper.tex").write_text(r"\dataGqaGraphGpuJPerTokenMean \dataGqaGraphEnergyVerdict \dataGqaGraphEnergyInterval"
+                                     r" \dataGraphEnergyCheaper \dataGpuMinutes \dataNoSuchThing \dataSdpaEagerVsEagerEnergy"
+                                     r" \dataValLossHigherThanReference \dataAttnlibCommit")
     summary = build_report(results_dir, "paper", tmp_path / "figures", paper)
     macros = (paper / "generated" / "paper" / "macros.tex").read_text()
     names = re.findall(r"\\newcommand\{\\data(\w+)\}", macros)
-    assert sorted(names) == sorted(["SdpaGraphGpuJPerTokenMean", "SdpaEagerVsEagerEnergy", "EagerEnergyRanking",
-                                    "GqaEagerVsSdpaEnergy", "GpuMinutes", "NoSuchThing", "ValLossRanking"])
-    assert r"\newcommand{\dataSdpaGraphGpuJPerTokenMean}{1.808}" in macros  # mJ, as the text prints it
-    assert r"\newcommand{\dataGqaEagerVsSdpaEnergy}{indistinguishable from}" in macros
+    assert sorted(names) == sorted(["GqaGraphGpuJPerTokenMean", "GqaGraphEnergyVerdict", "GqaGraphEnergyInterval",
+                                    "GraphEnergyCheaper", "GpuMinutes", "NoSuchThing", "SdpaEagerVsEagerEnergy",
+                                    "ValLossHigherThanReference", "AttnlibCommit"])
+    assert r"\newcommand{\dataGqaGraphEnergyVerdict}{cheaper}" in macros
     assert r"\newcommand{\dataGpuMinutes}{22.5}" in macros and r"\newcommand{\dataNoSuchThing}{n/a}" in macros
     assert r"\newcommand{\dataSdpaEagerVsEagerEnergy}{n/a}" in macros  # a row is not compared with itself
-    assert (results_dir / "summary.csv").exists() and len(summary) == 6
+    assert r"\newcommand{\dataValLossHigherThanReference}{\texttt{gqa}}" in macros
+    assert r"\newcommand{\dataAttnlibCommit}{abc}" in macros
+    assert (results_dir / "summary.csv").exists() and len(summary) == 9
     table = (paper / "generated" / "paper" / "summary.tex").read_text()
-    assert "\\textbf{oom}" in table and "4.191 $\\pm$ 0.041" in table
-    for name in ("energy_per_token", "tokens_per_s", "peak_memory", "power_trace", "energy_vs_loss", "loss_curves"):
+    assert "\\textbf{oom}" in table and "unpaired, spread 0.6\\%" in table and "\\textbf{0.950 [" in table
+    for name in ("energy_per_token", "tokens_per_s", "peak_memory", "power_trace", "energy_vs_loss", "loss_curves",
+                 "paired_ratios"):
         assert (tmp_path / "figures" / "paper" / f"{name}.png").stat().st_size > 0
 
 
@@ -157,7 +187,9 @@ def test_reviewer_comparison(results_dir, tmp_path, capsys) -> None:
         theirs / "summary.csv", index=False)
     frame = compare(theirs, results_dir)
     row = frame[(frame.variant == "sdpa") & (frame["mode"] == "graph")].iloc[0]
-    assert row.tokens_per_s_ratio == pytest.approx(0.9) and row.gpu_j_per_token_ratio == pytest.approx(1.0)
+    assert row.tokens_per_s_mean_theirs_over_ours == pytest.approx(0.9)
+    assert row.gpu_j_per_token_mean_theirs_over_ours == pytest.approx(1.0)
+    assert row.gpu_j_per_token_ratio_theirs == row.gpu_j_per_token_ratio_ours  # the paired ratios, side by side
     assert row.device_theirs == "NVIDIA H200" and row.device_ours == "NVIDIA H100 80GB HBM3"
     assert (theirs / "comparison.csv").exists() and "sdpa" in capsys.readouterr().out
 

@@ -15,7 +15,6 @@ from ..provenance import LIBRARIES
 from ..registry import VARIANTS
 from ..results import results_frame
 from . import figures, latex
-from .compare import comparison_frame
 from .frames import load_calibrations, summary_frame
 from .components import build_components_report
 from .distributed import build_distributed_report
@@ -24,13 +23,13 @@ from .longcontext import build_longcontext_report
 from .prior import prior_macros, prior_table
 
 REPO = Path(__file__).resolve().parent.parent.parent
-REFERENCE_DEVICE = REPO / "results" / "paper-h200"  # the first paper table, on another card
 
 
 def run_facts(frame: pd.DataFrame, summary: pd.DataFrame, calibrations: dict[str, dict], results_dir: Path,
               profile: str) -> dict[str, Any]:
     """The run's facts the text quotes (formatted): device, data, versions, windows, calibration, cost."""
     trials = frame[(frame.kind == "trial") & (frame.status == "ok")]
+    paired = trials[trials.role.notna()] if "role" in trials else trials.iloc[:0]
     with_data = frame[frame["dataset"].notna()] if "dataset" in frame else frame.iloc[:0]
     first = (with_data if len(with_data) else frame).iloc[0]  # a failed job's result may carry no data info
     versions = first.get("versions") or {}
@@ -38,17 +37,24 @@ def run_facts(frame: pd.DataFrame, summary: pd.DataFrame, calibrations: dict[str
     cards = list(calibrations.values())
     facts = {
         "profile": profile, "device": first.device, "num_variants": summary.variant.nunique(),
-        "num_results": len(frame), "num_trial_windows": len(trials),
-        "trials_per_row": int(summary.trials.max()) if len(summary) else "n/a",
+        "num_results": len(frame), "num_paired_windows": len(paired),
+        "rounds_per_row": int(summary.rounds.max()) if "rounds" in summary and summary.rounds.notna().any() else "n/a",
+        "unpaired_windows_per_row": (int(summary[summary.protocol == "unpaired"].windows.max())
+                                     if (summary.get("protocol") == "unpaired").any() else "n/a"),
+        "unpaired_modes": ", ".join(sorted(set(summary[summary.protocol == "unpaired"]["mode"])))
+                          if "protocol" in summary else "n/a",
+        "paired_cards": str(paired.device_uuid.nunique()) if len(paired) else "n/a",
         "seeds_per_variant": int(summary.seeds.max()) if "seeds" in summary and summary.seeds.notna().any() else "n/a",
-        "window_s_min": latex.fmt(trials.wall_s.min() if len(trials) else None, ".2f"),
-        "window_s_max": latex.fmt(trials.wall_s.max() if len(trials) else None, ".2f"),
+        "window_s_min": latex.fmt(paired.wall_s.min() if len(paired) else None, ".2f"),
+        "window_s_max": latex.fmt(paired.wall_s.max() if len(paired) else None, ".2f"),
         "dataset": first.get("dataset", "n/a"), "train_tokens": latex.fmt(first.get("train_tokens"), ",.0f"),
         "val_tokens": latex.fmt(first.get("val_tokens"), ",.0f"),
         "val_ngram_overlap_pct": latex.fmt(first.get("val_ngram_overlap"), ".2f", 100),
         "val_ngram_overlap_before_pct": latex.fmt(first.get("val_ngram_overlap_before"), ".1f", 100),
         "val_documents_dropped": first.get("val_documents_dropped", "n/a"),
-        "attnlib_commit": str(first.get("attnlib_commit") or "n/a")[:12],
+        # the commits the table's measurements ran at (its paired windows'; else every result's)
+        "attnlib_commit": ", ".join(sorted({str(c)[:12] for c in (paired if len(paired) else frame)
+                                            .get("attnlib_commit", pd.Series(dtype=object)).dropna()})) or "n/a",
         "gpu_minutes": latex.fmt(run.get("gpu_minutes"), ".1f"),
         "measured_fraction_pct": latex.fmt(run.get("measured_fraction"), ".0f", 100),
         "calibrated_tflops": latex.fmt(sum(c["tflops"] for c in cards) / len(cards) if cards else None, ".0f"),
@@ -58,10 +64,14 @@ def run_facts(frame: pd.DataFrame, summary: pd.DataFrame, calibrations: dict[str
                                  f"{latex.fmt(summary.energy_floor_multiple_mean.max(), '.1f')}"),
     }
     facts.update({f"version_{name.replace('-', '_')}": versions.get(name) or "absent" for name in LIBRARIES})
-    if len(trials):
-        config = trials.iloc[0].config
+    if len(paired):
+        config = paired.iloc[0].config
+        steady = config["steady_state"]
         facts.update(window_s=config["window_s"], unmeasured_steps=config["unmeasured_steps"], idle_s=config["idle_s"],
-                     batch_size=config["train"]["batch_size"], seq_len=config["train"]["seq_len"])
+                     batch_size=config["train"]["batch_size"], seq_len=config["train"]["seq_len"],
+                     reference=config["reference"], steady_stretch_s=steady["stretch_s"],
+                     steady_tolerance_pct=latex.fmt(steady["tolerance"], ".1f", 100), steady_min_s=steady["min_s"],
+                     steady_max_s=steady["max_s"])
         for mode in ("compile", "graph"):  # what each compiled mode compiled: the whole model, or one shared block
             scope = config.get("compile_scopes", {}).get(mode, config["train"].get("compile_scope", "model"))
             facts[f"{mode}_compile_scope"] = {"model": "the whole forward pass and loss",
@@ -73,18 +83,6 @@ def run_facts(frame: pd.DataFrame, summary: pd.DataFrame, calibrations: dict[str
                      quality_epochs=latex.fmt(config["tokens"] / first.train_tokens if first.get("train_tokens") else None,
                                               ".2f"))
     return facts
-
-
-def device_macros(comparison: pd.DataFrame, reference_device: str) -> dict[str, str]:
-    """How this card compares with the reference card over the rows both ran (medians and ranges of ratios)."""
-    if comparison.empty:
-        return {}
-    energy, speed = comparison.gpu_j_per_token_ratio, comparison.tokens_per_s_ratio
-    return {"ReferenceDevice": reference_device, "DeviceRowsCompared": str(len(comparison)),
-            "DeviceEnergyRatioMedian": latex.fmt(energy.median(), ".2f"),
-            "DeviceEnergyRatioRange": f"{latex.fmt(energy.min(), '.2f')}--{latex.fmt(energy.max(), '.2f')}",
-            "DeviceThroughputRatioMedian": latex.fmt(speed.median(), ".2f"),
-            "DeviceThroughputRatioRange": f"{latex.fmt(speed.min(), '.2f')}--{latex.fmt(speed.max(), '.2f')}"}
 
 
 def build_report(results_dir: Path, profile: str, figures_dir: Path, paper_dir: Path) -> pd.DataFrame:
@@ -114,14 +112,6 @@ def build_report(results_dir: Path, profile: str, figures_dir: Path, paper_dir: 
     macros = {**latex.run_macros(run_facts(frame, summary, calibrations, results_dir, profile)),
               **latex.row_macros(summary), **latex.mode_macros(summary), **latex.quality_macros(summary),
               **prior_macros()}
-    out = figures_dir / profile
-    figures.all_figures(summary, frame, out)
-    reference_exists = (REFERENCE_DEVICE / "summary.csv").exists()
-    if reference_exists and devices[0] != "cpu" and REFERENCE_DEVICE.resolve() != Path(results_dir).resolve():
-        reference = pd.read_csv(REFERENCE_DEVICE / "summary.csv")
-        comparison = comparison_frame(summary, reference)
-        comparison.to_csv(generated / "device_comparison.csv", index=False)
-        macros.update(device_macros(comparison, str(reference.device.iloc[0])))
-        figures.device_comparison(comparison, out, devices[0], str(reference.device.iloc[0]))
+    figures.all_figures(summary, frame, figures_dir / profile)
     latex.write_macros(macros, paper_dir / "paper.tex", generated / "macros.tex", skip=latex.SECTION_MACRO_PREFIXES)
     return summary

@@ -77,8 +77,10 @@ def peak_memory(summary: pd.DataFrame, out_dir: Path) -> Path:
 
 
 def power_trace(frame: pd.DataFrame, out_dir: Path) -> Path:
-    """First trial of each variant and mode: 1 s moving mean of the 10 Hz power samples, one panel per mode."""
-    traced = frame[(frame.kind == "trial") & frame.get("power_trace", pd.Series(dtype=object)).notna()] \
+    """The first window of each variant and mode (its own, not its reference's): 1 s moving mean of the 10 Hz power
+    samples, one panel per mode."""
+    own = frame["role"].isna() | (frame["role"] == "variant") if "role" in frame else True
+    traced = frame[(frame.kind == "trial") & own & frame.get("power_trace", pd.Series(dtype=object)).notna()] \
         if "power_trace" in frame else frame.iloc[:0]
     modes = sorted(set(traced["mode"]), key=["eager", "compile", "graph"].index) if len(traced) else ["none"]
     fig, axes = plt.subplots(1, len(modes), figsize=(3.4 * len(modes), 3.2), sharey=True, squeeze=False)
@@ -87,7 +89,7 @@ def power_trace(frame: pd.DataFrame, out_dir: Path) -> Path:
     for ax, mode in zip(axes[0], modes):
         for _, r in traced[traced["mode"] == mode].iterrows():
             trace = pd.DataFrame(r.power_trace, columns=["t", "w"])
-            ax.plot(trace.t, trace.w.rolling(10).mean(), label=r.variant, lw=1)
+            ax.plot(trace.t, trace.w.rolling(10).mean(), label=r.variant, lw=1, color=variant_color(r.variant))
         if len(traced):
             ax.set_title(mode, fontsize=9)
             ax.set_xlabel("time in window, s")
@@ -134,21 +136,54 @@ def loss_curves(frame: pd.DataFrame, out_dir: Path) -> Path:
     return _save(fig, out_dir, "loss_curves")
 
 
-def device_comparison(comparison: pd.DataFrame, out_dir: Path, ours: str, theirs: str) -> Path:
-    """Per row present on both cards: our energy per token and throughput over the reference card's."""
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    if comparison.empty:
-        _empty(ax, "no rows in common with the reference results")
-    else:
-        rows = comparison.assign(row=comparison.variant + "/" + comparison["mode"])
-        xs = range(len(rows))
-        ax.bar([x - 0.2 for x in xs], rows.gpu_j_per_token_ratio, 0.4, label="energy per token")
-        ax.bar([x + 0.2 for x in xs], rows.tokens_per_s_ratio, 0.4, label="throughput")
-        ax.axhline(1.0, color="0.3", lw=0.8)
-        ax.set_xticks(list(xs), rows.row, rotation=60, ha="right", fontsize=6)
-        ax.set_ylabel(f"{ours} / {theirs}")
-        ax.legend(fontsize=7)
-    return _save(fig, out_dir, "device_comparison")
+def variant_color(variant: str) -> tuple:
+    """One colour per variant in every figure: its place in the registry picks it."""
+    from ..registry import VARIANTS
+
+    names = list(VARIANTS)
+    return series_color(names.index(variant) if variant in names else len(names))
+
+
+def paired_ratios(summary: pd.DataFrame, out_dir: Path) -> Path:
+    """Each paired row's ratio to the reference with its 95% interval, energy per token and throughput, one panel
+    per mode, the mode's A/A bound shaded around 1: a ratio whose interval leaves the band is a difference."""
+    paired = summary[summary.get("protocol", pd.Series(dtype=object)) == "paired"] if len(summary) else summary
+    modes = [m for m in ("eager", "compile", "graph") if m in set(paired.get("mode", []))] or ["none"]
+    quantities = (("gpu_j_per_token", "energy per token"), ("tokens_per_s", "throughput"))
+    fig, axes = plt.subplots(len(quantities), len(modes), figsize=(3.4 * len(modes), 5.2), squeeze=False,
+                             sharey=True)
+    if paired.empty:
+        _empty(axes[0][0], "no paired rows in these results")
+        return _save(fig, out_dir, "paired_ratios")
+    variants = list(dict.fromkeys(paired.variant))
+    for row, (quantity, label) in enumerate(quantities):
+        for col, mode in enumerate(modes):
+            ax, rows = axes[row][col], paired[paired["mode"] == mode].set_index("variant")
+            bound = rows[f"{quantity}_aa_bound"].dropna()
+            if len(bound):
+                ax.axvspan(1 - bound.iloc[0], 1 + bound.iloc[0], color="0.88", zorder=0, label="A/A bound")
+            ax.axvline(1.0, color="0.3", lw=0.8)
+            for y, variant in enumerate(variants):
+                if variant not in rows.index or pd.isna(rows.loc[variant, f"{quantity}_ratio"]):
+                    continue
+                r = rows.loc[variant]
+                err = [[r[f"{quantity}_ratio"] - r[f"{quantity}_ratio_low"]],
+                       [r[f"{quantity}_ratio_high"] - r[f"{quantity}_ratio"]]]
+                ax.errorbar(r[f"{quantity}_ratio"], y, xerr=err, fmt="o", ms=4, capsize=2,
+                            color=variant_color(variant))
+            ax.set_yticks(range(len(variants)), variants, fontsize=7)
+            ax.set_title(f"{mode}: {label}", fontsize=8)
+            ax.set_xlabel(f"ratio to {rows.reference.dropna().iloc[0] if rows.reference.notna().any() else 'reference'}"
+                          " (95% CI)", fontsize=7)
+            ax.set_xscale("log")  # a ratio of 1.3 and one of 0.97 on one axis: equal factors, equal distances
+            ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 1.1, 1.2, 1.5, 2.0, 3.0, 5.0, 7.0)))
+            ax.xaxis.set_minor_locator(matplotlib.ticker.LogLocator(subs=[0.9, 0.95, 1.05]))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.tick_params(axis="x", which="both", labelsize=6)
+    axes[0][0].invert_yaxis()  # the axes share y: the first variant on top in every panel
+    axes[0][0].legend(fontsize=6, loc="lower right")
+    return _save(fig, out_dir, "paired_ratios")
 
 
 def _per_length(sweep: pd.DataFrame, column: str, ci: str | None, scale: float, label: str, out_dir: Path,
@@ -198,4 +233,5 @@ def memory_vs_seq_len(sweep: pd.DataFrame, out_dir: Path) -> Path:
 def all_figures(summary: pd.DataFrame, frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     sns.set_theme(style="whitegrid", context="paper")
     return [energy_per_token(summary, out_dir), tokens_per_s(summary, out_dir), peak_memory(summary, out_dir),
-            power_trace(frame, out_dir), energy_vs_loss(summary, out_dir), loss_curves(frame, out_dir)]
+            power_trace(frame, out_dir), energy_vs_loss(summary, out_dir), loss_curves(frame, out_dir),
+            paired_ratios(summary, out_dir)]

@@ -1,9 +1,11 @@
 """Summary tables from the results DataFrame (`attnlib.results.results_frame`).
 
 Aggregates keep the quantity's name and add the statistic: `gpu_j_per_token` -> `gpu_j_per_token_mean`,
-`_ci95`, `_cv` (over a row's successful trials or seeds). MFU and the energy floor multiple are computed here,
-once, from each result's own card's calibration. Comparisons (`compare`) say how two rows differ only as far
-as their 95% intervals allow.
+`_ci95`, `_cv` (over a row's successful windows or seeds). A paired row adds its ratio to the reference,
+`gpu_j_per_token_ratio` with `_ratio_low` and `_ratio_high` (95%, from the per-round ratios), and the `verdict`
+those allow beyond the table's A/A bound. MFU and the energy floor multiple are computed here, once, from each
+result's own card's calibration. `compare` says how two rows of one card differ only as far as their 95%
+intervals allow.
 """
 
 from __future__ import annotations
@@ -15,11 +17,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..measurement.stats import summarize
+from ..measurement.stats import paired_ratio, summarize
 
-# per-trial quantities summarised as mean / ci95 / cv
+# per-window quantities summarised as mean / ci95 / cv
 TRIAL_QUANTITIES = ("tokens_per_s", "gpu_j_per_token", "gpu_j_per_token_net", "gpu_power_mean_w", "tflops", "mfu",
                     "energy_floor_multiple", "wall_s")
+# the card's state per window (`Measurement`), and the share of its state samples at the power cap or slowed down
+STATE_QUANTITIES = ("temperature_start_c", "temperature_end_c", "sm_clock_mean_mhz", "power_cap_share",
+                    "slowdown_share")
+SLOWDOWNS = ("hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown")
+# each paired row's ratios to the reference, per round
+RATIO_QUANTITIES = ("gpu_j_per_token", "tokens_per_s", "gpu_power_mean_w")
 MODE_ORDER = {"eager": 0, "compile": 1, "graph": 2}
 
 
@@ -49,7 +57,7 @@ def _stats(values: pd.Series, name: str) -> dict[str, float | None]:
 
 def aggregate(windows: pd.DataFrame, keys: list[str], quantities: tuple[str, ...] = TRIAL_QUANTITIES) -> pd.DataFrame:
     """One row per value of `keys` over measured windows: status (ok if any window succeeded, else the failure's),
-    the number of successful windows (`trials`), each of `quantities`' mean / ci95 / cv, the throughput spread and
+    the number of successful windows (`windows`), each of `quantities`' mean / ci95 / cv, the throughput spread and
     the peak memory: `gpu_mem_used_peak_bytes_max`, the device memory in use (NVML, sampled every second), which
     counts CUDA-graph pools, and `torch_peak_mem_bytes_max`, the allocator's peak, which does not (a graph replay
     allocates nothing through it)."""
@@ -57,7 +65,7 @@ def aggregate(windows: pd.DataFrame, keys: list[str], quantities: tuple[str, ...
     for values, group in windows.groupby(keys, sort=False):
         ok, failed = group[group.status == "ok"], group[group.status != "ok"]
         row = {**dict(zip(keys, values)), "status": "ok" if len(ok) else failed.status.iloc[0],
-               "error": None if failed.empty else failed.error.iloc[0], "trials": len(ok),
+               "error": None if failed.empty else failed.error.iloc[0], "windows": len(ok),
                "device": group.device.iloc[0], "kernel": ok.kernel.iloc[0] if len(ok) and "kernel" in ok else None}
         for quantity in quantities:
             row.update(_stats(ok[quantity] if quantity in ok else pd.Series(dtype=float), quantity))
@@ -72,18 +80,113 @@ def aggregate(windows: pd.DataFrame, keys: list[str], quantities: tuple[str, ...
     return pd.DataFrame(rows)
 
 
+def with_state_shares(windows: pd.DataFrame) -> pd.DataFrame:
+    """Add `power_cap_share` (the share of a window's state samples with the software power cap in force) and
+    `slowdown_share` (the largest share of a thermal or hardware slowdown reason); NaN where the window has no
+    reasons recorded (an unpaired window of schema 2, a CPU)."""
+    shares = windows.get("clock_event_shares", pd.Series(index=windows.index, dtype=object))
+    known = shares.map(lambda d: isinstance(d, dict)) & (pd.to_numeric(windows.get("state_samples"), errors="coerce")
+                                                          .fillna(0) > 0)
+    cap = shares.map(lambda d: d.get("sw_power_cap", 0.0) if isinstance(d, dict) else math.nan)
+    slow = shares.map(lambda d: max([d.get(r, 0.0) for r in SLOWDOWNS]) if isinstance(d, dict) else math.nan)
+    return windows.assign(power_cap_share=cap.where(known), slowdown_share=slow.where(known))
+
+
+def paired_frame(trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per (variant, mode) of paired windows: `rounds` (those whose two windows both succeeded), the
+    reference's name, and for each of RATIO_QUANTITIES the variant's ratio to the reference over those rounds with
+    its 95% interval (`<q>_ratio`, `<q>_ratio_low`, `<q>_ratio_high`), the steady state the mode reached first
+    (`steady_state_s`, `steady_state_converged`) and the variant's device memory alone on the card."""
+    columns = ["variant", "mode", "rounds", "reference"]
+    paired = trials[trials.role.notna()] if "role" in trials else trials.iloc[:0]
+    rows = []
+    for (variant, mode), group in paired.groupby(["variant", "mode"], sort=False):
+        ok = group[group.status == "ok"]
+        own, ref = (ok[ok.role == role].set_index("round") for role in ("variant", "reference"))
+        rounds = sorted(set(own.index) & set(ref.index))
+        row = {"variant": variant, "mode": mode, "rounds": len(rounds), "reference": group.reference.iloc[0]}
+        for q in RATIO_QUANTITIES:
+            r = paired_ratio([own.loc[i, q] for i in rounds], [ref.loc[i, q] for i in rounds])
+            row.update({f"{q}_ratio": r.ratio, f"{q}_ratio_low": r.low, f"{q}_ratio_high": r.high})
+        first = own.iloc[0] if len(own) else None
+        row["steady_state_s"] = None if first is None else first.get("steady_state_s")
+        row["steady_state_converged"] = None if first is None else first.get("steady_state_converged")
+        row["alone_gpu_mem_used_bytes"] = None if first is None else first.get("alone_gpu_mem_used_bytes")
+        rows.append(row)
+    return pd.DataFrame(rows, columns=None if rows else columns)
+
+
 def summary_frame(frame: pd.DataFrame, calibrations: dict[str, dict] | None = None,
                   variant_order: list[str] | None = None) -> pd.DataFrame:
-    """One row per (variant, mode) of the trials, with the quality of the variant's runs (whatever mode they
-    ran in: compiling changes the speed, not the maths)."""
+    """One row per (variant, mode) of the training windows: the variant's own windows aggregated (a paired job's
+    reference windows only enter its ratios), its paired ratios to the reference and their `verdict`s
+    (`verdicts`), `protocol` "paired" or "unpaired" (consecutive windows of one process, schema 2), and the quality
+    of the variant's runs (whatever mode they ran in: compiling changes the speed, not the maths). A paired row's
+    peak memory (`gpu_mem_used_peak_bytes_max`) is its device memory alone on the card: during the windows the
+    reference's trainer holds memory too."""
     trials = frame[frame.kind == "trial"] if "kind" in frame else frame.iloc[:0]
     if trials.empty:
         return pd.DataFrame()
-    summary = aggregate(with_calibration(trials, calibrations or {}), ["variant", "mode"])
+    if "role" not in trials:
+        trials = trials.assign(role=None)
+    own = with_state_shares(trials[trials.role.isna() | (trials.role == "variant")])
+    summary = aggregate(with_calibration(own, calibrations or {}), ["variant", "mode"],
+                        (*TRIAL_QUANTITIES, *STATE_QUANTITIES))
+    summary = summary.merge(paired_frame(trials), on=["variant", "mode"], how="left")
+    summary["protocol"] = summary["rounds"].map(lambda n: "unpaired" if pd.isna(n) else "paired")
+    alone = pd.to_numeric(summary.get("alone_gpu_mem_used_bytes"), errors="coerce")
+    summary["gpu_mem_used_peak_bytes_max"] = alone.where(alone.notna(), summary.gpu_mem_used_peak_bytes_max)
+    summary = verdicts(summary)
     summary = summary.merge(quality_frame(frame), on="variant", how="left")
     order = {v: i for i, v in enumerate(variant_order or [])}
     key = summary.variant.map(lambda v: order.get(v, len(order))) * 10 + summary["mode"].map(MODE_ORDER).fillna(9)
     return summary.assign(_key=key).sort_values("_key").drop(columns="_key").reset_index(drop=True)
+
+
+# a ratio's verdict against the reference, by quantity: (below 1, above 1)
+VERDICT_WORDS = {"gpu_j_per_token": ("cheaper", "dearer"), "tokens_per_s": ("slower", "faster"),
+                 "gpu_power_mean_w": ("lower", "higher")}
+INDISTINGUISHABLE = "indistinguishable"
+
+
+def verdict(ratio: float | None, low: float | None, high: float | None, bound: float | None,
+            words: tuple[str, str]) -> str:
+    """`words[0]` (ratio below 1) or `words[1]` (above) where the 95% interval excludes 1 and the effect |ratio - 1|
+    exceeds the A/A `bound`; "indistinguishable" otherwise; "n/a" without an interval. Without an A/A bound (no
+    control in the table) the interval alone decides."""
+    if ratio is None or low is None or high is None or any(pd.isna(v) for v in (ratio, low, high)):
+        return "n/a"
+    beyond = bound is None or pd.isna(bound) or abs(ratio - 1) > bound
+    if (high < 1 or low > 1) and beyond:
+        return words[0] if ratio < 1 else words[1]
+    return INDISTINGUISHABLE
+
+
+def aa_bounds(summary: pd.DataFrame) -> dict[tuple[str, str], float | None]:
+    """(mode, quantity) -> the A/A control's noise bound: the largest distance from 1 of its ratio's interval (the
+    reference paired with a second build of itself, the row whose variant is its own reference)."""
+    bounds = {}
+    control = summary[summary.variant == summary.reference] if "reference" in summary else summary.iloc[:0]
+    for _, row in control.iterrows():
+        for q in RATIO_QUANTITIES:
+            low, high = row.get(f"{q}_ratio_low"), row.get(f"{q}_ratio_high")
+            bounds[(row["mode"], q)] = None if pd.isna(low) or pd.isna(high) else max(high - 1, 1 - low)
+    return bounds
+
+
+def verdicts(summary: pd.DataFrame) -> pd.DataFrame:
+    """Add `<q>_verdict` for each of RATIO_QUANTITIES and `<q>_aa_bound` (its mode's A/A bound); the A/A row's
+    verdict is "control"."""
+    bounds = aa_bounds(summary)
+    summary = summary.copy()
+    for q in RATIO_QUANTITIES:
+        summary[f"{q}_aa_bound"] = [bounds.get((m, q)) for m in summary["mode"]]
+        summary[f"{q}_verdict"] = [
+            "control" if r.get("reference") == r.variant else
+            verdict(r.get(f"{q}_ratio"), r.get(f"{q}_ratio_low"), r.get(f"{q}_ratio_high"), r[f"{q}_aa_bound"],
+                    VERDICT_WORDS[q]) if r["protocol"] == "paired" else "unpaired"
+            for _, r in summary.iterrows()]
+    return summary
 
 
 def quality_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -137,20 +240,3 @@ def compare(summary: pd.DataFrame, a: tuple[str, str], b: tuple[str, str], quant
         return Comparison(name(a), name(b), quantity, None, False)
     distinct = ma + ca < mb - cb or mb + cb < ma - ca
     return Comparison(name(a), name(b), quantity, float(ma / mb), bool(distinct))
-
-
-def ranking(summary: pd.DataFrame, mode: str, quantity: str = "gpu_j_per_token") -> str:
-    """Variants of `mode` from lowest to highest mean `quantity`; neighbours whose intervals overlap are joined
-    by "$\\approx$" (a tie the data cannot break), others by "$<$". Rows of a single value have no interval and
-    are named after the ranking, not placed in it."""
-    mean, ci = f"{quantity}_mean", f"{quantity}_ci95"
-    rows = summary[(summary["mode"] == mode) & summary[mean].notna()].sort_values(mean)
-    unranked, rows = rows[rows[ci].isna()], rows[rows[ci].notna()]
-    if rows.empty:
-        return "n/a"
-    text = rows.variant.iloc[0]
-    for (_, prev), (_, row) in zip(rows.iloc[:-1].iterrows(), rows.iloc[1:].iterrows()):
-        text += (" $\\approx$ " if prev[mean] + prev[ci] >= row[mean] - row[ci] else " $<$ ") + row.variant
-    if not unranked.empty:
-        text += f" (no interval: {', '.join(unranked.variant)})"
-    return text

@@ -1,10 +1,12 @@
 """LaTeX from the summary tables: the main table, the prior study's table, and the number macros.
 
 Macros are made by rule, never listed by hand: every summary row gives `\\data<Variant><Mode><Column>` for each
-column of `DISPLAY`; every row gives comparisons with its variant's eager row and with SDPA in its mode
-(`...VsEager<Quantity>`, `...VsSdpa<Quantity>`: the wording of `frames.Comparison`, and `...Pct`); every mode gives
-rankings; the run gives its facts. `macros.tex` holds the macros `paper.tex` uses, and only those; one the data
-cannot give reads "n/a".
+column of `DISPLAY`, its paired ratios to the reference with their intervals and verdicts
+(`...EnergyRatio`, `...EnergyInterval`, `...EnergyVerdict`; `Throughput`, `Power` likewise), and the comparison with
+its variant's eager row on the same card (`...VsEager<Quantity>`: the wording of `frames.Comparison`); every mode
+gives its A/A bound and its groups (`<Mode>EnergyCheaper`, `...Indistinguishable`, `...Dearer`: each variant with
+its ratio and interval); the run gives its facts. `macros.tex` holds the macros `paper.tex` uses, and only those;
+one the data cannot give reads "n/a".
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from .frames import compare, ranking
+from .frames import INDISTINGUISHABLE, VERDICT_WORDS, compare
 
 GIB = 2**30
 # column -> (scale, format): the unit the paper prints (its text says mJ, GiB, %)
@@ -25,9 +27,12 @@ DISPLAY: dict[str, tuple[float, str]] = {
     "gpu_j_per_token_mean": (1e3, ".3f"), "gpu_j_per_token_ci95": (1e3, ".3f"), "gpu_j_per_token_cv": (100, ".1f"),
     "gpu_j_per_token_net_mean": (1e3, ".3f"), "gpu_power_mean_w_mean": (1, ".0f"),
     "gpu_mem_used_peak_bytes_max": (1 / GIB, ".1f"), "mfu_mean": (100, ".1f"), "energy_floor_multiple_mean": (1, ".1f"),
-    "val_loss_mean": (1, ".3f"), "val_loss_ci95": (1, ".3f"), "seeds": (1, ".0f"), "trials": (1, ".0f"),
+    "val_loss_mean": (1, ".3f"), "val_loss_ci95": (1, ".3f"), "seeds": (1, ".0f"), "windows": (1, ".0f"),
+    "rounds": (1, ".0f"), "sm_clock_mean_mhz_mean": (1, ".0f"), "power_cap_share_mean": (100, ".0f"),
+    "temperature_end_c_mean": (1, ".0f"), "steady_state_s": (1, ".0f"),
 }
 COMPARED = {"gpu_j_per_token": "Energy", "tokens_per_s": "Throughput"}
+RATIO_NAMES = {"gpu_j_per_token": "Energy", "tokens_per_s": "Throughput", "gpu_power_mean_w": "Power"}
 
 
 def fmt(value: Any, spec: str, scale: float = 1.0) -> str:
@@ -35,6 +40,12 @@ def fmt(value: Any, spec: str, scale: float = 1.0) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return format(value * scale, spec)
+
+
+def span(low: Any, high: Any, spec: str, scale: float = 1.0) -> str:
+    """"507--536", or one value where both ends print the same."""
+    a, b = fmt(low, spec, scale), fmt(high, spec, scale)
+    return a if a == b else f"{a}--{b}"
 
 
 def pm(mean: Any, ci: Any, spec: str, scale: float = 1.0) -> str:
@@ -63,12 +74,20 @@ def booktabs(header: list[str], rows: list[list[str]], align: str) -> str:
             + "\n\\bottomrule\n\\end{tabular}\n")
 
 
-def summary_table(summary: pd.DataFrame) -> str:
-    """The paper's main table. An energy CV over 3% is printed in bold: reported as such, not hidden."""
-    def cv(r) -> str:
-        text = fmt(r.gpu_j_per_token_cv, ".1f", 100)
-        return f"\\textbf{{{text}}}" if (r.gpu_j_per_token_cv or 0) > 0.03 else text
+def ratio_text(row: Any, quantity: str, spec: str = ".3f") -> str:
+    """"0.972 [0.955, 0.990]": a paired ratio with its 95% interval; "n/a" without one."""
+    ratio, low, high = (row.get(f"{quantity}_ratio{s}") for s in ("", "_low", "_high"))
+    if ratio is None or pd.isna(ratio):
+        return "n/a"
+    if low is None or pd.isna(low):
+        return fmt(ratio, spec)
+    return f"{fmt(ratio, spec)} [{fmt(low, spec)}, {fmt(high, spec)}]"
 
+
+def summary_table(summary: pd.DataFrame) -> str:
+    """The paper's main table: absolute figures of the variant's own windows on its card, its paired ratios to the
+    reference (bold where the verdict is a difference), the card's state, memory, MFU, quality. An unpaired row
+    says so instead of a ratio, with its throughput spread between windows."""
     most_seeds = summary["seeds"].max() if "seeds" in summary else None
 
     def val_loss(r) -> str:  # a row with fewer seeds than the others says so
@@ -78,19 +97,31 @@ def summary_table(summary: pd.DataFrame) -> str:
             return text
         return f"{text} ({int(seeds)} of {int(most_seeds)} seeds)"
 
-    rows = [[r.variant, r["mode"], r.status if r.status == "ok" else f"\\textbf{{{r.status}}}", int(r.trials),
-             pm(r.tokens_per_s_mean, r.tokens_per_s_ci95, ",.0f"),
-             pm(r.gpu_j_per_token_mean, r.gpu_j_per_token_ci95, ".3f", 1e3), cv(r), fmt(r.gpu_power_mean_w_mean, ".0f"),
+    def ratio(r, quantity: str) -> str:
+        verdict = r.get(f"{quantity}_verdict")
+        if verdict == "unpaired":
+            return f"unpaired, spread {fmt(r.get('tokens_per_s_spread'), '.1f', 100)}%"
+        text = ratio_text(r, quantity)
+        return f"\\textbf{{{text}}}" if verdict in VERDICT_WORDS[quantity] else text
+
+    rows = [[r.variant, r["mode"], r.status if r.status == "ok" else f"\\textbf{{{r.status}}}",
+             fmt(r.get("rounds") if r.get("protocol") == "paired" else r.windows, ".0f"),
+             fmt(r.tokens_per_s_mean, ",.0f"), fmt(r.gpu_j_per_token_mean, ".3f", 1e3),
+             ratio(r, "gpu_j_per_token"), ratio(r, "tokens_per_s") if r.get("protocol") == "paired" else "",
+             fmt(r.get("gpu_power_mean_w_ratio"), ".3f"), fmt(r.gpu_power_mean_w_mean, ".0f"),
+             fmt(r.get("sm_clock_mean_mhz_mean"), ".0f"), fmt(r.get("power_cap_share_mean"), ".0f", 100),
              fmt(r.gpu_mem_used_peak_bytes_max, ".1f", 1 / GIB), fmt(r.mfu_mean, ".1f", 100),
              fmt(r.energy_floor_multiple_mean, ".1f"), val_loss(r)]
             for _, r in summary.iterrows()]
-    header = ["variant", "mode", "status", "n", "tokens/s", "mJ/token", r"CV \%", "W", "peak GiB", r"MFU \%",
+    header = ["variant", "mode", "status", "n", "tokens/s", "mJ/token", "energy ratio [95\\%]",
+              "throughput ratio [95\\%]", "power ratio", "W", "SM MHz", r"cap \%", "GiB", r"MFU \%",
               r"$\times$floor", "val loss"]
-    return booktabs(header, rows, "llllrrrrrrrr")
+    return booktabs(header, rows, "lllrrrllrrrrrrrr")
 
 
 def row_macros(summary: pd.DataFrame) -> dict[str, str]:
-    """Per row: every DISPLAY column, the status, and comparisons with its eager row and with SDPA."""
+    """Per row: every DISPLAY column, the status, its paired ratios (`...EnergyRatio`, `...EnergyInterval`,
+    `...EnergyVerdict`, for energy, throughput and power) and the comparison with its eager row (same card)."""
     macros: dict[str, str] = {}
     for _, r in summary.iterrows():
         key = camel(r.variant, r["mode"])
@@ -98,32 +129,59 @@ def row_macros(summary: pd.DataFrame) -> dict[str, str]:
         for column, (scale, spec) in DISPLAY.items():
             if column in r:
                 macros[key + camel(column)] = fmt(r[column], spec, scale)
-        for other, name in (((r.variant, "eager"), "VsEager"), (("sdpa", r["mode"]), "VsSdpa")):
-            if other == (r.variant, r["mode"]):
-                continue
+        for quantity, label in RATIO_NAMES.items():
+            ratio, low, high = (r.get(f"{quantity}_ratio{s}") for s in ("", "_low", "_high"))
+            macros[key + label + "Ratio"] = fmt(ratio, ".3f")
+            macros[key + label + "Interval"] = (f"[{fmt(low, '.3f')}, {fmt(high, '.3f')}]"
+                                                if low is not None and not pd.isna(low) else "n/a")
+            macros[key + label + "Verdict"] = str(r.get(f"{quantity}_verdict", "n/a"))
+            macros[key + label + "ChangePct"] = fmt(None if ratio is None or pd.isna(ratio) else abs(ratio - 1),
+                                                    ".1f", 100)
+        if r["mode"] != "eager":
             for quantity, label in COMPARED.items():
-                c = compare(summary, (r.variant, r["mode"]), other, quantity)
-                macros[key + name + label] = c.wording
-                macros[key + name + label + "Pct"] = fmt(None if c.ratio is None else abs(c.change_pct), ".0f")
-                macros[key + name + label + "Ratio"] = fmt(c.ratio, ".2f")
+                c = compare(summary, (r.variant, r["mode"]), (r.variant, "eager"), quantity)
+                macros[key + "VsEager" + label] = c.wording
+                macros[key + "VsEager" + label + "Ratio"] = fmt(c.ratio, ".2f")
     return macros
 
 
+def group_text(rows: pd.DataFrame, quantity: str) -> str:
+    """"mla 0.972 [0.955, 0.990], gqa ...": the rows of one group, by ratio; "none" for none."""
+    if rows.empty:
+        return "none"
+    rows = rows.sort_values(f"{quantity}_ratio")
+    return ", ".join(f"\\texttt{{{r.variant}}} {ratio_text(r, quantity)}" for _, r in rows.iterrows())
+
+
 def mode_macros(summary: pd.DataFrame) -> dict[str, str]:
-    """Per mode: the energy ranking (ties where intervals overlap), the cheapest row against the dearest, the range
-    of savings against eager where the intervals separate (and the rows without one), the largest throughput
-    spread between trials and how many rows stay within 2%."""
+    """Per mode: the A/A control's interval and bound per quantity, the variants grouped by their verdict against
+    the reference (each with its ratio and interval), the largest throughput spread between windows and how many
+    rows stay within 2%, the energy saving against eager on the same card where the intervals separate, and what
+    share of the windows ran at the power cap."""
     macros: dict[str, str] = {}
     for mode, rows in summary.groupby("mode"):
         key = camel(mode)
-        macros[key + "EnergyRanking"] = ranking(summary, mode, "gpu_j_per_token")
-        energy = rows.dropna(subset=["gpu_j_per_token_mean"])
-        if len(energy):  # the cheapest row against the dearest, worded as their intervals allow
-            cheapest = energy.loc[energy.gpu_j_per_token_mean.idxmin()]
-            dearest = energy.loc[energy.gpu_j_per_token_mean.idxmax()]
-            c = compare(summary, (cheapest.variant, mode), (dearest.variant, mode), "gpu_j_per_token")
-            macros.update({key + "CheapestVariant": cheapest.variant, key + "DearestVariant": dearest.variant,
-                           key + "CheapestVsDearestEnergy": c.wording})
+        paired = rows[rows.get("protocol", pd.Series("unpaired", index=rows.index)) == "paired"]
+        control = paired[paired.variant == paired.reference] if len(paired) else paired
+        for quantity, label in RATIO_NAMES.items():
+            if len(control):
+                c = control.iloc[0]
+                macros[key + "Aa" + label] = ratio_text(c, quantity)
+                macros[key + "Aa" + label + "BoundPct"] = fmt(c.get(f"{quantity}_aa_bound"), ".1f", 100)
+            others = paired[paired.variant != paired.reference] if len(paired) else paired
+            verdict_of = others.get(f"{quantity}_verdict", pd.Series(dtype=object))
+            for word in (*VERDICT_WORDS[quantity], INDISTINGUISHABLE):
+                macros[key + label + camel(word)] = group_text(others[verdict_of == word], quantity)
+        if len(paired):
+            macros[key + "PowerCapSharePct"] = fmt(paired.power_cap_share_mean.mean(), ".0f", 100)
+            macros[key + "SmClockRange"] = span(paired.sm_clock_mean_mhz_mean.min(), paired.sm_clock_mean_mhz_mean.max(),
+                                                ".0f")
+            macros[key + "PowerRange"] = span(paired.gpu_power_mean_w_mean.min(), paired.gpu_power_mean_w_mean.max(),
+                                              ".0f")
+            steady = pd.to_numeric(paired.steady_state_s, errors="coerce")
+            macros[key + "SteadyStateRange"] = span(steady.min(), steady.max(), ".0f")
+            converged = paired.steady_state_converged.map(lambda v: v is True or v == 1.0)
+            macros[key + "SteadyStateConverged"] = f"{int(converged.sum())} of {len(paired)}"
         spread = rows.dropna(subset=["tokens_per_s_spread"])
         if len(spread):
             worst = spread.loc[spread.tokens_per_s_spread.idxmax()]
@@ -142,9 +200,19 @@ def mode_macros(summary: pd.DataFrame) -> dict[str, str]:
     return macros
 
 
-def quality_macros(summary: pd.DataFrame) -> dict[str, str]:
+def quality_macros(summary: pd.DataFrame, reference: str = "sdpa") -> dict[str, str]:
+    """Validation loss against the reference's over the seeds: the variants whose intervals lie below, overlap or lie
+    above its interval (seeds are the replicates of a quality run; there is no pairing to exploit)."""
     per_variant = summary.drop_duplicates("variant").assign(mode="quality")
-    return {"ValLossRanking": ranking(per_variant, "quality", "val_loss")}
+    groups: dict[str, list[str]] = {"Lower": [], "Indistinguishable": [], "Higher": []}
+    for variant in per_variant.variant:
+        if variant == reference:
+            continue
+        c = compare(per_variant, (variant, "quality"), (reference, "quality"), "val_loss")
+        if c.ratio is not None:
+            groups["Indistinguishable" if not c.distinct else "Lower" if c.ratio < 1 else "Higher"].append(variant)
+    return {f"ValLoss{name}ThanReference" if name != "Indistinguishable" else "ValLossIndistinguishableFromReference":
+            ", ".join(f"\\texttt{{{v}}}" for v in variants) or "none" for name, variants in groups.items()}
 
 
 def run_macros(facts: dict[str, Any]) -> dict[str, str]:
