@@ -9,7 +9,7 @@ Each job is one papermill execution of its family's notebook (`notebooks/trials.
 own process, given the job's resolved config, and writes JSON results; a job whose results all exist is skipped
 unless forced (then its results are deleted first), so a killed run resumes where it stopped: a components,
 inference or distributed job at its first missing window, a trials or quality job at its first mode or seed
-without results, a long-context job from its start. `run.json` records the device
+without results, a long-context job at its first missing window or paired cell. `run.json` records the device
 time of every chunk.
 
     python -m attnlib.pipeline run --profile smoke [--variants a,b] [--results DIR] [--force] [--max-minutes 4]

@@ -132,7 +132,7 @@ def test_report_gives_scaling_efficiency_energy_per_token_and_the_sections_macro
     paper.mkdir()
     shutil.copy(REPO / "paper" / "distributed.tex", paper / "distributed.tex")
     summary = build_report(results, "distributed", tmp_path / "figures", paper)
-    for column in ("variant", "strategy", "world_size", "seq_len", "status", "trials", "tokens_per_s_mean",
+    for column in ("variant", "strategy", "world_size", "seq_len", "status", "windows", "tokens_per_s_mean",
                    "gpu_j_per_token_mean", "gpu_j_per_token_ci95", "scaling_efficiency", "peak_mem_gib_per_gpu"):
         assert column in summary, column
     four = summary[(summary.variant == "sdpa") & (summary.world_size == 4)].iloc[0]

@@ -204,7 +204,7 @@ def test_failures_are_recorded(tmp_path, cache, monkeypatch, error, status) -> N
 
 def test_compile_scope_per_mode(tmp_path, cache, monkeypatch) -> None:
     """A profile can compile one shared block in one mode and the whole model in another."""
-    import attnlib.experiments.trials as trials_module
+    import attnlib.experiments._paired as paired_module
 
     seen = {}
 
@@ -213,7 +213,7 @@ def test_compile_scope_per_mode(tmp_path, cache, monkeypatch) -> None:
             seen[config.mode] = config.compile_scope
             raise NotImplementedError("probe")
 
-    monkeypatch.setattr(trials_module, "Trainer", Probe)
+    monkeypatch.setattr(paired_module, "Trainer", Probe)
     run_trials_job(tiny_trials(modes=["compile", "graph"], compile_scopes={"graph": "block"}), tmp_path, cache,
                    progress=False)
     assert seen == {"compile": "model", "graph": "block"}

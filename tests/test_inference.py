@@ -203,7 +203,7 @@ def test_inference_report_writes_tables_figures_and_the_sections_macros(tmp_path
     paper.mkdir()
     shutil.copy(REPO / "paper" / "inference.tex", paper / "inference.tex")
     summary = build_report(results, "inference", tmp_path / "figures", paper)
-    for column in ("variant", "phase", "batch_size", "context_len", "status", "trials", "ms_per_step_mean", "ms_mean",
+    for column in ("variant", "phase", "batch_size", "context_len", "status", "windows", "ms_per_step_mean", "ms_mean",
                    "tokens_per_s_mean", "j_per_token_mean", "j_per_token_ci95", "cache_bytes_per_token",
                    "floor_multiple"):
         assert column in summary, column

@@ -1,19 +1,22 @@
 """Long context: what each variant costs per token from 512 to 64K tokens, in training and as a layer alone.
 
-One process per variant, two kinds of cells:
+One process per variant, three kinds of cells:
 
-- training (`SweepResult`): GPT-2 small with `n_positions = seq_len` (learned positions extended; costs do not
-  depend on their values), `tokens_per_step` tokens per step (`batch_size = tokens_per_step // seq_len`, at least
-  1), eager at every length plus `fast_mode` at `fast_mode_seq_lens`;
+- fast-mode training, paired (`SweepResult` with a `role`): GPT-2 small with `n_positions = seq_len` (learned
+  positions extended; costs do not depend on their values), `tokens_per_step` tokens per step (`batch_size =
+  tokens_per_step // seq_len`, at least 1), in `fast_mode` (CUDA graphs or compiled) at each of
+  `fast_mode_seq_lens`, paired with the reference at the same length (`attnlib.experiments._paired`: steady state,
+  then `rounds` rounds of one window of each). Crossovers against the reference come from these ratios.
+- eager training at each of `seq_lens` (`SweepResult`, unpaired: the second curve);
 - the attention layer alone (`LayerResult`), LongCA-style: input projections, core and output projection on the
   same tokens, `forward` (no autograd) or `forward_backward`, with mask-exact FLOPs (`attnlib.flops.layer_flops`).
 
-Interleaving: in each of `trials` rounds the cells run in an order drawn afresh from the job's seed, and each visit
-measures one window, so slow drift spreads over lengths instead of piling into one. An eager training cell builds
-and warms its model (`warmup_steps`, unmeasured) at its first visit and keeps it on the host for the later rounds
-(no other cell's model is in GPU memory during a window); a compiled cell compiles once and runs all its windows
-at its first visit. A cell that fails (out of memory, unsupported) records each of its trials with that
-status and the reason and is not visited again: the grid has no silent holes.
+Eager and layer cells interleave: in each of `trials` rounds they run in an order drawn afresh from the job's seed,
+and each visit measures one window, so slow drift spreads over lengths instead of piling into one. An eager training
+cell builds and warms its model (`warmup_steps`, unmeasured) at its first visit and keeps it on the host for the
+later rounds (no other cell's model is in GPU memory during a window). The paired cells follow, one length at a
+time in a seeded order. A cell that fails (out of memory, unsupported) records each of its windows with that status
+and the reason and is not visited again: the grid has no silent holes.
 """
 
 from __future__ import annotations
@@ -25,12 +28,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from tqdm.auto import tqdm
 
 from ..data import TokenData, prepare_data
 from ..flops import layer_flops
+from ..measurement import SteadyStateConfig
+from ..measurement.trials import round_orders
 from ..model import build_model
-from ..results import LayerResult, ModelInfo, Result, SweepResult
+from ..results import LayerResult, ModelInfo, Result, SweepResult, finished_result
+from ..results.schema import ROLES
 from ._job import WindowedJob
+from ._paired import REFERENCE, Pair, reference_setup
 from .training import TrainConfig, Trainer, check_finite, failure_status, frozen_gc
 
 NOTEBOOK = "longcontext.ipynb"
@@ -44,13 +52,16 @@ class LongContextConfig:
     cell)."""
 
     train: TrainConfig
-    seq_lens: list[int] = field(default_factory=lambda: list(SEQ_LENS))
+    seq_lens: list[int] = field(default_factory=lambda: list(SEQ_LENS))  # the eager curve (unpaired)
     tokens_per_step: int = 32768
-    fast_mode: str | None = "graph"  # also measured at fast_mode_seq_lens; None: eager only
-    fast_mode_seq_lens: list[int] = field(default_factory=lambda: [4096, 32768])
-    trials: int = 3
+    fast_mode: str | None = "graph"  # measured paired at fast_mode_seq_lens; None: eager only
+    fast_mode_seq_lens: list[int] = field(default_factory=lambda: [512, 2048, 8192, 32768, 65536])
+    reference: str = REFERENCE
+    rounds: int = 5  # per paired cell: each one window of the variant and one of the reference
+    steady_state: SteadyStateConfig = field(default_factory=SteadyStateConfig)
+    trials: int = 3  # interleaved rounds over the eager and layer cells
     window_s: float = 2.0  # >= 2 s: >= 20 updates of the energy counter
-    warmup_steps: int = 2  # per visit of an eager cell; compilation happens in the first
+    warmup_steps: int = 2  # per visit of an eager cell, per trainer of a paired cell; compilation in the first
     layer_passes: list[str] = field(default_factory=lambda: list(LAYER_PASSES))
     layer_window_s: float = 1.0
     layer_warmup_calls: int = 3
@@ -60,12 +71,14 @@ class LongContextConfig:
     def __post_init__(self) -> None:
         if isinstance(self.train, dict):
             self.train = TrainConfig(**self.train)
+        if isinstance(self.steady_state, dict):
+            self.steady_state = SteadyStateConfig(**self.steady_state)
         for name in ("seq_lens", "fast_mode_seq_lens"):
             values = getattr(self, name)
             if not all(isinstance(t, int) and t >= 1 for t in values) or len(set(values)) != len(values):
                 raise ValueError(f"{name}: distinct integers >= 1, got {values}")
-        if not self.seq_lens:
-            raise ValueError("seq_lens: at least one length")
+        if not self.seq_lens and not (self.fast_mode and self.fast_mode_seq_lens):
+            raise ValueError("seq_lens: at least one length, eager or in the fast mode")
         if self.fast_mode not in (None, "compile", "graph"):
             raise ValueError(f"fast_mode: 'compile', 'graph' or None, got {self.fast_mode!r}")
         if set(self.layer_passes) - set(LAYER_PASSES):
@@ -73,18 +86,27 @@ class LongContextConfig:
         if self.tokens_per_step < 1 or self.trials < 1 or self.warmup_steps < 1 or self.layer_warmup_calls < 1:
             raise ValueError("tokens_per_step, trials, warmup_steps and layer_warmup_calls must be >= 1, got "
                              f"{self.tokens_per_step}, {self.trials}, {self.warmup_steps}, {self.layer_warmup_calls}")
+        if self.rounds < 2:
+            raise ValueError(f"rounds: >= 2 (an interval needs two), got {self.rounds}")
         if self.window_s <= 0 or self.layer_window_s <= 0 or self.idle_s <= 0:
             raise ValueError(f"window_s, layer_window_s and idle_s must be > 0, got "
                              f"{self.window_s}, {self.layer_window_s}, {self.idle_s}")
-        for seq_len, mode in self.train_cells():  # bad model parameters fail here, before any work
-            self.cell_config(seq_len, mode)
+        for seq_len, mode in self.train_cells() + self.paired_cells():  # bad model parameters fail here
+            reference_setup(self.cell_config(seq_len, mode), self.reference)
 
     def batch_size(self, seq_len: int) -> int:
         return max(1, self.tokens_per_step // seq_len)
 
     def train_cells(self) -> list[tuple[int, str]]:
-        fast = [(t, self.fast_mode) for t in self.fast_mode_seq_lens] if self.fast_mode else []
-        return [(t, "eager") for t in self.seq_lens] + fast
+        """The eager cells (unpaired, interleaved with the layer cells)."""
+        return [(t, "eager") for t in self.seq_lens]
+
+    def paired_cells(self) -> list[tuple[int, str]]:
+        """The fast-mode cells, each paired with the reference at its length."""
+        return [(t, self.fast_mode) for t in self.fast_mode_seq_lens] if self.fast_mode else []
+
+    def paired_name(self, seq_len: int, mode: str, round_index: int, role: str) -> str:
+        return f"{self.train.variant}__sweep__{mode}__T{seq_len}__round{round_index}__{role}.json"
 
     def layer_cells(self) -> list[tuple[int, str]]:
         return [(t, p) for t in self.seq_lens for p in self.layer_passes]
@@ -98,6 +120,8 @@ class LongContextConfig:
         """The result files of the job (under raw/)."""
         v, trials = self.train.variant, range(self.trials)
         return ([f"{v}__sweep__{m}__T{t}__trial{i}.json" for t, m in self.train_cells() for i in trials]
+                + [self.paired_name(t, m, r, role) for t, m in self.paired_cells() for r in range(self.rounds)
+                   for role in ROLES]
                 + [f"{v}__layer__{p}__T{t}__trial{i}.json" for t, p in self.layer_cells() for i in trials])
 
     def to_dict(self) -> dict[str, Any]:
@@ -147,16 +171,15 @@ class _Job(WindowedJob):
 
     # training cells ---------------------------------------------------------------------------------------------
     def train_visit(self, seq_len: int, mode: str, trials: list[int]) -> list[SweepResult]:
-        """Measure `trials` windows of one training cell. An eager cell's trainer is built and warmed at its first
-        visit and kept on the host between rounds (moved back, plus one unmeasured step, at each revisit), so that
-        no other cell's model is in GPU memory during a window: peak memory and out-of-memory are this cell's. A
-        compiled cell is built, compiled and freed in one visit."""
+        """Measure `trials` windows of one eager training cell. Its trainer is built and warmed at its first visit
+        and kept on the host between rounds (moved back, plus one unmeasured step, at each revisit), so that no
+        other cell's model is in GPU memory during a window: peak memory and out-of-memory are this cell's."""
         c, train = self.config, self.config.cell_config(seq_len, mode)
         common = dict(variant=train.variant, mode=mode, provenance=self.origin, config=c.to_dict(),
                       seq_len=seq_len, batch_size=train.batch_size, order_seed=c.order_seed)
         name = lambda trial: f"{train.variant}__sweep__{mode}__T{seq_len}__trial{trial}.json"  # noqa: E731
-        results, start, keep = [], time.perf_counter(), mode == "eager"
-        trainer = self.trainers.pop(seq_len, None) if keep else None
+        results, start = [], time.perf_counter()
+        trainer = self.trainers.pop(seq_len, None)
         try:
             data = self.data(seq_len)
             first_step_s = None
@@ -181,9 +204,8 @@ class _Job(WindowedJob):
                     results.append(self.write(name(trial), SweepResult(
                         **common, trial=trial, data=data.info, model=model, measurement=window.result, steps=steps,
                         first_step_s=first_step_s, job_wall_s=wall)))
-            if keep:
-                trainer.move(torch.device("cpu"))
-                self.trainers[seq_len] = trainer
+            trainer.move(torch.device("cpu"))
+            self.trainers[seq_len] = trainer
         except Exception as error:  # the cell's remaining trials record the failure; other cells go on
             status, text = failure_status(error), f"{type(error).__name__}: {str(error)[:2000]}"
             self.failed[f"train/{mode}/T{seq_len}"] = (status, text)
@@ -192,10 +214,51 @@ class _Job(WindowedJob):
                         for t in trials[len(results):]]
         finally:
             trainer = None
-            if not keep:
-                torch._dynamo.reset()
             self.free()
         return results
+
+    # paired cells -----------------------------------------------------------------------------------------------
+    def paired_visit(self, seq_len: int, mode: str) -> list[SweepResult]:
+        """The windows of one fast-mode cell paired with the reference at its length (`Pair`); kept where `out_dir`
+        holds them all, else measured afresh (the cell's rounds share one steady state)."""
+        c = self.config
+        keys = [(r, role) for r in range(c.rounds) for role in ROLES]
+        kept = [finished_result(self.out_dir / c.paired_name(seq_len, mode, *key)) for key in keys]
+        if all(r is not None for r in kept):
+            return kept
+        train = c.cell_config(seq_len, mode)
+        seed = c.order_seed + seq_len
+        common = dict(variant=train.variant, mode=mode, provenance=self.origin, config=c.to_dict(), seq_len=seq_len,
+                      batch_size=train.batch_size, order_seed=seed, reference=c.reference)
+        results: dict[tuple[int, str], SweepResult] = {}
+        start, pair = time.perf_counter(), None
+        try:
+            data = self.data(seq_len)
+            pair = Pair(train, reference_setup(train, c.reference), data, self.device, c.warmup_steps)
+            models = {role: ModelInfo(**w.trainer.describe()) for role, w in pair.warm.items()}
+            with frozen_gc():
+                steady = pair.steady(c.steady_state)
+                for w in pair.windows(c.rounds, c.window_s, seed, self.window, f"{train.variant}/{mode}/T{seq_len}"):
+                    warm = pair.warm[w.role]
+                    results[(w.round, w.role)] = self.write(c.paired_name(seq_len, mode, w.round, w.role), SweepResult(
+                        **common, trial=w.round, role=w.role, data=data.info, model=models[w.role],
+                        measurement=w.measurement, steps=w.steps, first_step_s=warm.first_step_s, steady_state=steady,
+                        alone_torch_peak_mem_bytes=warm.torch_peak_mem_bytes,
+                        alone_gpu_mem_used_bytes=warm.gpu_mem_used_bytes, job_wall_s=w.job_wall_s))
+        except Exception as error:  # the cell's missing windows record the failure; other cells go on
+            status, text = failure_status(error), f"{type(error).__name__}: {str(error)[:2000]}"
+            for r, role in keys:
+                if (r, role) not in results:
+                    results[(r, role)] = self.write(c.paired_name(seq_len, mode, r, role), SweepResult(
+                        **common, trial=r, role=role, status=status, error=text,
+                        job_wall_s=time.perf_counter() - start))
+        finally:
+            if pair is not None:
+                pair.release()
+            pair = None
+            torch._dynamo.reset()
+            self.free()
+        return [results[key] for key in keys]
 
     # layer cells ------------------------------------------------------------------------------------------------
     def layer(self, seq_len: int) -> tuple[torch.nn.Module, Any]:
@@ -269,9 +332,24 @@ def layer_call(attention: torch.nn.Module, batch: int, seq_len: int, width: int,
 
 def run_longcontext_job(config: LongContextConfig, out_dir: Path, cache_dir: Path,
                         progress: bool = True) -> list[Result]:
-    """Every cell of `config.train.variant`'s long-context grid, `config.trials` interleaved rounds; writes one JSON
-    result per window (or per failed trial) into `out_dir`."""
+    """Every cell of `config.train.variant`'s long-context grid: the eager and layer cells in `config.trials`
+    interleaved rounds, then each paired cell in a seeded order; writes one JSON result per window (or per failed
+    window) into `out_dir`."""
     job = _Job(config, out_dir, cache_dir)
-    compiled = {cell for cell, (_, mode) in job.cells.items() if cell.startswith("train/") and mode != "eager"}
-    return job.rounds(list(job.cells), compiled, config.trials, config.order_seed,
-                      f"{config.train.variant} long context", progress)
+    def result_name(cell: str, trial: int) -> str:  # a resumed job reads back the windows it has
+        seq_len, what = job.cells[cell]
+        kind = "sweep" if cell.startswith("train/") else "layer"
+        return f"{config.train.variant}__{kind}__{what}__T{seq_len}__trial{trial}.json"
+
+    results = job.rounds(list(job.cells), set(), config.trials, config.order_seed,
+                         f"{config.train.variant} long context", progress, result_name) if job.cells else []
+    cells = config.paired_cells()
+    order = round_orders(cells, 1, config.order_seed)[0] if cells else []
+    job.codecarbon.start()  # one tracker for the paired cells' windows, one task each
+    try:
+        for seq_len, mode in tqdm(order, desc=f"{config.train.variant} paired cells", disable=not progress):
+            results += job.paired_visit(seq_len, mode)
+    finally:
+        if job.codecarbon.running:
+            job.codecarbon.stop()
+    return results

@@ -31,19 +31,18 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import TokenData, prepare_data
-from ..measurement import IdleBaseline, SteadyStateConfig, measure, measure_idle, reach_steady_state
+from ..measurement import IdleBaseline, SteadyStateConfig, measure, measure_idle
 from ..measurement.codecarbon_estimate import CodeCarbonTracker
-from ..measurement.nvml import open_nvml
 from ..measurement.trials import round_orders
 from ..provenance import provenance
 from ..registry import get_variant
 from ..results import ModelInfo, Provenance, QualityResult, Result, TrialResult, finished_result, write_result
 from ..results.schema import ROLES
+from ._paired import REFERENCE, Pair, reference_setup
 from .quality import QualityConfig, quality_runs
-from .training import MODES, TrainConfig, Trainer, check_finite, default_device, failure_status, frozen_gc
+from .training import MODES, TrainConfig, default_device, failure_status, frozen_gc
 
 NOTEBOOK = "trials.ipynb"
-REFERENCE = "sdpa"  # every comparison's reference: PyTorch's fused attention, what a transformers model runs
 
 
 @dataclass
@@ -95,12 +94,8 @@ class TrialsConfig:
         return dataclasses.replace(self.train, mode=mode, compile_scope=scope)
 
     def reference_config(self, mode: str) -> TrainConfig:
-        """The reference's setup in `mode`: the variant's, with the reference's name and without the variant's own
-        parameters (`VARIANTS[variant].params`)."""
-        train = self.mode_config(mode)
-        own = set(get_variant(train.variant).params) - set(get_variant(self.reference).params)
-        return dataclasses.replace(train, variant=self.reference,
-                                   model={k: v for k, v in train.model.items() if k not in own})
+        """The reference's setup in `mode` (`reference_setup`)."""
+        return reference_setup(self.mode_config(mode), self.reference)
 
     def window_name(self, mode: str, round_index: int, role: str) -> str:
         return f"{self.train.variant}__{mode}__round{round_index}__{role}.json"
@@ -115,43 +110,11 @@ class TrialsConfig:
         return dataclasses.asdict(self)
 
 
-@dataclass
-class _Warm:
-    """A trainer after its unmeasured steps, with their times and (first built) its memory alone on the card."""
-
-    trainer: Trainer
-    first_step_s: float
-    warmup_s: float
-    torch_peak_mem_bytes: int | None = None
-    gpu_mem_used_bytes: int | None = None
-
-
-def _warmed(train: TrainConfig, data: TokenData, device: torch.device, steps: int, alone: bool) -> _Warm:
-    """Build `train`'s trainer and run `steps` unmeasured steps; `alone`: read its memory afterwards (the allocator's
-    peak over the steps, and the device memory in use), before any other trainer exists."""
-    if alone and device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    trainer = Trainer(train, data, device, total_steps=10**6)
-    start = time.perf_counter()
-    loss = trainer.step()
-    check_finite(loss, "at the first step")
-    first_step_s = time.perf_counter() - start  # compilation lands here (.item synchronises)
-    for _ in range(steps - 1):
-        loss = trainer.step()
-    check_finite(loss, "during warm-up")
-    warm = _Warm(trainer, first_step_s, time.perf_counter() - start)
-    if alone and device.type == "cuda":
-        warm.torch_peak_mem_bytes = torch.cuda.max_memory_allocated()
-        gpus = open_nvml()
-        warm.gpu_mem_used_bytes = gpus.memory_used_bytes() if gpus.available else None
-    return warm
-
-
 def _paired_mode(config: TrialsConfig, mode: str, data: TokenData, device: torch.device, idle: IdleBaseline | None,
                  origin: Provenance, out_dir: Path, progress: bool, codecarbon: CodeCarbonTracker) -> list[Result]:
-    """The mode's paired rounds, then, when the job's quality runs are in this mode, its seeds with the variant's
-    trainer. A resumed job keeps a mode whose windows `out_dir` holds (its missing quality seeds then build their
-    own trainer) and measures the others afresh: a mode's rounds share one steady state."""
+    """The mode's paired rounds (`Pair`), then, when the job's quality runs are in this mode, its seeds with the
+    variant's trainer. A resumed job keeps a mode whose windows `out_dir` holds (its missing quality seeds then
+    build their own trainer) and measures the others afresh: a mode's rounds share one steady state."""
     train = config.mode_config(mode)
     with_quality = config.quality is not None and config.quality.train.mode == mode
     keys = [(r, role) for r in range(config.rounds) for role in ROLES]
@@ -166,39 +129,31 @@ def _paired_mode(config: TrialsConfig, mode: str, data: TokenData, device: torch
     results: dict[tuple[int, str], TrialResult] = {}
     quality: list[QualityResult] = []
     start = time.perf_counter()
-    warm: dict[str, _Warm] = {}
+    pair = None
+
+    def open_window(label: str, keep_trace: bool) -> measure:
+        return measure(label, idle=idle, keep_trace=keep_trace, codecarbon=codecarbon if codecarbon.running else True)
+
     try:
-        warm["variant"] = _warmed(train, data, device, config.unmeasured_steps, alone=True)
-        warm["reference"] = _warmed(config.reference_config(mode), data, device, config.unmeasured_steps, alone=False)
-        models = {role: ModelInfo(**w.trainer.describe()) for role, w in warm.items()}
+        pair = Pair(train, config.reference_config(mode), data, device, config.unmeasured_steps)
+        models = {role: ModelInfo(**w.trainer.describe()) for role, w in pair.warm.items()}
         with frozen_gc():  # the windows run with no full collection over the compiled graphs
-            steady = reach_steady_state({role: w.trainer.steps_for for role, w in warm.items()}, config.steady_state)
+            steady = pair.steady(config.steady_state)
             if progress:
                 tqdm.write(f"{train.variant}/{mode}: steady state after {steady.steady_state_s:.0f} s "
                            f"(converged: {steady.steady_state_converged})")
-            for round_index, order in enumerate(tqdm(round_orders(list(ROLES), config.rounds, seed),
-                                                     desc=f"{train.variant}/{mode} rounds", disable=not progress)):
-                for role in order:
-                    window_start = time.perf_counter()
-                    label = f"{train.variant}/{mode}/round{round_index}/{role}"
-                    with measure(label, idle=idle, keep_trace=round_index == 0,
-                                 codecarbon=codecarbon if codecarbon.running else True) as window:
-                        steps, loss = warm[role].trainer.steps_for(config.window_s, window)
-                    w = warm[role]
-                    results[(round_index, role)] = TrialResult(
-                        **common, round=round_index, role=role, model=models[role], measurement=window.result,
-                        steps=steps, final_train_loss=check_finite(loss, "at the end of the window"),
-                        first_step_s=w.first_step_s, warmup_s=w.warmup_s, steady_state=steady,
-                        alone_torch_peak_mem_bytes=w.torch_peak_mem_bytes, alone_gpu_mem_used_bytes=w.gpu_mem_used_bytes,
-                        job_wall_s=time.perf_counter() - (start if not results else window_start))
-                if progress:
-                    ratio = [results[(round_index, role)].measurement.gpu_j_per_token for role in ("variant", "reference")]
-                    energy = "" if None in ratio else f", energy ratio {ratio[0] / ratio[1]:.3f}"
-                    tqdm.write(f"{label.rsplit('/', 1)[0]}: {results[(round_index, 'variant')].measurement.tokens_per_s:,.0f} "
-                               f"tok/s{energy}")
+            for w in pair.windows(config.rounds, config.window_s, seed, open_window, f"{train.variant}/{mode}"):
+                warm = pair.warm[w.role]
+                results[(w.round, w.role)] = TrialResult(
+                    **common, round=w.round, role=w.role, model=models[w.role], measurement=w.measurement,
+                    steps=w.steps, final_train_loss=w.final_train_loss, first_step_s=warm.first_step_s,
+                    warmup_s=warm.warmup_s, steady_state=steady, alone_torch_peak_mem_bytes=warm.torch_peak_mem_bytes,
+                    alone_gpu_mem_used_bytes=warm.gpu_mem_used_bytes, job_wall_s=w.job_wall_s)
+                if progress and w.role == "variant":
+                    tqdm.write(f"{train.variant}/{mode} round {w.round}: {w.measurement.tokens_per_s:,.0f} tok/s")
         if with_quality:
             quality = quality_runs(config.quality, data, device, idle, origin, out_dir, progress,
-                                   trainer=warm["variant"].trainer)
+                                   trainer=pair.warm["variant"].trainer)
     except Exception as error:  # every failure becomes a recorded status; the other modes go on
         status, text = failure_status(error), f"{type(error).__name__}: {str(error)[:2000]}"
         for round_index, role in keys:
@@ -206,7 +161,9 @@ def _paired_mode(config: TrialsConfig, mode: str, data: TokenData, device: torch
                 results[(round_index, role)] = TrialResult(**common, round=round_index, role=role, status=status,
                                                            error=text, job_wall_s=time.perf_counter() - start)
     finally:
-        warm.clear()
+        if pair is not None:
+            pair.release()
+        pair = None
         gc.collect()
         torch._dynamo.reset()  # frees compiled graphs and CUDA-graph pools before the next mode
         if device.type == "cuda":

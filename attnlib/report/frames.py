@@ -92,19 +92,19 @@ def with_state_shares(windows: pd.DataFrame) -> pd.DataFrame:
     return windows.assign(power_cap_share=cap.where(known), slowdown_share=slow.where(known))
 
 
-def paired_frame(trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per (variant, mode) of paired windows: `rounds` (those whose two windows both succeeded), the
+def paired_frame(windows: pd.DataFrame, keys: list[str] = ["variant", "mode"],  # noqa: B006 (never mutated)
+                 round_column: str = "round") -> pd.DataFrame:
+    """One row per value of `keys` of paired windows: `rounds` (those whose two windows both succeeded), the
     reference's name, and for each of RATIO_QUANTITIES the variant's ratio to the reference over those rounds with
-    its 95% interval (`<q>_ratio`, `<q>_ratio_low`, `<q>_ratio_high`), the steady state the mode reached first
-    (`steady_state_s`, `steady_state_converged`) and the variant's device memory alone on the card."""
-    columns = ["variant", "mode", "rounds", "reference"]
-    paired = trials[trials.role.notna()] if "role" in trials else trials.iloc[:0]
+    its 95% interval (`<q>_ratio`, `<q>_ratio_low`, `<q>_ratio_high`), the steady state the pair reached first
+    (`steady_state_s`, `steady_state_converged`) and the variant's memory alone on the card."""
+    paired = windows[windows.role.notna()] if "role" in windows else windows.iloc[:0]
     rows = []
-    for (variant, mode), group in paired.groupby(["variant", "mode"], sort=False):
+    for values, group in paired.groupby(keys, sort=False):
         ok = group[group.status == "ok"]
-        own, ref = (ok[ok.role == role].set_index("round") for role in ("variant", "reference"))
+        own, ref = (ok[ok.role == role].set_index(round_column) for role in ("variant", "reference"))
         rounds = sorted(set(own.index) & set(ref.index))
-        row = {"variant": variant, "mode": mode, "rounds": len(rounds), "reference": group.reference.iloc[0]}
+        row = {**dict(zip(keys, values)), "rounds": len(rounds), "reference": group.reference.iloc[0]}
         for q in RATIO_QUANTITIES:
             r = paired_ratio([own.loc[i, q] for i in rounds], [ref.loc[i, q] for i in rounds])
             row.update({f"{q}_ratio": r.ratio, f"{q}_ratio_low": r.low, f"{q}_ratio_high": r.high})
@@ -112,8 +112,9 @@ def paired_frame(trials: pd.DataFrame) -> pd.DataFrame:
         row["steady_state_s"] = None if first is None else first.get("steady_state_s")
         row["steady_state_converged"] = None if first is None else first.get("steady_state_converged")
         row["alone_gpu_mem_used_bytes"] = None if first is None else first.get("alone_gpu_mem_used_bytes")
+        row["alone_torch_peak_mem_bytes"] = None if first is None else first.get("alone_torch_peak_mem_bytes")
         rows.append(row)
-    return pd.DataFrame(rows, columns=None if rows else columns)
+    return pd.DataFrame(rows, columns=None if rows else [*keys, "rounds", "reference"])
 
 
 def summary_frame(frame: pd.DataFrame, calibrations: dict[str, dict] | None = None,
@@ -134,7 +135,8 @@ def summary_frame(frame: pd.DataFrame, calibrations: dict[str, dict] | None = No
                         (*TRIAL_QUANTITIES, *STATE_QUANTITIES))
     summary = summary.merge(paired_frame(trials), on=["variant", "mode"], how="left")
     summary["protocol"] = summary["rounds"].map(lambda n: "unpaired" if pd.isna(n) else "paired")
-    alone = pd.to_numeric(summary.get("alone_gpu_mem_used_bytes"), errors="coerce")
+    alone = pd.to_numeric(summary.get("alone_gpu_mem_used_bytes", pd.Series(index=summary.index, dtype=float)),
+                          errors="coerce")
     summary["gpu_mem_used_peak_bytes_max"] = alone.where(alone.notna(), summary.gpu_mem_used_peak_bytes_max)
     summary = verdicts(summary)
     summary = summary.merge(quality_frame(frame), on="variant", how="left")
@@ -162,25 +164,26 @@ def verdict(ratio: float | None, low: float | None, high: float | None, bound: f
     return INDISTINGUISHABLE
 
 
-def aa_bounds(summary: pd.DataFrame) -> dict[tuple[str, str], float | None]:
-    """(mode, quantity) -> the A/A control's noise bound: the largest distance from 1 of its ratio's interval (the
-    reference paired with a second build of itself, the row whose variant is its own reference)."""
+def aa_bounds(summary: pd.DataFrame, group: tuple[str, ...] = ("mode",)) -> dict[tuple, float | None]:
+    """(the row's values of `group`..., quantity) -> the A/A control's noise bound there: the largest distance from 1
+    of its ratio's interval (the reference paired with a second build of itself: the row whose variant is its own
+    reference)."""
     bounds = {}
     control = summary[summary.variant == summary.reference] if "reference" in summary else summary.iloc[:0]
     for _, row in control.iterrows():
         for q in RATIO_QUANTITIES:
             low, high = row.get(f"{q}_ratio_low"), row.get(f"{q}_ratio_high")
-            bounds[(row["mode"], q)] = None if pd.isna(low) or pd.isna(high) else max(high - 1, 1 - low)
+            bounds[(*(row[g] for g in group), q)] = None if pd.isna(low) or pd.isna(high) else max(high - 1, 1 - low)
     return bounds
 
 
-def verdicts(summary: pd.DataFrame) -> pd.DataFrame:
-    """Add `<q>_verdict` for each of RATIO_QUANTITIES and `<q>_aa_bound` (its mode's A/A bound); the A/A row's
-    verdict is "control"."""
-    bounds = aa_bounds(summary)
+def verdicts(summary: pd.DataFrame, group: tuple[str, ...] = ("mode",)) -> pd.DataFrame:
+    """Add `<q>_verdict` for each of RATIO_QUANTITIES and `<q>_aa_bound` (the A/A bound of the row's `group`: its
+    mode, or its mode and length); the A/A row's verdict is "control"."""
+    bounds = aa_bounds(summary, group)
     summary = summary.copy()
     for q in RATIO_QUANTITIES:
-        summary[f"{q}_aa_bound"] = [bounds.get((m, q)) for m in summary["mode"]]
+        summary[f"{q}_aa_bound"] = [bounds.get((*(r[g] for g in group), q)) for _, r in summary.iterrows()]
         summary[f"{q}_verdict"] = [
             "control" if r.get("reference") == r.variant else
             verdict(r.get(f"{q}_ratio"), r.get(f"{q}_ratio_low"), r.get(f"{q}_ratio_high"), r[f"{q}_aa_bound"],

@@ -1,5 +1,7 @@
 """Long-context frames: the sweep's summary per (variant, mode, seq_len), the layer's per (variant, layer_pass,
-seq_len), and the crossover lengths from which a variant beats the reference (`sdpa`) for good."""
+seq_len), and the crossover lengths from which a variant beats the reference (`sdpa`) for good: in the fast mode
+from the paired ratios (beyond the A/A bound at each length), in eager mode (the second curve, unpaired) from the
+cells' intervals."""
 
 from __future__ import annotations
 
@@ -12,27 +14,40 @@ import pandas as pd
 from . import figures, latex
 from ..registry import VARIANTS
 from .figures import GIB
-from .frames import TRIAL_QUANTITIES, aggregate, compare, with_calibration
+from ..experiments._paired import REFERENCE
+from .frames import TRIAL_QUANTITIES, aggregate, paired_frame, verdicts, with_calibration
 
-REFERENCE = "sdpa"
 # quantity -> whether lower is better; peak memory has no interval (one maximum per cell)
 CROSSOVER_QUANTITIES = {"gpu_j_per_token": True, "tokens_per_s": False, "peak_mem_bytes": True}
 # each quantity's column prefix in crossover.csv
 PREFIXES = {"gpu_j_per_token": "", "tokens_per_s": "tokens_per_s_", "peak_mem_bytes": "peak_mem_"}
+MEMORY_MARGIN = 0.05  # a memory crossover needs the variant at least 5% below the reference: a few MiB are not one
 
 
 def sweep_summary(frame: pd.DataFrame, calibrations: dict[str, dict]) -> pd.DataFrame:
-    """One row per (variant, mode, seq_len) of the training sweep, with `batch_size`. Besides the aggregates'
-    own names, `mean_power_w`, `peak_mem_gib` and `mfu` carry the columns long-context tables are read by."""
+    """One row per (variant, mode, seq_len) of the training sweep, with `batch_size`: the variant's own windows
+    aggregated and, for a paired (fast-mode) cell, its ratios to the reference at that length with their verdicts
+    beyond the A/A bound of that length (`frames.paired_frame`, `frames.verdicts`). Besides the aggregates' own
+    names, `mean_power_w`, `peak_mem_gib` and `mfu` carry the columns long-context tables are read by."""
     windows = frame[frame.kind == "sweep"] if "kind" in frame else frame.iloc[:0]
     if windows.empty:
         return pd.DataFrame()
-    summary = aggregate(with_calibration(windows, calibrations), ["variant", "mode", "seq_len", "batch_size"])
+    if "role" not in windows:
+        windows = windows.assign(role=None)
+    own = windows[windows.role.isna() | (windows.role == "variant")]
+    keys = ["variant", "mode", "seq_len"]
+    summary = aggregate(with_calibration(own, calibrations), [*keys, "batch_size"])
+    summary = summary.merge(paired_frame(windows, keys, round_column="trial"), on=keys, how="left")
+    summary["protocol"] = summary["rounds"].map(lambda n: "unpaired" if pd.isna(n) else "paired")
+    summary = verdicts(summary, ("mode", "seq_len"))
     summary["mean_power_w"] = summary.gpu_power_mean_w_mean
-    # eager: the allocator's peak, exact and blind to what earlier cells left cached; CUDA graphs: the device memory
-    # in use (NVML), since graph replays allocate nothing through the allocator
+    # eager: the allocator's peak, exact and blind to what earlier cells left cached; a paired cell: the device
+    # memory in use with the variant's trainer alone on the card (CUDA-graph replays bypass the allocator)
     eager = summary["mode"] == "eager"
-    summary["peak_mem_bytes"] = summary.torch_peak_mem_bytes_max.where(eager, summary.gpu_mem_used_peak_bytes_max)
+    alone = pd.to_numeric(summary.get("alone_gpu_mem_used_bytes", pd.Series(index=summary.index, dtype=float)),
+                          errors="coerce")
+    summary["peak_mem_bytes"] = summary.torch_peak_mem_bytes_max.where(
+        eager, alone.where(alone.notna(), summary.gpu_mem_used_peak_bytes_max))
     summary["peak_mem_source"] = eager.map({True: "allocator peak", False: "device memory in use (NVML)"})
     summary["peak_mem_gib"] = summary.peak_mem_bytes / GIB
     summary["mfu"] = summary.mfu_mean
@@ -74,9 +89,12 @@ def crossover_frame(summary: pd.DataFrame, mode: str = "eager", reference: str =
                     expected: list[str] | None = None) -> pd.DataFrame:
     """One row per variant: from which length its energy per token stays below the reference's
     (`crossover_seq_len`, with `ci_low` / `ci_high` where the 95% intervals put it earliest / latest; empty when
-    not within the grid), and the same for throughput (`tokens_per_s_...`) and peak memory (`peak_mem_...`). A
-    length where the variant failed (out of memory) and the reference ran counts against the variant. A variant
-    of `expected` without results gets a row with `measured` False, so that it is never silently absent."""
+    not within the grid), and the same for throughput (`tokens_per_s_...`) and peak memory (`peak_mem_...`, which
+    must be at least `MEMORY_MARGIN` below). Paired cells (the fast mode) are judged by their ratios to the
+    reference, the latest length by the claim the A/A bound allows; unpaired ones (eager) by the overlap of the two
+    cells' intervals. A length where the variant failed (out of memory) and the reference ran counts against the
+    variant. A variant of `expected` without results gets a row with `measured` False, so that it is never silently
+    absent."""
     rows = summary[(summary["mode"] == mode) & (summary.status == "ok")] if len(summary) else summary
     if rows.empty or reference not in set(rows.variant):
         return pd.DataFrame(columns=["variant", "reference", "measured", "crossover_seq_len", "ci_low", "ci_high"])
@@ -86,31 +104,49 @@ def crossover_frame(summary: pd.DataFrame, mode: str = "eager", reference: str =
     for variant in [v for v in summary.variant.unique() if v != reference]:
         own = rows[rows.variant == variant].set_index("seq_len")
         lengths = [t for t in grid if t in own.index or t in ref.index]  # both failed: no evidence either way
-        row = {"variant": variant, "reference": reference, "measured": True}
+        row = {"variant": variant, "reference": reference, "measured": True,
+               "protocol": own.protocol.iloc[0] if len(own) and "protocol" in own else "unpaired"}
         for quantity, lower_is_better in CROSSOVER_QUANTITIES.items():
-            mean = quantity if quantity == "peak_mem_bytes" else f"{quantity}_mean"
-            ci = None if quantity == "peak_mem_bytes" else f"{quantity}_ci95"
-
-            def advantage(t: int, sign: int) -> float | None:
-                """variant better by this much at t; `sign` +1 / -1 widens / narrows by the intervals."""
-                if t not in own.index:
-                    return None  # the variant failed (out of memory) where the reference ran
-                if t not in ref.index:
-                    return math.inf  # the reference failed where the variant ran
-                a, b = own.loc[t, mean], ref.loc[t, mean]
-                margin = sign * ((own.loc[t, ci] if ci else 0) + (ref.loc[t, ci] if ci else 0))
-                return (b - a if lower_is_better else a - b) + margin
-
-            found = [crossover_length(lengths, [advantage(t, s) for t in lengths]) for s in (0, 1, -1)]
+            found = [crossover_length(lengths, [advantage(own, ref, t, quantity, lower_is_better, bound)
+                                                for t in lengths]) for bound in ("point", "early", "late")]
             prefix = PREFIXES[quantity]
             row[f"{prefix}crossover_seq_len"] = found[0]
-            if ci:
+            if quantity != "peak_mem_bytes":
                 row[f"{prefix}ci_low"], row[f"{prefix}ci_high"] = found[1], found[2]
         out.append(row)
     measured = set(summary.variant)
     out += [{"variant": v, "reference": reference, "measured": False}
             for v in sorted(set(expected or []) - measured - {reference})]
     return pd.DataFrame(out)
+
+
+def advantage(own: pd.DataFrame, ref: pd.DataFrame, t: int, quantity: str, lower_is_better: bool,
+              which: str) -> float | None:
+    """How much better the variant is than the reference at length `t` (> 0: better; None: the variant failed
+    there and the reference ran; inf: only the reference failed). `which`: "point" (the estimate), "early" (the
+    most favourable end of the 95% interval) or "late" (the least favourable end; for a paired cell also beyond the
+    A/A bound). Peak memory has no interval: better means at least `MEMORY_MARGIN` lower."""
+    if t not in own.index:
+        return None
+    if t not in ref.index:
+        return math.inf
+    if quantity == "peak_mem_bytes":
+        a, b = own.loc[t, "peak_mem_bytes"], ref.loc[t, "peak_mem_bytes"]
+        return None if pd.isna(a) or pd.isna(b) else 1 - MEMORY_MARGIN - a / b
+    sign = 1 if lower_is_better else -1  # a ratio below 1 is better for energy, above 1 for throughput
+    if own.loc[t].get("protocol") == "paired":
+        ratio = own.loc[t, f"{quantity}_ratio"]
+        low, high = own.loc[t, f"{quantity}_ratio_low"], own.loc[t, f"{quantity}_ratio_high"]
+        bound = own.loc[t].get(f"{quantity}_aa_bound")
+        bound = 0.0 if bound is None or pd.isna(bound) else bound
+        point = sign * (1 - ratio)
+        if which == "point":
+            return point
+        ends = sorted((sign * (1 - low), sign * (1 - high)))
+        return ends[1] if which == "early" else min(ends[0], point - bound)
+    a, b = own.loc[t, f"{quantity}_mean"], ref.loc[t, f"{quantity}_mean"]
+    margin = {"point": 0, "early": 1, "late": -1}[which] * (own.loc[t, f"{quantity}_ci95"] + ref.loc[t, f"{quantity}_ci95"])
+    return (b - a if lower_is_better else a - b) + margin
 
 
 def seq_label(seq_len: float | None) -> str:
@@ -120,20 +156,28 @@ def seq_label(seq_len: float | None) -> str:
     return f"{seq_len / 1024:.3g}K" if seq_len >= 1000 else f"{seq_len:.0f}"
 
 
-def crossover_table(crossover: pd.DataFrame, max_seq_len: int) -> str:
+def crossover_table(fast: pd.DataFrame, eager: pd.DataFrame, max_seq_len: int, eager_max_seq_len: int) -> str:
     """The paper's crossover table: per variant, from which length it beats the reference for good, with the
-    length range the intervals allow."""
-    def cell(row, prefix: str, with_interval: bool = True) -> str:
+    length range the intervals allow: in the fast mode (paired) for energy, throughput and memory, and eager (the
+    second curve) for energy."""
+    def cell(row, prefix: str, top: int, with_interval: bool = True) -> str:
+        if row is None or not row.get("measured", False):
+            return "not measured"
         point = row.get(f"{prefix}crossover_seq_len")
         if point is None or pd.isna(point):
-            return f"none up to {seq_label(max_seq_len)}"
+            return f"none up to {seq_label(top)}"
         if not with_interval:
             return seq_label(point)
         return f"{seq_label(point)} [{seq_label(row.get(f'{prefix}ci_low'))}, {seq_label(row.get(f'{prefix}ci_high'))}]"
 
-    rows = [[r.variant, cell(r, ""), cell(r, "tokens_per_s_"), cell(r, "peak_mem_", False)] if r.measured
-            else [r.variant] + ["not measured"] * 3 for _, r in crossover.iterrows()]
-    return latex.booktabs(["variant", "energy per token", "throughput", "peak memory"], rows, "llll")
+    variants = list(dict.fromkeys([*fast.get("variant", []), *eager.get("variant", [])]))
+    by = lambda frame: {r.variant: r for _, r in frame.iterrows()} if len(frame) else {}  # noqa: E731
+    fast_rows, eager_rows = by(fast), by(eager)
+    rows = [[v, cell(fast_rows.get(v), "", max_seq_len), cell(fast_rows.get(v), "tokens_per_s_", max_seq_len),
+             cell(fast_rows.get(v), "peak_mem_", max_seq_len, False), cell(eager_rows.get(v), "", eager_max_seq_len)]
+            for v in variants]
+    memory = f"memory ($\\geq${latex.fmt(MEMORY_MARGIN, '.0f', 100)}\\% lower)"
+    return latex.booktabs(["variant", "energy per token", "throughput", memory, "eager energy"], rows, "lllll")
 
 
 def crossovers_brief(crossover: pd.DataFrame, max_seq_len: int) -> str:
@@ -150,70 +194,53 @@ def crossovers_brief(crossover: pd.DataFrame, max_seq_len: int) -> str:
                     f" up to {seq_label(max_seq_len)}" if not parts else "")
 
 
-def explanation(sweep: pd.DataFrame, frame: pd.DataFrame, crossover: pd.DataFrame, at: int,
-                reference: str = REFERENCE) -> str:
-    """One generated sentence per variant: its crossover, and at length `at` (eager) how its energy per token
-    compares with the reference's, by throughput, mean power (energy per token = power / throughput) and FLOPs
-    per token. The wording follows the intervals (`frames.compare`)."""
-    eager = sweep[sweep["mode"] == "eager"]
-    flops = (frame[(frame.kind == "sweep") & (frame.status == "ok")]
-             .groupby(["variant", "seq_len"]).training_flops_per_token.first())
-    sentences = []
-    for _, row in crossover[crossover.measured.astype(bool)].iterrows():
-        v = row.variant
-        point = row.crossover_seq_len
-        text = (f"{v} stays below {reference}'s energy per token from T $\\approx$ {seq_label(point)} "
-                f"(95\\% range {seq_label(row.ci_low)}--{seq_label(row.ci_high)})" if not pd.isna(point)
-                else f"{v} does not stay below {reference}'s energy per token up to {seq_label(eager.seq_len.max())}")
-        at_length = eager[eager.seq_len == at]
-        energy = compare(at_length, (v, "eager"), (reference, "eager"), "gpu_j_per_token")
-        if energy.ratio is not None and (v, at) in flops and (reference, at) in flops:
-            m = at_length[at_length.variant == v].iloc[0]
-            r = at_length[at_length.variant == reference].iloc[0]
-            text += (f"; at {seq_label(at)} it is {energy.wording} {reference} "
-                     f"({m.tokens_per_s_mean / r.tokens_per_s_mean:.2f}$\\times$ its throughput at "
-                     f"{m.gpu_power_mean_w_mean / r.gpu_power_mean_w_mean:.2f}$\\times$ its power, with "
-                     f"{flops[(v, at)] / flops[(reference, at)]:.2f}$\\times$ its FLOPs per token)")
-        failed = eager[(eager.variant == v) & (eager.status != "ok")]
-        if len(failed):
-            text += f"; it ran out of memory or failed from T = {seq_label(failed.seq_len.min())}"
-        sentences.append(text + ".")
-    sentences.append(latex.no_results_sentence(crossover.variant[~crossover.measured.astype(bool)].tolist(),
-                                               "this grid"))
-    return " ".join(s for s in sentences if s)
-
-
 def build_longcontext_report(frame: pd.DataFrame, calibrations: dict[str, dict], results_dir: Path, label: str,
                              figures_dir: Path, paper_dir: Path) -> pd.DataFrame:
     """A long-context results folder into `summary.csv` (the training sweep), `layer_summary.csv`, `crossover.csv`
-    (also under `paper/generated/<label>/`, with the crossover table and the macros `paper/longcontext.tex`
-    uses) and the two figures against T; returns the sweep's summary."""
+    (the fast mode's, paired) and `crossover_eager.csv` (also under `paper/generated/<label>/`, with the crossover
+    table and the macros `paper/longcontext.tex` uses) and the two figures against T; returns the sweep's
+    summary."""
     sweep, layers = sweep_summary(frame, calibrations), layer_summary(frame, calibrations)
-    crossover = crossover_frame(sweep, expected=list(VARIANTS))
+    sweeps = frame[frame.kind == "sweep"]
+    paired_windows = sweeps[sweeps.role.notna()] if "role" in sweeps else sweeps.iloc[:0]
+    config = (paired_windows if len(paired_windows) else sweeps).iloc[0].config if len(sweeps) else {}
+    fast_mode = config.get("fast_mode") or "graph"
+    fast = crossover_frame(sweep, mode=fast_mode, expected=list(VARIANTS))
+    eager = crossover_frame(sweep, mode="eager", expected=list(VARIANTS))
     generated = paper_dir / "generated" / label
     generated.mkdir(parents=True, exist_ok=True)
-    for name, table in (("summary", sweep), ("layer_summary", layers), ("crossover", crossover)):
+    for name, table in (("summary", sweep), ("layer_summary", layers), ("crossover", fast), ("crossover_eager", eager)):
         table.to_csv(results_dir / f"{name}.csv", index=False)
         table.to_csv(generated / f"{name}.csv", index=False)
-    lengths = sorted(sweep.seq_len.unique()) if len(sweep) else []
-    (generated / "crossover.tex").write_text(crossover_table(crossover, lengths[-1] if lengths else 0))
+    lengths = lambda mode: sorted(sweep[sweep["mode"] == mode].seq_len.unique()) if len(sweep) else []  # noqa: E731
+    fast_lengths, eager_lengths = lengths(fast_mode), lengths("eager")
+    (generated / "crossover.tex").write_text(crossover_table(fast, eager, fast_lengths[-1] if fast_lengths else 0,
+                                                             eager_lengths[-1] if eager_lengths else 0))
     figures.energy_vs_seq_len(sweep, figures_dir / label)
     figures.memory_vs_seq_len(sweep, figures_dir / label)
-    config = frame[frame.kind == "sweep"].iloc[0].config if (frame.kind == "sweep").any() else {}
     run = json.loads((results_dir / "run.json").read_text()) if (results_dir / "run.json").exists() else {}
-    at = 32768 if 32768 in lengths else (lengths[-1] if lengths else 0)
+    paired = sweep[sweep.protocol == "paired"] if len(sweep) else sweep
+    control = paired[paired.variant == REFERENCE] if len(paired) else paired
+    bounds = control.gpu_j_per_token_aa_bound.dropna() if len(control) else pd.Series(dtype=float)
+    all_lengths = sorted(set(fast_lengths) | set(eager_lengths))
     macros = {
         "LongContextDevice": frame.device.dropna().iloc[0] if frame.device.notna().any() else "n/a",
         "LongContextTokensPerStep": latex.fmt(config.get("tokens_per_step"), ",.0f"),
-        "LongContextSeqLens": f"{seq_label(lengths[0])}--{seq_label(lengths[-1])}" if lengths else "n/a",
-        "LongContextFastMode": config.get("fast_mode") or "none",
-        "LongContextFastSeqLens": " and ".join(seq_label(t) for t in config.get("fast_mode_seq_lens", [])) or "none",
-        "LongContextTrials": str(config.get("trials", "n/a")), "LongContextWindowS": str(config.get("window_s", "n/a")),
+        "LongContextSeqLens": f"{seq_label(all_lengths[0])}--{seq_label(all_lengths[-1])}" if all_lengths else "n/a",
+        "LongContextFastMode": fast_mode,
+        "LongContextFastSeqLens": ", ".join(seq_label(t) for t in fast_lengths) or "none",
+        "LongContextEagerSeqLens": (f"{seq_label(eager_lengths[0])}--{seq_label(eager_lengths[-1])}"
+                                    if eager_lengths else "none"),
+        "LongContextRounds": str(config.get("rounds", "n/a")), "LongContextTrials": str(config.get("trials", "n/a")),
+        "LongContextWindowS": str(config.get("window_s", "n/a")),
         "LongContextLayerWindowS": str(config.get("layer_window_s", "n/a")), "LongContextReference": REFERENCE,
         "LongContextLossChunkTokens": latex.fmt(config.get("train", {}).get("loss_chunk_tokens"), ",.0f"),
-        "LongContextExplainedAt": seq_label(at),
-        "LongContextExplanation": explanation(sweep, frame, crossover, at) if len(crossover) else "n/a",
-        "LongContextCrossovers": crossovers_brief(crossover, lengths[-1]) if len(crossover) and lengths else "n/a",
+        "LongContextAaBoundRange": (latex.span(bounds.min(), bounds.max(), ".1f", 100) if len(bounds) else "n/a"),
+        "LongContextMemoryMarginPct": latex.fmt(MEMORY_MARGIN, ".0f", 100),
+        "LongContextCrossovers": (crossovers_brief(fast, fast_lengths[-1]) if len(fast) and fast_lengths
+                                  else "no variant yet: no paired cell is measured"),
+        "LongContextEagerCrossovers": (crossovers_brief(eager, eager_lengths[-1]) if len(eager) and eager_lengths
+                                       else "n/a"),
         "LongContextGpuMinutes": latex.fmt(run.get("gpu_minutes"), ".1f"),
         "LongContextMeasuredFractionPct": latex.fmt(run.get("measured_fraction"), ".0f", 100),
     }

@@ -67,25 +67,16 @@ class Result:
 
 
 @dataclass(kw_only=True)
-class TrialResult(Result):
-    """One measured window of training steps after an unmeasured warm-up (`attnlib.experiments.trials`).
+class PairedWindow:
+    """What a window of a pair carries (`attnlib.experiments._paired`): each round measures one window of the
+    variant and one of the `reference` on the same card in the same process, in an order drawn from the result's
+    `order_seed`; `role` says which this window is, and `variant` names the job's variant in both (the A/A control
+    is the reference's own job: a second build against the first). `steady_state` is how the pair reached it before
+    its first round. `alone_*` is the variant's memory with its trainer alone on the card, after its warm-up (the
+    windows' own memory figures include the other trainer's). `role` None: an unpaired window."""
 
-    Paired (schema 3): each round measures one window of the variant and one of the `reference` on the same card
-    in the same process, in an order drawn from `order_seed`; `role` says which this window is, and `variant`
-    names the job's variant in both (the A/A control is the reference's own job, a second build against the
-    first). `steady_state` is how the mode's pair reached it before the first round. `alone_*` is the variant's
-    memory with its trainer alone on the card, after its warm-up (the windows' own memory figures include the
-    other trainer's). Unpaired (schema 2, `role` None): the rounds were consecutive windows of one trainer."""
-
-    kind: ClassVar[str] = "trial"
-    round: int
-    order_seed: int  # the seed of the round orders this window's position came from
-    role: str | None = None  # one of ROLES; None: an unpaired window (schema 2)
+    role: str | None = None  # one of ROLES; None: an unpaired window
     reference: str | None = None  # the reference's variant name
-    steps: int | None = None
-    final_train_loss: float | None = None
-    first_step_s: float | None = None  # compilation lands here
-    warmup_s: float | None = None
     steady_state: SteadyState | None = None
     alone_torch_peak_mem_bytes: int | None = None  # the allocator's peak over the warm-up steps
     alone_gpu_mem_used_bytes: int | None = None  # device memory in use after them (NVML): context, cache, graph pools
@@ -93,6 +84,21 @@ class TrialResult(Result):
     def __post_init__(self) -> None:
         if self.role not in (None, *ROLES):
             raise ValueError(f"role: one of {', '.join(ROLES)} or None, got {self.role!r}")
+
+
+@dataclass(kw_only=True)
+class TrialResult(PairedWindow, Result):
+    """One measured window of training steps after an unmeasured warm-up (`attnlib.experiments.trials`): paired
+    (schema 3, `PairedWindow`), its `round` the replicate; unpaired (schema 2, `role` None), `round` its place among
+    the row's consecutive windows of one trainer."""
+
+    kind: ClassVar[str] = "trial"
+    round: int
+    order_seed: int  # the seed of the round orders this window's position came from
+    steps: int | None = None
+    final_train_loss: float | None = None
+    first_step_s: float | None = None  # compilation lands here
+    warmup_s: float | None = None
 
 
 @dataclass(kw_only=True)
@@ -108,9 +114,10 @@ class QualityResult(Result):
 
 
 @dataclass(kw_only=True)
-class SweepResult(Result):
+class SweepResult(PairedWindow, Result):
     """One measured window of training steps at one sequence length, `batch_size` sequences of `seq_len` tokens
-    per step (`attnlib.experiments.longcontext`)."""
+    per step (`attnlib.experiments.longcontext`): a fast-mode cell's windows are paired with the reference at the
+    same length (`PairedWindow`, `trial` the round), an eager cell's are unpaired rounds over the lengths."""
 
     kind: ClassVar[str] = "sweep"
     seq_len: int
