@@ -17,6 +17,16 @@ def require_plain_causal(attention_mask: torch.Tensor | None, variant: str) -> N
         )
 
 
+def require_no_window(kwargs: dict, variant: str) -> None:
+    """A model whose layer attends within a sliding window passes `sliding_window`; a full causal core would
+    ignore it: fail instead."""
+    if kwargs.get("sliding_window") is not None:
+        raise NotImplementedError(
+            f"{variant}: this core computes full causal attention and cannot apply the layer's sliding window "
+            f"({kwargs['sliding_window']} tokens); use 'attnlib_sliding_window' or 'sdpa' for this model"
+        )
+
+
 def require_positive(config: GPT2Config, name: str) -> None:
     """`ValueError` naming `name` unless `config.<name>` is an integer >= 1."""
     value = getattr(config, name)

@@ -30,13 +30,14 @@ def sdpa_causal(
     backend: SDPBackend | None = None,
 ) -> torch.Tensor:
     """Causal SDPA on `[B, H, T, D]` inputs, pinned to `backend` on CUDA (SDPA raises if it cannot run it,
-    so a pinned call never falls back silently). Keys/values may have fewer heads (GQA models).
-    Returns `[B, T, H, D]`."""
+    so a pinned call never falls back silently). Keys/values may have fewer heads (GQA models). Causality runs from
+    the first key, as transformers assumes wherever it passes no mask: several queries start at key 0 (a prefill,
+    whose later keys, if any, are a static cache's empty slots); one query (a decode step) sees every key, where
+    `is_causal` would let it see the first key only. Returns `[B, T, H, D]`."""
     pin = sdpa_kernel([backend]) if backend is not None and query.is_cuda else contextlib.nullcontext()
     with pin:
-        out = F.scaled_dot_product_attention(
-            query, key, value, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=is_gqa(query, key)
-        )
+        out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, is_causal=query.shape[-2] > 1,
+                                             scale=scaling, enable_gqa=is_gqa(query, key))
     return out.transpose(1, 2)
 
 

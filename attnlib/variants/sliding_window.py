@@ -13,7 +13,8 @@ from transformers import GPT2Config
 
 from ..registry import VariantSpec, register
 from ._common import require_plain_causal, require_positive
-from .flex import flex_masked
+from .flex import causal_mask_mod, flex_masked
+from .sdpa import sdpa_causal
 
 
 @functools.lru_cache(maxsize=32)
@@ -26,12 +27,30 @@ def sliding_window_mask_mod(window: int, offset: int = 0):
     return mask_mod
 
 
+def layer_window(module, kwargs: dict) -> int | None:
+    """The window of this layer: the `sliding_window` its model passes (None: a full-attention layer of a model
+    with mixed layer types), else attnlib's GPT-2 `config.window`, else the model config's `sliding_window`;
+    `ValueError` where none is set (a model without sliding-window layers)."""
+    if "sliding_window" in kwargs:
+        return kwargs["sliding_window"]
+    config = module.config
+    window = getattr(config, "window", None) or getattr(config, "sliding_window", None)
+    if window is None:
+        raise ValueError(f"sliding_window: {type(config).__name__} sets no window (neither `window` nor "
+                         "`sliding_window`); set config.sliding_window, or choose a full-attention core")
+    return window
+
+
 def sliding_window_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """transformers attention core; the window comes from the `sliding_window` kwarg (as other HF models pass it)
-    or from `config.window`."""
+    """transformers attention core. Causality runs from the first key (`sdpa_causal` says why); one query over a
+    cache (a decode step) sees the window's last keys: SDPA over them, exactly."""
     require_plain_causal(attention_mask, "sliding_window")
-    window = kwargs.get("sliding_window") or module.config.window
-    return flex_masked(query, key, value, scaling, sliding_window_mask_mod(int(window))), None
+    window = layer_window(module, kwargs)
+    if query.shape[-2] == 1:
+        keep = slice(None) if window is None else slice(-int(window), None)
+        return sdpa_causal(query, key[..., keep, :], value[..., keep, :], scaling), None
+    mask_mod = causal_mask_mod if window is None else sliding_window_mask_mod(int(window))
+    return flex_masked(query, key, value, scaling, mask_mod), None
 
 
 def attention_flops(config: GPT2Config, seq_len: int) -> float:
