@@ -93,3 +93,26 @@ def test_sliding_window_reads_the_models_window_and_full_layers() -> None:
     assert torch.allclose(outcome(mistral, "attnlib_sliding_window", lambda m: m(ids).logits), full, atol=1e-5)
     error = outcome(tiny_model("llama"), "attnlib_sliding_window", lambda m: m(ids).logits)
     assert isinstance(error, ValueError) and "sets no window" in str(error)
+
+
+@pytest.mark.parametrize("variant", list(attnlib.VARIANTS))
+def test_attnlib_models_decode_with_their_cache_as_without_or_say_why(variant: str) -> None:
+    """`generate` on attnlib's own GPT-2 with transformers' cache: the tokens of the cache-free run, or an error
+    that names the variant (its own cache lives in attnlib.decode)."""
+    params = {"linear": {"chunk_size": 8}, "lsh": {"chunk_size": 8}, "sliding_window": {"window": 4}}.get(variant, {})
+    torch.manual_seed(0)
+    model = attnlib.build_model(variant, n_layer=2, n_embd=64, n_head=4, vocab_size=200, n_positions=64, **params).eval()
+    ids = torch.randint(1, 200, (2, 10), generator=torch.Generator().manual_seed(4))
+
+    def generate(use_cache: bool):
+        return model.generate(ids, max_new_tokens=8, do_sample=False, use_cache=use_cache, pad_token_id=0)
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        without = generate(False)
+        try:
+            with_cache = generate(True)
+        except NotImplementedError as error:
+            assert variant in str(error) and variant in ("mla", "linear", "lsh"), error
+            return
+    assert torch.equal(with_cache, without)

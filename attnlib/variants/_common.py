@@ -17,6 +17,23 @@ def require_plain_causal(attention_mask: torch.Tensor | None, variant: str) -> N
         )
 
 
+def require_self_attention(query: torch.Tensor, key: torch.Tensor, variant: str) -> None:
+    """A core over the whole sequence only (no KV cache): fewer queries than keys is decoding, which it cannot do
+    from transformers' cache; fail instead of computing something else."""
+    if query.shape[-2] != key.shape[-2]:
+        raise NotImplementedError(
+            f"{variant}: this core attends a sequence to itself and cannot decode from transformers' KV cache "
+            f"({query.shape[-2]} queries over {key.shape[-2]} keys); generate with use_cache=False, or decode with "
+            "attnlib.decode.Decoder, which keeps the variant's own state"
+        )
+
+
+def layer_cache(kwargs: dict, past_key_values=None):
+    """The KV cache transformers passes an attention module: `cache=` from 5.25 on, `past_key_values=` before."""
+    cache = kwargs.get("cache")
+    return cache if cache is not None else past_key_values
+
+
 def require_no_window(kwargs: dict, variant: str) -> None:
     """A model whose layer attends within a sliding window passes `sliding_window`; a full causal core would
     ignore it: fail instead."""

@@ -14,7 +14,7 @@ from transformers import GPT2Config
 from transformers.pytorch_utils import Conv1D
 
 from ..registry import VariantSpec, register
-from ._common import gpt2_init_, gpt2_output_projection, require_positive
+from ._common import gpt2_init_, gpt2_output_projection, layer_cache, require_positive
 
 
 class GroupedQueryAttention(nn.Module):
@@ -34,8 +34,9 @@ class GroupedQueryAttention(nn.Module):
         B, T, _ = hidden_states.shape
         qkv = self.c_attn(hidden_states).view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim)
         q, k, v = qkv.transpose(1, 2).split([self.n_head, self.n_kv_head, self.n_kv_head], dim=1)  # [B, h, T, D]
-        if past_key_values is not None:  # the cache holds n_kv_head heads: GQA's memory saving
-            k, v = past_key_values.update(k, v, self.layer_idx)
+        cache = layer_cache(kwargs, past_key_values)
+        if cache is not None:  # the cache holds n_kv_head heads: GQA's memory saving
+            k, v = cache.update(k, v, self.layer_idx)
         if self.context_parallel is not None:  # this rank's tokens of a sequence split across ranks
             core, shard = self.context_parallel
             y = core(q, k, v, shard)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from transformers import GPT2Config
 
 from ..registry import VariantSpec, register
-from ._common import require_plain_causal, require_positive
+from ._common import require_plain_causal, require_positive, require_self_attention
 
 try:
     from fla.ops.simple_gla.chunk import chunk_simple_gla_bwd, chunk_simple_gla_fwd
@@ -139,6 +139,7 @@ def linear_attention(module, query, key, value, attention_mask, scaling=None, dr
     """transformers attention core: `[B, H, T, D]` in, `([B, T, H, D], None)` out. `scaling` does not apply:
     the normalisation by phi(q)^T z_i makes the output scale-free."""
     require_plain_causal(attention_mask, "linear")
+    require_self_attention(query, key, "linear")
     q, k = feature_map(query), feature_map(key)
     if query.is_cuda and chunk_simple_gla_fwd is not None:
         q, k, v = (t.transpose(1, 2) for t in (q, k, value))  # fla takes [B, T, H, D]

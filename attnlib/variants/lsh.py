@@ -32,7 +32,7 @@ from transformers import GPT2Config
 from transformers.pytorch_utils import Conv1D
 
 from ..registry import VariantSpec, register
-from ._common import gpt2_init_, gpt2_output_projection, require_plain_causal, require_positive
+from ._common import gpt2_init_, gpt2_output_projection, layer_cache, require_plain_causal, require_positive
 
 SELF_SCORE = -5e4  # Reformer's value for q_i . k_i: finite, so a token with nothing else to see sees itself
 
@@ -113,7 +113,7 @@ class LSHAttention(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, past_key_values=None, attention_mask=None, **kwargs):
         require_plain_causal(attention_mask, "lsh")
-        if past_key_values is not None:
+        if layer_cache(kwargs, past_key_values) is not None:
             raise NotImplementedError("lsh: no KV cache; build with use_cache=False")
         B, T, _ = hidden_states.shape
         y = self.core(*self.project(hidden_states)).transpose(1, 2).reshape(B, T, -1)

@@ -15,7 +15,7 @@ from transformers import GPT2Config
 from transformers.pytorch_utils import Conv1D
 
 from ..registry import VariantSpec, register
-from ._common import gpt2_init_, gpt2_output_projection, require_positive
+from ._common import gpt2_init_, gpt2_output_projection, layer_cache, require_positive
 
 
 class MultiHeadLatentAttention(nn.Module):
@@ -35,7 +35,7 @@ class MultiHeadLatentAttention(nn.Module):
         self.context_parallel = None  # (None, shard): set by attnlib.parallel.install_context_parallel
 
     def forward(self, hidden_states: torch.Tensor, past_key_values=None, attention_mask=None, **kwargs):
-        if past_key_values is not None:
+        if layer_cache(kwargs, past_key_values) is not None:
             raise NotImplementedError("mla: a latent KV cache is not implemented; build with use_cache=False")
         B, T, _ = hidden_states.shape
         latent = self.kv_norm(self.kv_down(hidden_states))  # [B, T, r]: all a cache would hold
