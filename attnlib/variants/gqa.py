@@ -41,8 +41,10 @@ class GroupedQueryAttention(nn.Module):
             core, shard = self.context_parallel
             y = core(q, k, v, shard)
         else:
+            # without a mask causality runs from the first key, and one query over a cache sees every key
+            # (`attnlib.variants.sdpa.sdpa_causal` says why)
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attention_mask, is_causal=attention_mask is None,
+                q, k, v, attn_mask=attention_mask, is_causal=attention_mask is None and T > 1,
                 dropout_p=self.attn_pdrop if self.training else 0.0, enable_gqa=True,
             )  # [B, H, T, D]
         y = y.transpose(1, 2).reshape(B, T, -1)
