@@ -1,4 +1,5 @@
-"""`build_model`: the real `transformers.GPT2LMHeadModel` with one attention variant installed.
+"""`build_model`: a model of one family (`attnlib.archs`) with one attention variant installed; the GPT-2 family: the
+real `transformers.GPT2LMHeadModel`.
 
 Everything around the attention core is GPT-2's own block (layer norms, MLP, `c_proj`, dropouts, tied
 embeddings). Variants with an `attention_function` run inside GPT-2's `GPT2Attention` through transformers'
@@ -10,8 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
+from .archs import get_arch
 from .registry import VariantSpec, get_variant
 
 GPT2_SMALL: dict[str, Any] = dict(n_layer=12, n_embd=768, n_head=12, n_positions=1024, vocab_size=50257)
@@ -61,13 +63,21 @@ def _validate(spec: VariantSpec, config: GPT2Config, seq_len: int) -> None:
         spec.validate(config, seq_len)
 
 
-def build_model(variant: str, seq_len: int | None = None, **overrides: Any) -> GPT2LMHeadModel:
-    """A freshly initialised GPT-2 (small by default) with `variant`'s attention; see `build_config`.
+def build_model(variant: str, seq_len: int | None = None, arch: str = "gpt2", **overrides: Any) -> PreTrainedModel:
+    """A freshly initialised model of family `arch` (`attnlib.archs`: GPT-2 small by default, or "llama") with
+    `variant`'s attention; `overrides` are the family's config fields and the variant's parameters (for GPT-2 see
+    `build_config`). All argument checks happen here, before any tensor is allocated on a device; a variant with
+    no form for the family raises `NotImplementedError` saying why."""
+    spec, family = get_variant(variant), get_arch(arch)
+    if arch in spec.unsupported:
+        raise NotImplementedError(f"{variant} on {arch}: {spec.unsupported[arch]}")
+    return family.build(spec, seq_len, **overrides)
 
-    All argument checks happen here, before any tensor is allocated on a device.
-    """
-    config = build_config(variant, seq_len, **overrides)
-    spec = get_variant(variant)
+
+def build_family(spec: VariantSpec, seq_len: int | None = None, **overrides: Any) -> GPT2LMHeadModel:
+    """The GPT-2 family's builder (`attnlib.archs`): GPT-2 with `spec`'s attention; see `build_config`."""
+    config = build_config(spec.name, seq_len, **overrides)
+    config.attnlib_arch = "gpt2"
     model = GPT2LMHeadModel(config)
     if spec.attention_module is not None:
         for layer_idx, block in enumerate(model.transformer.h):

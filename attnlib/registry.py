@@ -37,6 +37,9 @@ class VariantSpec:
             softmax attention, 4 x T(T+1)/2 x n_head x head_dim.
         hf_name: the core's name in transformers' AttentionInterface (default `attnlib_<name>`; it must not
             contain "flash", which transformers reserves for its own FlashAttention loader).
+        arch_params: model family (`attnlib.archs`) -> the variant's parameters there, over `params` (a window
+            the family's models use, say).
+        unsupported: model family -> why the variant has no form there; `build_model` raises with it.
     """
 
     name: str
@@ -50,6 +53,8 @@ class VariantSpec:
     attn_dropout: bool = False
     attention_flops: Callable[[Any, int], float] | None = None
     hf_name: str | None = None
+    arch_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unsupported: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if (self.attention_function is None) == (self.attention_module is None):

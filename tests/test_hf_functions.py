@@ -13,7 +13,7 @@ from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCaus
 
 import attnlib  # noqa: F401  (registers the functions)
 
-FUNCTIONS = {"attnlib_sdpa": "sdpa", "attnlib_fa2": "flash", "attnlib_cudnn": "cudnn", "attnlib_flex": "flex",
+FUNCTIONS = {"attnlib_baseline": "baseline", "attnlib_sdpa": "sdpa", "attnlib_fa2": "flash", "attnlib_cudnn": "cudnn", "attnlib_flex": "flex",
              "attnlib_sliding_window": "sliding_window"}
 SMALL = dict(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=128)

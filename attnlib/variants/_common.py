@@ -17,6 +17,15 @@ def require_plain_causal(attention_mask: torch.Tensor | None, variant: str) -> N
         )
 
 
+def repeat_kv(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values `[B, H_kv, S, D]` repeated to the queries' `H` heads for a core that pairs heads one to one
+    (grouped-query models: query head h reads key/value head h // (H / H_kv), as transformers' `repeat_kv`)."""
+    groups = query.shape[1] // key.shape[1]
+    if groups == 1:
+        return key, value
+    return key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+
+
 def require_self_attention(query: torch.Tensor, key: torch.Tensor, variant: str) -> None:
     """A core over the whole sequence only (no KV cache): fewer queries than keys is decoding, which it cannot do
     from transformers' cache; fail instead of computing something else."""

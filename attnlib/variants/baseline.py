@@ -12,17 +12,20 @@ import torch
 import torch.nn.functional as F
 
 from ..registry import VariantSpec, register
+from ._common import repeat_kv
 
 
 def eager_causal_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """transformers attention core: `[B, H, Tq, D]` queries, `[B, H, Tk, D]` keys/values in, `([B, Tq, H, D],
-    None)` out. `attention_mask`: None (plain causal: query i is the last Tq tokens' i-th) or a boolean
-    `[B, 1, Tq, Tk]` mask (True = may attend), as transformers' `sdpa_mask` builds for padding and caches."""
+    None)` out. `attention_mask`: None (plain causal from the first key, and one query sees every key, as
+    transformers assumes without a mask: `attnlib.variants.sdpa.sdpa_causal`) or a boolean `[B, 1, Tq, Tk]` mask
+    (True = may attend), as transformers' `sdpa_mask` builds for padding and caches."""
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    key, value = repeat_kv(query, key, value)  # a grouped-query model's key/value heads, one per query head
     scores = (query @ key.transpose(-1, -2)) * scaling  # [B, H, Tq, Tk]
     if attention_mask is None:
         q_len, k_len = query.shape[-2], key.shape[-2]
-        attention_mask = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)
+        attention_mask = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len if q_len == 1 else 0)
     scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
     probs = F.softmax(scores, dim=-1).to(value.dtype)  # softmax runs in fp32 under autocast, as in GPT-2
     probs = F.dropout(probs, p=dropout, training=module.training)

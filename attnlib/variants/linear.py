@@ -10,6 +10,11 @@ custom op, so that `torch.compile` keeps it inside one graph and CUDA graphs cap
 from Python) and `normalise` divides by the denominator, as fla's `chunk_linear_attn(normalize=True)` does;
 otherwise `chunked_linear_attention` below. `naive_linear_attention` is the quadratic reference the tests hold
 both to.
+
+In a RoPE model (the llama family) the core receives queries and keys already rotated by the model, and the feature
+map applies to the rotated vectors: position enters phi(q_i)^T phi(k_j) only through them, no longer as the
+relative rotation of a softmax score (phi does not commute with the rotation). This is the plain drop-in form; a
+model trained with it learns under that positional signal.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import torch.nn.functional as F
 from transformers import GPT2Config
 
 from ..registry import VariantSpec, register
-from ._common import require_plain_causal, require_positive, require_self_attention
+from ._common import repeat_kv, require_plain_causal, require_positive, require_self_attention
 
 try:
     from fla.ops.simple_gla.chunk import chunk_simple_gla_bwd, chunk_simple_gla_fwd
@@ -140,6 +145,7 @@ def linear_attention(module, query, key, value, attention_mask, scaling=None, dr
     the normalisation by phi(q)^T z_i makes the output scale-free."""
     require_plain_causal(attention_mask, "linear")
     require_self_attention(query, key, "linear")
+    key, value = repeat_kv(query, key, value)  # a grouped-query model's key/value heads, one per query head
     q, k = feature_map(query), feature_map(key)
     if query.is_cuda and chunk_simple_gla_fwd is not None:
         q, k, v = (t.transpose(1, 2) for t in (q, k, value))  # fla takes [B, T, H, D]

@@ -160,6 +160,9 @@ register(
         kernel=lambda device: "attnlib lsh_attention (PyTorch sort + chunked matmul)",
         # recompute: the core recomputed in the backward pass (long sequences); off for the paper's T = 512 table
         params={"n_hashes": 2, "n_buckets": 8, "chunk_size": 64, "lsh_seed": 0, "recompute": False},
+        unsupported={"llama": "Reformer's LSH hashes one shared query-key vector per token; RoPE rotates it by the "
+                              "token's position, so its buckets follow absolute positions instead of grouping the "
+                              "keys a query would attend to"},
         attention_module=LSHAttention,
         attention_flops=attention_flops,
         validate=validate,

@@ -67,6 +67,8 @@ register(
         exact=True,  # exact softmax attention over low-rank K/V
         kernel=lambda device: "sdpa (PyTorch picks the backend)",
         params={"kv_lora_rank": 128},
+        unsupported={"llama": "DeepSeek-V2's form for RoPE models (queries and keys with a decoupled RoPE part beside "
+                              "the latent) is not built for the llama family"},
         attention_module=MultiHeadLatentAttention,
         validate=validate,
         attn_dropout=True,

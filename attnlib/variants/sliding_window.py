@@ -71,6 +71,7 @@ register(
         exact=False,
         kernel=lambda device: "flex_attention block-sparse band (compiled Triton)" if device == "cuda" else "sdpa + dense band mask",
         params={"window": 128},
+        arch_params={"llama": {"window": 1024}},  # as Gemma 3's local layers
         attention_function=sliding_window_attention,
         attention_flops=attention_flops,
         validate=validate,

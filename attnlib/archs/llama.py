@@ -1,0 +1,65 @@
+"""The Llama family: a decoder of exactly Llama-3.2-1B's shape, transformers' own `LlamaForCausalLM`.
+
+16 layers, width 2048, 32 query heads and 8 key/value heads of 64 dimensions (grouped-query attention is the
+model's own), SwiGLU MLP of 8192, RMSNorm, RoPE with theta 500,000 and llama3 scaling, a vocabulary of 128,256 tokens
+and tied embeddings: 1,235,814,400 parameters. A variant plugs in as a transformers attention function, applied after
+the model's own projections and RoPE; its parameters are attributes of the config, as on GPT-2, with this family's
+values (`VariantSpec.arch_params["llama"]`) over the variant's defaults. The grouped-query axis is the model's own
+`num_key_value_heads` (32: MHA, 8: native, 1: MQA), not a variant.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from ..registry import VariantSpec
+
+NAME = "llama"
+LLAMA_3_2_1B: dict[str, Any] = dict(
+    vocab_size=128_256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+    num_key_value_heads=8, head_dim=64, hidden_act="silu", max_position_embeddings=131_072, rms_norm_eps=1e-5,
+    rope_parameters={"rope_type": "llama3", "rope_theta": 500_000.0, "factor": 32.0, "low_freq_factor": 1.0,
+                     "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+    tie_word_embeddings=True, attention_bias=False, mlp_bias=False, attention_dropout=0.0, initializer_range=0.02,
+    bos_token_id=128_000, eos_token_id=128_001, use_cache=False,
+)
+_LLAMA_FIELDS = set(LlamaConfig().to_dict())
+
+
+def build_config(spec: VariantSpec, seq_len: int | None = None, **overrides: Any) -> LlamaConfig:
+    """The LlamaConfig of `spec` on this family: Llama-3.2-1B's shape, `overrides` (LlamaConfig fields and the
+    variant's parameters) on top; `ValueError` naming a bad parameter."""
+    own = {**spec.params, **spec.arch_params.get(NAME, {})}
+    unknown = set(overrides) - _LLAMA_FIELDS - set(own)
+    if unknown:
+        raise ValueError(f"{sorted(unknown)[0]}: neither a LlamaConfig field nor a parameter of variant "
+                         f"{spec.name!r} (its parameters: {', '.join(own) or 'none'})")
+    fields = {k: v for k, v in overrides.items() if k in _LLAMA_FIELDS and k not in own}
+    config = LlamaConfig(**{**LLAMA_3_2_1B, **fields})
+    for name, value in {**own, **{k: v for k, v in overrides.items() if k in own}}.items():
+        setattr(config, name, value)
+    config.attnlib_variant, config.attnlib_arch = spec.name, NAME
+    config._attn_implementation = spec.attn_implementation
+    seq_len = config.max_position_embeddings if seq_len is None else seq_len
+    for name in ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "vocab_size"):
+        if not isinstance(getattr(config, name), int) or getattr(config, name) < 1:
+            raise ValueError(f"{name}: must be an integer >= 1, got {getattr(config, name)!r}")
+    if config.num_attention_heads % config.num_key_value_heads:
+        raise ValueError(f"num_key_value_heads: num_attention_heads ({config.num_attention_heads}) must be divisible "
+                         f"by num_key_value_heads ({config.num_key_value_heads})")
+    if not isinstance(seq_len, int) or not 1 <= seq_len <= config.max_position_embeddings:
+        raise ValueError(f"seq_len: an integer from 1 to max_position_embeddings ({config.max_position_embeddings}), "
+                         f"got {seq_len!r}")
+    if spec.validate is not None:
+        spec.validate(config, seq_len)
+    return config
+
+
+def build_family(spec: VariantSpec, seq_len: int | None = None, **overrides: Any) -> LlamaForCausalLM:
+    """A freshly initialised Llama-family model with `spec`'s attention function; see `build_config`."""
+    if spec.attention_function is None:  # a variant that brings its own projections says how (its `unsupported`)
+        raise NotImplementedError(f"{spec.name} on {NAME}: it replaces GPT-2's attention module, and has no form "
+                                  "for this family")
+    return LlamaForCausalLM(build_config(spec, seq_len, **overrides))
