@@ -1,10 +1,11 @@
-"""Analytic training FLOPs per token for GPT-2 with each attention variant (the mask-exact convention).
+"""Analytic training FLOPs per token of a model of any family with each attention variant (mask-exact convention).
 
-    training FLOPs / token = 6 x P_matmul + 3.5 x (attention forward FLOPs per sequence x n_layer) / T
+    training FLOPs / token = 6 x P_matmul + 3.5 x (attention forward FLOPs per sequence x layers) / T
 
 P_matmul counts every weight matrix a token is multiplied by (projections, MLP and the tied output head;
 embedding lookups are not FLOPs). Attention forward FLOPs follow FlashAttention's convention: 4 x (unmasked
-area) x n_head x head_dim, the causal area being T(T+1)/2 and a sliding window's the real band; backward costs
+area) x query heads x head_dim (the family's `Dims`: key/value heads do not change it, and heads x head_dim
+need not be the width), the causal area being T(T+1)/2 and a sliding window's the real band; backward costs
 2.5 x forward (FlashAttention recomputes the scores), so training = 3.5 x forward. Linear and LSH attention
 declare their own forward counts next to their code (`VariantSpec.attention_flops`).
 
@@ -18,17 +19,18 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel, PretrainedConfig
 from transformers.pytorch_utils import Conv1D
 
+from .archs import dims_of
 from .registry import get_variant
 
 BACKWARD_OVER_FORWARD = 2.5
 
 
-def causal_attention_flops(config: GPT2Config, seq_len: int) -> float:
-    """Exact causal softmax attention, one layer, one sequence: 4 x T(T+1)/2 x n_embd (= n_head x head_dim)."""
-    return 4.0 * seq_len * (seq_len + 1) / 2 * config.n_embd
+def causal_attention_flops(config: PretrainedConfig, seq_len: int) -> float:
+    """Exact causal softmax attention, one layer, one sequence: 4 x T(T+1)/2 x query heads x head_dim."""
+    return 4.0 * seq_len * (seq_len + 1) / 2 * dims_of(config).attention_width
 
 
 def matmul_parameters(model: GPT2LMHeadModel) -> int:
@@ -55,12 +57,12 @@ def training_flops_per_token(model: GPT2LMHeadModel, seq_len: int) -> FlopCount:
     config = model.config
     spec = get_variant(config.attnlib_variant)
     per_layer = (spec.attention_flops or causal_attention_flops)(config, seq_len)
-    attention = (1 + BACKWARD_OVER_FORWARD) * per_layer * config.n_layer / seq_len
+    attention = (1 + BACKWARD_OVER_FORWARD) * per_layer * dims_of(config).layers / seq_len
     p = matmul_parameters(model)
     return FlopCount(
         variant=spec.name, seq_len=seq_len, matmul_parameters=p, dense_flops_per_token=6.0 * p,
         attention_flops_per_token=attention, training_flops_per_token=6.0 * p + attention,
-        formula="6 x P_matmul + 3.5 x attention_forward(mask-exact) x n_layer / T",
+        formula="6 x P_matmul + 3.5 x attention_forward(mask-exact) x layers / T",
     )
 
 
@@ -88,7 +90,7 @@ def prefill_flops(model: GPT2LMHeadModel, batch_size: int, seq_len: int) -> floa
     mask-exact attention of every layer."""
     head = model.lm_head.weight.numel()
     body = matmul_parameters(model) - head
-    attention = model.config.n_layer * _attention_forward(model.config, seq_len)
+    attention = dims_of(model.config).layers * _attention_forward(model.config, seq_len)
     return batch_size * (2.0 * body * seq_len + 2.0 * head + attention)
 
 
@@ -97,7 +99,7 @@ def decode_flops(model: GPT2LMHeadModel, batch_size: int, context_len: int, new_
     attention the new tokens add under the variant's mask-exact count (its count at the final length minus its
     count at `context_len`: what the cache saves recomputing)."""
     config = model.config
-    attention = config.n_layer * (_attention_forward(config, context_len + new_tokens)
+    attention = dims_of(config).layers * (_attention_forward(config, context_len + new_tokens)
                                   - _attention_forward(config, context_len))
     return batch_size * (2.0 * matmul_parameters(model) * new_tokens + attention)
 

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
-from .archs import get_arch
+from .archs import Dims, arch_of, get_arch
+from .archs.base import layer_runner
 from .registry import VariantSpec, get_variant
 
 GPT2_SMALL: dict[str, Any] = dict(n_layer=12, n_embd=768, n_head=12, n_positions=1024, vocab_size=50257)
@@ -85,12 +86,28 @@ def build_family(spec: VariantSpec, seq_len: int | None = None, **overrides: Any
     return model
 
 
-def attention_parameters(model: GPT2LMHeadModel) -> int:
-    """Parameters in the attention modules (projections included), summed over layers."""
-    return sum(p.numel() for block in model.transformer.h for p in block.attn.parameters())
+def attention_parameters(model: PreTrainedModel) -> int:
+    """Parameters in the attention modules (projections included), summed over layers, in any family."""
+    return sum(p.numel() for attn in arch_of(model.config).attention_modules(model) for p in attn.parameters())
 
 
-def causal_hidden_states(model: GPT2LMHeadModel, input_ids: torch.Tensor, shared_blocks: bool = False) -> torch.Tensor:
+def dims(config: GPT2Config) -> Dims:
+    """GPT-2's sizes: every head has n_embd / n_head dimensions, keys and values as many heads as queries."""
+    head_dim = config.n_embd // config.n_head
+    return Dims(layers=config.n_layer, width=config.n_embd, heads=config.n_head,
+                kv_heads=getattr(config, "n_kv_head", config.n_head), head_dim=head_dim, vocab=config.vocab_size)
+
+
+def blocks(model: GPT2LMHeadModel) -> list[torch.nn.Module]:
+    return list(model.transformer.h)
+
+
+def attention_modules(model: GPT2LMHeadModel) -> list[torch.nn.Module]:
+    return [block.attn for block in model.transformer.h]
+
+
+def causal_hidden_states(model: GPT2LMHeadModel, input_ids: torch.Tensor, shared_blocks: bool = False,
+                         checkpoint: bool = False) -> torch.Tensor:
     """Final hidden states `[B, T, C]` of `input_ids` `[B, T]`: GPT-2's own modules in GPT2Model's order, for plain
     causal self-attention without padding, so no attention mask is built.
 
@@ -100,11 +117,12 @@ def causal_hidden_states(model: GPT2LMHeadModel, input_ids: torch.Tensor, shared
     attnlib core applies causality itself when the mask is None.
 
     `shared_blocks`: each block runs as one nested compile region (`_shared_block`), so a whole-model
-    `torch.compile` compiles the block once and reuses it for every layer; outside a compile it changes nothing."""
+    `torch.compile` compiles the block once and reuses it for every layer; outside a compile it changes nothing.
+    `checkpoint`: each block recomputed in backward (`attnlib.archs.base.layer_runner`)."""
     transformer = model.transformer
     positions = torch.arange(input_ids.shape[1], device=input_ids.device)
     hidden = transformer.drop(transformer.wte(input_ids) + transformer.wpe(positions))
-    run_block = _shared_block if shared_blocks else _block
+    run_block = layer_runner(_shared_block if shared_blocks else _block, checkpoint)
     for block in transformer.h:
         hidden = run_block(block, hidden)
     return transformer.ln_f(hidden)

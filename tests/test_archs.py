@@ -95,3 +95,76 @@ def test_llama_config_errors_name_the_parameter() -> None:
         attnlib.build_model("sdpa", arch="llama", n_kv_head=2)
     with pytest.raises(ValueError, match="seq_len"):
         attnlib.build_model("sdpa", arch="llama", seq_len=10**6)
+
+
+def test_llamas_maskless_forward_is_its_own_forward() -> None:
+    """The family's `causal_hidden_states` (no mask built) and its head give LlamaForCausalLM's logits."""
+    from attnlib.archs import arch_of
+
+    model = tiny_llama("sdpa").eval()
+    ids = torch.randint(0, 101, (2, 32), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        hidden = arch_of(model.config).causal_hidden_states(model, ids)
+        torch.testing.assert_close(model.lm_head(hidden), model(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["eager", "compile"])
+def test_the_trainer_trains_a_llama_and_its_results_say_so(tmp_path, mode: str) -> None:
+    """The training engine on the llama family: its loss is transformers' loss of the same batch, and a trials job's
+    results record the family."""
+    from attnlib.data import prepare_data
+    from attnlib.experiments.training import TrainConfig, Trainer
+    from attnlib.experiments.trials import TrialsConfig, run_trials_job
+
+    small = {**TINY, "vocab_size": 50_257}  # the GPT-2 tokens of the test corpus
+    train = TrainConfig(variant="sdpa", arch="llama", mode=mode, model=small, seq_len=32, batch_size=2,
+                        dataset="python-docs", max_documents=100)
+    data = prepare_data(train.dataset, train.seq_len, tmp_path / "cache", train.max_documents)
+    trainer = Trainer(train, data, torch.device("cpu"), total_steps=10)
+    ids, labels = data.train_ids[:2], data.train_labels[:2]
+    torch.testing.assert_close(trainer._loss(ids, labels), trainer.model(ids, labels=labels).loss, atol=1e-5, rtol=1e-5)
+    assert trainer.step().isfinite() and trainer.describe()["params"] == sum(p.numel() for p in trainer.model.parameters())
+    if mode == "eager":
+        config = TrialsConfig(train=train, modes=["eager"], rounds=2, window_s=0.1, unmeasured_steps=1, idle_s=0.1)
+        results = run_trials_job(config, tmp_path / "raw", tmp_path / "cache", progress=False)
+        assert {r.arch for r in results} == {"llama"} and all(r.status == "ok" for r in results)
+
+
+def test_flops_of_the_1b_model_by_hand() -> None:
+    """6 x P_matmul + 3.5 x 4 x T(T+1)/2 x (32 heads x 64) x 16 layers / T: the query heads' width, not the KV
+    heads' (8), and not the residual width, though at 1B the two agree."""
+    from attnlib.flops import training_flops_per_token
+
+    with torch.device("meta"):
+        model = attnlib.build_model("sdpa", arch="llama", seq_len=2048)
+    layer = 2048 * 2048 + 2 * 2048 * 512 + 2048 * 2048 + 3 * 2048 * 8192  # q, k and v (8 heads of 64), o, SwiGLU
+    p_matmul = 16 * layer + 128_256 * 2048  # the tied head is a matmul, the embedding lookup is not
+    attention = 3.5 * 4 * 2048 * 2049 / 2 * (32 * 64) * 16 / 2048
+    count = training_flops_per_token(model, 2048)
+    assert count.matmul_parameters == p_matmul == 1_235_746_816
+    assert count.attention_flops_per_token == attention and count.training_flops_per_token == 6 * p_matmul + attention
+    with torch.device("meta"):
+        narrow = attnlib.build_model("sdpa", arch="llama", seq_len=2048, head_dim=32, num_key_value_heads=1)
+    assert training_flops_per_token(narrow, 2048).attention_flops_per_token == attention / 2  # heads x head_dim
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(tmp_path, arch: str) -> None:
+    """Recomputing each layer in backward changes memory, not maths (dropout masks included: GPT-2's are replayed)."""
+    from attnlib.data import prepare_data
+    from attnlib.experiments.training import TrainConfig, Trainer
+
+    model = {**TINY, "vocab_size": 50_257} if arch == "llama" else dict(n_layer=2, n_embd=32, n_head=2, n_positions=32)
+    data = prepare_data("python-docs", 32, tmp_path, 100)
+    grads = []
+    for checkpointing in (False, True):
+        train = TrainConfig(variant="sdpa", arch=arch, model=model, seq_len=32, batch_size=2, dataset="python-docs",
+                            max_documents=100, activation_checkpointing=checkpointing)
+        trainer = Trainer(train, data, torch.device("cpu"), total_steps=10)
+        torch.manual_seed(7)
+        loss = trainer._loss(data.train_ids[:2], data.train_labels[:2])
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in trainer.model.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b)

@@ -1,17 +1,45 @@
-"""The family registry: what a family is called, what it is, and the module that builds it.
+"""The family registry: what a family is called, what it is, and the module that knows its anatomy.
 
-A family's module defines `build_family(spec, seq_len, **overrides)`: a freshly initialised transformers causal LM
-of that family with the variant `spec`'s attention, every argument checked before a tensor is allocated. It is
-imported when first used, so that the GPT-2 family can live in `attnlib.model`, which imports this registry.
+A family's module defines, for models `attnlib.build_model` built:
+- `build_family(spec, seq_len, **overrides)`: a freshly initialised transformers causal LM of that family with the
+  variant `spec`'s attention, every argument checked before a tensor is allocated;
+- `dims(config)`: its `Dims`, what FLOP counts read;
+- `causal_hidden_states(model, input_ids, shared_blocks, checkpoint)`: the final hidden states of plain causal
+  self-attention, the family's own modules in its own order, with no attention mask built (`attnlib.model` says
+  why), each layer one nested compile region (`shared_blocks`) and recomputed in backward (`checkpoint`,
+  `layer_runner`);
+- `blocks(model)` and `attention_modules(model)`: its decoder layers and their attention modules.
+It is imported when first used, so that the GPT-2 family can live in `attnlib.model`, which imports this registry.
 """
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any
+from types import ModuleType
+from typing import Any, Callable
 
+import torch
+import torch.utils.checkpoint
 from torch import nn
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The sizes FLOP counts and caches read: `heads` query heads and `kv_heads` key/value heads of `head_dim`,
+    which need not multiply to the residual `width`."""
+
+    layers: int
+    width: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+
+    @property
+    def attention_width(self) -> int:
+        """Query heads x head_dim: the width attention's scores and outputs are computed over."""
+        return self.heads * self.head_dim
 
 
 @dataclass(frozen=True)
@@ -22,8 +50,25 @@ class ArchSpec:
     description: str
     module: str
 
+    @property
+    def anatomy(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
     def build(self, spec: Any, seq_len: int | None, **overrides: Any) -> nn.Module:
-        return importlib.import_module(self.module).build_family(spec, seq_len, **overrides)
+        return self.anatomy.build_family(spec, seq_len, **overrides)
+
+    def dims(self, config: Any) -> Dims:
+        return self.anatomy.dims(config)
+
+    def causal_hidden_states(self, model: nn.Module, input_ids: torch.Tensor, shared_blocks: bool = False,
+                             checkpoint: bool = False) -> torch.Tensor:
+        return self.anatomy.causal_hidden_states(model, input_ids, shared_blocks, checkpoint)
+
+    def blocks(self, model: nn.Module) -> list[nn.Module]:
+        return self.anatomy.blocks(model)
+
+    def attention_modules(self, model: nn.Module) -> list[nn.Module]:
+        return self.anatomy.attention_modules(model)
 
 
 ARCHS: dict[str, ArchSpec] = {a.name: a for a in (
@@ -40,3 +85,21 @@ def get_arch(name: str) -> ArchSpec:
         return ARCHS[name]
     except KeyError:
         raise ValueError(f"arch: unknown model family {name!r}; valid names: {', '.join(ARCHS)}") from None
+
+
+def arch_of(config: Any) -> ArchSpec:
+    """The family of a config `attnlib.build_model` made (a bare GPT-2 config, without the attribute, is GPT-2)."""
+    return get_arch(getattr(config, "attnlib_arch", "gpt2"))
+
+
+def dims_of(config: Any) -> Dims:
+    return arch_of(config).dims(config)
+
+
+def layer_runner(run: Callable[..., torch.Tensor], checkpoint: bool) -> Callable[..., torch.Tensor]:
+    """`run` (one decoder layer's call), recomputed in the backward pass instead of keeping its activations when
+    `checkpoint` (activation checkpointing: a layer's inputs are all a long sequence keeps; PyTorch's non-reentrant
+    form, dropout masks replayed)."""
+    if not checkpoint:
+        return run
+    return lambda *args: torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False)

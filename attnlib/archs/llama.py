@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from ..registry import VariantSpec
+from .base import Dims, layer_runner
 
 NAME = "llama"
 LLAMA_3_2_1B: dict[str, Any] = dict(
@@ -63,3 +66,42 @@ def build_family(spec: VariantSpec, seq_len: int | None = None, **overrides: Any
         raise NotImplementedError(f"{spec.name} on {NAME}: it replaces GPT-2's attention module, and has no form "
                                   "for this family")
     return LlamaForCausalLM(build_config(spec, seq_len, **overrides))
+
+
+def dims(config: LlamaConfig) -> Dims:
+    """Llama's sizes: `head_dim` is its own (64 at 1B), query and key/value head counts its own too."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return Dims(layers=config.num_hidden_layers, width=config.hidden_size, heads=config.num_attention_heads,
+                kv_heads=config.num_key_value_heads, head_dim=head_dim, vocab=config.vocab_size)
+
+
+def causal_hidden_states(model: LlamaForCausalLM, input_ids: torch.Tensor, shared_blocks: bool = False,
+                         checkpoint: bool = False) -> torch.Tensor:
+    """Final hidden states `[B, T, C]` of `input_ids` `[B, T]`: Llama's own modules in LlamaModel's order
+    (embedding, RoPE tables, decoder layers, final RMSNorm) for plain causal self-attention, with no attention mask
+    built (`attnlib.model.causal_hidden_states` says why). `shared_blocks`: each layer one nested compile region;
+    `checkpoint`: each layer recomputed in backward."""
+    inner = model.model
+    hidden = inner.embed_tokens(input_ids)
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+    rope = inner.rotary_emb(hidden, positions)
+    run_layer = layer_runner(_shared_layer if shared_blocks else _layer, checkpoint)
+    for layer in inner.layers:
+        hidden = run_layer(layer, hidden, rope)
+    return inner.norm(hidden)
+
+
+def _layer(layer: nn.Module, hidden: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    out = layer(hidden, attention_mask=None, position_embeddings=rope)
+    return out[0] if isinstance(out, tuple) else out
+
+
+_shared_layer = torch.compiler.nested_compile_region(_layer)
+
+
+def blocks(model: LlamaForCausalLM) -> list[nn.Module]:
+    return list(model.model.layers)
+
+
+def attention_modules(model: LlamaForCausalLM) -> list[nn.Module]:
+    return [layer.self_attn for layer in model.model.layers]

@@ -29,7 +29,7 @@ from ..model import build_config, build_model, causal_hidden_states
 from ..registry import get_variant
 from ..results import ComponentResult, Result
 from ._job import WindowedJob
-from .training import TrainConfig, causal_lm_loss, failure_status, frozen_gc
+from .training import TrainConfig, causal_lm_loss, failure_status, frozen_gc, require_gpt2
 
 NOTEBOOK = "components.ipynb"
 WHOLE = "whole"
@@ -79,6 +79,7 @@ class ComponentsConfig:
     def __post_init__(self) -> None:
         if isinstance(self.train, dict):
             self.train = TrainConfig(**self.train)
+        require_gpt2(self.train, "components")
         if not self.seq_lens or not all(isinstance(t, int) and t >= 1 for t in self.seq_lens) \
                 or len(set(self.seq_lens)) != len(self.seq_lens):
             raise ValueError(f"seq_lens: distinct integers >= 1, at least one, got {self.seq_lens}")

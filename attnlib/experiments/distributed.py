@@ -50,7 +50,7 @@ from ..parallel import RING_VARIANTS, install_context_parallel, ring_attention, 
 from ..results import DistributedResult, ModelInfo, Result, read_result
 from ._job import WindowedJob
 from .longcontext import layer_call
-from .training import TrainConfig, Trainer, check_finite, failure_status, frozen_gc
+from .training import TrainConfig, Trainer, check_finite, failure_status, frozen_gc, require_gpt2
 
 NOTEBOOK = "distributed.ipynb"
 RING_TOLERANCE = 2e-2  # bf16: the ring merges partial softmaxes in another order than one kernel
@@ -77,6 +77,7 @@ class DistributedConfig:
     def __post_init__(self) -> None:
         if isinstance(self.train, dict):
             self.train = TrainConfig(**self.train)
+        require_gpt2(self.train, "distributed")
         for name in ("ddp_world_sizes", "cp_world_sizes", "cp_seq_lens", "ring_world_sizes"):
             values = getattr(self, name)
             if not all(isinstance(v, int) and v >= 1 for v in values) or len(set(values)) != len(values):

@@ -39,7 +39,7 @@ from ..model import attention_parameters, build_config, build_model
 from ..registry import get_variant
 from ..results import InferenceResult, ModelInfo, Result
 from ._job import WindowedJob
-from .training import TrainConfig, failure_status, frozen_gc
+from .training import TrainConfig, failure_status, frozen_gc, require_gpt2
 
 NOTEBOOK = "inference.ipynb"
 ANCHOR_VARIANT = "sdpa"  # the anchor's attention: transformers' own SDPA path
@@ -74,6 +74,7 @@ class InferenceConfig:
     def __post_init__(self) -> None:
         if isinstance(self.train, dict):
             self.train = TrainConfig(**self.train)
+        require_gpt2(self.train, "inference")
         for name in ("prefill_lens", "decode_batch_sizes", "decode_context_lens"):
             values = getattr(self, name)
             if not values or not all(isinstance(v, int) and v >= 1 for v in values) or len(set(values)) != len(values):

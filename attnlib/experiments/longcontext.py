@@ -39,7 +39,7 @@ from ..results import LayerResult, ModelInfo, Result, SweepResult, finished_resu
 from ..results.schema import ROLES
 from ._job import WindowedJob
 from ._paired import REFERENCE, Pair, reference_setup
-from .training import TrainConfig, Trainer, check_finite, failure_status, frozen_gc
+from .training import TrainConfig, Trainer, check_finite, failure_status, frozen_gc, require_gpt2
 
 NOTEBOOK = "longcontext.ipynb"
 LAYER_PASSES = ("forward", "forward_backward")
@@ -71,6 +71,7 @@ class LongContextConfig:
     def __post_init__(self) -> None:
         if isinstance(self.train, dict):
             self.train = TrainConfig(**self.train)
+        require_gpt2(self.train, "longcontext")
         if isinstance(self.steady_state, dict):
             self.steady_state = SteadyStateConfig(**self.steady_state)
         for name in ("seq_lens", "fast_mode_seq_lens"):

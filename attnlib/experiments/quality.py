@@ -76,8 +76,8 @@ def quality_runs(config: QualityConfig, data: TokenData, device: torch.device, i
         if (kept := finished_result(path)) is not None:  # a resumed job keeps the seeds it has
             results.append(kept)
             continue
-        common = dict(variant=train.variant, mode=train.mode, provenance=origin, config=config.to_dict(),
-                      data=data.info, seed=seed)
+        common = dict(variant=train.variant, mode=train.mode, arch=train.arch, provenance=origin,
+                      config=config.to_dict(), data=data.info, seed=seed)
         start = time.perf_counter()
         try:
             if trainer is None:  # compilation and CUDA-graph recording happen in one unmeasured step

@@ -2,7 +2,7 @@
 
 - `eager`: PyTorch as written.
 - `compile`: the whole forward pass and loss through one `torch.compile` (what users write), with no attention
-  mask built (`attnlib.model.causal_hidden_states`), so the causal kernels stay on.
+  mask built (the family's `causal_hidden_states`, `attnlib.archs`), so the causal kernels stay on.
 - `graph`: the same compiled function with `mode="reduce-overhead"`: inductor replays CUDA graphs, which removes
   the kernel-launch cost that bounds a 124M model's step. A variant whose graph cannot be captured fails its
   warm-up with the reason (`cudagraph_or_error`), recorded as `unsupported`.
@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from ..data import IGNORE_INDEX, TokenData
 from ..flops import training_flops_per_token
-from ..model import attention_parameters, build_model, causal_hidden_states
+from ..archs import get_arch
+from ..model import attention_parameters, build_model
 from ..registry import get_variant
 from ..variants._common import strict_recompiles
 
@@ -41,9 +42,11 @@ COMPILE_SCOPES = ("model", "block", "nested")
 
 @dataclass
 class TrainConfig:
-    """One training setup. `model` holds `build_model` overrides (GPT2Config fields and variant parameters)."""
+    """One training setup. `model` holds `build_model` overrides (the family's config fields and the variant's
+    parameters); `arch` is the model family (`attnlib.archs`)."""
 
     variant: str = "sdpa"
+    arch: str = "gpt2"
     mode: str = "eager"  # one of MODES
     model: dict[str, Any] = field(default_factory=dict)
     dataset: str = "auto"
@@ -61,9 +64,12 @@ class TrainConfig:
     # "nested": one graph, the block compiled once and reused by every layer
     # the head and loss this many tokens at a time, gradients with them (`chunked_causal_lm_loss`); None: all at once
     loss_chunk_tokens: int | None = None
+    activation_checkpointing: bool = False  # each layer recomputed in backward: memory for long sequences
 
     def __post_init__(self) -> None:
-        get_variant(self.variant)  # ValueError listing the names
+        spec, _ = get_variant(self.variant), get_arch(self.arch)  # ValueError listing the names
+        if self.arch in spec.unsupported:
+            raise ValueError(f"variant: {self.variant} has no form on {self.arch}: {spec.unsupported[self.arch]}")
         if self.mode not in MODES:
             raise ValueError(f"mode: must be one of {', '.join(MODES)}, got {self.mode!r}")
         for name in ("seq_len", "batch_size", "grad_accum"):
@@ -149,6 +155,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, data: TokenData, device: torch.device, total_steps: int):
         self.config, self.data, self.device = config, data, device
+        self.arch = get_arch(config.arch)  # the family's anatomy: its blocks, its forward without a mask
         if config.mode == "graph" and device.type != "cuda":
             raise NotImplementedError("mode 'graph': CUDA graphs need a CUDA device")
         self.train_ids, self.train_labels = data.train_ids.to(device), data.train_labels.to(device)  # no host copies
@@ -167,7 +174,7 @@ class Trainer:
             if config.compile_scope in ("model", "nested"):
                 self._loss = torch.compile(self._forward_loss, mode=compile_mode)
             else:
-                for block in self.model.transformer.h:
+                for block in self.arch.blocks(self.model):
                     block.compile(mode=compile_mode)
                 self._head_loss = torch.compile(self._head_loss, mode=compile_mode)
         self.restart(config.seed, total_steps)
@@ -177,7 +184,8 @@ class Trainer:
         (a trials job builds six: one per mode, one per quality seed)."""
         torch.manual_seed(seed)
         with torch.device(self.device):
-            return build_model(self.config.variant, seq_len=self.config.seq_len, **self.config.model)
+            return build_model(self.config.variant, seq_len=self.config.seq_len, arch=self.config.arch,
+                               **self.config.model)
 
     def restart(self, seed: int, total_steps: int) -> None:
         """Fresh weights, optimiser state, schedule and data order for `seed`, keeping the compiled code: the new
@@ -224,7 +232,8 @@ class Trainer:
     def _forward_loss(self, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean next-token loss of a batch; the function `compile` and `graph` modes compile."""
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            hidden = causal_hidden_states(self.model, ids, shared_blocks=self.config.compile_scope == "nested")
+            hidden = self.arch.causal_hidden_states(self.model, ids, shared_blocks=self.config.compile_scope == "nested",
+                                                    checkpoint=self.config.activation_checkpointing)
             return self._head_loss(hidden, labels, self.model.lm_head)
 
     def data_parallel(self, group: Any = None) -> None:
@@ -327,6 +336,13 @@ def frozen_gc() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
+
+
+def require_gpt2(train: TrainConfig, family: str) -> None:
+    """`ValueError` unless `train` is GPT-2's: `family` (an experiment family) reads GPT-2's modules directly."""
+    if train.arch != "gpt2":
+        raise ValueError(f"arch: the {family} family measures GPT-2 models only (it reads GPT-2's modules), got "
+                         f"{train.arch!r}")
 
 
 def default_device() -> torch.device:

@@ -124,8 +124,8 @@ def _paired_mode(config: TrialsConfig, mode: str, data: TokenData, device: torch
         torch._dynamo.reset()
         return [*kept.values(), *quality]
     seed = config.order_seed + MODES.index(mode)
-    common = dict(variant=train.variant, mode=mode, provenance=origin, config=config.to_dict(), data=data.info,
-                  order_seed=seed, reference=config.reference)
+    common = dict(variant=train.variant, mode=mode, arch=train.arch, provenance=origin, config=config.to_dict(),
+                  data=data.info, order_seed=seed, reference=config.reference)
     results: dict[tuple[int, str], TrialResult] = {}
     quality: list[QualityResult] = []
     start = time.perf_counter()

@@ -55,6 +55,7 @@ class Result:
     kind: ClassVar[str] = ""
     variant: str
     mode: str
+    arch: str = "gpt2"  # the model family (`attnlib.archs`); results written before it existed are GPT-2's
     status: str = "ok"
     error: str | None = None
     provenance: Provenance

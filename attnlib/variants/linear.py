@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config
 
+from ..archs import dims_of
 from ..registry import VariantSpec, register
 from ._common import repeat_kv, require_plain_causal, require_positive, require_self_attention
 
@@ -156,8 +157,8 @@ def linear_attention(module, query, key, value, attention_mask, scaling=None, dr
 def attention_flops(config: GPT2Config, seq_len: int) -> float:
     """Forward FLOPs of one layer on one sequence, all heads (D = head_dim, c = chunk_size): inside chunks
     4 D per visible pair, T (c + 1) / 2 pairs; between chunks phi(k)^T v and phi(q) S, 4 D^2 per token."""
-    head_dim = config.n_embd // config.n_head
-    return 4.0 * config.n_embd * seq_len * ((config.chunk_size + 1) / 2 + head_dim)
+    dims = dims_of(config)
+    return 4.0 * dims.attention_width * seq_len * ((config.chunk_size + 1) / 2 + dims.head_dim)
 
 
 def validate(config: GPT2Config, seq_len: int) -> None:

@@ -31,6 +31,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import GPT2Config
 from transformers.pytorch_utils import Conv1D
 
+from ..archs import dims_of
 from ..registry import VariantSpec, register
 from ._common import gpt2_init_, gpt2_output_projection, layer_cache, require_plain_causal, require_positive
 
@@ -142,7 +143,7 @@ class LSHAttention(nn.Module):
 def attention_flops(config: GPT2Config, seq_len: int) -> float:
     """Forward FLOPs of one layer on one sequence, all heads, an upper bound: per round and token, hashing
     (2 D x n_buckets/2) and scores + values over at most chunk_size visible keys (4 D each)."""
-    return config.n_hashes * seq_len * config.n_embd * (4.0 * config.chunk_size + config.n_buckets)
+    return config.n_hashes * seq_len * dims_of(config).attention_width * (4.0 * config.chunk_size + config.n_buckets)
 
 
 def validate(config: GPT2Config, seq_len: int) -> None:

@@ -11,6 +11,7 @@ import functools
 
 from transformers import GPT2Config
 
+from ..archs import dims_of
 from ..registry import VariantSpec, register
 from ._common import require_plain_causal, require_positive
 from .flex import causal_mask_mod, flex_masked
@@ -54,10 +55,11 @@ def sliding_window_attention(module, query, key, value, attention_mask, scaling=
 
 
 def attention_flops(config: GPT2Config, seq_len: int) -> float:
-    """Forward FLOPs of one layer on one sequence: 4 x band area x n_embd, band area = sum_i min(i + 1, window)."""
+    """Forward FLOPs of one layer on one sequence: 4 x band area x query heads x head_dim, band area =
+    sum_i min(i + 1, window)."""
     w = min(config.window, seq_len)
     band_area = w * (w + 1) / 2 + (seq_len - w) * w
-    return 4.0 * band_area * config.n_embd
+    return 4.0 * band_area * dims_of(config).attention_width
 
 
 def validate(config: GPT2Config, seq_len: int) -> None:
