@@ -40,6 +40,8 @@ class VariantSpec:
         arch_params: model family (`attnlib.archs`) -> the variant's parameters there, over `params` (a window
             the family's models use, say).
         unsupported: model family -> why the variant has no form there; `build_model` raises with it.
+        arch_modules: model family -> the variant's attention module there, replacing that family's own
+            (`attention_module` is GPT-2's).
     """
 
     name: str
@@ -55,6 +57,7 @@ class VariantSpec:
     hf_name: str | None = None
     arch_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     unsupported: dict[str, str] = field(default_factory=dict)
+    arch_modules: dict[str, type[nn.Module]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if (self.attention_function is None) == (self.attention_module is None):

@@ -11,7 +11,9 @@ import attnlib
 from attnlib.archs import ARCHS, get_arch
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            head_dim=16, vocab_size=101, max_position_embeddings=64)
+            head_dim=16, vocab_size=101, max_position_embeddings=64,
+            rope_parameters={"rope_type": "llama3", "rope_theta": 500_000.0, "factor": 32.0, "low_freq_factor": 1.0,
+                             "high_freq_factor": 4.0, "original_max_position_embeddings": 32})
 EXACT = ["baseline", "sdpa", "flash", "cudnn", "flex"]
 
 
@@ -52,7 +54,7 @@ def test_exact_kernels_give_llamas_own_logits_and_gradients(variant: str, kv_hea
         torch.testing.assert_close(a.grad, b.grad, atol=2e-5, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("variant", ["sdpa", "sliding_window", "linear"])
+@pytest.mark.parametrize("variant", ["sdpa", "sliding_window", "linear", "mla"])
 def test_llama_variants_are_causal_and_mix_tokens(variant: str) -> None:
     model = tiny_llama(variant, **({"window": 8} if variant == "sliding_window" else
                                    {"chunk_size": 8} if variant == "linear" else {})).eval()
@@ -82,7 +84,7 @@ def test_sliding_window_on_llama_uses_the_familys_window_and_equals_a_banded_ref
         torch.testing.assert_close(model(ids).logits, expected, atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("variant", ["gqa", "mla", "lsh"])
+@pytest.mark.parametrize("variant", ["gqa", "lsh"])
 def test_variants_without_a_llama_form_say_why(variant: str) -> None:
     with pytest.raises(NotImplementedError, match=f"{variant} on llama: "):
         attnlib.build_model(variant, arch="llama", **TINY)
@@ -168,3 +170,50 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(tmp_path, ar
     torch.testing.assert_close(grads[0][0], grads[1][0])
     for a, b in zip(grads[0][1], grads[1][1]):
         torch.testing.assert_close(a, b)
+
+
+def test_mla_on_llama_is_deepseek_v2s_form_against_an_explicit_reference() -> None:
+    """Queries from a latent, keys and values from another, a RoPE part per query head and one RoPE key shared by
+    the heads, exact softmax: the module against the same maths written out in float64, outputs and gradients."""
+    from attnlib.variants.mla import RopeLatentAttention, rotate_half
+
+    model = tiny_llama("mla", kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8)
+    attn = model.model.layers[0].self_attn
+    assert isinstance(attn, RopeLatentAttention)
+    x = torch.randn(2, 12, 64, requires_grad=True, generator=torch.Generator().manual_seed(6))
+    out = attn(x)[0]
+
+    def reference(x: torch.Tensor) -> torch.Tensor:
+        a = attn.double()
+        x = x.double()
+        H, D, R, T = 4, 16, 8, x.shape[1]
+        q = a.q_up(a.q_norm(a.q_down(x))).view(2, T, H, D + R).transpose(1, 2)
+        latent, k_rope = a.kv_down(x).split([16, R], -1)
+        kv = a.kv_up(a.kv_norm(latent)).view(2, T, H, 2 * D).transpose(1, 2)
+        cos, sin = (t.unsqueeze(1).double() for t in a.rotary(x, torch.arange(T).unsqueeze(0)))
+        q_rope = q[..., D:] * cos + rotate_half(q[..., D:]) * sin
+        k_rope = (k_rope.unsqueeze(1) * cos + rotate_half(k_rope.unsqueeze(1)) * sin).expand(2, H, T, R)
+        scores = (q[..., :D] @ kv[..., :D].transpose(-1, -2) + q_rope @ k_rope.transpose(-1, -2)) / (D + R) ** 0.5
+        scores = scores.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
+        y = scores.softmax(-1) @ kv[..., D:]
+        return a.o_proj(y.transpose(1, 2).reshape(2, T, H * D))
+
+    expected = reference(x)
+    attn.float()
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-4)
+    grad = torch.randn_like(out)
+    (g_ours,) = torch.autograd.grad(out, x, grad)
+    (g_ref,) = torch.autograd.grad(reference(x), x, grad.double())
+    torch.testing.assert_close(g_ours.double(), g_ref.double(), atol=1e-5, rtol=1e-4)
+
+
+def test_mla_on_the_1b_model_has_native_attentions_size_and_its_own_flops() -> None:
+    from attnlib.flops import training_flops_per_token
+
+    with torch.device("meta"):
+        mla = attnlib.build_model("mla", arch="llama", seq_len=2048)
+        native = attnlib.build_model("sdpa", arch="llama", seq_len=2048)
+    ratio = attnlib.attention_parameters(mla) / attnlib.attention_parameters(native)
+    assert 0.9 <= ratio <= 1.1 and attnlib.attention_parameters(native) == 16 * 10_485_760
+    area = 2048 * 2049 / 2  # queries and keys of 64 + 32 dims, values of 64, 32 heads, 16 layers
+    assert training_flops_per_token(mla, 2048).attention_flops_per_token == 3.5 * 2 * area * 32 * (96 + 64) * 16 / 2048

@@ -61,11 +61,18 @@ def build_config(spec: VariantSpec, seq_len: int | None = None, **overrides: Any
 
 
 def build_family(spec: VariantSpec, seq_len: int | None = None, **overrides: Any) -> LlamaForCausalLM:
-    """A freshly initialised Llama-family model with `spec`'s attention function; see `build_config`."""
-    if spec.attention_function is None:  # a variant that brings its own projections says how (its `unsupported`)
+    """A freshly initialised Llama-family model with `spec`'s attention: its attention function inside Llama's own
+    attention, or its module for this family (`VariantSpec.arch_modules`) in place of it; see `build_config`."""
+    module = spec.arch_modules.get(NAME)
+    if spec.attention_function is None and module is None:
         raise NotImplementedError(f"{spec.name} on {NAME}: it replaces GPT-2's attention module, and has no form "
                                   "for this family")
-    return LlamaForCausalLM(build_config(spec, seq_len, **overrides))
+    config = build_config(spec, seq_len, **overrides)
+    model = LlamaForCausalLM(config)
+    if module is not None:
+        for index, layer in enumerate(model.model.layers):
+            layer.self_attn = module(config, layer_idx=index)
+    return model
 
 
 def dims(config: LlamaConfig) -> Dims:
