@@ -1,9 +1,11 @@
 """Does attnlib train as fast as the loop a user writes? One process, one GPU, side by side.
 
-Six candidates, GPT-2 small (124M), B 16 x T 512, bf16 autocast, fused AdamW, gradient clipping 1.0, the same
-random-token batches (resident on the GPU), attention dropout 0 in both models:
-- plain/{eager,compile,graph}: `transformers.GPT2LMHeadModel` (attn_implementation="sdpa"),
-  `loss = model(ids, labels=ids).loss`; compile = `torch.compile(model)`, graph = `mode="reduce-overhead"`.
+Candidates of one model family (`--arch`): GPT-2 small (124M) at B 16 x T 512, or the llama family at
+Llama-3.2-1B's shape at B 4 x T 2048; bf16 autocast, fused AdamW, gradient clipping 1.0, the same random-token
+batches (resident on the GPU), attention dropout 0 in both models:
+- plain/{eager,compile,graph}: transformers' own model (`GPT2LMHeadModel` or `LlamaForCausalLM`,
+  attn_implementation="sdpa"), `loss = model(ids, labels=ids).loss`; compile = `torch.compile(model)`, graph =
+  `mode="reduce-overhead"`.
 - attnlib/{eager,compile,graph}: `attnlib.experiments.training.Trainer` with the `sdpa` variant in that mode;
   `.../compile-block`, `.../graph-block`: the same with `compile_scope="block"` (one block compiled, shared);
   `.../compile-nested`, `.../graph-nested`: `compile_scope="nested"` (one whole-model graph, the block compiled once).
@@ -11,8 +13,9 @@ The time of each candidate's first step (compilation, CUDA-graph recording) is r
 Each candidate is warmed up once (compilation included), then measured in `--trials` rounds of `--window-s`
 windows, each round in a fresh random order (`attnlib.measurement.run_trials`).
 
-usage: python scripts/gpu_compile_parity.py --out DIR [--trials 5] [--window-s 5] [--candidates a,b,...]
-writes DIR/compile_parity.json and DIR/compile_parity.md
+usage: python scripts/gpu_compile_parity.py --out DIR [--arch gpt2|llama] [--trials 5] [--window-s 5]
+                                           [--candidates a,b,...]
+writes DIR/compile_parity.json and DIR/compile_parity.md (DIR/llama_parity.* for the llama family)
 """
 
 from __future__ import annotations
@@ -22,23 +25,43 @@ import json
 import time
 from pathlib import Path
 
-import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from dataclasses import dataclass
+from typing import Callable
 
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from attnlib.archs.llama import LLAMA_3_2_1B
 from attnlib.data import TokenData
 from attnlib.experiments.training import TrainConfig, Trainer
 from attnlib.measurement import Candidate, measure, measure_idle, run_trials
 from attnlib.model import DEFAULTS
 from attnlib.provenance import provenance
 
-BATCH, SEQ_LEN, VOCAB = 16, 512, 50257
+
+@dataclass(frozen=True)
+class Setup:
+    """One family's side-by-side: its shape of step and the model the plain loop builds."""
+
+    batch: int
+    seq_len: int
+    vocab: int
+    plain_model: Callable[[], torch.nn.Module]
+    title: str
 
 
-def plain_loop(mode: str, batches, window_s: float):
+SETUPS = {
+    "gpt2": Setup(16, 512, 50_257, lambda: GPT2LMHeadModel(GPT2Config(**{**DEFAULTS, "use_cache": False},
+                                                                       attn_implementation="sdpa")), "GPT-2 small"),
+    "llama": Setup(4, 2048, 128_256, lambda: LlamaForCausalLM(LlamaConfig(**LLAMA_3_2_1B, attn_implementation="sdpa")),
+                   "Llama-3.2-1B's shape"),
+}
+
+
+def plain_loop(mode: str, setup: Setup, batches, window_s: float):
     """The loop a user writes around the Hugging Face model."""
     torch.manual_seed(0)
-    config = GPT2Config(**{**DEFAULTS, "use_cache": False}, attn_implementation="sdpa")
-    model = GPT2LMHeadModel(config).cuda().train()
+    model = setup.plain_model().cuda().train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
     forward = model if mode == "eager" else torch.compile(model, mode="reduce-overhead" if mode == "graph" else None)
 
@@ -54,15 +77,15 @@ def plain_loop(mode: str, batches, window_s: float):
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
-    return timed(step, window_s)
+    return timed(step, window_s, setup)
 
 
-def attnlib_loop(mode: str, data: TokenData, window_s: float):
+def attnlib_loop(mode: str, arch: str, setup: Setup, data: TokenData, window_s: float):
     mode, _, scope = mode.partition("-")
-    config = TrainConfig(variant="sdpa", mode=mode, seq_len=SEQ_LEN, batch_size=BATCH, seed=0,
+    config = TrainConfig(variant="sdpa", arch=arch, mode=mode, seq_len=setup.seq_len, batch_size=setup.batch, seed=0,
                          compile_scope=scope or "model")
     trainer = Trainer(config, data, torch.device("cuda"), total_steps=10**6)
-    return timed(trainer.step, window_s)
+    return timed(trainer.step, window_s, setup)
 
 
 def first_step_s(step) -> float:
@@ -73,7 +96,7 @@ def first_step_s(step) -> float:
     return time.perf_counter() - start
 
 
-def timed(step, window_s: float):
+def timed(step, window_s: float, setup: Setup):
     """A candidate's run: steps until `window_s` has passed; the window's exit synchronises."""
 
     def run(window: measure) -> None:
@@ -84,7 +107,7 @@ def timed(step, window_s: float):
         while time.perf_counter() - start < window_s:
             step()
             steps += 1
-        window.add_work(tokens=steps * BATCH * SEQ_LEN)
+        window.add_work(tokens=steps * setup.batch * setup.seq_len)
 
     return run
 
@@ -92,6 +115,7 @@ def timed(step, window_s: float):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--arch", choices=sorted(SETUPS), default="gpt2")
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--window-s", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=20261123)
@@ -102,30 +126,34 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("gpu_compile_parity: no CUDA device; this script runs on the GPU machine")
     args.out.mkdir(parents=True, exist_ok=True)
+    setup, name_of = SETUPS[args.arch], "compile_parity" if args.arch == "gpt2" else f"{args.arch}_parity"
     generator = torch.Generator(device="cuda").manual_seed(0)
-    tokens = torch.randint(0, VOCAB, (4096, SEQ_LEN), device="cuda", generator=generator)
+    tokens = torch.randint(0, setup.vocab, (4096 * 512 // setup.seq_len, setup.seq_len), device="cuda",
+                           generator=generator)
     data = TokenData(tokens, tokens, tokens[:64], tokens[:64], {"dataset": "random tokens"})
 
     def plain_batches():
         while True:
-            for start in range(0, len(tokens) - BATCH + 1, BATCH):
-                yield tokens[start:start + BATCH]
+            for start in range(0, len(tokens) - setup.batch + 1, setup.batch):
+                yield tokens[start:start + setup.batch]
 
     idle = measure_idle(3.0)
     candidates, compile_s = [], {}
     for name in args.candidates.split(","):
         loop, mode = name.split("/")
-        run = (plain_loop(mode, plain_batches(), args.window_s) if loop == "plain"
-               else attnlib_loop(mode, data, args.window_s))
+        run = (plain_loop(mode, setup, plain_batches(), args.window_s) if loop == "plain"
+               else attnlib_loop(mode, args.arch, setup, data, args.window_s))
         compile_s[name] = first_step_s(lambda: run(None))
         print(f"{name}: first step {compile_s[name]:.1f} s", flush=True)
         candidates.append(Candidate(name, run))
     result = run_trials(candidates, warmup=1, trials=args.trials, seed=args.seed, idle=idle, codecarbon=False)
-    (args.out / "compile_parity.json").write_text(json.dumps(
-        {"provenance": origin, "idle_w": idle.power_w, "first_step_s": compile_s, **result.to_dict()}, indent=1, default=str))
+    (args.out / f"{name_of}.json").write_text(json.dumps(
+        {"provenance": origin, "arch": args.arch, "idle_w": idle.power_w, "first_step_s": compile_s,
+         **result.to_dict()}, indent=1, default=str))
 
     lines = [f"# Compiled training at a user's speed ({torch.cuda.get_device_name()})", "",
-             f"GPT-2 small, B {BATCH} x T {SEQ_LEN}, bf16, fused AdamW, clip 1.0; {args.trials} rounds of "
+             f"{setup.title}, B {setup.batch} x T {setup.seq_len}, bf16, fused AdamW, clip 1.0; "
+             f"{args.trials} rounds of "
              f"{args.window_s:g} s windows in random order (seed {args.seed}); mean ± 95% CI, spread = "
              "(max - min) / max over the trials.", "",
              "| loop | mode | tok/s | mJ/token | spread % | attnlib / plain tok/s | first step s |",
@@ -145,7 +173,7 @@ def main() -> None:
                      f"{1e3 * jpt.mean:.3f} ± {1e3 * (jpt.ci95 or 0):.3f} | {100 * (1 - min(tps) / max(tps)):.1f} | "
                      f"{'' if ratio is None else f'{ratio:.3f}'} | {compile_s[c.name]:.1f} |")
     md = "\n".join(lines) + "\n"
-    (args.out / "compile_parity.md").write_text(md)
+    (args.out / f"{name_of}.md").write_text(md)
     print(md)
 
 

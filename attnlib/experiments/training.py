@@ -232,7 +232,8 @@ class Trainer:
     def _forward_loss(self, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean next-token loss of a batch; the function `compile` and `graph` modes compile."""
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            hidden = self.arch.causal_hidden_states(self.model, ids, shared_blocks=self.config.compile_scope == "nested",
+            hidden = self.arch.causal_hidden_states(self.model, ids,
+                                                    shared_blocks=self.config.compile_scope == "nested",
                                                     checkpoint=self.config.activation_checkpointing)
             return self._head_loss(hidden, labels, self.model.lm_head)
 

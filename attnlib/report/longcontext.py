@@ -145,7 +145,8 @@ def advantage(own: pd.DataFrame, ref: pd.DataFrame, t: int, quantity: str, lower
         ends = sorted((sign * (1 - low), sign * (1 - high)))
         return ends[1] if which == "early" else min(ends[0], point - bound)
     a, b = own.loc[t, f"{quantity}_mean"], ref.loc[t, f"{quantity}_mean"]
-    margin = {"point": 0, "early": 1, "late": -1}[which] * (own.loc[t, f"{quantity}_ci95"] + ref.loc[t, f"{quantity}_ci95"])
+    widths = own.loc[t, f"{quantity}_ci95"] + ref.loc[t, f"{quantity}_ci95"]
+    margin = {"point": 0, "early": 1, "late": -1}[which] * widths
     return (b - a if lower_is_better else a - b) + margin
 
 

@@ -25,7 +25,8 @@ def eager_causal_attention(module, query, key, value, attention_mask, scaling=No
     scores = (query @ key.transpose(-1, -2)) * scaling  # [B, H, Tq, Tk]
     if attention_mask is None:
         q_len, k_len = query.shape[-2], key.shape[-2]
-        attention_mask = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len if q_len == 1 else 0)
+        visible = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device)
+        attention_mask = visible if q_len == 1 else visible.tril()
     scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
     probs = F.softmax(scores, dim=-1).to(value.dtype)  # softmax runs in fp32 under autocast, as in GPT-2
     probs = F.dropout(probs, p=dropout, training=module.training)
