@@ -24,14 +24,9 @@ import transformers
 import attnlib
 from attnlib.archs import arch_of
 from attnlib.provenance import attnlib_commit, library_versions
+from gpu_check_variants import KERNEL_FAMILIES, profile_kernels, relative_error  # the GPT-2 check's, beside this file
 
 SEQ_LEN, VOCAB = 2048, 32_768
-KERNEL_FAMILIES = {  # substring of a CUDA kernel's name -> its attention kernel family
-    "flash_attn": "FA2 (flash_attn package)", "pytorch_flash": "FA2 (PyTorch SDPA)",
-    "cudnn_generated_fort_native_sdpa": "cuDNN fused SDPA", "fmha_cutlass": "mem-efficient (cutlass fmha)",
-    "efficient_attention": "mem-efficient", "flex_attention": "FlexAttention (Triton)",
-    "chunk_fwd_kernel": "fla chunk (Triton)", "softmax_warp": "eager softmax (materialised scores)",
-}
 
 
 def cases(variants: list[str]) -> list[tuple[str, dict]]:
@@ -60,19 +55,6 @@ def projection_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             if isinstance(module, torch.nn.Linear)}
 
 
-def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out - ref).norm() / ref.norm()).item()
-
-
-def kernels_ran(model: torch.nn.Module, tokens: torch.Tensor) -> list[str]:
-    forward_backward(model, tokens, bf16=True)  # compile / autotune outside the profile
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        forward_backward(model, tokens, bf16=True)
-        torch.cuda.synchronize()
-    names = {e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA}
-    return sorted(n[:120] for n in names if not n.startswith("nvjet"))
-
-
 def check(name: str, overrides: dict, layers: int, tokens: torch.Tensor) -> dict:
     torch.manual_seed(0)
     model = attnlib.build_model(name, arch="llama", seq_len=SEQ_LEN, num_hidden_layers=layers, vocab_size=VOCAB,
@@ -94,7 +76,7 @@ def check(name: str, overrides: dict, layers: int, tokens: torch.Tensor) -> dict
         theirs.set_attn_implementation("sdpa")
         row["logits_rel_err_vs_transformers_sdpa"] = relative_error(logits, forward_backward(theirs, tokens.cuda(), True))
         del theirs
-    kernels = kernels_ran(model, tokens.cuda())
+    kernels = profile_kernels(model, tokens.cuda())
     row["kernels_ran"] = kernels
     row["attention_kernels"] = sorted({family for key, family in KERNEL_FAMILIES.items() for k in kernels if key in k})
     row["ok"] = (row["finite"] and row["logits_rel_err_vs_fp32_same_weights"] < 2e-2
