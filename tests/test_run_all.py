@@ -29,7 +29,7 @@ def test_smoke_profile_end_to_end() -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = REPO / "results" / "smoke"
     raw = sorted((results / "raw").glob("*.json"))
-    assert len(raw) == 4 * len(attnlib.VARIANTS)  # two trials and two quality seeds per variant
+    assert len(raw) == 6 * len(attnlib.VARIANTS)  # two rounds (a window of the variant, one of sdpa), two seeds
     statuses = {p.stem: json.loads(p.read_text())["status"] for p in raw}
     assert set(statuses.values()) == {"ok"}, statuses
     jobs = plan(load_profile("smoke"), list(attnlib.VARIANTS))  # one job per variant: its quality runs are in it
