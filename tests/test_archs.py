@@ -118,10 +118,11 @@ def test_the_trainer_trains_a_llama_and_its_results_say_so(tmp_path, mode: str) 
     from attnlib.experiments.training import TrainConfig, Trainer
     from attnlib.experiments.trials import TrialsConfig, run_trials_job
 
-    small = {**TINY, "vocab_size": 50_257}  # the GPT-2 tokens of the test corpus
+    small = {**TINY, "vocab_size": 128_256}  # the family's own tokens: Llama 3's
     train = TrainConfig(variant="sdpa", arch="llama", mode=mode, model=small, seq_len=32, batch_size=2,
                         dataset="python-docs", max_documents=100)
-    data = prepare_data(train.dataset, train.seq_len, tmp_path / "cache", train.max_documents)
+    data = prepare_data(train.dataset, train.seq_len, tmp_path / "cache", train.max_documents, "llama3")
+    assert data.info.tokenizer_name == "llama3" and data.info.eot_id == 128_001
     trainer = Trainer(train, data, torch.device("cpu"), total_steps=10)
     ids, labels = data.train_ids[:2], data.train_labels[:2]
     torch.testing.assert_close(trainer._loss(ids, labels), trainer.model(ids, labels=labels).loss, atol=1e-5, rtol=1e-5)

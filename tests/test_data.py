@@ -23,8 +23,41 @@ def test_render_conversation_keeps_roles() -> None:
 
 def test_offline_tokenizer_is_gpt2() -> None:
     tok = load_tokenizer()
-    assert len(tok.encoder) == 50257
-    assert tok.encoder("Hello world", add_special_tokens=False)["input_ids"] == [15496, 995]
+    assert (tok.name, tok.vocab_size, tok.eot_id, tok.dtype) == ("gpt2", 50257, EOT_ID, np.uint16)
+    assert tok.encode(["Hello world"]) == [[15496, 995]] and tok.decode([15496, 995]) == "Hello world"
+
+
+def test_llama3_tokenizer_is_metas_and_its_ids_do_not_wrap(tmp_path) -> None:
+    """The llama family's tokenizer gives the ids of Meta's own `llama_models` Tokenizer, 128,256 of them, stored
+    as int32 (uint16 would wrap every id above 65,535)."""
+    from llama_models.llama3.tokenizer import Tokenizer as MetaTokenizer
+
+    tok, meta = load_tokenizer("llama3"), MetaTokenizer.get_instance()
+    texts = ["Hello world, the quick brown fox; Ünïcode 12345", "def f(x):\n    return x ** 2  # ok\n\n\n", "日本語"]
+    assert tok.encode(texts) == [meta.encode(t, bos=False, eos=False) for t in texts]
+    assert (tok.vocab_size, tok.eot_id, tok.dtype) == (128_256, meta.eos_id, np.int32) == (meta.n_words, 128_001, np.int32)
+    docs = tokenize_documents(["Ünïcode 日本語 " * 40], tok)
+    assert docs[0].dtype == np.int32 and docs[0].max() > 2**16 and docs[0][-1] == 128_001
+    with pytest.raises(ValueError, match="valid names: gpt2, llama3"):
+        load_tokenizer("sentencepiece")
+
+
+def test_another_tokenizer_has_its_own_cache_and_a_committed_corpus_decodes_exactly(tmp_path) -> None:
+    """A corpus committed in GPT-2 tokens decodes to its documents, which the llama3 tokenizer then splits,
+    tokenizes and deduplicates into a cache folder of its own."""
+    from attnlib.data import Corpus, _cache_key, committed_corpus, write_tokens
+
+    assert _cache_key("python-docs", 100) != _cache_key("python-docs", 100, "llama3")
+    documents = [f"Document {i}: ünïcode, `code`, 12345 and\n\n  indented lines {i * 7}." for i in range(60)]
+    write_tokens(Corpus("tiny", documents, "a test corpus"), tmp_path / "committed")
+    decoded = committed_corpus(tmp_path / "committed")
+    info = json.loads((tmp_path / "committed" / "info.json").read_text())  # validation duplicates were dropped
+    assert set(decoded.documents) <= set(documents) and decoded.name == "tiny"
+    assert len(decoded.documents) == info["train_documents"] + info["val_documents"] > 40
+    data = prepare_data("python-docs", 32, tmp_path / "cache", 50, "llama3")
+    assert data.info.tokenizer_name == "llama3" and data.info.eot_id == 128_001
+    assert (data.train_ids == 128_001).any() and int(data.train_ids.max()) < 128_256
+    assert data.info.tokenizer_sha256 != prepare_data("python-docs", 32, tmp_path / "cache", 50).info.tokenizer_sha256
 
 
 def test_packing_and_loss_masking() -> None:
@@ -45,6 +78,7 @@ def test_packing_and_loss_masking() -> None:
 def test_documents_are_separated_by_end_of_text() -> None:
     tok = load_tokenizer()
     docs = tokenize_documents(["one", "two"], tok)
+    assert docs[0].dtype == np.uint16
     assert [d.tolist() for d in docs] == [[505, EOT_ID], [11545, EOT_ID]]
 
 

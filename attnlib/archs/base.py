@@ -44,11 +44,13 @@ class Dims:
 
 @dataclass(frozen=True)
 class ArchSpec:
-    """A model family: its `name` (the `arch` of every result), a line for tables, and the module that builds it."""
+    """A model family: its `name` (the `arch` of every result), a line for tables, the module that builds it and
+    its tokenizer."""
 
     name: str
     description: str
     module: str
+    tokenizer: str  # `attnlib.data.load_tokenizer`'s name: the family's own, which its results are measured on
 
     @property
     def anatomy(self) -> ModuleType:
@@ -73,9 +75,9 @@ class ArchSpec:
 
 ARCHS: dict[str, ArchSpec] = {a.name: a for a in (
     ArchSpec("gpt2", "GPT-2 small: 12 layers, width 768, 12 heads, learned positions, LayerNorm, GELU MLP",
-             "attnlib.model"),
+             "attnlib.model", "gpt2"),
     ArchSpec("llama", "Llama-3.2-1B's shape: 16 layers, width 2048, 32 query / 8 KV heads of 64, RoPE, RMSNorm, "
-             "SwiGLU", "attnlib.archs.llama"),
+             "SwiGLU", "attnlib.archs.llama", "llama3"),
 )}
 
 

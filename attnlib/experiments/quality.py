@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..archs import get_arch
 from ..data import TokenData, prepare_data
 from ..measurement import IdleBaseline, measure, measure_idle
 from ..provenance import provenance
@@ -57,7 +58,7 @@ class QualityConfig:
 def run_quality_job(config: QualityConfig, out_dir: Path, cache_dir: Path, progress: bool = True) -> list[QualityResult]:
     """One quality run per seed of `config.train.variant`; writes `<variant>__quality__seed<s>.json` files."""
     device, train = default_device(), config.train
-    data = prepare_data(train.dataset, train.seq_len, cache_dir, train.max_documents)
+    data = prepare_data(train.dataset, train.seq_len, cache_dir, train.max_documents, get_arch(train.arch).tokenizer)
     idle = measure_idle(config.idle_s) if device.type == "cuda" else None
     return quality_runs(config, data, device, idle, Provenance(**provenance()), Path(out_dir), progress)
 
