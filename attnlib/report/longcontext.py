@@ -229,7 +229,8 @@ def build_longcontext_report(frame: pd.DataFrame, calibrations: dict[str, dict],
         "LongContextTokensPerStep": latex.fmt(config.get("tokens_per_step"), ",.0f"),
         "LongContextSeqLens": f"{seq_label(all_lengths[0])}--{seq_label(all_lengths[-1])}" if all_lengths else "n/a",
         "LongContextFastMode": fast_mode,
-        "LongContextFastSeqLens": ", ".join(seq_label(t) for t in fast_lengths) or "none",
+        "LongContextFastSeqLens": ", ".join(seq_label(t) for t in fast_lengths) or "none yet",
+        "LongContextPairedCells": str(len(paired)),  # the paper's abstract speaks of crossovers only where there are
         "LongContextEagerSeqLens": (f"{seq_label(eager_lengths[0])}--{seq_label(eager_lengths[-1])}"
                                     if eager_lengths else "none"),
         "LongContextRounds": str(config.get("rounds", "n/a")), "LongContextTrials": str(config.get("trials", "n/a")),
