@@ -116,3 +116,34 @@ def test_attnlib_models_decode_with_their_cache_as_without_or_say_why(variant: s
             assert variant in str(error) and variant in ("mla", "linear", "lsh"), error
             return
     assert torch.equal(with_cache, without)
+
+
+def test_gemma2s_soft_capped_logits_are_applied_or_refused_by_name() -> None:
+    """Gemma 2 soft-caps its attention logits and alternates sliding and full layers. transformers refuses to set
+    attention functions that use sdpa's masks on it, so a user sets `config._attn_implementation` directly:
+    attnlib_baseline then gives transformers' own eager result (the core Gemma 2 is meant to run with), and every
+    fused core refuses by name instead of dropping the cap."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(Gemma2Config(**{**SMALL, "head_dim": 16}, sliding_window=6, attn_logit_softcapping=5.0,
+                                           query_pre_attn_scalar=16)).eval()
+    ids = torch.randint(1, 97, (2, 12), generator=torch.Generator().manual_seed(5))
+
+    def run(implementation: str):
+        model.config._attn_implementation = implementation
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                tokens = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
+                                        pad_token_id=0)
+                return torch.cat([model(ids).logits.flatten(), tokens.flatten().float()])
+        except NotImplementedError as error:
+            return error
+
+    expected = run("eager")
+    assert torch.allclose(run("attnlib_baseline"), expected, atol=1e-5)
+    for name in FUNCTIONS:
+        if name != "attnlib_baseline":
+            error = run(name)
+            assert isinstance(error, NotImplementedError) and FUNCTIONS[name] in str(error), (name, error)

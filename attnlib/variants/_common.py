@@ -43,6 +43,16 @@ def layer_cache(kwargs: dict, past_key_values=None):
     return cache if cache is not None else past_key_values
 
 
+def require_no_softcap(kwargs: dict, variant: str) -> None:
+    """A model that soft-caps its attention logits (Gemma 2: tanh(s / c) x c) passes `softcap`; a fused core would
+    ignore it: fail instead."""
+    if kwargs.get("softcap") is not None:
+        raise NotImplementedError(
+            f"{variant}: this core cannot soft-cap attention logits (softcap={kwargs['softcap']}); use "
+            "'attnlib_baseline', which applies it, for this model"
+        )
+
+
 def require_no_window(kwargs: dict, variant: str) -> None:
     """A model whose layer attends within a sliding window passes `sliding_window`; a full causal core would
     ignore it: fail instead."""

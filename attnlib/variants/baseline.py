@@ -23,10 +23,17 @@ def eager_causal_attention(module, query, key, value, attention_mask, scaling=No
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     key, value = repeat_kv(query, key, value)  # a grouped-query model's key/value heads, one per query head
     scores = (query @ key.transpose(-1, -2)) * scaling  # [B, H, Tq, Tk]
+    softcap = kwargs.get("softcap")
+    if softcap is not None:  # Gemma 2's logit soft-capping, as transformers' eager core applies it
+        scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is None:
         q_len, k_len = query.shape[-2], key.shape[-2]
         visible = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device)
         attention_mask = visible if q_len == 1 else visible.tril()
+        window = kwargs.get("sliding_window")
+        if window is not None:  # a layer that attends within a window: the last `window` keys of each query
+            position = k_len - 1 if q_len == 1 else 0  # of the first query among the keys
+            attention_mask = attention_mask & ~visible.tril(position - window)
     scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
     probs = F.softmax(scores, dim=-1).to(value.dtype)  # softmax runs in fp32 under autocast, as in GPT-2
     probs = F.dropout(probs, p=dropout, training=module.training)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from torch.nn.attention import SDPBackend
 
 from ..registry import VariantSpec, register
-from ._common import require_no_window, require_plain_causal
+from ._common import require_no_softcap, require_no_window, require_plain_causal
 from .sdpa import sdpa_causal
 
 
@@ -16,6 +16,7 @@ def cudnn_attention(module, query, key, value, attention_mask, scaling=None, dro
     """transformers attention core: `[B, H, T, D]` in, `([B, T, H, D], None)` out."""
     require_plain_causal(attention_mask, "cudnn")
     require_no_window(kwargs, "cudnn")
+    require_no_softcap(kwargs, "cudnn")
     return sdpa_causal(query, key, value, scaling, dropout, backend=SDPBackend.CUDNN_ATTENTION), None
 
 

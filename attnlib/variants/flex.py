@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import create_block_mask, create_mask, flex_attention
 
 from ..registry import VariantSpec, register
-from ._common import require_no_window, require_plain_causal, strict_recompiles
+from ._common import require_no_softcap, require_no_window, require_plain_causal, strict_recompiles
 from .sdpa import is_gqa, sdpa_causal
 
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -63,6 +63,7 @@ def flex_causal_attention(module, query, key, value, attention_mask, scaling=Non
     exactly, without compiling a FlexAttention kernel per cache length."""
     require_plain_causal(attention_mask, "flex")
     require_no_window(kwargs, "flex")
+    require_no_softcap(kwargs, "flex")
     if query.shape[-2] == 1:
         return sdpa_causal(query, key, value, scaling), None
     return flex_masked(query, key, value, scaling, causal_mask_mod), None

@@ -25,7 +25,8 @@ from transformers import GPT2Config
 
 from ..archs import dims_of
 from ..registry import VariantSpec, register
-from ._common import repeat_kv, require_plain_causal, require_positive, require_self_attention
+from ._common import (repeat_kv, require_no_softcap, require_plain_causal, require_positive,
+                      require_self_attention)
 
 try:
     from fla.ops.simple_gla.chunk import chunk_simple_gla_bwd, chunk_simple_gla_fwd
@@ -146,6 +147,7 @@ def linear_attention(module, query, key, value, attention_mask, scaling=None, dr
     the normalisation by phi(q)^T z_i makes the output scale-free."""
     require_plain_causal(attention_mask, "linear")
     require_self_attention(query, key, "linear")
+    require_no_softcap(kwargs, "linear")
     key, value = repeat_kv(query, key, value)  # a grouped-query model's key/value heads, one per query head
     q, k = feature_map(query), feature_map(key)
     if query.is_cuda and chunk_simple_gla_fwd is not None:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..registry import VariantSpec, register
+from ._common import require_no_softcap
 
 
 def is_gqa(query: torch.Tensor, key: torch.Tensor) -> bool:
@@ -43,6 +44,7 @@ def sdpa_causal(
 
 def sdpa_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """transformers attention core: `[B, H, T, D]` in, `([B, T, H, D], None)` out; honours padding masks."""
+    require_no_softcap(kwargs, "sdpa")
     if attention_mask is None:
         return sdpa_causal(query, key, value, scaling, dropout), None
     out = F.scaled_dot_product_attention(

@@ -13,7 +13,7 @@ from transformers import GPT2Config
 
 from ..archs import dims_of
 from ..registry import VariantSpec, register
-from ._common import require_plain_causal, require_positive
+from ._common import require_no_softcap, require_plain_causal, require_positive
 from .flex import causal_mask_mod, flex_masked
 from .sdpa import sdpa_causal
 
@@ -46,6 +46,7 @@ def sliding_window_attention(module, query, key, value, attention_mask, scaling=
     """transformers attention core. Causality runs from the first key (`sdpa_causal` says why); one query over a
     cache (a decode step) sees the window's last keys: SDPA over them, exactly."""
     require_plain_causal(attention_mask, "sliding_window")
+    require_no_softcap(kwargs, "sliding_window")
     window = layer_window(module, kwargs)
     if query.shape[-2] == 1:
         keep = slice(None) if window is None else slice(-int(window), None)
