@@ -92,7 +92,7 @@ def with_state_shares(windows: pd.DataFrame) -> pd.DataFrame:
     return windows.assign(power_cap_share=cap.where(known), slowdown_share=slow.where(known))
 
 
-def paired_frame(windows: pd.DataFrame, keys: list[str] = ["variant", "mode"],  # noqa: B006 (never mutated)
+def paired_frame(windows: pd.DataFrame, keys: tuple[str, ...] = ("variant", "mode"),
                  round_column: str = "round") -> pd.DataFrame:
     """One row per value of `keys` of paired windows: `rounds` (those whose two windows both succeeded), the
     reference's name, and for each of RATIO_QUANTITIES the variant's ratio to the reference over those rounds with
@@ -100,6 +100,7 @@ def paired_frame(windows: pd.DataFrame, keys: list[str] = ["variant", "mode"],  
     (`steady_state_s`, `steady_state_converged`) and the variant's memory alone on the card."""
     paired = windows[windows.role.notna()] if "role" in windows else windows.iloc[:0]
     rows = []
+    keys = list(keys)
     for values, group in paired.groupby(keys, sort=False):
         ok = group[group.status == "ok"]
         own, ref = (ok[ok.role == role].set_index(round_column) for role in ("variant", "reference"))
