@@ -4,12 +4,14 @@ on the figure instead of showing zeros."""
 
 from __future__ import annotations
 
+import math
 import textwrap
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.patches  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -24,8 +26,9 @@ def series_color(i: int) -> tuple:
     return plt.get_cmap("tab20")((2 * i) % 20 + (2 * i // 20) % 2)
 
 
-def _save(fig, out_dir: Path, name: str) -> Path:
-    fig.tight_layout()
+def _save(fig, out_dir: Path, name: str, rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> Path:
+    """Write `name`.pdf and .png, laid out within `rect` of the figure (room outside it for a legend)."""
+    fig.tight_layout(rect=rect)
     out_dir.mkdir(parents=True, exist_ok=True)
     for ext in ("pdf", "png"):
         fig.savefig(out_dir / f"{name}.{ext}", dpi=150,
@@ -144,6 +147,19 @@ def variant_color(variant: str) -> tuple:
     return series_color(names.index(variant) if variant in names else len(names))
 
 
+RATIO_TICKS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.3, 1.5, 2.0, 3.0, 5.0)
+
+
+def _ratio_ticks(low: float, high: float, labels: int = 7) -> list[float]:
+    """Ratio ticks between `low` and `high` on a log axis, 1 always among them, no two closer than a seventh of the
+    axis (so that labels never collide, whatever the spread of the panel)."""
+    span, ticks = math.log(high / low), [1.0]
+    for candidate in sorted(RATIO_TICKS, key=lambda t: abs(math.log(t))):
+        if low <= candidate <= high and all(abs(math.log(candidate / t)) >= span / labels for t in ticks):
+            ticks.append(candidate)
+    return sorted(ticks)
+
+
 def paired_ratios(summary: pd.DataFrame, out_dir: Path) -> Path:
     """Each paired row's ratio to the reference with its 95% interval, energy per token and throughput, one panel
     per mode, the mode's A/A bound shaded around 1: a ratio whose interval leaves the band is a difference."""
@@ -161,7 +177,7 @@ def paired_ratios(summary: pd.DataFrame, out_dir: Path) -> Path:
             ax, rows = axes[row][col], paired[paired["mode"] == mode].set_index("variant")
             bound = rows[f"{quantity}_aa_bound"].dropna()
             if len(bound):
-                ax.axvspan(1 - bound.iloc[0], 1 + bound.iloc[0], color="0.88", zorder=0, label="A/A bound")
+                ax.axvspan(1 - bound.iloc[0], 1 + bound.iloc[0], color="0.88", zorder=0)
             ax.axvline(1.0, color="0.3", lw=0.8)
             for y, variant in enumerate(variants):
                 if variant not in rows.index or pd.isna(rows.loc[variant, f"{quantity}_ratio"]):
@@ -176,14 +192,14 @@ def paired_ratios(summary: pd.DataFrame, out_dir: Path) -> Path:
             ax.set_xlabel(f"ratio to {rows.reference.dropna().iloc[0] if rows.reference.notna().any() else 'reference'}"
                           " (95% CI)", fontsize=7)
             ax.set_xscale("log")  # a ratio of 1.3 and one of 0.97 on one axis: equal factors, equal distances
-            ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 1.1, 1.2, 1.5, 2.0, 3.0, 5.0, 7.0)))
-            ax.xaxis.set_minor_locator(matplotlib.ticker.LogLocator(subs=[0.9, 0.95, 1.05]))
+            ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(_ratio_ticks(*ax.get_xlim())))
             ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-            ax.tick_params(axis="x", which="both", labelsize=6)
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+            ax.tick_params(axis="x", labelsize=6)
     axes[0][0].invert_yaxis()  # the axes share y: the first variant on top in every panel
-    axes[0][0].legend(fontsize=6, loc="lower right")
-    return _save(fig, out_dir, "paired_ratios")
+    handles = [matplotlib.patches.Patch(color="0.88", label="A/A bound (the mode's noise floor)")]
+    fig.legend(handles=handles, fontsize=7, loc="lower center", frameon=False)  # below the panels, over no data
+    return _save(fig, out_dir, "paired_ratios", rect=(0, 0.04, 1, 1))
 
 
 def _per_length(sweep: pd.DataFrame, column: str, ci: str | None, scale: float, label: str, out_dir: Path,
