@@ -4,8 +4,9 @@
 #   ./run_all.sh                       # CUDA -> measure the paper profile; no GPU -> rebuild the paper from the
 #                                      # committed results/paper/ (the reviewer path), or run smoke if there are none
 #   ./run_all.sh --profile smoke       # choose the profile (paper, smoke; a GPU's: longcontext, the 512-64K grid,
-#                                      # inference, prefill and decode; components, CLEAR; distributed, DDP and
-#                                      # context parallelism through torchrun)
+#                                      # inference, prefill and decode; components, CLEAR; quality, language
+#                                      # modelling at 25M tokens; recall, MQAR; llama and llama-longcontext, the
+#                                      # 1B model; distributed, DDP and context parallelism through torchrun)
 #   ./run_all.sh --profile distributed --gpus 4   # the cards a distributed job spreads over, one rank each
 #   ./run_all.sh --variants sdpa,flash # a subset of attnlib.VARIANTS
 #   ./run_all.sh --results DIR         # measure into DIR (default results/<profile>); with a GPU, also compare
@@ -28,7 +29,7 @@ while [ $# -gt 0 ]; do
     --stop-minutes) chunk_flags="$chunk_flags --stop-minutes $2"; shift 2 ;;
     --gpus) gpus="--gpus $2"; shift 2 ;;
     --report-only) report_only=1; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -50,8 +51,8 @@ if ! python3 -c "import attnlib, papermill" 2>/dev/null; then
     python -m pip install -q -e ".[dev]" || fail "pip install -e . failed; see the messages above"
   fi
 fi
-python -c "import attnlib" || fail "attnlib does not import in $(command -v python)"
-gpu=$(python -c "import torch; print(int(torch.cuda.is_available()))")
+gpu=$(python -c "import attnlib, torch; print(int(torch.cuda.is_available()))") \
+  || fail "attnlib does not import in $(command -v python)"
 
 # 2. Profile from the hardware unless given.
 if [ -z "$profile" ]; then
@@ -83,10 +84,11 @@ fi
 # 4. Tables, figures, macros (the aggregation notebook); a reviewer's folder is compared with ours.
 python -m attnlib.pipeline report --profile "$profile" --results "$results" || fail "aggregation failed"
 section=""  # a family with a section of its own: long context (crossover.csv), inference (decode.csv), components
-# (coverage.csv), distributed (a summary.csv with scaling_efficiency)
+# (coverage.csv), quality (quality.csv, or recall.csv alone), distributed (a summary.csv with scaling_efficiency)
 [ -f "$results/crossover.csv" ] && section=longcontext
 [ -f "$results/decode.csv" ] && section=inference
 [ -f "$results/coverage.csv" ] && section=components
+{ [ -f "$results/quality.csv" ] || { [ -f "$results/recall.csv" ] && [ ! -f "$results/summary.csv" ]; }; } && section=quality
 [ -f "$results/summary.csv" ] && head -1 "$results/summary.csv" | grep -q scaling_efficiency && section=distributed
 if [ "$label" != paper ] && [ -f results/paper/summary.csv ] && [ "$gpu" = 1 ] && [ -z "$section" ]; then
   echo "== $results against the committed results/paper/ (written to $results/comparison.csv)"
@@ -107,14 +109,14 @@ pdf="paper/paper-$label.pdf"
 if [ -z "$label" ]; then
   pdf=""
 elif command -v latexmk >/dev/null 2>&1; then
-  # the PDF's dates are the results' commit date: a rebuild from the same results gives the same PDF
-  # (-g: latexmk cannot see that date change, so it always builds)
-  SOURCE_DATE_EPOCH=$(git log -1 --format=%ct -- "$results" 2>/dev/null || true)
-  export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(date +%s)}
+  # the PDF's dates are the newest result's creation time: a rebuild from the same results gives the same PDF,
+  # committed or not (-g: latexmk cannot see that date change, so it always builds)
+  SOURCE_DATE_EPOCH=$(python -c "import sys; from attnlib.results import newest_result_epoch; print(newest_result_epoch(sys.argv[1]))" "$results")
+  export SOURCE_DATE_EPOCH
   (cd paper && latexmk -g -pdf -interaction=nonstopmode -halt-on-error -jobname="paper-$label" \
       -usepretex="\\def\\attnprofile{$label}" paper.tex >"latexmk-$label.log" 2>&1) \
     || fail "LaTeX failed: see paper/latexmk-$label.log"
-  [ "$label" = paper ] && cp "$pdf" paper/paper.pdf
+  if [ "$label" = paper ]; then cp "$pdf" paper/paper.pdf; pdf=paper/paper.pdf; fi
 else
   echo "== LaTeX (latexmk) is not installed: tables and figures are written, the PDF is not"
   pdf=""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
+from transformers import GPT2Config, GPT2LMHeadModel, PretrainedConfig, PreTrainedModel
 
 from .archs import Dims, arch_of, get_arch
 from .archs.base import layer_runner
@@ -24,17 +24,26 @@ DEFAULTS: dict[str, Any] = {**GPT2_SMALL, "attn_pdrop": 0.0, "use_cache": False}
 _GPT2_FIELDS = set(GPT2Config().to_dict()) | set(GPT2Config.attribute_map)
 
 
-def build_config(variant: str, seq_len: int | None = None, **overrides: Any) -> GPT2Config:
-    """Resolve and validate the GPT2Config for `variant`; raises `ValueError` naming the bad parameter.
+def build_config(variant: str, seq_len: int | None = None, arch: str = "gpt2", **overrides: Any) -> PretrainedConfig:
+    """The resolved, validated config of family `arch` with `variant`'s attention (what `build_model` builds);
+    `ValueError` naming a bad parameter, `NotImplementedError` for a variant without a form on the family."""
+    spec = get_variant(variant)
+    if arch in spec.unsupported:
+        raise NotImplementedError(f"{variant} on {arch}: {spec.unsupported[arch]}")
+    return get_arch(arch).config(spec, seq_len, **overrides)
+
+
+def family_config(spec: VariantSpec, seq_len: int | None = None, **overrides: Any) -> GPT2Config:
+    """The GPT-2 family's config (`attnlib.archs`) for `spec`; raises `ValueError` naming the bad parameter.
 
     Args:
-        variant: a name in `attnlib.VARIANTS`.
+        spec: the variant.
         seq_len: the sequence length the model will be trained on (default `n_positions`); checked against
             `n_positions` and the variant's tiling (chunk sizes).
         **overrides: GPT2Config fields (`n_layer`, `n_embd`, `n_head`, `n_positions`, `vocab_size`, ...) and the
             variant's own parameters (see `VARIANTS[variant].params`).
     """
-    spec = get_variant(variant)
+    variant = spec.name
     unknown = set(overrides) - _GPT2_FIELDS - set(spec.params)
     if unknown:
         raise ValueError(
@@ -42,7 +51,7 @@ def build_config(variant: str, seq_len: int | None = None, **overrides: Any) -> 
             f"(its parameters: {', '.join(spec.params) or 'none'})"
         )
     config = GPT2Config(**{**DEFAULTS, **spec.params, **overrides})
-    config.attnlib_variant = variant
+    config.attnlib_variant, config.attnlib_arch = variant, "gpt2"
     config._attn_implementation = spec.attn_implementation
     _validate(spec, config, config.n_positions if seq_len is None else seq_len)
     return config
@@ -69,16 +78,13 @@ def build_model(variant: str, seq_len: int | None = None, arch: str = "gpt2", **
     `variant`'s attention; `overrides` are the family's config fields and the variant's parameters (for GPT-2 see
     `build_config`). All argument checks happen here, before any tensor is allocated on a device; a variant with
     no form for the family raises `NotImplementedError` saying why."""
-    spec, family = get_variant(variant), get_arch(arch)
-    if arch in spec.unsupported:
-        raise NotImplementedError(f"{variant} on {arch}: {spec.unsupported[arch]}")
-    return family.build(spec, seq_len, **overrides)
+    build_config(variant, seq_len, arch, **overrides)  # every check, before a tensor exists
+    return get_arch(arch).build(get_variant(variant), seq_len, **overrides)
 
 
 def build_family(spec: VariantSpec, seq_len: int | None = None, **overrides: Any) -> GPT2LMHeadModel:
     """The GPT-2 family's builder (`attnlib.archs`): GPT-2 with `spec`'s attention; see `build_config`."""
-    config = build_config(spec.name, seq_len, **overrides)
-    config.attnlib_arch = "gpt2"
+    config = family_config(spec, seq_len, **overrides)
     model = GPT2LMHeadModel(config)
     if spec.attention_module is not None:
         for layer_idx, block in enumerate(model.transformer.h):
@@ -104,6 +110,29 @@ def blocks(model: GPT2LMHeadModel) -> list[torch.nn.Module]:
 
 def attention_modules(model: GPT2LMHeadModel) -> list[torch.nn.Module]:
     return [block.attn for block in model.transformer.h]
+
+
+def length_overrides(seq_len: int) -> dict:
+    """GPT-2's learned position table sized to `seq_len` (costs do not depend on its values)."""
+    return {"n_positions": seq_len}
+
+
+def layer_overrides(layers: int) -> dict:
+    return {"n_layer": layers}
+
+
+class _AttentionAlone(torch.nn.Module):
+    """Layer 0's attention on hidden states `[B, T, C]`: GPT-2 passes it nothing else for causal self-attention."""
+
+    def __init__(self, model: GPT2LMHeadModel):
+        super().__init__()
+        self.attention = model.transformer.h[0].attn
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.attention(hidden)[0]
+
+
+attention_alone = _AttentionAlone
 
 
 def causal_hidden_states(model: GPT2LMHeadModel, input_ids: torch.Tensor, shared_blocks: bool = False,

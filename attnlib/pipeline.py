@@ -27,30 +27,33 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
-from .experiments import components, distributed, inference, longcontext, quality, trials
+from .experiments import components, distributed, inference, longcontext, quality, recall, trials
 from .experiments.components import ComponentsConfig
 from .experiments.distributed import DistributedConfig
 from .experiments.inference import InferenceConfig
 from .experiments.longcontext import LongContextConfig
 from .experiments.quality import QualityConfig
+from .experiments.recall import RecallConfig
 from .experiments.training import TrainConfig
 from .experiments.trials import TrialsConfig
 from .measurement.trials import round_orders
 from .provenance import attnlib_commit
-from .registry import VARIANTS, get_variant
-from .results import is_complete, load_results
+from .registry import VARIANTS, get_variant, supported_variants
+from .results import is_complete, load_results, read_run
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = Path(__file__).resolve().parent / "profiles"
-FAMILIES = {"trials": trials, "quality": quality, "longcontext": longcontext,  # in the order of a variant's jobs
-            "inference": inference, "components": components, "distributed": distributed}
-SECTIONS = {"train": TrainConfig, "trials": TrialsConfig, "quality": QualityConfig, "longcontext": LongContextConfig,
+FAMILIES = {"trials": trials, "quality": quality, "recall": recall,  # in the order of a variant's jobs
+            "longcontext": longcontext, "inference": inference, "components": components, "distributed": distributed}
+SECTIONS = {"train": TrainConfig, "trials": TrialsConfig, "quality": QualityConfig, "recall": RecallConfig,
+            "longcontext": LongContextConfig,
             "inference": InferenceConfig, "components": ComponentsConfig, "distributed": DistributedConfig,
             "plan": None, "variants": None}
 
@@ -74,20 +77,30 @@ class Profile:
         """The resolved config (`SECTIONS[family]`) of `variant`'s job of `family`; `order_seed` draws the order
         inside the job."""
         settings, train = dict(self.families[family]), self.train_config(variant)
-        if family == "quality":  # quality runs in one mode, given in its section
+        if family == "quality":  # quality runs in one mode, given in its section; `one_seed` variants its first seed
             train = dataclasses.replace(train, mode=settings.pop("mode", "eager"),
                                         compile_scope=settings.pop("compile_scope", train.compile_scope))
+            if variant in settings.pop("one_seed", []):
+                settings["seeds"] = settings.get("seeds", [1, 2, 3])[:1]
             return QualityConfig(train=train, **settings)
+        if family == "trials":
+            settings = self.trials_settings(variant)
         if family == "trials" and self.quality_in_trials(variant):
             settings["quality"] = self.job_config("quality", variant)
         return SECTIONS[family](train=train, order_seed=order_seed, **settings)
+
+    def trials_settings(self, variant: str) -> dict:
+        """The [trials] section for `variant`: its `modes`, plus those `extra_modes` (mode -> variants) gives it."""
+        settings = dict(self.families["trials"])
+        extra, modes = settings.pop("extra_modes", {}), list(settings.get("modes", trials.MODES))
+        return {**settings, "modes": modes + [m for m, names in extra.items() if variant in names and m not in modes]}
 
     def quality_in_trials(self, variant: str) -> bool:
         """Whether `variant`'s quality runs go into its trials job: both families run and the quality runs' setup
         is one the trials job trains in (then they reuse its trainer: no process or compilation of their own)."""
         if not {"trials", "quality"} <= set(self.families):
             return False
-        trials = SECTIONS["trials"](train=self.train_config(variant), **self.families["trials"])
+        trials = SECTIONS["trials"](train=self.train_config(variant), **self.trials_settings(variant))
         quality = self.job_config("quality", variant)
         return trials.mode_config(quality.train.mode) == quality.train
 
@@ -107,13 +120,19 @@ def load_profile(name: str, gpus: int | None = None) -> Profile:
         raise ValueError(f"profile: unknown section(s) {sorted(set(raw) - set(SECTIONS))} in {path}")
     for section, cls in SECTIONS.items():
         allowed = {"seed", "variants"} if section == "plan" else {f.name for f in dataclasses.fields(cls)} if cls else None
-        allowed = allowed if section != "quality" else allowed | {"mode", "compile_scope"}
+        allowed = allowed if section != "quality" else allowed | {"mode", "compile_scope", "one_seed"}
+        allowed = allowed if section != "trials" else allowed | {"extra_modes"}
         if allowed is not None and set(raw.get(section, {})) - allowed:
             raise ValueError(f"profile: unknown [{section}] key(s) {sorted(set(raw[section]) - allowed)} in {path}")
-    for variant in raw.get("variants", {}):
+    for variant in [*raw.get("variants", {}), *raw.get("quality", {}).get("one_seed", []),
+                    *(v for names in raw.get("trials", {}).get("extra_modes", {}).values() for v in names)]:
         get_variant(variant)
     families = {family: raw[family] for family in FAMILIES if family in raw}
-    for variant in VARIANTS:  # the training setup is checked first: every family builds on it
+    from .archs import get_arch
+
+    arch = get_arch(raw.get("train", {}).get("arch", "gpt2")).name
+    own = supported_variants(arch)  # the variants with a form on the profile's model family
+    for variant in own:  # the training setup is checked first: every family builds on it
         Profile(path.stem, raw.get("train", {}), {}, 0, raw.get("variants", {})).train_config(variant)
     if not families:
         sections = ", ".join(f"[{f}]" for f in FAMILIES)
@@ -126,10 +145,10 @@ def load_profile(name: str, gpus: int | None = None) -> Profile:
         if torch.cuda.is_available() and gpus > torch.cuda.device_count():
             raise ValueError(f"gpus: {gpus} asked for, {torch.cuda.device_count()} visible")
         families["distributed"] = {**families["distributed"], "gpus": gpus}
-    chosen = tuple(get_variant(v).name for v in raw.get("plan", {}).get("variants", VARIANTS))
+    chosen = tuple(get_variant(v).name for v in raw.get("plan", {}).get("variants", own))
     profile = Profile(path.stem, raw.get("train", {}), families, int(raw.get("plan", {}).get("seed", 0)),
                       raw.get("variants", {}), chosen)
-    for variant in VARIANTS:  # build every config now: bad values fail before any work
+    for variant in own:  # build every config now: bad values fail before any work
         for family in families:
             profile.job_config(family, variant)
     return profile
@@ -175,8 +194,6 @@ def is_done(job: Job, results_dir: Path) -> bool:
 def execute(job: Job, results_dir: Path, cache_dir: Path, timeout_s: float | None = None) -> bool:
     """Run the job's family notebook through papermill; False if the kernel died or ran past `timeout_s` (then it
     is stopped, and the job's finished results stay: a later run resumes or redoes the job)."""
-    import papermill
-
     # Every job is a fresh process: let Triton keep autotuning results on disk (fla's kernels autotune for
     # about 90 s otherwise, in every process) alongside the compiled kernels and inductor's graph cache.
     os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
@@ -186,15 +203,32 @@ def execute(job: Job, results_dir: Path, cache_dir: Path, timeout_s: float | Non
                   "cache_dir": str(cache_dir.resolve())}
     notebook = FAMILIES[job.family].NOTEBOOK
     try:  # the job runs in one cell, so the per-cell timeout bounds the job
-        papermill.execute_notebook(REPO / "notebooks" / notebook, executed, parameters=parameters,
-                                   kernel_name="python3", progress_bar=False, cwd=str(REPO / "notebooks"),
-                                   execution_timeout=None if timeout_s is None else max(1, int(timeout_s)))
+        run_notebook(REPO / "notebooks" / notebook, executed, parameters,
+                     timeout_s=None if timeout_s is None else max(1, int(timeout_s)))
         tidy_executed(executed)
         return True
     except Exception as error:  # the kernel died (e.g. a hard crash) or timed out: the run goes on, the table shows it
         missing = [n for n in job.result_names() if not is_complete(results_dir / "raw" / n)]
         print(f"{job.name}: notebook failed ({str(error)[-500:]}); {len(missing)} results missing", flush=True)
         return False
+
+
+def run_notebook(notebook: Path, executed: Path, parameters: dict, cwd: Path = REPO / "notebooks",
+                 timeout_s: int | None = None) -> None:
+    """Execute `notebook` into `executed` with `parameters` through papermill, its kernel on IPC sockets in a
+    private temporary folder: no TCP port (ipykernel warns that unencrypted TCP may be eavesdropped on) and no file
+    in the working tree."""
+    import papermill
+    from jupyter_client.manager import AsyncKernelManager
+
+    with tempfile.TemporaryDirectory(prefix="attnlib-kernel-") as sockets:
+        class IpcKernelManager(AsyncKernelManager):
+            def __init__(self, **kwargs: Any):
+                super().__init__(**{**kwargs, "transport": "ipc", "ip": str(Path(sockets) / "kernel")})
+
+        papermill.execute_notebook(notebook, executed, parameters=parameters, kernel_name="python3",
+                                   progress_bar=False, cwd=str(cwd), execution_timeout=timeout_s,
+                                   kernel_manager_class=IpcKernelManager)
 
 
 def tidy_executed(notebook: Path) -> None:
@@ -230,22 +264,22 @@ def calibrate(results_dir: Path) -> None:
 
 def record_chunk(results_dir: Path, wall_s: float, jobs: list[str], since: str) -> dict:
     """Add one pipeline run (chunk) to `run.json`: the device, the chunk's wall time, jobs and measured windows'
-    time (`windows_s`: the windows of results written since `since`, a UTC ISO time), and the totals `gpu_minutes`
-    (the measuring runs' wall time) and `measured_fraction` (windows over it)."""
+    time (`windows_s`: the windows of results written since `since`, a UTC ISO time), and the totals `minutes` (the
+    measuring runs' wall time on the device: GPU minutes on a GPU) and `measured_fraction` (windows over it)."""
     from .provenance import device_name
 
     path = results_dir / "run.json"
-    record = json.loads(path.read_text()) if path.exists() else {"chunks": []}
+    record = read_run(results_dir) or {"chunks": []}
     if wall_s > 0 and jobs:
         windows_s = sum(r.measurement.wall_s for r in load_results(results_dir) if r.measurement is not None
                         and r.measurement.wall_s is not None and r.provenance is not None
                         and r.provenance.created >= since)
         record["chunks"].append({"wall_s": round(wall_s, 1), "windows_s": round(windows_s, 1), "jobs": jobs})
     record["device"] = device_name()[0]
-    gpu_s = sum(c["wall_s"] for c in record["chunks"])
-    record["gpu_minutes"] = round(gpu_s / 60, 2)
-    record["measured_fraction"] = (round(sum(c.get("windows_s", 0) for c in record["chunks"]) / gpu_s, 3)
-                                   if gpu_s and all("windows_s" in c for c in record["chunks"]) else None)
+    device_s = sum(c["wall_s"] for c in record["chunks"])
+    record["minutes"] = round(device_s / 60, 2)
+    record["measured_fraction"] = (round(sum(c.get("windows_s", 0) for c in record["chunks"]) / device_s, 3)
+                                   if device_s and all("windows_s" in c for c in record["chunks"]) else None)
     path.write_text(json.dumps(record, indent=1) + "\n")
     return record
 
@@ -297,22 +331,20 @@ def run(profile: Profile, variants: list[str], results_dir: Path, cache_dir: Pat
         print(f"[{index + 1}/{len(todo)}] {job.name}: {statuses.count('ok')}/{len(job.result_names())} ok "
               f"({time.monotonic() - job_start:.0f} s)", flush=True)
     record = record_chunk(results_dir, time.monotonic() - start, ran, since)
-    print(f"run.json: {record['gpu_minutes']} GPU minutes, measured fraction {record['measured_fraction']}", flush=True)
+    on_gpu = "cpu" not in record["device"].lower()
+    print(f"run.json: {record['minutes']} {'GPU ' if on_gpu else ''}minutes on {record['device']}, measured fraction "
+          f"{record['measured_fraction']}", flush=True)
     return left
 
 
 def report(results_dir: Path) -> None:
     """Execute `notebooks/aggregate.ipynb`: tables, figures and macros from every result of the folder, written
     under the folder's name (`paper/generated/<name>/`, `figures/<name>/`)."""
-    import papermill
-
     executed = results_dir / "notebooks" / "aggregate.ipynb"
     executed.parent.mkdir(parents=True, exist_ok=True)
     # relative to the notebook's folder: the executed copy is the same on every machine
     results = os.path.relpath(results_dir.resolve(), REPO / "notebooks")
-    papermill.execute_notebook(REPO / "notebooks" / "aggregate.ipynb", executed,
-                               parameters={"label": results_dir.name, "results_dir": results},
-                               kernel_name="python3", progress_bar=False, cwd=str(REPO / "notebooks"))
+    run_notebook(REPO / "notebooks" / "aggregate.ipynb", executed, {"label": results_dir.name, "results_dir": results})
     tidy_executed(executed)
 
 
@@ -337,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         profile = load_profile(args.profile, args.gpus)
         variants = (list(profile.variants) if args.variants == "all"
                     else [get_variant(v).name for v in args.variants.split(",")])
+        for variant in variants:  # one without a form on the profile's model family fails here, with the reason
+            profile.train_config(variant)
         if args.command == "run":
             attnlib_commit()  # a malformed $ATTNLIB_COMMIT fails here, not on every result
     except ValueError as error:

@@ -91,6 +91,11 @@ def register(spec: VariantSpec) -> VariantSpec:
     return spec
 
 
+def supported_variants(arch: str) -> list[str]:
+    """The variants with a form on model family `arch`, in table order."""
+    return [name for name, spec in VARIANTS.items() if arch not in spec.unsupported]
+
+
 def get_variant(name: str) -> VariantSpec:
     """The spec registered as `name`; `ValueError` listing the valid names otherwise."""
     try:

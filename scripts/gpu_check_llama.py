@@ -1,12 +1,12 @@
 """GPU check of every variant on the llama family, one job: correctness in bf16 and the kernel that really ran.
 
-Per variant (and for sdpa, each key/value head count: 32 MHA, 8 native, 1 MQA), a Llama-3.2-1B-shaped decoder cut to
+Per variant (the key/value head axis: sdpa at the native 8, mha at 32, mqa at 1), a Llama-3.2-1B-shaped decoder cut to
 `--layers` layers (width 2048, 32 query heads of 64, SwiGLU 8192, RoPE with llama3 scaling; a vocabulary of 32,768 so
 that the CPU reference stays small), forward + backward on 1 x 2048 tokens under bf16 autocast on CUDA, against an
 fp32 reference of the same weights on the CPU: relative error of the logits, cosine of the first layer's attention
 projection gradients (each projection its own block: a kernel that dropped one block's gradient fails that one),
-and the CUDA kernels of one profiled pass, named by family. `sdpa` is also held to transformers' own
-`LlamaForCausalLM` with its sdpa attention, on the GPU, same weights. Writes `llama_check.json` and `llama_check.md`.
+and the CUDA kernels of one profiled pass, named by family. `sdpa`, `mha` and `mqa` are also held to
+transformers' own `LlamaForCausalLM` with its sdpa attention, on the GPU, same weights. Writes `llama_check.json` and `llama_check.md`.
 
 usage: python scripts/gpu_check_llama.py --out results/gpu [--variants a,b] [--layers 2]
 """
@@ -27,17 +27,13 @@ from attnlib.provenance import attnlib_commit, library_versions
 from gpu_check_variants import KERNEL_FAMILIES, profile_kernels, relative_error  # the GPT-2 check's, beside this file
 
 SEQ_LEN, VOCAB = 2048, 32_768
+SAME_AS_TRANSFORMERS = ("sdpa", "mha", "mqa")  # Llama's own attention with sdpa's core: held to transformers' too
 
 
 def cases(variants: list[str]) -> list[tuple[str, dict]]:
-    """(variant, build overrides): every variant with a llama form, and sdpa at 32, 8 and 1 key/value heads."""
-    out = []
-    for name in variants:
-        if "llama" in attnlib.VARIANTS[name].unsupported:
-            continue
-        heads = [32, 8, 1] if name == "sdpa" else [8]
-        out += [(name, {"num_key_value_heads": h}) for h in heads]
-    return out
+    """(variant, build overrides): every variant with a llama form, at its own key/value head count (the native 8;
+    32 for mha, 1 for mqa)."""
+    return [(name, {}) for name in variants if "llama" not in attnlib.VARIANTS[name].unsupported]
 
 
 def forward_backward(model: torch.nn.Module, tokens: torch.Tensor, bf16: bool) -> torch.Tensor:
@@ -64,13 +60,14 @@ def check(name: str, overrides: dict, layers: int, tokens: torch.Tensor) -> dict
     model.cuda()
     logits = forward_backward(model, tokens.cuda(), bf16=True)
     grads = projection_grads(model)
-    row = {"variant": name, **overrides, "kernel_declared": attnlib.VARIANTS[name].kernel("cuda"),
+    row = {"variant": name, **overrides, "num_key_value_heads": model.config.num_key_value_heads,
+           "kernel_declared": attnlib.VARIANTS[name].kernel("cuda"),
            "attention_params_per_layer": attnlib.attention_parameters(model) // layers,
            "logits_rel_err_vs_fp32_same_weights": relative_error(logits, ref_logits),
            "grad_cosine_vs_fp32": {k: torch.nn.functional.cosine_similarity(grads[k], ref_grads[k], dim=0).item()
                                    for k in grads},
            "finite": bool(torch.isfinite(logits).all())}
-    if name == "sdpa":  # transformers' own attention on the same weights, on the GPU
+    if name in SAME_AS_TRANSFORMERS:  # transformers' own attention on the same weights, on the GPU
         theirs = transformers.LlamaForCausalLM(model.config).cuda().eval()
         theirs.load_state_dict(model.state_dict())
         theirs.set_attn_implementation("sdpa")

@@ -54,6 +54,32 @@ def test_exact_kernels_give_llamas_own_logits_and_gradients(variant: str, kv_hea
         torch.testing.assert_close(a.grad, b.grad, atol=2e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("variant, kv_heads", [("mha", 4), ("mqa", 1)])
+def test_the_key_value_head_axis_is_llamas_own_attention(variant: str, kv_heads: int) -> None:
+    """mha and mqa are Llama's own attention with one key/value head per query head or one in all: transformers'
+    logits and gradients on the same weights; at 1B, 1.336B and 1.206B parameters beside the native 1.236B."""
+    ours = tiny_llama(variant, num_key_value_heads={"mha": None, "mqa": 1}[variant])
+    assert ours.config.num_key_value_heads == kv_heads
+    with pytest.raises(ValueError, match="num_key_value_heads: .* got 2"):
+        tiny_llama(variant, num_key_value_heads=2)
+    theirs = LlamaForCausalLM(ours.config.__class__(**{**ours.config.to_dict(), "_attn_implementation": "sdpa"}))
+    theirs.load_state_dict(ours.state_dict())
+    ids = torch.randint(0, 101, (2, 32), generator=torch.Generator().manual_seed(1))
+    out_ours, out_theirs = ours(ids, labels=ids), theirs(ids, labels=ids)
+    torch.testing.assert_close(out_ours.logits, out_theirs.logits, atol=2e-5, rtol=1e-4)
+    out_ours.loss.backward()
+    out_theirs.loss.backward()
+    for (name, a), (_, b) in zip(ours.named_parameters(), theirs.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=2e-5, rtol=1e-4, msg=name)
+    with torch.device("meta"):
+        full = attnlib.build_model(variant, arch="llama", seq_len=2048)
+    expected = {"mha": 1_336_477_696, "mqa": 1_206_454_272}[variant]  # 16 layers x 2 x 2048 x 64 x (kv - 8) apart
+    assert sum(p.numel() for p in full.parameters()) == expected == 1_235_814_400 + 16 * 2 * 2048 * 64 * (
+        full.config.num_key_value_heads - 8)
+    with pytest.raises(NotImplementedError, match=f"{variant} on gpt2: .*gqa"):
+        attnlib.build_model(variant)
+
+
 @pytest.mark.parametrize("variant", ["sdpa", "sliding_window", "linear", "mla"])
 def test_llama_variants_are_causal_and_mix_tokens(variant: str) -> None:
     model = tiny_llama(variant, **({"window": 8} if variant == "sliding_window" else
@@ -218,3 +244,26 @@ def test_mla_on_the_1b_model_has_native_attentions_size_and_its_own_flops() -> N
     assert 0.9 <= ratio <= 1.1 and attnlib.attention_parameters(native) == 16 * 10_485_760
     area = 2048 * 2049 / 2  # queries and keys of 64 + 32 dims, values of 64, 32 heads, 16 layers
     assert training_flops_per_token(mla, 2048).attention_flops_per_token == 3.5 * 2 * area * 32 * (96 + 64) * 16 / 2048
+
+
+def test_the_llama_profiles_plan_every_variant_with_a_llama_form() -> None:
+    """The 1B study's training and long-context profiles: the exact kernels also eager (`extra_modes`), no job for
+    a variant without a llama form, every cell on the llama family with sdpa's native 8 key/value heads as the
+    reference."""
+    from attnlib.experiments.longcontext import LongContextConfig
+    from attnlib.experiments.trials import TrialsConfig
+    from attnlib.pipeline import load_profile, plan
+
+    training = load_profile("llama")
+    jobs = {j.variant: TrialsConfig(**j.config) for j in plan(training, list(training.variants))}
+    assert set(jobs) == set(attnlib.supported_variants("llama")) and not {"gqa", "lsh"} & set(jobs)
+    assert {v for v, c in jobs.items() if "eager" in c.modes} == set(EXACT)
+    assert all(c.modes[0] == "compile" and c.train.arch == "llama" and c.train.seq_len == 2048 for c in jobs.values())
+    reference = attnlib.build_config("sdpa", arch="llama", seq_len=2048)
+    assert reference.num_key_value_heads == 8 and jobs["mha"].reference == "sdpa"
+    long = load_profile("llama-longcontext")
+    config = LongContextConfig(**plan(long, ["mla"])[0].config)
+    assert config.paired_cells() == [(t, "compile") for t in (2048, 8192, 32768, 65536)] and config.seq_lens == []
+    assert config.cell_config(65536, "compile").activation_checkpointing and config.batch_size(65536) == 1
+    with pytest.raises(ValueError, match="lsh has no form on llama"):
+        long.train_config("lsh")

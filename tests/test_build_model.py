@@ -15,8 +15,10 @@ KERNEL_ONLY = ["sdpa", "flash", "cudnn", "flex", "sliding_window"]
 
 def test_registry_lists_every_variant_in_table_order() -> None:
     assert list(attnlib.VARIANTS) == [
-        "baseline", "sdpa", "flash", "cudnn", "flex", "gqa", "mla", "sliding_window", "linear", "lsh"
+        "baseline", "sdpa", "flash", "cudnn", "flex", "gqa", "mla", "sliding_window", "linear", "lsh", "mha", "mqa"
     ]
+    assert attnlib.supported_variants("gpt2") == list(attnlib.VARIANTS)[:10]
+    assert attnlib.supported_variants("llama") == [v for v in attnlib.VARIANTS if v not in ("gqa", "lsh")]
     for spec in attnlib.VARIANTS.values():
         assert spec.description and spec.kernel("cuda") and spec.kernel("cpu")
 

@@ -17,11 +17,13 @@ from attnlib.components import KINDS, TRAINING_KINDS
 from attnlib.experiments import components as components_family
 from attnlib.experiments.components import WHOLE, ComponentsConfig, run_components_job
 from attnlib.experiments.training import TrainConfig
-from attnlib.pipeline import load_profile, plan
-from attnlib.registry import VARIANTS
+from attnlib.pipeline import load_profile, plan, run_notebook
+from attnlib.registry import supported_variants
 from attnlib.measurement import Measurement
 from attnlib.report import build_report
 from attnlib.results import ComponentResult, Provenance, results_frame, write_result
+
+VARIANTS = supported_variants("gpt2")  # the profiles here are GPT-2 profiles
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_MODEL = dict(n_layer=2, n_embd=32, n_head=4)
@@ -105,19 +107,18 @@ def test_a_stopped_job_resumes_at_its_missing_windows(tmp_path, monkeypatch) -> 
 
 
 def test_profile_plans_one_components_job_per_variant() -> None:
-    jobs = plan(load_profile("components"), list(VARIANTS))
+    jobs = plan(load_profile("components"), VARIANTS)
     assert [j.family for j in jobs] == ["components"] * len(VARIANTS)
     sdpa = ComponentsConfig(**next(j for j in jobs if j.variant == "sdpa").config)
     assert sdpa.seq_lens == [512, 8192] and sdpa.trials >= 3 and sdpa.window_s >= 1
     assert {s.axis for s in sdpa.settings()} == {"base", "batch_size", "n_head", "n_embd"}
 
 
+@pytest.mark.slow
 def test_notebook_runs_a_tiny_grid(tmp_path) -> None:
-    import papermill
-
-    papermill.execute_notebook(REPO / "notebooks" / "components.ipynb", tmp_path / "components.ipynb",
-                               parameters={"variant": "mla", "out_dir": str(tmp_path / "raw")}, kernel_name="python3",
-                               progress_bar=False, cwd=str(REPO / "notebooks"))
+    run_notebook(REPO / "notebooks" / "components.ipynb",
+                 tmp_path / "components.ipynb",
+                 {"variant": "mla", "out_dir": str(tmp_path / "raw")})
     frame = results_frame(tmp_path)
     assert len(frame) == 2 * (2 * (len(KINDS) + 1) + len(TRAINING_KINDS) + 1) and (frame.status == "ok").all()
 

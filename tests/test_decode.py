@@ -7,14 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnlib import VARIANTS, build_model
+from attnlib import build_model, supported_variants
 from attnlib.decode import Decoder, cache_bytes_per_token, cache_kind, step_bytes_read
 from attnlib.model import causal_hidden_states
 
 TINY = dict(n_layer=2, n_embd=32, n_head=4, n_positions=32, vocab_size=97)
 PARAMS = {"gqa": dict(n_kv_head=2), "sliding_window": dict(window=5), "mla": dict(kv_lora_rank=8),
           "linear": dict(chunk_size=4)}
-DECODED = [v for v in VARIANTS if v != "lsh"]
+DECODED = [v for v in supported_variants("gpt2") if v != "lsh"]
 
 
 def tiny(variant: str) -> torch.nn.Module:

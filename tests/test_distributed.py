@@ -15,6 +15,7 @@ from attnlib.experiments.training import TrainConfig
 from attnlib.measurement import Measurement
 from attnlib.report import build_report
 from attnlib.results import DistributedResult, Provenance, results_frame, write_result
+from attnlib.pipeline import run_notebook
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_MODEL = dict(n_layer=2, n_embd=32, n_head=4)
@@ -49,6 +50,7 @@ def test_a_window_counts_its_steps_from_the_fastest_timed_one() -> None:
     assert _agreed_count(lambda: None, 0.0, None, timed_calls=1) == 1  # at least one step
 
 
+@pytest.mark.slow
 def test_torchrun_job_measures_every_cell_on_its_ranks(tmp_path) -> None:
     config = tiny_config("sdpa")
     results = launch(config, tmp_path / "raw", tmp_path / "cache")
@@ -67,6 +69,7 @@ def test_torchrun_job_measures_every_cell_on_its_ranks(tmp_path) -> None:
     assert set(results_frame(tmp_path).kind) == {"distributed"}
 
 
+@pytest.mark.slow
 def test_a_variant_without_a_distributed_form_is_recorded_unsupported(tmp_path) -> None:
     config = tiny_config("lsh", ddp_world_sizes=[2])
     results = launch(config, tmp_path / "raw", tmp_path / "cache")
@@ -146,14 +149,13 @@ def test_report_gives_scaling_efficiency_energy_per_token_and_the_sections_macro
     assert (tmp_path / "figures" / "distributed" / "distributed_scaling.pdf").exists()
 
 
+@pytest.mark.slow
 def test_notebook_runs_a_tiny_grid_on_two_cpu_ranks(tmp_path) -> None:
     """The family's notebook template, as papermill runs it for a job (here its tiny default: two gloo ranks)."""
-    import papermill
-
     out = tmp_path / "raw"
-    papermill.execute_notebook(REPO / "notebooks" / "distributed.ipynb", tmp_path / "distributed.ipynb",
-                               parameters={"variant": "linear", "out_dir": str(out), "cache_dir": str(tmp_path)},
-                               kernel_name="python3", progress_bar=False, cwd=str(REPO / "notebooks"))
+    run_notebook(REPO / "notebooks" / "distributed.ipynb",
+                 tmp_path / "distributed.ipynb",
+                 {"variant": "linear", "out_dir": str(out), "cache_dir": str(tmp_path)})
     frame = results_frame(tmp_path)
     assert len(frame) == 4 * 2 and (frame.status == "ok").all(), frame.error.tolist()
     assert set(frame.form.dropna()) == {"carried_state (contiguous)"}

@@ -309,7 +309,7 @@ def test_resume_skips_finished_and_redoes_broken(tmp_path, monkeypatch) -> None:
     assert pipeline.run(profile, ["sdpa"], tmp_path, tmp_path / "cache", force=True) == 0 and len(ran) == len(jobs)
     assert found == [0] * len(jobs)  # forced, a job starts from nothing (a resuming job would keep its windows)
     record = json.loads((tmp_path / "run.json").read_text())
-    assert len(record["chunks"]) == 3 and record["device"] == "cpu" and record["gpu_minutes"] >= 0
+    assert len(record["chunks"]) == 3 and record["device"] == "cpu" and record["minutes"] >= 0 and "gpu_minutes" not in record
 
 
 def test_a_run_never_mixes_devices_or_deletes_another_devices_results(tmp_path, capsys) -> None:
@@ -328,7 +328,8 @@ def test_a_run_never_mixes_devices_or_deletes_another_devices_results(tmp_path, 
 
 def test_max_minutes_stops_early_and_reports_what_is_left(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(pipeline, "execute", lambda job, *a: True)
-    assert pipeline.run(load_profile("smoke"), ["sdpa", "gqa"], tmp_path, tmp_path, max_minutes=0) == 1  # jobs left
+    jobs = pipeline.plan(load_profile("smoke"), ["sdpa", "gqa"])  # trials (quality inside) and recall, each
+    assert pipeline.run(load_profile("smoke"), ["sdpa", "gqa"], tmp_path, tmp_path, max_minutes=0) == len(jobs) - 1
 
 
 def test_stop_minutes_bounds_a_job_and_the_chunk_is_recorded(tmp_path, monkeypatch) -> None:
@@ -341,8 +342,9 @@ def test_stop_minutes_bounds_a_job_and_the_chunk_is_recorded(tmp_path, monkeypat
         return False
 
     monkeypatch.setattr(pipeline, "execute", stopped)
+    jobs = pipeline.plan(load_profile("smoke"), ["sdpa", "gqa"])
     assert pipeline.run(load_profile("smoke"), ["sdpa", "gqa"], tmp_path, tmp_path, max_minutes=0,
-                        stop_minutes=0.5) == 2
+                        stop_minutes=0.5) == len(jobs)  # the stopped job is left too
     chunk = json.loads((tmp_path / "run.json").read_text())["chunks"][0]
     assert len(timeouts) == 1 and 25 < timeouts[0] <= 30 and "stopped" in chunk["jobs"][0]
 

@@ -95,7 +95,7 @@ def test_sliding_window_reads_the_models_window_and_full_layers() -> None:
     assert isinstance(error, ValueError) and "sets no window" in str(error)
 
 
-@pytest.mark.parametrize("variant", list(attnlib.VARIANTS))
+@pytest.mark.parametrize("variant", attnlib.supported_variants("gpt2"))
 def test_attnlib_models_decode_with_their_cache_as_without_or_say_why(variant: str) -> None:
     """`generate` on attnlib's own GPT-2 with transformers' cache: the tokens of the cache-free run, or an error
     that names the variant (its own cache lives in attnlib.decode)."""

@@ -17,11 +17,13 @@ from attnlib.experiments import inference
 from attnlib.experiments.inference import InferenceConfig, run_inference_job
 from attnlib.experiments.training import TrainConfig
 from attnlib.flops import causal_attention_flops, decode_flops, matmul_parameters, prefill_flops
-from attnlib.pipeline import load_profile, plan
-from attnlib.registry import VARIANTS
+from attnlib.pipeline import load_profile, plan, run_notebook
+from attnlib.registry import supported_variants
 from attnlib.measurement import Measurement
 from attnlib.report import build_report
 from attnlib.results import InferenceResult, ModelInfo, Provenance, results_frame, write_result
+
+VARIANTS = supported_variants("gpt2")  # the profiles here are GPT-2 profiles
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_MODEL = dict(n_layer=2, n_embd=32, n_head=4)
@@ -145,7 +147,7 @@ def test_flops_of_prefill_and_decode() -> None:
 
 def test_profile_plans_one_inference_job_per_variant() -> None:
     profile = load_profile("inference")
-    jobs = plan(profile, list(VARIANTS))
+    jobs = plan(profile, VARIANTS)
     assert [j.family for j in jobs] == ["inference"] * len(VARIANTS)
     config = InferenceConfig(**jobs[0].config)
     assert config.prefill_lens == [512, 4096, 32768] and config.decode_batch_sizes == [1, 16, 64]
@@ -235,29 +237,27 @@ def test_inference_report_writes_tables_figures_and_the_sections_macros(tmp_path
         assert (tmp_path / "figures" / "inference" / f"{figure}.pdf").exists()
 
 
+@pytest.mark.slow
 def test_notebook_runs_a_tiny_grid(tmp_path) -> None:
     """The family's notebook template, as papermill runs it for a job (here its tiny CPU default)."""
-    import papermill
-
     out = tmp_path / "raw"
-    papermill.execute_notebook(REPO / "notebooks" / "inference.ipynb", tmp_path / "inference.ipynb",
-                               parameters={"variant": "sliding_window", "out_dir": str(out)}, kernel_name="python3",
-                               progress_bar=False, cwd=str(REPO / "notebooks"))
+    run_notebook(REPO / "notebooks" / "inference.ipynb",
+                 tmp_path / "inference.ipynb",
+                 {"variant": "sliding_window", "out_dir": str(out)})
     frame = results_frame(tmp_path)  # the folder whose raw/ holds the results
     assert len(frame) == 2 * 6 and (frame.status == "ok").all() and set(frame.phase) == {"prefill", "decode"}
 
 
+@pytest.mark.slow
 def test_notebook_runs_when_every_cell_is_unsupported(tmp_path) -> None:
     """lsh has no decode form and its prefill of these lengths is unsupported too: the notebook still ends (the
     pipeline reads a failed notebook as a job to redo)."""
-    import papermill
-
     config = InferenceConfig(train=TrainConfig(variant="lsh", model=TINY_MODEL), prefill_lens=[48],
                              prefill_batch_size=1, decode_batch_sizes=[1], decode_context_lens=[16], new_tokens=4,
                              decode_mode="eager", other_decode_cells={}, trials=1, window_s=0.05, warmup_reps=1,
                              idle_s=0.01).to_dict()
-    papermill.execute_notebook(REPO / "notebooks" / "inference.ipynb", tmp_path / "inference.ipynb",
-                               parameters={"variant": "lsh", "config": config, "out_dir": str(tmp_path / "raw")},
-                               kernel_name="python3", progress_bar=False, cwd=str(REPO / "notebooks"))
+    run_notebook(REPO / "notebooks" / "inference.ipynb",
+                 tmp_path / "inference.ipynb",
+                 {"variant": "lsh", "config": config, "out_dir": str(tmp_path / "raw")})
     frame = results_frame(tmp_path)
     assert len(frame) == 2 and set(frame.status) == {"unsupported"}

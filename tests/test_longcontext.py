@@ -17,11 +17,13 @@ from attnlib.experiments.longcontext import LongContextConfig, run_longcontext_j
 from attnlib.experiments.training import TrainConfig, Trainer
 from attnlib.flops import causal_attention_flops, layer_flops
 from attnlib.pipeline import load_profile, plan
-from attnlib.registry import VARIANTS
+from attnlib.registry import supported_variants
 from attnlib.report.longcontext import crossover_frame, crossover_length, layer_summary, sweep_summary
 from attnlib.measurement import Measurement
 from attnlib.report import build_report
 from attnlib.results import ModelInfo, Provenance, SweepResult, results_frame, write_result
+
+VARIANTS = supported_variants("gpt2")  # the profiles here are GPT-2 profiles
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_MODEL = dict(n_layer=2, n_embd=32, n_head=2)
@@ -130,7 +132,7 @@ def test_layer_flops_follow_the_training_convention() -> None:
 
 def test_profile_plans_one_long_context_job_per_variant() -> None:
     profile = load_profile("longcontext")
-    jobs = plan(profile, list(VARIANTS))
+    jobs = plan(profile, VARIANTS)
     assert [j.family for j in jobs] == ["longcontext"] * len(VARIANTS)
     config = LongContextConfig(**jobs[0].config)
     assert config.seq_lens == [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]
@@ -269,3 +271,30 @@ def test_long_context_report_writes_tables_figures_and_the_sections_macros(tmp_p
     assert table.count("not measured") == 4 * len(unmeasured)
     for figure in ("longcontext_energy", "longcontext_memory"):
         assert (tmp_path / "figures" / "longcontext" / f"{figure}.pdf").exists()
+
+
+def test_a_llama_grid_sizes_nothing_and_measures_its_attention_alone(tmp_path) -> None:
+    """The llama family in the long-context job: RoPE needs no position table, each layer is recomputed in backward
+    and the loss runs in chunks (as at 64K on the card), and the layer alone is Llama's attention with its RoPE."""
+    tiny = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=8, vocab_size=128_256)
+    train = TrainConfig(variant="sdpa", arch="llama", dataset="python-docs", model=tiny, activation_checkpointing=True,
+                        loss_chunk_tokens=40)
+    config = tiny_config(train=train, seq_lens=[32, 96], layer_passes=["forward_backward"], trials=1)
+    assert config.cell_config(96, "eager").model == tiny  # no n_positions: RoPE has no table to size
+    results = run_longcontext_job(config, tmp_path / "raw", tmp_path, progress=False)
+    assert len(results) == 4 and all(r.status == "ok" for r in results), [r.error for r in results]
+    sweeps = [r for r in results if isinstance(r, SweepResult)]
+    assert {r.data.tokenizer_name for r in sweeps} == {"llama3"}
+    assert all(r.config["train"]["activation_checkpointing"] and r.config["train"]["arch"] == "llama" for r in sweeps)
+    layer = [r for r in results if not isinstance(r, SweepResult) and r.seq_len == 96]
+    weights = 32 * 8 * (4 + 2 + 2) + 4 * 8 * 32  # q, k, v and o projections of one layer
+    assert layer[0].flops_per_call == layer_flops(
+        longcontext.get_arch("llama").attention_alone(attnlib_llama(tiny)), attnlib_llama(tiny).config, 96, 1, True)
+    assert layer[0].flops_per_call == 6.0 * weights * 96 + 3.5 * causal_attention_flops(attnlib_llama(tiny).config, 96)
+
+
+def attnlib_llama(overrides: dict) -> torch.nn.Module:
+    import attnlib
+
+    return attnlib.build_model("sdpa", arch="llama", seq_len=96, **overrides)

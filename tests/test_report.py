@@ -202,3 +202,24 @@ def test_every_macro_the_paper_uses_is_made_by_a_rule(results_dir, tmp_path) -> 
     rule_less = [n for n, v in macros.items() if v == "n/a" and not re.match(
         r"(Flash|Cudnn|Flex|Mla|SlidingWindow|Linear|Lsh|Gqa|Baseline|Sdpa)", n)]
     assert rule_less == [] and latex.used_macros((REPO / "paper" / "paper.tex").read_text())
+
+
+def test_a_folder_without_results_is_an_error_not_an_empty_table(tmp_path) -> None:
+    with pytest.raises(ValueError, match="does not exist"):
+        results_frame(tmp_path / "missing")
+    (tmp_path / "empty" / "raw").mkdir(parents=True)
+    with pytest.raises(ValueError, match="holds no results"):
+        results_frame(tmp_path / "empty")
+
+
+def test_the_exploration_notebook_opens_on_a_fresh_clone(tmp_path) -> None:
+    """explore.ipynb with its default parameters: the committed training table, read as a newcomer would."""
+    import json
+
+    from attnlib.pipeline import run_notebook
+
+    repo = Path(__file__).resolve().parent.parent
+    run_notebook(repo / "notebooks" / "explore.ipynb", tmp_path / "explore.ipynb", {})
+    cells = json.loads((tmp_path / "explore.ipynb").read_text())["cells"]
+    assert not [o for c in cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert "gqa" in "".join(str(o) for c in cells for o in c.get("outputs", []))

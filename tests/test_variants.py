@@ -14,7 +14,7 @@ from attnlib.variants import linear
 from attnlib.variants.linear import chunked_linear_attention, feature_map, naive_linear_attention
 from attnlib.variants.lsh import lsh_attention
 from attnlib.variants.sliding_window import sliding_window_mask_mod
-from conftest import SEQ_LEN, TINY, random_tokens, tiny_model
+from conftest import GPT2_VARIANTS, SEQ_LEN, TINY, random_tokens, tiny_model
 
 
 @torch.no_grad()
@@ -245,7 +245,7 @@ def test_bf16_forward(variant: str) -> None:
 
 def test_attention_parameter_counts() -> None:
     """At GPT-2 small width, gqa and mla have fewer attention parameters than baseline."""
-    counts = {name: attnlib.attention_parameters(attnlib.build_model(name, n_layer=1)) for name in attnlib.VARIANTS}
+    counts = {name: attnlib.attention_parameters(attnlib.build_model(name, n_layer=1)) for name in GPT2_VARIANTS}
     print("\nattention parameters per layer, GPT-2 small width:")
     for name, count in counts.items():
         print(f"  {name:15s} {count:>10,d}")
@@ -295,8 +295,8 @@ def test_baseline_core_matches_transformers_eager(padded: bool) -> None:
         torch.testing.assert_close(g, g_ref)
 
 
-@pytest.mark.parametrize("name", [n for n, s in attnlib.VARIANTS.items() if s.exact and s.attention_function
-                                  and n != "baseline"])
+@pytest.mark.parametrize("name", [n for n in GPT2_VARIANTS if attnlib.VARIANTS[n].exact
+                                  and attnlib.VARIANTS[n].attention_function and n != "baseline"])
 def test_exact_cores_match_baseline_gradients(name: str) -> None:
     """Gradients of the whole model, not only logits: each exact kernel core against materialised attention."""
     baseline, model = tiny_model("baseline").train(False), tiny_model(name)

@@ -1,6 +1,8 @@
 """The family registry: what a family is called, what it is, and the module that knows its anatomy.
 
 A family's module defines, for models `attnlib.build_model` built:
+- `family_config(spec, seq_len, **overrides)`: the family's config with variant `spec`'s attention, every argument
+  checked (`ValueError` naming the bad one);
 - `build_family(spec, seq_len, **overrides)`: a freshly initialised transformers causal LM of that family with the
   variant `spec`'s attention, every argument checked before a tensor is allocated;
 - `dims(config)`: its `Dims`, what FLOP counts read;
@@ -8,7 +10,11 @@ A family's module defines, for models `attnlib.build_model` built:
   self-attention, the family's own modules in its own order, with no attention mask built (`attnlib.model` says
   why), each layer one nested compile region (`shared_blocks`) and recomputed in backward (`checkpoint`,
   `layer_runner`);
-- `blocks(model)` and `attention_modules(model)`: its decoder layers and their attention modules.
+- `blocks(model)` and `attention_modules(model)`: its decoder layers and their attention modules;
+- `length_overrides(seq_len)` and `layer_overrides(layers)`: the config fields that set a model's positions to
+  `seq_len` (learned positions have a table to size) and its depth;
+- `attention_alone(model)`: layer 0's attention as a module of hidden states `[B, T, C]` -> `[B, T, C]`, holding
+  what the family passes it besides (positions, no mask), for measuring a layer alone.
 It is imported when first used, so that the GPT-2 family can live in `attnlib.model`, which imports this registry.
 """
 
@@ -56,6 +62,9 @@ class ArchSpec:
     def anatomy(self) -> ModuleType:
         return importlib.import_module(self.module)
 
+    def config(self, spec: Any, seq_len: int | None, **overrides: Any) -> Any:
+        return self.anatomy.family_config(spec, seq_len, **overrides)
+
     def build(self, spec: Any, seq_len: int | None, **overrides: Any) -> nn.Module:
         return self.anatomy.build_family(spec, seq_len, **overrides)
 
@@ -71,6 +80,15 @@ class ArchSpec:
 
     def attention_modules(self, model: nn.Module) -> list[nn.Module]:
         return self.anatomy.attention_modules(model)
+
+    def length_overrides(self, seq_len: int) -> dict[str, Any]:
+        return self.anatomy.length_overrides(seq_len)
+
+    def layer_overrides(self, layers: int) -> dict[str, Any]:
+        return self.anatomy.layer_overrides(layers)
+
+    def attention_alone(self, model: nn.Module) -> nn.Module:
+        return self.anatomy.attention_alone(model)
 
 
 ARCHS: dict[str, ArchSpec] = {a.name: a for a in (

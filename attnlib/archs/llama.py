@@ -5,7 +5,7 @@ model's own), SwiGLU MLP of 8192, RMSNorm, RoPE with theta 500,000 and llama3 sc
 and tied embeddings: 1,235,814,400 parameters. A variant plugs in as a transformers attention function, applied after
 the model's own projections and RoPE; its parameters are attributes of the config, as on GPT-2, with this family's
 values (`VariantSpec.arch_params["llama"]`) over the variant's defaults. The grouped-query axis is the model's own
-`num_key_value_heads` (32: MHA, 8: native, 1: MQA), not a variant.
+`num_key_value_heads`: 8 native (the exact cores' rows), 32 and 1 the `mha` and `mqa` variants.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ LLAMA_3_2_1B: dict[str, Any] = dict(
 _LLAMA_FIELDS = set(LlamaConfig().to_dict())
 
 
-def build_config(spec: VariantSpec, seq_len: int | None = None, **overrides: Any) -> LlamaConfig:
+def family_config(spec: VariantSpec, seq_len: int | None = None, **overrides: Any) -> LlamaConfig:
     """The LlamaConfig of `spec` on this family: Llama-3.2-1B's shape, `overrides` (LlamaConfig fields and the
     variant's parameters) on top; `ValueError` naming a bad parameter."""
     own = {**spec.params, **spec.arch_params.get(NAME, {})}
@@ -39,10 +39,12 @@ def build_config(spec: VariantSpec, seq_len: int | None = None, **overrides: Any
     if unknown:
         raise ValueError(f"{sorted(unknown)[0]}: neither a LlamaConfig field nor a parameter of variant "
                          f"{spec.name!r} (its parameters: {', '.join(own) or 'none'})")
-    fields = {k: v for k, v in overrides.items() if k in _LLAMA_FIELDS and k not in own}
-    config = LlamaConfig(**{**LLAMA_3_2_1B, **fields})
-    for name, value in {**own, **{k: v for k, v in overrides.items() if k in own}}.items():
-        setattr(config, name, value)
+    params = {**own, **{k: v for k, v in overrides.items() if k in own}}
+    fields = {k: v for k, v in {**overrides, **params}.items() if k in _LLAMA_FIELDS}  # a variant's own fields too
+    config = LlamaConfig(**{**LLAMA_3_2_1B, **fields})  # num_key_value_heads=None: one per query head
+    for name, value in params.items():
+        if name not in _LLAMA_FIELDS:
+            setattr(config, name, value)
     config.attnlib_variant, config.attnlib_arch = spec.name, NAME
     config._attn_implementation = spec.attn_implementation
     seq_len = config.max_position_embeddings if seq_len is None else seq_len
@@ -62,12 +64,12 @@ def build_config(spec: VariantSpec, seq_len: int | None = None, **overrides: Any
 
 def build_family(spec: VariantSpec, seq_len: int | None = None, **overrides: Any) -> LlamaForCausalLM:
     """A freshly initialised Llama-family model with `spec`'s attention: its attention function inside Llama's own
-    attention, or its module for this family (`VariantSpec.arch_modules`) in place of it; see `build_config`."""
+    attention, or its module for this family (`VariantSpec.arch_modules`) in place of it; see `family_config`."""
     module = spec.arch_modules.get(NAME)
     if spec.attention_function is None and module is None:
         raise NotImplementedError(f"{spec.name} on {NAME}: it replaces GPT-2's attention module, and has no form "
                                   "for this family")
-    config = build_config(spec, seq_len, **overrides)
+    config = family_config(spec, seq_len, **overrides)
     model = LlamaForCausalLM(config)
     if module is not None:
         for index, layer in enumerate(model.model.layers):
@@ -112,3 +114,29 @@ def blocks(model: LlamaForCausalLM) -> list[nn.Module]:
 
 def attention_modules(model: LlamaForCausalLM) -> list[nn.Module]:
     return [layer.self_attn for layer in model.model.layers]
+
+
+def length_overrides(seq_len: int) -> dict[str, Any]:
+    """Nothing to size: RoPE has no table (`max_position_embeddings` already covers 128K)."""
+    return {}
+
+
+def layer_overrides(layers: int) -> dict[str, Any]:
+    return {"num_hidden_layers": layers}
+
+
+class _AttentionAlone(nn.Module):
+    """Layer 0's attention on hidden states `[B, T, C]` with no mask and the fp32 RoPE tables of positions 0..T-1,
+    computed at each call as LlamaModel computes them once per forward pass for all its layers."""
+
+    def __init__(self, model: LlamaForCausalLM):
+        super().__init__()
+        self.attention, self.rotary = model.model.layers[0].self_attn, model.model.rotary_emb
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
+        rope = self.rotary(torch.empty(0, device=hidden.device), positions)  # fp32, as from fp32 embeddings
+        return self.attention(hidden, position_embeddings=rope, attention_mask=None)[0]
+
+
+attention_alone = _AttentionAlone

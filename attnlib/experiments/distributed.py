@@ -42,10 +42,9 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from ..data import prepare_data
 from ..flops import layer_flops
 from ..measurement.ranks import measure_ranks
-from ..model import build_model
+from ..model import attention_alone, build_model
 from ..parallel import RING_VARIANTS, install_context_parallel, ring_attention, ring_attention_error
 from ..results import DistributedResult, ModelInfo, Result, read_result
 from ._job import WindowedJob
@@ -221,10 +220,10 @@ class _Job(WindowedJob):
         trainer = self.trainers.get(world)
         if trainer is None:
             if self.rank == 0:  # the tokenised cache is written once, then read by the other ranks
-                prepare_data(c.train.dataset, seq_len, self.cache_dir, c.train.max_documents)
+                c.train.token_data(self.cache_dir, seq_len)
             if dist.is_initialized():
                 dist.barrier(group=self.groups[world])
-            data = prepare_data(c.train.dataset, seq_len, self.cache_dir, c.train.max_documents)
+            data = c.train.token_data(self.cache_dir, seq_len)
             trainer = Trainer(c.train, data, self.device, total_steps=10**6)
             if dist.is_initialized():
                 trainer.data_parallel(self.groups[world])
@@ -269,7 +268,7 @@ class _Job(WindowedJob):
             form = install_context_parallel(attention, config, self.rank, world, group)
             hidden, sharded = None, contextlib.nullcontext()
         with sharded:  # the ring's forward and backward both run inside its context
-            call = layer_call(attention, c.cp_batch_size, seq_len // world, config.n_embd, self.device,
+            call = layer_call(attention_alone(model), c.cp_batch_size, seq_len // world, config.n_embd, self.device,
                               backward=True, hidden=hidden)
             for _ in range(c.warmup_steps):
                 call()

@@ -30,7 +30,8 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..data import TokenData, prepare_data
+from ..archs import dims_of, get_arch
+from ..data import TokenData
 from ..flops import layer_flops
 from ..measurement import SteadyStateConfig
 from ..measurement.trials import round_orders
@@ -39,7 +40,7 @@ from ..results import LayerResult, ModelInfo, Result, SweepResult, finished_resu
 from ..results.schema import ROLES
 from ._job import WindowedJob
 from ._paired import REFERENCE, Pair, reference_setup
-from .training import TrainConfig, Trainer, check_finite, failure_status, frozen_gc, require_gpt2
+from .training import TrainConfig, Trainer, check_finite, failure_status, frozen_gc
 
 NOTEBOOK = "longcontext.ipynb"
 LAYER_PASSES = ("forward", "forward_backward")
@@ -71,7 +72,6 @@ class LongContextConfig:
     def __post_init__(self) -> None:
         if isinstance(self.train, dict):
             self.train = TrainConfig(**self.train)
-        require_gpt2(self.train, "longcontext")
         if isinstance(self.steady_state, dict):
             self.steady_state = SteadyStateConfig(**self.steady_state)
         for name in ("seq_lens", "fast_mode_seq_lens"):
@@ -113,9 +113,11 @@ class LongContextConfig:
         return [(t, p) for t in self.seq_lens for p in self.layer_passes]
 
     def cell_config(self, seq_len: int, mode: str) -> TrainConfig:
-        """The training setup of one cell: `n_positions = seq_len`, `batch_size(seq_len)` sequences per step."""
+        """The training setup of one cell: the model sized for `seq_len` (GPT-2's position table; nothing on RoPE
+        families), `batch_size(seq_len)` sequences per step."""
         return dataclasses.replace(self.train, mode=mode, seq_len=seq_len, batch_size=self.batch_size(seq_len),
-                                   grad_accum=1, model={**self.train.model, "n_positions": seq_len})
+                                   grad_accum=1, model={**self.train.model,
+                                                        **get_arch(self.train.arch).length_overrides(seq_len)})
 
     def result_names(self) -> list[str]:
         """The result files of the job (under raw/)."""
@@ -166,8 +168,7 @@ class _Job(WindowedJob):
 
     def data(self, seq_len: int) -> TokenData:
         if seq_len not in self._data:
-            t = self.config.train
-            self._data[seq_len] = prepare_data(t.dataset, seq_len, self.cache_dir, t.max_documents)
+            self._data[seq_len] = self.config.train.token_data(self.cache_dir, seq_len)
         return self._data[seq_len]
 
     # training cells ---------------------------------------------------------------------------------------------
@@ -263,13 +264,14 @@ class _Job(WindowedJob):
 
     # layer cells ------------------------------------------------------------------------------------------------
     def layer(self, seq_len: int) -> tuple[torch.nn.Module, Any]:
-        """The attention module of a one-layer model with `n_positions = seq_len` (kept on the host between
-        visits, like the training cells' trainers) and its config."""
+        """The attention layer alone (the family's `attention_alone`) of a one-layer model sized for `seq_len`
+        (kept on the host between visits, like the training cells' trainers) and its config."""
         if seq_len not in self._layers:
-            train = self.config.cell_config(seq_len, "eager")
+            train, arch = self.config.cell_config(seq_len, "eager"), get_arch(self.config.train.arch)
             torch.manual_seed(train.seed)
-            model = build_model(train.variant, seq_len=seq_len, **{**train.model, "n_layer": 1})
-            self._layers[seq_len] = (model.transformer.h[0].attn.train(), model.config)
+            model = build_model(train.variant, seq_len=seq_len, arch=arch.name,
+                                **{**train.model, **arch.layer_overrides(1)})
+            self._layers[seq_len] = (arch.attention_alone(model).train(), model.config)
         return self._layers[seq_len]
 
     def layer_visit(self, seq_len: int, layer_pass: str, trial: int) -> LayerResult:
@@ -284,7 +286,7 @@ class _Job(WindowedJob):
             attention, config = self.layer(seq_len)
             attention.to(self.device)
             backward = layer_pass == "forward_backward"
-            call = layer_call(attention, batch, seq_len, config.n_embd, self.device, backward)
+            call = layer_call(attention, batch, seq_len, dims_of(config).width, self.device, backward)
             flops_per_call = layer_flops(attention, config, seq_len, batch, backward)
             for _ in range(c.layer_warmup_calls):
                 call()
@@ -309,8 +311,9 @@ class _Job(WindowedJob):
 
 def layer_call(attention: torch.nn.Module, batch: int, seq_len: int, width: int, device: torch.device,
                backward: bool, hidden: torch.Tensor | None = None) -> Callable[[], None]:
-    """One call of an attention layer on fixed random hidden states `[batch, seq_len, width]` (or on `hidden`), under
-    the same autocast as training; with `backward`, the backward pass into the input and the weights too."""
+    """One call of an attention layer alone (`attention`: hidden states `[B, T, C]` -> `[B, T, C]`, the family's
+    `attention_alone`) on fixed random hidden states `[batch, seq_len, width]` (or on `hidden`), under the same
+    autocast as training; with `backward`, the backward pass into the input and the weights too."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if hidden is None:
         hidden = torch.randn(batch, seq_len, width, device=device, dtype=dtype)
@@ -323,7 +326,7 @@ def layer_call(attention: torch.nn.Module, batch: int, seq_len: int, width: int,
                 with torch.no_grad():
                     attention(hidden)
                 return
-            out = attention(hidden)[0]
+            out = attention(hidden)
         out.backward(grad)
         attention.zero_grad(set_to_none=True)
         hidden.grad = None

@@ -16,8 +16,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..archs import get_arch
-from ..data import TokenData, prepare_data
+from ..data import TokenData
 from ..measurement import IdleBaseline, measure, measure_idle
 from ..provenance import provenance
 from ..results import ModelInfo, Provenance, QualityResult, finished_result, write_result
@@ -58,7 +57,7 @@ class QualityConfig:
 def run_quality_job(config: QualityConfig, out_dir: Path, cache_dir: Path, progress: bool = True) -> list[QualityResult]:
     """One quality run per seed of `config.train.variant`; writes `<variant>__quality__seed<s>.json` files."""
     device, train = default_device(), config.train
-    data = prepare_data(train.dataset, train.seq_len, cache_dir, train.max_documents, get_arch(train.arch).tokenizer)
+    data = train.token_data(cache_dir)
     idle = measure_idle(config.idle_s) if device.type == "cuda" else None
     return quality_runs(config, data, device, idle, Provenance(**provenance()), Path(out_dir), progress)
 
@@ -85,18 +84,25 @@ def quality_runs(config: QualityConfig, data: TokenData, device: torch.device, i
                 trainer = Trainer(dataclasses.replace(train, seed=seed), data, device, total_steps=config.steps)
                 check_finite(trainer.step(), "at the unmeasured first step")
             trainer.restart(seed, config.steps)
-            curve = [{"tokens": 0, "train_loss": None, "val_loss": trainer.evaluate(config.eval_batches)}]
+            curve = [{"tokens": 0, "train_loss": None, "gpu_j": 0.0 if device.type == "cuda" else None,
+                      "val_loss": trainer.evaluate(config.eval_batches)}]
             tokens = config.steps * train.tokens_per_step
             name = f"{train.variant}/{train.mode}/quality/seed{seed}"
+            eval_j = 0.0  # GPU energy of the evaluations inside the window, kept out of the curve's training energy
             with frozen_gc(), measure(name, tokens=tokens, idle=idle,
                                       flops=tokens * trainer.flops.training_flops_per_token) as window:
                 bar = tqdm(range(config.steps), desc=f"{train.variant} seed {seed}", disable=not progress)
                 for step in bar:
                     loss = trainer.step()
                     if (step + 1) % eval_every == 0 or step + 1 == config.steps:
+                        before = window.gpu_j_so_far()
+                        val_loss = trainer.evaluate(config.eval_batches)
+                        after = window.gpu_j_so_far()
                         curve.append({"tokens": (step + 1) * train.tokens_per_step,
                                       "train_loss": check_finite(loss, f"at step {step + 1}"),
-                                      "val_loss": trainer.evaluate(config.eval_batches)})
+                                      "gpu_j": None if before is None else before - eval_j,  # training's alone
+                                      "val_loss": val_loss})
+                        eval_j += 0.0 if after is None or before is None else after - before
                         bar.set_postfix(val=f"{curve[-1]['val_loss']:.3f}")
             result = QualityResult(**common, model=ModelInfo(**trainer.describe()), measurement=window.result,
                                    steps=config.steps, val_loss=curve[-1]["val_loss"], loss_curve=curve,

@@ -22,6 +22,7 @@ import functools
 import gc
 import math
 import time
+from pathlib import Path
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -29,7 +30,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 
-from ..data import IGNORE_INDEX, TokenData
+from ..data import IGNORE_INDEX, TokenData, prepare_data
 from ..flops import training_flops_per_token
 from ..archs import get_arch
 from ..model import attention_parameters, build_model
@@ -86,6 +87,11 @@ class TrainConfig:
     @property
     def tokens_per_step(self) -> int:
         return self.batch_size * self.grad_accum * self.seq_len
+
+    def token_data(self, cache_dir: Path, seq_len: int | None = None) -> TokenData:
+        """The setup's dataset in blocks of `seq_len` (default its own) in its model family's tokens."""
+        return prepare_data(self.dataset, seq_len or self.seq_len, cache_dir, self.max_documents,
+                            get_arch(self.arch).tokenizer)
 
 
 def causal_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn.Module) -> torch.Tensor:

@@ -30,8 +30,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..archs import get_arch
-from ..data import TokenData, prepare_data
+from ..data import TokenData
 from ..measurement import IdleBaseline, SteadyStateConfig, measure, measure_idle
 from ..measurement.codecarbon_estimate import CodeCarbonTracker
 from ..measurement.trials import round_orders
@@ -182,8 +181,7 @@ def run_trials_job(config: TrialsConfig, out_dir: Path, cache_dir: Path, progres
     has them); writes one JSON result per window (and seed) into `out_dir`."""
     device = default_device()
     origin = Provenance(**provenance())
-    data = prepare_data(config.train.dataset, config.train.seq_len, cache_dir, config.train.max_documents,
-                        get_arch(config.train.arch).tokenizer)
+    data = config.train.token_data(cache_dir)
     idle = measure_idle(config.idle_s) if device.type == "cuda" else None
     order = round_orders(config.modes, 1, config.order_seed)[0]
     codecarbon = CodeCarbonTracker("USA")  # one tracker for the job, one task per window: its start-up costs ~2 s

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -36,12 +37,17 @@ class Calibration:
 def calibrate_peak(size: int = 8192, seconds: float = 10.0, dtype: torch.dtype = torch.bfloat16) -> Calibration:
     """Time `size`^3 matrix products for about `seconds` in one measurement window (after a warm-up).
 
-    On a machine without CUDA this runs float32 products on the CPU, and the energy figures are None.
+    On a machine without CUDA this runs float32 products of at most 2048^2 on the CPU, says so, and the energy
+    figures are None.
     """
     if size < 1 or seconds <= 0:
         raise ValueError(f"size and seconds must be positive, got {size}, {seconds}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = dtype if device == "cuda" else torch.float32
+    if device == "cpu":
+        size = min(size, 2048)
+        print(f"calibrate_peak: no CUDA device; timing float32 {size}^2 products on the CPU for about {seconds:g} s "
+              "(no energy figures)", file=sys.stderr, flush=True)
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))  # random: zeros run faster
     out = torch.empty(size, size, device=device, dtype=dtype)
     flops_per_product = 2.0 * size**3

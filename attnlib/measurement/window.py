@@ -228,6 +228,12 @@ class measure:  # noqa: N801  (used as a function-like context manager, like tor
         r = self.result
         r.tokens, r.flops = (r.tokens or 0) + tokens, (r.flops or 0.0) + flops
 
+    def gpu_j_so_far(self) -> float | None:
+        """GPU energy (J, gross) from the window's start to now, read from the counter after a synchronisation: a
+        point on a curve inside one window (energy to reach a loss). None without an energy counter."""
+        _synchronize()
+        return energy_between(self._energy_start, self._gpus.energy_mj())[0] if self._gpus.available else None
+
     @property
     def power_now_w(self) -> float | None:
         """The latest sampled GPU power while the window is open (for progress bars); None without a GPU."""
@@ -370,6 +376,8 @@ def measure_idle(seconds: float = 5.0, **kwargs: Any) -> IdleBaseline:
     tens of watts). Pass it to later windows (`measure(..., idle=baseline)`) for net energy."""
     if not seconds > 0:
         raise ValueError(f"seconds: must be > 0, got {seconds!r}")
+    if kwargs.get("gpus") is None and not torch.cuda.is_available():  # no GPU: no idle GPU power to wait for
+        return IdleBaseline(None, "no CUDA device: no GPU idle power to measure", 0.0)
     if torch.cuda.is_available():
         torch.zeros(1, device="cuda")  # make sure the context exists
     with measure("idle", codecarbon=False, **kwargs) as window:

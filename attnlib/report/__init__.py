@@ -5,21 +5,20 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from ..provenance import LIBRARIES
-from ..registry import VARIANTS
-from ..results import results_frame
+from ..results import read_run, results_frame
 from . import figures, latex
-from .frames import load_calibrations, summary_frame
+from .frames import family_variants, load_calibrations, summary_frame
 from .components import build_components_report
 from .distributed import build_distributed_report
 from .inference import build_inference_report
 from .longcontext import build_longcontext_report
+from .quality import build_quality_report, write_quality_outputs
 from .prior import prior_macros, prior_table
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -33,7 +32,7 @@ def run_facts(frame: pd.DataFrame, summary: pd.DataFrame, calibrations: dict[str
     with_data = frame[frame["dataset"].notna()] if "dataset" in frame else frame.iloc[:0]
     first = (with_data if len(with_data) else frame).iloc[0]  # a failed job's result may carry no data info
     versions = first.get("versions") or {}
-    run = json.loads((results_dir / "run.json").read_text()) if (results_dir / "run.json").exists() else {}
+    run = read_run(results_dir)
     cards = list(calibrations.values())
     facts = {
         "profile": profile, "device": first.device, "num_variants": summary.variant.nunique(),
@@ -55,7 +54,7 @@ def run_facts(frame: pd.DataFrame, summary: pd.DataFrame, calibrations: dict[str
         # the commits the table's measurements ran at (its paired windows'; else every result's)
         "attnlib_commit": ", ".join(sorted({str(c)[:12] for c in (paired if len(paired) else frame)
                                             .get("attnlib_commit", pd.Series(dtype=object)).dropna()})) or "n/a",
-        "gpu_minutes": latex.fmt(run.get("gpu_minutes"), ".1f"),
+        "gpu_minutes": latex.fmt(run.get("minutes"), ".1f"),
         "measured_fraction_pct": latex.fmt(run.get("measured_fraction"), ".0f", 100),
         "calibrated_tflops": latex.fmt(sum(c["tflops"] for c in cards) / len(cards) if cards else None, ".0f"),
         "floor_pj_per_flop": latex.fmt(sum(c["pj_per_flop"] for c in cards) / len(cards) if cards and
@@ -87,9 +86,7 @@ def run_facts(frame: pd.DataFrame, summary: pd.DataFrame, calibrations: dict[str
 
 def build_report(results_dir: Path, profile: str, figures_dir: Path, paper_dir: Path) -> pd.DataFrame:
     """Everything the paper needs from one results folder: summary.csv, LaTeX tables, macros, figures."""
-    frame = results_frame(results_dir)
-    if frame.empty:
-        raise ValueError(f"results_dir: no results under {results_dir}/raw; run the pipeline first")
+    frame = results_frame(results_dir)  # ValueError for a folder without results
     devices = sorted(set(frame.device.dropna()))
     if len(devices) > 1:  # one table, one kind of card: timings from different devices are not comparable
         raise ValueError(f"results_dir: {results_dir}/raw mixes devices {devices}; report each in its own folder")
@@ -100,18 +97,22 @@ def build_report(results_dir: Path, profile: str, figures_dir: Path, paper_dir: 
         return build_inference_report(frame, calibrations, Path(results_dir), profile, figures_dir, paper_dir)
     if (frame.kind == "component").any():  # a components folder: its own tables, figures and macros
         return build_components_report(frame, calibrations, Path(results_dir), profile, figures_dir, paper_dir)
+    if not (frame.kind == "trial").any() and frame.kind.isin(["quality", "recall"]).any():  # a quality folder
+        return build_quality_report(frame, Path(results_dir), profile, figures_dir, paper_dir)
     if (frame.kind == "distributed").any():  # a distributed folder: its own table, figure and macros
         return build_distributed_report(frame, calibrations, Path(results_dir), profile, figures_dir, paper_dir)
-    summary = summary_frame(frame, calibrations, list(VARIANTS))
+    summary = summary_frame(frame, calibrations, family_variants(frame))
     generated = paper_dir / "generated" / profile
     generated.mkdir(parents=True, exist_ok=True)
     summary.to_csv(results_dir / "summary.csv", index=False)
     summary.to_csv(generated / "summary.csv", index=False)
     (generated / "summary.tex").write_text(latex.summary_table(summary))
+    (generated / "verdicts.md").write_text(latex.verdict_markdown(summary))  # the README's headline table
     (generated / "prior_comparison.tex").write_text(prior_table(summary))
     macros = {**latex.run_macros(run_facts(frame, summary, calibrations, results_dir, profile)),
               **latex.row_macros(summary), **latex.mode_macros(summary), **latex.quality_macros(summary),
               **prior_macros()}
     figures.all_figures(summary, frame, figures_dir / profile)
+    write_quality_outputs(frame[frame.kind == "recall"], Path(results_dir), generated, figures_dir / profile)
     latex.write_macros(macros, paper_dir / "paper.tex", generated / "macros.tex", skip=latex.SECTION_MACRO_PREFIXES)
     return summary

@@ -5,7 +5,6 @@ coverage table, two figures and the section's macros."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -14,9 +13,10 @@ import pandas as pd
 from ..components import KINDS
 from ..experiments.components import WHOLE
 from ..registry import VARIANTS
+from ..results import read_run
 from . import latex
 from .figures import _empty, _save
-from .frames import aggregate, with_calibration
+from .frames import family_variants, aggregate, with_calibration
 
 MODEL_KEYS = ["variant", "setting", "seq_len", "batch_size", "n_head", "n_embd", "phase"]
 KEYS = [*MODEL_KEYS, "component"]
@@ -163,9 +163,9 @@ def sensitivity_text(rows: pd.DataFrame) -> str:
 
 
 def not_measured(coverage: pd.DataFrame) -> list[str]:
-    """The registered variants with no model in these results."""
+    """The variants of these results' model families with no model in these results."""
     measured = set(coverage.variant) if len(coverage) else set()
-    return [v for v in VARIANTS if v not in measured]
+    return [v for v in family_variants(coverage) if v not in measured]
 
 
 def excess_text(coverage: pd.DataFrame, tolerance: float = 0.03) -> str:
@@ -301,7 +301,7 @@ def build_components_report(frame: pd.DataFrame, calibrations: dict[str, dict], 
     out = figures_dir / label
     share_bars(summary, out)
     floor_bars(summary, out, lengths[0])
-    run = json.loads((results_dir / "run.json").read_text()) if (results_dir / "run.json").exists() else {}
+    run = read_run(results_dir)
     base = coverage[coverage.setting == "base"] if len(coverage) else coverage
     macros = {
         "ComponentsDevice": frame.device.dropna().iloc[0] if frame.device.notna().any() else "n/a",
@@ -318,7 +318,7 @@ def build_components_report(frame: pd.DataFrame, calibrations: dict[str, dict], 
         "ComponentsSensitivity": sensitivity_text(sensitivity),
         "ComponentsNotMeasured": latex.no_results_sentence(
             not_measured(coverage), "this run") or "Every variant was measured.",
-        "ComponentsGpuMinutes": latex.fmt(run.get("gpu_minutes"), ".1f"),
+        "ComponentsGpuMinutes": latex.fmt(run.get("minutes"), ".1f"),
         "ComponentsMeasuredFractionPct": latex.fmt(run.get("measured_fraction"), ".0f", 100),
     }
     latex.write_macros(macros, paper_dir / "components.tex", generated / "macros.tex", also=paper_dir / "paper.tex")

@@ -8,12 +8,12 @@ summed): what communication and waiting add, including the idle power of a card 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from ..results import read_run
 from . import latex
 from .figures import GIB, _empty, _save, series_color
 from .frames import TRIAL_QUANTITIES, aggregate, compare, with_calibration
@@ -102,7 +102,7 @@ def build_distributed_report(frame: pd.DataFrame, calibrations: dict[str, dict],
     scaling_figure(summary, figures_dir / label)
     windows = frame[frame.kind == "distributed"]
     config = windows.iloc[0].config if len(windows) else {}
-    run = json.loads((results_dir / "run.json").read_text()) if (results_dir / "run.json").exists() else {}
+    run = read_run(results_dir)
     sizes = sorted(summary.world_size.unique()) if len(summary) else []
     macros = {
         "DistributedDevice": frame.device.dropna().iloc[0] if frame.device.notna().any() else "n/a",
@@ -111,7 +111,7 @@ def build_distributed_report(frame: pd.DataFrame, calibrations: dict[str, dict],
         "DistributedTrials": str(config.get("trials", "n/a")),
         "DistributedWindowS": str(config.get("window_s", "n/a")),
         "DistributedScaling": scaling_text(summary),
-        "DistributedGpuMinutes": latex.fmt(run.get("gpu_minutes"), ".1f"),
+        "DistributedGpuMinutes": latex.fmt(run.get("minutes"), ".1f"),
     }
     latex.write_macros(macros, paper_dir / "distributed.tex", generated / "macros.tex", also=paper_dir / "paper.tex")
     return summary

@@ -18,6 +18,14 @@ from pathlib import Path
 import pandas as pd
 
 from ..measurement.stats import paired_ratio, summarize
+from ..registry import VARIANTS
+
+
+def family_variants(frame: pd.DataFrame) -> list[str]:
+    """The registered variants with a form on the model families of `frame`'s results, in table order (GPT-2 for
+    results that predate the family axis): the rows a table of these results owes its reader."""
+    archs = set(frame["arch"].dropna()) if "arch" in frame and len(frame) else set()
+    return [v for v, spec in VARIANTS.items() if any(a not in spec.unsupported for a in archs or {"gpt2"})]
 
 # per-window quantities summarised as mean / ci95 / cv
 TRIAL_QUANTITIES = ("tokens_per_s", "gpu_j_per_token", "gpu_j_per_token_net", "gpu_power_mean_w", "tflops", "mfu",

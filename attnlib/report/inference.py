@@ -7,7 +7,6 @@ results folder's calibration like the GEMM floor)."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -16,9 +15,10 @@ import pandas as pd
 
 from ..decode import KV_VARIANTS
 from ..registry import VARIANTS
+from ..results import read_run
 from . import latex
 from .figures import _empty, _save, series_color
-from .frames import TRIAL_QUANTITIES, Comparison, aggregate, compare, with_calibration
+from .frames import family_variants, TRIAL_QUANTITIES, Comparison, aggregate, compare, with_calibration
 
 KEYS = ["variant", "mode", "phase", "batch_size", "context_len"]
 REFERENCE = "sdpa"
@@ -214,9 +214,9 @@ def decode_savings_brief(summary: pd.DataFrame, mode: str, batch: int, context: 
 
 
 def not_measured(summary: pd.DataFrame) -> list[str]:
-    """The registered variants with no cell in these results."""
+    """The variants of these results' model families with no cell in these results."""
     measured = set(summary.variant) if len(summary) else set()
-    return [v for v in VARIANTS if v not in measured]
+    return [v for v in family_variants(summary) if v not in measured]
 
 
 # exact variants whose decode step is the same code (one SDPA call of the single query over a full KV cache)
@@ -255,7 +255,7 @@ def build_inference_report(frame: pd.DataFrame, calibrations: dict[str, dict], r
     decode_energy_vs_batch(summary, out, contexts[0], mode)
     decode_latency_vs_context(summary, out, mode)
     cache_bytes(summary, out, config.get("prefill_lens", [512])[0])
-    run = json.loads((results_dir / "run.json").read_text()) if (results_dir / "run.json").exists() else {}
+    run = read_run(results_dir)
     longcontext = results_dir.parent / "longcontext" / "summary.csv"
     training = pd.read_csv(longcontext) if longcontext.exists() else None
     reference = _cell(summary, REFERENCE, mode, "decode", batches[0], contexts[0])
@@ -284,7 +284,7 @@ def build_inference_report(frame: pd.DataFrame, calibrations: dict[str, dict], r
         "InferenceSameDecode": ", ".join(v.replace("_", r"\_") for v in SAME_DECODE),
         "InferenceSameDecodeSpreadPct": latex.fmt(spread, ".0f", 100),
         "InferenceSameDecodeMeasured": str(spread_variants),
-        "InferenceGpuMinutes": latex.fmt(run.get("gpu_minutes"), ".1f"),
+        "InferenceGpuMinutes": latex.fmt(run.get("minutes"), ".1f"),
         "InferenceMeasuredFractionPct": latex.fmt(run.get("measured_fraction"), ".0f", 100),
     }
     latex.write_macros(macros, paper_dir / "inference.tex", generated / "macros.tex", also=paper_dir / "paper.tex")

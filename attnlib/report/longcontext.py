@@ -5,17 +5,16 @@ cells' intervals."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pandas as pd
 
+from ..results import read_run
 from . import figures, latex
-from ..registry import VARIANTS
 from .figures import GIB
 from ..experiments._paired import REFERENCE
-from .frames import TRIAL_QUANTITIES, aggregate, paired_frame, verdicts, with_calibration
+from .frames import TRIAL_QUANTITIES, family_variants, aggregate, paired_frame, verdicts, with_calibration
 
 # quantity -> whether lower is better; peak memory has no interval (one maximum per cell)
 CROSSOVER_QUANTITIES = {"gpu_j_per_token": True, "tokens_per_s": False, "peak_mem_bytes": True}
@@ -206,8 +205,8 @@ def build_longcontext_report(frame: pd.DataFrame, calibrations: dict[str, dict],
     paired_windows = sweeps[sweeps.role.notna()] if "role" in sweeps else sweeps.iloc[:0]
     config = (paired_windows if len(paired_windows) else sweeps).iloc[0].config if len(sweeps) else {}
     fast_mode = config.get("fast_mode") or "graph"
-    fast = crossover_frame(sweep, mode=fast_mode, expected=list(VARIANTS))
-    eager = crossover_frame(sweep, mode="eager", expected=list(VARIANTS))
+    fast = crossover_frame(sweep, mode=fast_mode, expected=family_variants(frame))
+    eager = crossover_frame(sweep, mode="eager", expected=family_variants(frame))
     generated = paper_dir / "generated" / label
     generated.mkdir(parents=True, exist_ok=True)
     for name, table in (("summary", sweep), ("layer_summary", layers), ("crossover", fast), ("crossover_eager", eager)):
@@ -219,7 +218,7 @@ def build_longcontext_report(frame: pd.DataFrame, calibrations: dict[str, dict],
                                                              eager_lengths[-1] if eager_lengths else 0))
     figures.energy_vs_seq_len(sweep, figures_dir / label)
     figures.memory_vs_seq_len(sweep, figures_dir / label)
-    run = json.loads((results_dir / "run.json").read_text()) if (results_dir / "run.json").exists() else {}
+    run = read_run(results_dir)
     paired = sweep[sweep.protocol == "paired"] if len(sweep) else sweep
     control = paired[paired.variant == REFERENCE] if len(paired) else paired
     bounds = control.gpu_j_per_token_aa_bound.dropna() if len(control) else pd.Series(dtype=float)
@@ -243,7 +242,7 @@ def build_longcontext_report(frame: pd.DataFrame, calibrations: dict[str, dict],
                                   else "no variant yet: no paired cell is measured"),
         "LongContextEagerCrossovers": (crossovers_brief(eager, eager_lengths[-1]) if len(eager) and eager_lengths
                                        else "n/a"),
-        "LongContextGpuMinutes": latex.fmt(run.get("gpu_minutes"), ".1f"),
+        "LongContextGpuMinutes": latex.fmt(run.get("minutes"), ".1f"),
         "LongContextMeasuredFractionPct": latex.fmt(run.get("measured_fraction"), ".0f", 100),
     }
     latex.write_macros(macros, paper_dir / "longcontext.tex", generated / "macros.tex", also=paper_dir / "paper.tex")

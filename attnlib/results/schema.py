@@ -105,13 +105,15 @@ class TrialResult(PairedWindow, Result):
 @dataclass(kw_only=True)
 class QualityResult(Result):
     """Training from scratch on a fixed token budget, validation loss along the way (`attnlib.experiments.quality`).
-    The window covers training and the evaluations."""
+    The window covers training and the evaluations; the curve's energy, training alone."""
 
     kind: ClassVar[str] = "quality"
     seed: int
     steps: int | None = None
     val_loss: float | None = None
-    loss_curve: list[dict[str, float | None]] = field(default_factory=list)  # tokens, train_loss, val_loss
+    # tokens, train_loss, val_loss, and gpu_j: the GPU energy of training up to that point (J, gross; the
+    # evaluations' own energy left out; None without a counter, absent in results written before it existed)
+    loss_curve: list[dict[str, float | None]] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)
@@ -217,6 +219,21 @@ class DistributedResult(Result):
     ranks: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass(kw_only=True)
+class RecallResult(Result):
+    """One MQAR run (`attnlib.experiments.recall`): `steps` optimiser steps from fresh weights on the cell's
+    sequences of `seq_len` tokens with `kv_pairs` key-value pairs, in one window (its energy: the run's), then the
+    share of the test sequences' queries answered right."""
+
+    kind: ClassVar[str] = "recall"
+    seq_len: int
+    kv_pairs: int
+    seed: int
+    steps: int | None = None
+    train_loss: float | None = None  # the last step's
+    accuracy: float | None = None
+
+
 RESULT_KINDS: dict[str, type[Result]] = {cls.kind: cls for cls in (TrialResult, QualityResult, SweepResult,
                                                                    LayerResult, InferenceResult, ComponentResult,
-                                                                   DistributedResult)}
+                                                                   DistributedResult, RecallResult)}

@@ -87,6 +87,25 @@ def is_complete(path: Path) -> bool:
     return finished_result(path) is not None
 
 
+def read_run(results_dir: Path) -> dict[str, Any]:
+    """A results folder's `run.json` (`{}` without one): its device, chunks, `minutes` of device time (on a GPU,
+    GPU minutes; `gpu_minutes` in files written before the key was renamed) and measured fraction."""
+    path = Path(results_dir) / "run.json"
+    run = json.loads(path.read_text()) if path.exists() else {}
+    if "gpu_minutes" in run:
+        run["minutes"] = run.pop("gpu_minutes")
+    return run
+
+
+def newest_result_epoch(results_dir: Path) -> int:
+    """Unix time of the newest result's creation in `results_dir` (0 without results): the date a document built
+    from them carries, the same on every rebuild."""
+    import datetime
+
+    created = [r.provenance.created for r in load_results(results_dir) if r.provenance is not None]
+    return int(datetime.datetime.fromisoformat(max(created)).timestamp()) if created else 0
+
+
 def load_results(results_dir: Path) -> list[Result]:
     return [read_result(p) for p in sorted(Path(results_dir).glob("raw/*.json"))]
 
@@ -111,7 +130,13 @@ def flatten(obj: Any) -> dict[str, Any]:
 
 
 def results_frame(results: list[Result] | Path) -> pd.DataFrame:
-    """Every result as one row (`kind` + flattened fields); a folder is read with `load_results`."""
+    """Every result as one row (`kind` + flattened fields); a folder is read with `load_results`, and one without
+    results (missing, or nothing under raw/) is a `ValueError` that says so instead of an empty table."""
     if not isinstance(results, list):
-        results = load_results(results)
+        folder = Path(results)
+        results = load_results(folder)
+        if not results:
+            state = "does not exist" if not folder.exists() else "holds no results (raw/*.json)"
+            raise ValueError(f"results: {folder} {state}; measured folders are under results/ (e.g. results/paper), "
+                             "and ./run_all.sh --profile smoke makes one on any machine")
     return pd.DataFrame([{"kind": r.kind, **flatten(r)} for r in results])

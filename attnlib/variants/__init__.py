@@ -2,4 +2,4 @@
 in the order tables list them."""
 
 # isort: off
-from . import baseline, sdpa, flash, cudnn, flex, gqa, mla, sliding_window, linear, lsh  # noqa: F401
+from . import baseline, sdpa, flash, cudnn, flex, gqa, mla, sliding_window, linear, lsh, kv_heads  # noqa: F401

@@ -65,8 +65,8 @@ register(
         kernel=lambda device: "sdpa enable_gqa (PyTorch picks the backend)",
         params={"n_kv_head": 4},
         attention_module=GroupedQueryAttention,
-        unsupported={"llama": "grouped-query attention is the llama family's own: choose its num_key_value_heads "
-                              "(32: MHA, 8: native, 1: MQA) with an exact core such as sdpa"},
+        unsupported={"llama": "grouped-query attention is the llama family's own (8 key/value heads: its sdpa row); "
+                              "the variants mha (32) and mqa (1) are the axis around it"},
         validate=validate,
         attn_dropout=True,
     )

@@ -1,0 +1,176 @@
+"""What each mechanism costs in what the model learns: the language-model runs (`attnlib.experiments.quality`) and
+the recall runs (`attnlib.experiments.recall`) of a results folder, as tables, figures and the macros of the
+paper's quality section.
+
+- `lm_quality_frame`: per variant, final validation loss with its 95% interval over seeds, tokens, parameters, the
+  GPU energy of a run, and the energy to a common target loss (read off each run's curve: the training energy up
+  to the first evaluation at or below the target, interpolated linearly between evaluations).
+- `recall_frame`: per variant, length and number of key-value pairs, MQAR accuracy with its 95% interval over seeds
+  beside the GPU energy of a run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from . import latex
+from .figures import _empty, _save, variant_color
+from .frames import _stats, family_variants
+
+def _column(frame: pd.DataFrame, name: str) -> pd.Series:
+    return frame[name] if name in frame else pd.Series(dtype=float)
+
+
+def energy_to_loss(curve: list[dict], target: float) -> float | None:
+    """Training energy (J) at which a run's validation loss first reaches `target`, interpolated linearly between
+    the two evaluations around it; None if it never does or the curve has no energy."""
+    points = [(p.get("gpu_j"), p["val_loss"]) for p in curve if p.get("val_loss") is not None]
+    for (j0, l0), (j1, l1) in zip(points, points[1:]):
+        if j0 is None or j1 is None:
+            return None
+        if l1 <= target:
+            return j1 if l0 <= l1 else j0 + (j1 - j0) * (l0 - target) / (l0 - l1)
+    return None
+
+
+def lm_quality_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, float | None]:
+    """One row per variant of the language-model runs, and the common target loss: the highest final mean
+    validation loss among the variants run over several seeds, so that each of them reaches it."""
+    runs = frame[(frame.kind == "quality") & (frame.status == "ok")] if "kind" in frame else frame.iloc[:0]
+    if runs.empty:
+        return pd.DataFrame(), None
+    finals = runs.groupby("variant").val_loss.mean()
+    multi = runs.groupby("variant").seed.nunique()
+    target = float(finals[multi[multi > 1].index].max()) if (multi > 1).any() else float(finals.max())
+    rows = []
+    for variant, group in runs.groupby("variant", sort=False):
+        to_target = [energy_to_loss(curve, target) for curve in group.loss_curve]
+        rows.append({"variant": variant, "mode": group["mode"].iloc[0], "seeds": len(group),
+                     "tokens": int(group.tokens.iloc[0]) if "tokens" in group else None,
+                     "params": float(group.params.iloc[0]) if "params" in group else None,
+                     **_stats(group.val_loss, "val_loss"), **_stats(_column(group, "gpu_energy_j"), "gpu_energy_j"),
+                     **_stats(pd.Series(to_target, dtype=float), "energy_to_target_j"),
+                     "reached_target": sum(e is not None for e in to_target)})
+    order = {v: i for i, v in enumerate(family_variants(runs))}
+    out = pd.DataFrame(rows)
+    return out.assign(_k=out.variant.map(order)).sort_values("_k").drop(columns="_k").reset_index(drop=True), target
+
+
+def recall_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (variant, seq_len, kv_pairs) of the recall runs: accuracy over seeds, GPU energy per run."""
+    runs = frame[frame.kind == "recall"] if "kind" in frame else frame.iloc[:0]
+    if runs.empty:
+        return pd.DataFrame()
+    rows = []
+    for (variant, seq_len, pairs), group in runs.groupby(["variant", "seq_len", "kv_pairs"], sort=False):
+        ok = group[group.status == "ok"]
+        rows.append({"variant": variant, "seq_len": int(seq_len), "kv_pairs": int(pairs), "seeds": len(ok),
+                     "status": "ok" if len(ok) else group.status.iloc[0],
+                     **_stats(ok.accuracy, "accuracy"), **_stats(_column(ok, "gpu_energy_j"), "gpu_energy_j"),
+                     "params": float(ok.params.iloc[0]) if len(ok) and "params" in ok else None})
+    if not rows:
+        return pd.DataFrame()
+    order = {v: i for i, v in enumerate(family_variants(runs))}
+    out = pd.DataFrame(rows)
+    key = out.variant.map(order) * 10**9 + out.kv_pairs * 10**6 + out.seq_len
+    return out.assign(_k=key).sort_values("_k").drop(columns="_k").reset_index(drop=True)
+
+
+def lm_table(lm: pd.DataFrame, target: float | None) -> str:
+    rows = [[r.variant, f"{int(r.seeds)}", latex.pm(r.val_loss_mean, r.val_loss_ci95, ".3f"),
+             latex.fmt(r.params, ".1f", 1e-6), latex.fmt(r.tokens, ".1f", 1e-6),
+             latex.pm(r.gpu_energy_j_mean, r.gpu_energy_j_ci95, ".1f", 1e-3),
+             latex.pm(r.energy_to_target_j_mean, r.energy_to_target_j_ci95, ".1f", 1e-3)] for r in lm.itertuples()]
+    header = ["variant", "seeds", "val.\\ loss", "params (M)", "tokens (M)", "GPU energy (kJ)",
+              f"to loss {latex.fmt(target, '.3f')} (kJ)"]
+    return latex.booktabs(header, rows, "lrrrrrr")
+
+
+def recall_table(recall: pd.DataFrame) -> str:
+    """Variants down, (pairs, length) across: accuracy in % with its interval over seeds."""
+    cells = sorted({(r.kv_pairs, r.seq_len) for r in recall.itertuples()})
+    header = ["variant"] + [f"{p} pairs, {t}" for p, t in cells]
+    rows = []
+    for variant, group in recall.groupby("variant", sort=False):
+        by = {(r.kv_pairs, r.seq_len): r for r in group.itertuples()}
+        rows.append([variant] + [latex.pm(by[c].accuracy_mean, by[c].accuracy_ci95, ".0f", 100) if c in by
+                                 and by[c].status == "ok" else (by[c].status if c in by else "") for c in cells])
+    return latex.booktabs(header, rows, "l" + "r" * len(cells))
+
+
+def recall_figure(recall: pd.DataFrame, out_dir: Path) -> Path:
+    """MQAR accuracy against sequence length, one panel per number of pairs, one line per variant (its colour in
+    every figure), the interval over seeds as error bars."""
+    pairs = sorted(set(recall.kv_pairs)) if len(recall) else [0]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(3.4 * len(pairs), 3.0), sharey=True, squeeze=False)
+    if recall.empty:
+        _empty(axes[0][0], "no recall runs in these results")
+        return _save(fig, out_dir, "recall_accuracy")
+    for ax, p in zip(axes[0], pairs):
+        for variant, group in recall[recall.kv_pairs == p].groupby("variant", sort=False):
+            ok = group[group.status == "ok"].sort_values("seq_len")
+            ax.errorbar(ok.seq_len, 100 * ok.accuracy_mean, yerr=100 * ok.accuracy_ci95.fillna(0), marker="o", ms=3,
+                        capsize=2, lw=1, color=variant_color(variant), label=variant)
+        ax.set(xscale="log", title=f"{p} key-value pairs", xlabel="sequence length T (tokens)")
+        ax.set_xticks(sorted(set(recall.seq_len)), [str(t) for t in sorted(set(recall.seq_len))])
+        ax.minorticks_off()
+    axes[0][0].set_ylabel("MQAR accuracy, % (95% CI over seeds)")
+    axes[0][0].set_ylim(-3, 103)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=7, frameon=False)
+    return _save(fig, out_dir, "recall_accuracy", rect=(0, 0.1, 1, 1))
+
+
+def write_quality_outputs(frame: pd.DataFrame, results_dir: Path, generated: Path, figures_dir: Path) -> dict:
+    """The language-model and recall tables of `frame` (whichever it holds) as CSV beside the results and LaTeX
+    under `generated`, the recall figure under `figures_dir`; returns what was written by name."""
+    written = {}
+    lm, target = lm_quality_frame(frame)
+    if len(lm):
+        lm.to_csv(results_dir / "quality.csv", index=False)
+        (generated / "quality_table.tex").write_text(lm_table(lm, target))
+        written["quality"] = lm
+    recall = recall_frame(frame)
+    if len(recall):
+        recall.to_csv(results_dir / "recall.csv", index=False)
+        (generated / "recall_table.tex").write_text(recall_table(recall))
+        written["recall"] = recall
+        written["recall_figure"] = recall_figure(recall, figures_dir)
+    return written
+
+
+def quality_macros(lm: pd.DataFrame, target: float | None, recall: pd.DataFrame) -> dict[str, str]:
+    """The quality section's numbers: the target loss, each variant's final loss and energy to the target, and
+    each recall cell's accuracy (`Recall<Variant>Kv<pairs>T<length>`, the numbers spelled: `latex.spelled`)."""
+    macros = {"QualityTargetLoss": latex.fmt(target, ".3f")}
+    for r in lm.itertuples():
+        macros[latex.camel(r.variant, "ValLoss")] = latex.pm(r.val_loss_mean, r.val_loss_ci95, ".3f")
+        macros[latex.camel(r.variant, "EnergyToTargetKj")] = latex.pm(r.energy_to_target_j_mean,
+                                                                     r.energy_to_target_j_ci95, ".1f", 1e-3)
+    for r in recall.itertuples():
+        name = latex.camel("recall", r.variant) + f"Kv{latex.spelled(r.kv_pairs)}T{latex.spelled(r.seq_len)}"
+        macros[name] = latex.pm(
+            r.accuracy_mean, r.accuracy_ci95, ".0f", 100)
+    return macros
+
+
+def build_quality_report(frame: pd.DataFrame, results_dir: Path, label: str, figures_dir: Path,
+                         paper_dir: Path) -> pd.DataFrame:
+    """A quality folder (language-model and recall runs) into its CSV tables, LaTeX tables, figures and macros;
+    returns the language-model table (or the recall table where there is none)."""
+    generated = paper_dir / "generated" / label
+    generated.mkdir(parents=True, exist_ok=True)
+    written = write_quality_outputs(frame, results_dir, generated, figures_dir / label)
+    lm, target = lm_quality_frame(frame)
+    recall = written.get("recall", pd.DataFrame())
+    section = paper_dir / "quality.tex"  # the paper's quality section, once written, takes only what it uses
+    macros = quality_macros(lm, target, recall)
+    if section.exists():
+        latex.write_macros(macros, section, generated / "macros.tex")
+    else:
+        (generated / "macros.tex").write_text("".join(f"\\newcommand{{\\data{k}}}{{{v}}}\n"
+                                                      for k, v in sorted(macros.items())))
+    return lm if len(lm) else recall
