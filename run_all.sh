@@ -6,7 +6,8 @@
 #   ./run_all.sh --profile smoke       # choose the profile (paper, smoke; a GPU's: longcontext, the 512-64K grid,
 #                                      # inference, prefill and decode; components, CLEAR; quality, language
 #                                      # modelling at 25M tokens; recall, MQAR; llama and llama-longcontext, the
-#                                      # 1B model; distributed, DDP and context parallelism through torchrun)
+#                                      # 1B model, llama-inference its decoding; distributed, DDP and context
+#                                      # parallelism through torchrun)
 #   ./run_all.sh --profile distributed --gpus 4   # the cards a distributed job spreads over, one rank each
 #   ./run_all.sh --variants sdpa,flash # a subset of attnlib.VARIANTS
 #   ./run_all.sh --results DIR         # measure into DIR (default results/<profile>); with a GPU, also compare
@@ -29,7 +30,7 @@ while [ $# -gt 0 ]; do
     --stop-minutes) chunk_flags="$chunk_flags --stop-minutes $2"; shift 2 ;;
     --gpus) gpus="--gpus $2"; shift 2 ;;
     --report-only) report_only=1; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done

@@ -31,9 +31,10 @@ import torch
 from torch import nn
 from transformers import GPT2LMHeadModel
 
-from .decode import _core, _heads, _output, _qkv
+from .decode import _core, _heads
 from .experiments.training import next_token_loss
 from .flops import BACKWARD_OVER_FORWARD, causal_attention_flops
+from .model import attention_output, attention_qkv
 from .registry import get_variant
 from .variants.lsh import LSHAttention
 from .variants.mla import MultiHeadLatentAttention
@@ -51,7 +52,7 @@ def input_projection(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, to
     if isinstance(attn, LSHAttention):
         qk, v = attn.project(x)
         return qk, qk, v  # shared query/key
-    return _qkv(attn, x)
+    return attention_qkv(attn, x)
 
 
 def attention_core(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -82,7 +83,7 @@ def forward_by_components(model: GPT2LMHeadModel, ids: torch.Tensor,
         note("attention_core", layer, (block.attn, q, k, v))
         y = attention_core(block.attn, q, k, v)
         note("output_projection", layer, (block.attn, y))
-        branch = _output(block.attn, y)
+        branch = attention_output(block.attn, y)
         note("residual_add", layer, (hidden, branch))
         hidden = hidden + branch
         note("layer_norm", layer, (block.ln_2, hidden))
@@ -101,7 +102,7 @@ _RUN: dict[str, Callable[..., Any]] = {  # kind -> the call on its recorded inpu
     "layer_norm": lambda norm, x: norm(x),
     "input_projection": input_projection,
     "attention_core": attention_core,
-    "output_projection": _output,
+    "output_projection": attention_output,
     "mlp": lambda mlp, x: mlp(x),
     "residual_add": torch.add,
     "lm_head": lambda head, x: head(x),

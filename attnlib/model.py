@@ -121,6 +121,50 @@ def layer_overrides(layers: int) -> dict:
     return {"n_layer": layers}
 
 
+def attention_qkv(attn: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries `[B, H, T, D]` and keys, values `[B, n_kv, T, D]` of a GPT-2 attention: GPT-2's fused `c_attn`, or a
+    variant module's own `qkv`."""
+    if hasattr(attn, "qkv"):
+        return attn.qkv(x)
+    B, T, _ = x.shape
+    return tuple(t.view(B, T, -1, attn.head_dim).transpose(1, 2) for t in attn.c_attn(x).split(attn.split_size, 2))
+
+
+def attention_output(attn: torch.nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """`[B, H, T, D]` attention output -> a GPT-2 attention's output projection `[B, T, C]`."""
+    return attn.c_proj(y.transpose(1, 2).flatten(2))
+
+
+class Decoding:
+    """What `attnlib.decode` needs of a GPT-2: its layers as (ln_1, attention, ln_2, MLP), token plus learned
+    position embeddings, ln_f and the head, and each attention's projections (GPT-2's fused `c_attn`, or a
+    variant module's own `qkv`) and output projection. Positions enter at the input, so attention needs none."""
+
+    def __init__(self, model: GPT2LMHeadModel):
+        t = self.transformer = model.transformer
+        self.model, self.max_len, self.weight = model, model.config.n_positions, t.wte.weight
+        self.layers = [(block.ln_1, block.attn, block.ln_2, block.mlp) for block in t.h]
+        self.unread = (t.wpe.weight,)  # a step reads one row of the position table, not all of it
+
+    def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.transformer.wte(ids) + self.transformer.wpe(positions)
+
+    def rope(self, positions: torch.Tensor) -> None:
+        return None
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(self.transformer.ln_f(hidden))
+
+    def qkv(self, attn: torch.nn.Module, x: torch.Tensor, rope: None) -> tuple[torch.Tensor, ...]:
+        return attention_qkv(attn, x)
+
+    def output(self, attn: torch.nn.Module, y: torch.Tensor) -> torch.Tensor:
+        return attention_output(attn, y)
+
+    def kv_heads(self, attn: torch.nn.Module) -> int:
+        return getattr(attn, "n_kv_head", None) or attn.num_heads
+
+
 class _AttentionAlone(torch.nn.Module):
     """Layer 0's attention on hidden states `[B, T, C]`: GPT-2 passes it nothing else for causal self-attention."""
 

@@ -42,6 +42,9 @@ class VariantSpec:
         unsupported: model family -> why the variant has no form there; `build_model` raises with it.
         arch_modules: model family -> the variant's attention module there, replacing that family's own
             (`attention_module` is GPT-2's).
+        decode_cache: what the variant keeps to decode one token at a time (`attnlib.decode.CACHES`): "kv" (keys
+            and values), "latent" (MLA's), "ring" (a window's), "state" (linear attention's); None for a variant
+            whose attended set depends on later tokens, which has no step-by-step form.
     """
 
     name: str
@@ -58,6 +61,7 @@ class VariantSpec:
     arch_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     unsupported: dict[str, str] = field(default_factory=dict)
     arch_modules: dict[str, type[nn.Module]] = field(default_factory=dict)
+    decode_cache: str | None = "kv"
 
     def __post_init__(self) -> None:
         if (self.attention_function is None) == (self.attention_module is None):

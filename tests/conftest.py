@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 import attnlib
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one thread each, not two competing
+    torch.set_num_threads(1)
 
 SEQ_LEN = 64
 TINY = dict(n_layer=2, n_embd=64, n_head=4, n_positions=128, vocab_size=101, bos_token_id=None, eos_token_id=None)

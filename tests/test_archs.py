@@ -41,7 +41,12 @@ def test_the_llama_family_has_llama_3_2_1b_shape() -> None:
 def test_exact_kernels_give_llamas_own_logits_and_gradients(variant: str, kv_heads: int) -> None:
     """The same weights under transformers' own sdpa attention and under the variant: equal logits, equal
     gradients of every parameter."""
-    ours = tiny_llama(variant, num_key_value_heads=kv_heads)
+    assert_transformers_own_llama(tiny_llama(variant, num_key_value_heads=kv_heads))
+
+
+def assert_transformers_own_llama(ours: LlamaForCausalLM) -> None:
+    """`ours` and transformers' `LlamaForCausalLM` with its own sdpa attention on the same weights: equal logits,
+    equal gradients of every parameter."""
     theirs = LlamaForCausalLM(ours.config.__class__(**{**ours.config.to_dict(), "_attn_implementation": "sdpa"}))
     theirs.load_state_dict(ours.state_dict())
     theirs.set_attn_implementation("sdpa")
@@ -62,15 +67,7 @@ def test_the_key_value_head_axis_is_llamas_own_attention(variant: str, kv_heads:
     assert ours.config.num_key_value_heads == kv_heads
     with pytest.raises(ValueError, match="num_key_value_heads: .* got 2"):
         tiny_llama(variant, num_key_value_heads=2)
-    theirs = LlamaForCausalLM(ours.config.__class__(**{**ours.config.to_dict(), "_attn_implementation": "sdpa"}))
-    theirs.load_state_dict(ours.state_dict())
-    ids = torch.randint(0, 101, (2, 32), generator=torch.Generator().manual_seed(1))
-    out_ours, out_theirs = ours(ids, labels=ids), theirs(ids, labels=ids)
-    torch.testing.assert_close(out_ours.logits, out_theirs.logits, atol=2e-5, rtol=1e-4)
-    out_ours.loss.backward()
-    out_theirs.loss.backward()
-    for (name, a), (_, b) in zip(ours.named_parameters(), theirs.named_parameters()):
-        torch.testing.assert_close(a.grad, b.grad, atol=2e-5, rtol=1e-4, msg=name)
+    assert_transformers_own_llama(ours)
     with torch.device("meta"):
         full = attnlib.build_model(variant, arch="llama", seq_len=2048)
     expected = {"mha": 1_336_477_696, "mqa": 1_206_454_272}[variant]  # 16 layers x 2 x 2048 x 64 x (kv - 8) apart

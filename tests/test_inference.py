@@ -261,3 +261,24 @@ def test_notebook_runs_when_every_cell_is_unsupported(tmp_path) -> None:
                  {"variant": "lsh", "config": config, "out_dir": str(tmp_path / "raw")})
     frame = results_frame(tmp_path)
     assert len(frame) == 2 and set(frame.status) == {"unsupported"}
+
+
+@pytest.mark.parametrize("variant", ["sdpa", "mla"])
+def test_a_llama_grid_decodes_with_its_own_cache_beside_transformers_generate(tmp_path, variant: str) -> None:
+    """The inference job on the llama family: every cell runs with the variant's own cache (MLA's latent and its
+    rotated key), the results say llama, and the sdpa job's anchor is transformers' own LlamaForCausalLM."""
+    tiny = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=8, vocab_size=97, bos_token_id=None, eos_token_id=None)
+    tiny |= dict(kv_lora_rank=8, q_lora_rank=16, qk_rope_head_dim=4) if variant == "mla" else {}
+    config = tiny_config(variant, train=TrainConfig(variant=variant, arch="llama", model=tiny), trials=1,
+                         decode_batch_sizes=[2], prefill_lens=[16])
+    assert config.model_overrides() == tiny  # RoPE: no position table to size
+    frame = results_frame(run_inference_job(config, tmp_path, progress=False))
+    assert (frame.status == "ok").all(), frame[frame.status != "ok"].error.tolist()
+    assert set(frame.arch) == {"llama"}
+    model = build_model(variant, arch="llama", **tiny)
+    decode = frame[frame.phase == "decode"]
+    assert (decode.cache_bytes == cache_bytes_per_token(model, torch.float32) * decode.batch_size
+            * (decode.context_len + config.new_tokens)).all()
+    anchors = frame[frame.phase == "generate"]
+    assert (len(anchors) > 0) == (variant == "sdpa") and anchors.kernel.str.contains("LlamaForCausalLM").all()

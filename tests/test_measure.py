@@ -366,3 +366,16 @@ def test_calibrations_on_the_cpu_measure_rates_and_no_energy(tmp_path) -> None:
     main(["--out-dir", str(tmp_path / "bad"), "--seconds", "0.05", "--size", "64", "--nbytes", "10"])
     written = json.loads((tmp_path / "bad" / "cpu.json").read_text())  # the GEMM floor kept, the failure said
     assert written["tflops"] > 0 and "nbytes" in written["bandwidth"]["error"]
+
+
+def test_a_codecarbon_task_without_energy_is_no_estimate_not_a_zero() -> None:
+    """CodeCarbon reports a zero delta for a task shorter than its sampling or one it lost: that is no figure."""
+    from types import SimpleNamespace
+
+    from attnlib.measurement.base import Unavailable
+    from attnlib.measurement.codecarbon_estimate import CodeCarbonTracker
+
+    tracker = CodeCarbonTracker("USA")
+    tracker._tracker = SimpleNamespace(stop_task=lambda name: SimpleNamespace(energy_consumed=0.0))
+    estimate = tracker.stop_task("short")
+    assert isinstance(estimate, Unavailable) and "no estimate rather than a zero" in estimate.reason

@@ -42,12 +42,14 @@ def test_smoke_profile_end_to_end(tmp_path) -> None:
     results = repo / "results" / "smoke"
     raw = sorted((results / "raw").glob("*.json"))
     variants = attnlib.supported_variants("gpt2")  # the smoke profile is GPT-2's
-    assert len(raw) == 6 * len(variants)  # two rounds (a window of the variant, one of sdpa), two seeds
+    jobs = plan(load_profile("smoke"), variants)  # per variant its trials job (its quality runs in it) and recall
+    assert len(raw) == sum(len(j.result_names()) for j in jobs)
+    assert sum(p.name.count("__recall__") for p in raw) == sum(len(j.result_names()) for j in jobs
+                                                               if j.family == "recall") > 0
     statuses = {p.stem: json.loads(p.read_text())["status"] for p in raw}
     assert set(statuses.values()) == {"ok"}, statuses
-    jobs = plan(load_profile("smoke"), variants)  # one job per variant: its quality runs are in it
     executed = {p.name for p in (results / "notebooks").glob("*__*.ipynb")}  # executed copies kept
-    assert len(jobs) == len(variants) and {f"{j.name}.ipynb" for j in jobs} <= executed
+    assert len(jobs) == 2 * len(variants) and {f"{j.name}.ipynb" for j in jobs} <= executed
     run = json.loads((results / "run.json").read_text())
     assert run["device"] == "cpu" and run["minutes"] > 0 and "gpu_minutes" not in run
     assert 0 < run["measured_fraction"] < 1
@@ -57,7 +59,8 @@ def test_smoke_profile_end_to_end(tmp_path) -> None:
     assert [r["variant"] for r in rows] == variants
     assert all(float(r["tokens_per_s_mean"]) > 0 and r["gpu_j_per_token_mean"] == "" for r in rows)  # CPU: no energy
     assert all(int(float(r["seeds"])) == 2 and float(r["val_loss_mean"]) > 0 for r in rows)
-    for name in ("energy_per_token", "tokens_per_s", "peak_memory", "power_trace", "energy_vs_loss", "loss_curves"):
+    for name in ("energy_per_token", "tokens_per_s", "peak_memory", "power_trace", "energy_vs_loss", "loss_curves",
+                 "recall_accuracy"):
         assert (repo / "figures" / "smoke" / f"{name}.pdf").stat().st_size > 0
     macros = (repo / "paper" / "generated" / "smoke" / "macros.tex").read_text()
     assert "\\newcommand{\\dataDataset}{python-docs" in macros

@@ -14,7 +14,9 @@ A family's module defines, for models `attnlib.build_model` built:
 - `length_overrides(seq_len)` and `layer_overrides(layers)`: the config fields that set a model's positions to
   `seq_len` (learned positions have a table to size) and its depth;
 - `attention_alone(model)`: layer 0's attention as a module of hidden states `[B, T, C]` -> `[B, T, C]`, holding
-  what the family passes it besides (positions, no mask), for measuring a layer alone.
+  what the family passes it besides (positions, no mask), for measuring a layer alone;
+- `Decoding(model)`: what `attnlib.decode` runs a model with: its layers' parts, embeddings, positions, head and
+  each attention's projections.
 It is imported when first used, so that the GPT-2 family can live in `attnlib.model`, which imports this registry.
 """
 
@@ -89,6 +91,9 @@ class ArchSpec:
 
     def attention_alone(self, model: nn.Module) -> nn.Module:
         return self.anatomy.attention_alone(model)
+
+    def decoding(self, model: nn.Module) -> Any:
+        return self.anatomy.Decoding(model)
 
 
 ARCHS: dict[str, ArchSpec] = {a.name: a for a in (

@@ -125,6 +125,46 @@ def layer_overrides(layers: int) -> dict[str, Any]:
     return {"num_hidden_layers": layers}
 
 
+class Decoding:
+    """What `attnlib.decode` needs of a Llama: its layers as (input RMSNorm, attention, post-attention RMSNorm,
+    SwiGLU MLP), the token embedding, the RoPE tables of given positions (the model's own rotary embedding), the
+    final norm and the head, and each attention's projections with RoPE applied, as LlamaAttention applies it."""
+
+    def __init__(self, model: LlamaForCausalLM):
+        inner = self.inner = model.model
+        self.model, self.max_len, self.weight = model, model.config.max_position_embeddings, inner.embed_tokens.weight
+        self.layers = [(layer.input_layernorm, layer.self_attn, layer.post_attention_layernorm, layer.mlp)
+                       for layer in inner.layers]
+        self.unread = ()
+
+    def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.inner.embed_tokens(ids)
+
+    def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin `[1, T, head_dim]` of `positions` `[T]`, in the weights' dtype (LlamaModel's, from its
+        embeddings)."""
+        return self.inner.rotary_emb(self.weight, positions.unsqueeze(0))
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(self.inner.norm(hidden))
+
+    def qkv(self, attn: nn.Module, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Queries `[B, H, T, D]` and keys, values `[B, n_kv, T, D]`, queries and keys rotated to their positions."""
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        B, T, _ = x.shape
+        q, k, v = (proj(x).view(B, T, -1, attn.head_dim).transpose(1, 2)
+                   for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+        q, k = apply_rotary_pos_emb(q, k, *rope)
+        return q, k, v
+
+    def output(self, attn: nn.Module, y: torch.Tensor) -> torch.Tensor:
+        return attn.o_proj(y.transpose(1, 2).flatten(2))
+
+    def kv_heads(self, attn: nn.Module) -> int:
+        return attn.config.num_key_value_heads
+
+
 class _AttentionAlone(nn.Module):
     """Layer 0's attention on hidden states `[B, T, C]` with no mask and the fp32 RoPE tables of positions 0..T-1,
     computed at each call as LlamaModel computes them once per forward pass for all its layers."""

@@ -10,10 +10,12 @@ One process per variant, three kinds of cells (`InferenceResult`), each window a
   In `decode_mode` (default "cudagraph": each step one replay of a CUDA graph of the eager step) at every batch
   and context, and in other modes of `attnlib.decode.DECODE_MODES` at `other_decode_cells`. Tokens: the generated
   ones.
-- generate (the sdpa job only, with `hf_anchor`): `transformers.GPT2LMHeadModel.generate` on the same weights,
-  greedy, `new_tokens` tokens after a `context_len`-token prompt, with its dynamic and with its static cache.
+- generate (the sdpa job only, with `hf_anchor`): transformers' own model of the family (`GPT2LMHeadModel`,
+  `LlamaForCausalLM`) `.generate` on the same weights, greedy, `new_tokens` tokens after a `context_len`-token
+  prompt, with its dynamic and with its static cache.
 
-The model is GPT-2 small in bf16 on CUDA (fp32 on a CPU) with `n_positions` long enough for every cell. FLOPs
+The model is the job's family (`train.arch`: GPT-2 small by default, or the Llama-3.2-1B shape) in bf16 on CUDA
+(fp32 on a CPU), its positions long enough for every cell. FLOPs
 are mask-exact forward counts (`attnlib.flops.prefill_flops`, `decode_flops`); a decode also records the least
 bytes a step must read (`attnlib.decode.step_bytes_read`), which the report divides by the card's measured
 bandwidth for the step's memory floor. Interleaving as in the long-context family: in each of `trials` rounds
@@ -33,18 +35,18 @@ from typing import Any, Callable
 
 import torch
 
+from ..archs import get_arch
 from ..decode import DECODE_MODES, Decoder, cache_bytes_per_token, step_bytes_read
 from ..flops import decode_flops, prefill_flops
 from ..model import attention_parameters, build_config, build_model
 from ..registry import get_variant
 from ..results import InferenceResult, ModelInfo, Result
 from ._job import WindowedJob
-from .training import TrainConfig, failure_status, frozen_gc, require_gpt2
+from .training import TrainConfig, failure_status, frozen_gc
 
 NOTEBOOK = "inference.ipynb"
 ANCHOR_VARIANT = "sdpa"  # the anchor's attention: transformers' own SDPA path
 ANCHOR_MODES = ("hf_dynamic", "hf_static")
-ANCHOR_KERNEL = "transformers GPT2LMHeadModel.generate, SDPA attention"
 # modes that compile (transformers may compile generate's static-cache forward): such a cell compiles once and
 # runs all its windows at its first visit; the others ("cudagraph" captures in milliseconds) are interleaved
 COMPILED_MODES = ("compile", "graph", "hf_static")
@@ -74,7 +76,6 @@ class InferenceConfig:
     def __post_init__(self) -> None:
         if isinstance(self.train, dict):
             self.train = TrainConfig(**self.train)
-        require_gpt2(self.train, "inference")
         for name in ("prefill_lens", "decode_batch_sizes", "decode_context_lens"):
             values = getattr(self, name)
             if not values or not all(isinstance(v, int) and v >= 1 for v in values) or len(set(values)) != len(values):
@@ -90,7 +91,7 @@ class InferenceConfig:
                              f"{self.prefill_batch_size}, {self.new_tokens}, {self.trials}, {self.warmup_reps}")
         if self.window_s <= 0 or self.idle_s <= 0:
             raise ValueError(f"window_s and idle_s must be > 0, got {self.window_s}, {self.idle_s}")
-        build_config(self.train.variant, **self.model_overrides())  # bad model parameters fail here, before any work
+        build_config(self.train.variant, arch=self.train.arch, **self.model_overrides())  # bad parameters fail here
 
     def _other_cells(self) -> list[tuple[str, int, int]]:
         """(mode, batch, context) of `other_decode_cells`; a malformed pair is a ValueError."""
@@ -106,7 +107,7 @@ class InferenceConfig:
         return max(max(self.prefill_lens), max(contexts) + self.new_tokens)
 
     def model_overrides(self) -> dict[str, Any]:
-        return {**self.train.model, "n_positions": self.n_positions}
+        return {**self.train.model, **get_arch(self.train.arch).length_overrides(self.n_positions)}
 
     def cells(self) -> dict[str, tuple[str, str, int, int]]:
         """Cell name -> (phase, mode, batch_size, context_len), in a fixed order."""
@@ -153,7 +154,7 @@ class _Job(WindowedJob):
         self.config = config
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         torch.manual_seed(config.train.seed)
-        model = build_model(config.train.variant, **config.model_overrides())
+        model = build_model(config.train.variant, arch=config.train.arch, **config.model_overrides())
         self.model = model.to(self.device, self.dtype).eval()
         spec = get_variant(config.train.variant)
         self.info = ModelInfo(params=sum(p.numel() for p in model.parameters()),
@@ -198,13 +199,12 @@ class _Job(WindowedJob):
         return _Work(run, batch * new, decode_flops(model, batch, context, new), new, facts)
 
     def _anchor(self, mode: str, batch: int, context: int) -> _Work:
-        """transformers' own GPT-2 (SDPA attention) on the job model's weights, greedy `generate`."""
-        from transformers import GPT2LMHeadModel
-
+        """transformers' own model of the family (its SDPA attention) on the job model's weights, greedy
+        `generate`."""
         c = self.config
         config = copy.deepcopy(self.model.config)
         config._attn_implementation, config.use_cache = "sdpa", True
-        hf = GPT2LMHeadModel(config).to(self.device, self.dtype).eval()
+        hf = type(self.model)(config).to(self.device, self.dtype).eval()
         hf.load_state_dict(self.model.state_dict())  # strict: the same weights, or an error
         prompt = self.prompt(batch, context)
         mask = torch.ones_like(prompt)
@@ -218,14 +218,16 @@ class _Job(WindowedJob):
                 hf.generate(prompt, **kwargs)
 
         flops = prefill_flops(self.model, batch, context) + decode_flops(self.model, batch, context, c.new_tokens - 1)
-        return _Work(run, batch * c.new_tokens, flops, c.new_tokens, {}, ANCHOR_KERNEL)
+        return _Work(run, batch * c.new_tokens, flops, c.new_tokens, {},
+                     f"transformers {type(hf).__name__}.generate, SDPA attention")
 
     def visit(self, cell: str, trials: list[int]) -> list[InferenceResult]:
         """Measure `trials` windows of one cell: build its work, `warmup_reps` unmeasured repetitions, then each
         window repeats it for at least `window_s`."""
         c = self.config
         phase, mode, batch, context = c.cells()[cell]
-        common = dict(variant=c.train.variant, mode=mode, phase=phase, batch_size=batch, context_len=context,
+        common = dict(variant=c.train.variant, mode=mode, arch=c.train.arch, phase=phase, batch_size=batch,
+                      context_len=context,
                       new_tokens=0 if phase == "prefill" else c.new_tokens, provenance=self.origin,
                       config=c.to_dict(), order_seed=c.order_seed)
         results, start = [], time.perf_counter()
@@ -272,7 +274,7 @@ class _Job(WindowedJob):
         phase, mode, batch, context = c.cells()[cell]
         status, text = self.failed[cell]
         return self.write(c.result_name(cell, trial), InferenceResult(
-            variant=c.train.variant, mode=mode, phase=phase, batch_size=batch, context_len=context,
+            variant=c.train.variant, mode=mode, arch=c.train.arch, phase=phase, batch_size=batch, context_len=context,
             new_tokens=0 if phase == "prefill" else c.new_tokens, provenance=self.origin, config=c.to_dict(),
             order_seed=c.order_seed, trial=trial, status=status, error=text, job_wall_s=0.0))
 

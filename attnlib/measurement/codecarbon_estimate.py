@@ -46,7 +46,12 @@ class CodeCarbonTracker:
             data = self._tracker.stop_task(name)
         except Exception as error:
             return Unavailable(f"CodeCarbon failed to stop a task: {error}")
-        return self._estimate(data, self._tracker) if data is not None else Unavailable("CodeCarbon had no such task")
+        if data is None:
+            return Unavailable("CodeCarbon had no such task")
+        if not data.energy_consumed > 0:  # it reports a zero delta for a task it lost or sampled no load in
+            return Unavailable("CodeCarbon reported no energy for this task (a task shorter than its sampling, or "
+                               "one it lost track of): no estimate rather than a zero")
+        return self._estimate(data, self._tracker)
 
     def start(self) -> Unavailable | None:
         try:

@@ -139,12 +139,24 @@ def loss_curves(frame: pd.DataFrame, out_dir: Path) -> Path:
     return _save(fig, out_dir, "loss_curves")
 
 
-def variant_color(variant: str) -> tuple:
-    """One colour per variant in every figure: its place in the registry picks it."""
+def _registry_index(variant: str) -> int:
     from ..registry import VARIANTS
 
     names = list(VARIANTS)
-    return series_color(names.index(variant) if variant in names else len(names))
+    return names.index(variant) if variant in names else len(names)
+
+
+def variant_color(variant: str) -> tuple:
+    """One colour per variant in every figure: its place in the registry picks it."""
+    return series_color(_registry_index(variant))
+
+
+MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">", "p", "h", "*", "8")
+
+
+def variant_marker(variant: str) -> str:
+    """One marker per variant in every figure (told apart in greyscale too), by its place in the registry."""
+    return MARKERS[_registry_index(variant) % len(MARKERS)]
 
 
 RATIO_TICKS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.3, 1.5, 2.0, 3.0, 5.0)
@@ -185,7 +197,7 @@ def paired_ratios(summary: pd.DataFrame, out_dir: Path) -> Path:
                 r = rows.loc[variant]
                 err = [[r[f"{quantity}_ratio"] - r[f"{quantity}_ratio_low"]],
                        [r[f"{quantity}_ratio_high"] - r[f"{quantity}_ratio"]]]
-                ax.errorbar(r[f"{quantity}_ratio"], y, xerr=err, fmt="o", ms=4, capsize=2,
+                ax.errorbar(r[f"{quantity}_ratio"], y, xerr=err, fmt=variant_marker(variant), ms=4, capsize=2,
                             color=variant_color(variant))
             ax.set_yticks(range(len(variants)), variants, fontsize=7)
             ax.set_title(f"{mode}: {label}", fontsize=8)
@@ -213,10 +225,11 @@ def _per_length(sweep: pd.DataFrame, column: str, ci: str | None, scale: float, 
         _empty(ax, f"no {label} in these results (the JSON results give the reason)")
         return _save(fig, out_dir, name)
     top = measured[column].max() * scale * 1.6
-    for i, (variant, group) in enumerate(eager.groupby("variant", sort=False)):
-        color = f"C{i % 10}"
+    for variant, group in eager.groupby("variant", sort=False):
+        color = variant_color(variant)
         ok = group.dropna(subset=[column]).sort_values("seq_len")
-        ax.plot(ok.seq_len, ok[column] * scale, marker="o", ms=3, lw=1, color=color, label=variant)
+        ax.plot(ok.seq_len, ok[column] * scale, marker=variant_marker(variant), ms=3, lw=1, color=color,
+                label=variant)
         if ci is not None:
             band = ok[ci].fillna(0) * scale
             ax.fill_between(ok.seq_len, ok[column] * scale - band, ok[column] * scale + band, color=color, alpha=0.2)

@@ -13,7 +13,6 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from ..decode import KV_VARIANTS
 from ..registry import VARIANTS
 from ..results import read_run
 from . import latex
@@ -220,7 +219,8 @@ def not_measured(summary: pd.DataFrame) -> list[str]:
 
 
 # exact variants whose decode step is the same code (one SDPA call of the single query over a full KV cache)
-SAME_DECODE = tuple(v for v in KV_VARIANTS if v != "gqa")
+SAME_DECODE = tuple(v for v, s in VARIANTS.items() if s.decode_cache == "kv" and s.attention_function is not None
+                    and s.exact and "gpt2" not in s.unsupported)
 
 
 def same_decode_spread(summary: pd.DataFrame, mode: str) -> tuple[float | None, int]:

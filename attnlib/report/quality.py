@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from . import latex
-from .figures import _empty, _save, variant_color
+from .figures import _empty, _save, variant_color, variant_marker
 from .frames import _stats, family_variants
 
 def _column(frame: pd.DataFrame, name: str) -> pd.Series:
@@ -112,7 +112,8 @@ def recall_figure(recall: pd.DataFrame, out_dir: Path) -> Path:
     for ax, p in zip(axes[0], pairs):
         for variant, group in recall[recall.kv_pairs == p].groupby("variant", sort=False):
             ok = group[group.status == "ok"].sort_values("seq_len")
-            ax.errorbar(ok.seq_len, 100 * ok.accuracy_mean, yerr=100 * ok.accuracy_ci95.fillna(0), marker="o", ms=3,
+            ax.errorbar(ok.seq_len, 100 * ok.accuracy_mean, yerr=100 * ok.accuracy_ci95.fillna(0),
+                        marker=variant_marker(variant), ms=3,
                         capsize=2, lw=1, color=variant_color(variant), label=variant)
         ax.set(xscale="log", title=f"{p} key-value pairs", xlabel="sequence length T (tokens)")
         ax.set_xticks(sorted(set(recall.seq_len)), [str(t) for t in sorted(set(recall.seq_len))])

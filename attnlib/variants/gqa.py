@@ -30,10 +30,15 @@ class GroupedQueryAttention(nn.Module):
         self.attn_pdrop = config.attn_pdrop
         self.context_parallel = None  # (core, shard): set by attnlib.parallel.install_context_parallel
 
-    def forward(self, hidden_states: torch.Tensor, past_key_values=None, attention_mask=None, **kwargs):
+    def qkv(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries `[B, n_head, T, D]`, keys and values `[B, n_kv_head, T, D]` (also what decoding projects)."""
         B, T, _ = hidden_states.shape
         qkv = self.c_attn(hidden_states).view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim)
-        q, k, v = qkv.transpose(1, 2).split([self.n_head, self.n_kv_head, self.n_kv_head], dim=1)  # [B, h, T, D]
+        return qkv.transpose(1, 2).split([self.n_head, self.n_kv_head, self.n_kv_head], dim=1)
+
+    def forward(self, hidden_states: torch.Tensor, past_key_values=None, attention_mask=None, **kwargs):
+        B, T, _ = hidden_states.shape
+        q, k, v = self.qkv(hidden_states)  # [B, h, T, D]
         cache = layer_cache(kwargs, past_key_values)
         if cache is not None:  # the cache holds n_kv_head heads: GQA's memory saving
             k, v = cache.update(k, v, self.layer_idx)

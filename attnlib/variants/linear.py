@@ -172,6 +172,7 @@ register(
         name="linear",
         description="causal linear attention, elu(x)+1 feature map, chunked O(T) form",
         exact=False,
+        decode_cache="state",
         kernel=kernel,
         params={"chunk_size": 64},
         attention_function=linear_attention,

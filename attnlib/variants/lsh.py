@@ -158,6 +158,7 @@ register(
         name="lsh",
         description="Reformer LSH attention, shared QK, strictly causal sliding window in bucket-sorted order",
         exact=False,
+        decode_cache=None,
         kernel=lambda device: "attnlib lsh_attention (PyTorch sort + chunked matmul)",
         # recompute: the core recomputed in the backward pass (long sequences); off for the paper's T = 512 table
         params={"n_hashes": 2, "n_buckets": 8, "chunk_size": 64, "lsh_seed": 0, "recompute": False},

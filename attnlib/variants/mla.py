@@ -141,6 +141,7 @@ register(
         name="mla",
         description="multi-head latent attention: K/V up-projected from a kv_lora_rank latent (DeepSeek-V2)",
         exact=True,  # exact softmax attention over low-rank K/V
+        decode_cache="latent",
         kernel=lambda device: "sdpa (PyTorch picks the backend)",
         params={"kv_lora_rank": 128},
         # 1B: 11.08M attention parameters a layer, 1.06x the native 10.49M; a cache of 288 numbers a token and layer

@@ -72,6 +72,7 @@ register(
         name="sliding_window",
         description="causal local attention over the last `window` tokens, block-sparse FlexAttention on CUDA",
         exact=False,
+        decode_cache="ring",
         kernel=lambda device: "flex_attention block-sparse band (compiled Triton)" if device == "cuda" else "sdpa + dense band mask",
         params={"window": 128},
         arch_params={"llama": {"window": 1024}},  # as Gemma 3's local layers
