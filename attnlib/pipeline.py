@@ -217,9 +217,14 @@ def run_notebook(notebook: Path, executed: Path, parameters: dict, cwd: Path = R
                  timeout_s: int | None = None) -> None:
     """Execute `notebook` into `executed` with `parameters` through papermill, its kernel on IPC sockets in a
     private temporary folder: no TCP port (ipykernel warns that unencrypted TCP may be eavesdropped on) and no file
-    in the working tree."""
+    in the working tree. The kernel imports this checkout's attnlib (first on its PYTHONPATH), whatever another
+    install of it says: the notebook writes where this pipeline does."""
     import papermill
     from jupyter_client.manager import AsyncKernelManager
+
+    path = os.environ.get("PYTHONPATH", "")
+    if path.split(os.pathsep)[0] != str(REPO):
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), path) if p)
 
     with tempfile.TemporaryDirectory(prefix="attnlib-kernel-") as sockets:
         class IpcKernelManager(AsyncKernelManager):

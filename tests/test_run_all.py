@@ -28,7 +28,7 @@ def repository_copy(to: Path) -> Path:
     results, figures and PDF into the copy, never into the working tree."""
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True)
     for name in tracked.stdout.split("\0"):
-        if name and not name.startswith(("results/", "figures/")) and (REPO / name).is_file():
+        if name and not name.startswith("results/") and (REPO / name).is_file():
             (to / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, to / name)
     return to

@@ -15,9 +15,11 @@ import pandas as pd
 
 from ..results import read_run
 from . import latex
-from .figures import GIB, _empty, _save, series_color
+from .figures import GIB, _empty, _save, variant_color, variant_marker
 from .frames import TRIAL_QUANTITIES, aggregate, compare, with_calibration
 from .longcontext import seq_label
+
+LINESTYLES = ("-", "--", ":", "-.")  # a variant's lengths apart, its colour and marker kept
 
 KEYS = ["variant", "strategy", "world_size", "seq_len", "batch_size"]
 STRATEGY_NAMES = {"ddp": "data parallel (DDP) training", "context_parallel": "context-parallel attention layer",
@@ -54,7 +56,8 @@ def scaling_figure(summary: pd.DataFrame, out_dir: Path) -> Path:
         for i, ((variant, seq_len), group) in enumerate(rows.groupby(["variant", "seq_len"])):
             label = variant if strategy == "ddp" else f"{variant}, T = {seq_label(seq_len)}"
             for row, quantity in enumerate(("scaling_efficiency", "j_per_token_vs_one_gpu")):
-                axes[row][column].plot(group.world_size, group[quantity], marker="o", color=series_color(i), label=label)
+                axes[row][column].plot(group.world_size, group[quantity], marker=variant_marker(variant),
+                                       color=variant_color(variant), ls=LINESTYLES[i % len(LINESTYLES)], label=label)
         axes[0][column].set_title(STRATEGY_NAMES[strategy], fontsize=9)
         axes[0][column].axhline(1.0, color="grey", lw=0.5)
         axes[1][column].axhline(1.0, color="grey", lw=0.5)

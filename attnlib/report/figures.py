@@ -11,6 +11,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.lines  # noqa: E402
 import matplotlib.patches  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
@@ -52,16 +53,25 @@ def _bars(summary: pd.DataFrame, column: str, ci: str | None, scale: float, labe
     else:
         modes, variants = list(dict.fromkeys(data["mode"])), list(dict.fromkeys(data.variant))
         width = 0.8 / len(modes)
+        colors = [variant_color(v) for v in variants]  # the variant's colour; the mode is the bar's hatching
         for i, mode in enumerate(modes):
             d = data[data["mode"] == mode].set_index("variant").reindex(variants)
             xs = [j + (i - (len(modes) - 1) / 2) * width for j in range(len(variants))]
             err = None if ci is None else d[ci].fillna(0) * scale
-            ax.bar(xs, d[column] * scale, width, yerr=err, capsize=2, label=mode)
+            ax.bar(xs, d[column] * scale, width, yerr=err, capsize=2, color=colors, edgecolor="0.2", lw=0.4,
+                   hatch=MODE_HATCHES[i % len(MODE_HATCHES)])
         ax.set_xticks(range(len(variants)), variants, rotation=30, ha="right")
         ax.set_ylabel(label)
-        if len(modes) > 1:
-            ax.legend(title="mode", fontsize=7)
+        if len(modes) > 1:  # below the axes, over no bar
+            handles = [matplotlib.patches.Patch(facecolor="white", edgecolor="0.2", hatch=MODE_HATCHES[i % len(
+                MODE_HATCHES)], label=mode) for i, mode in enumerate(modes)]
+            fig.legend(handles=handles, title="mode", fontsize=7, title_fontsize=7, loc="upper center", ncol=len(modes),
+                       frameon=False, bbox_to_anchor=(0.5, 1.0))
+            return _save(fig, out_dir, name, rect=(0, 0, 1, 0.88))
     return _save(fig, out_dir, name)
+
+
+MODE_HATCHES = ("", "///", "...")  # eager, compile, graph bars: the mode by its hatching, the colour the variant's
 
 
 def energy_per_token(summary: pd.DataFrame, out_dir: Path) -> Path:
@@ -98,7 +108,9 @@ def power_trace(frame: pd.DataFrame, out_dir: Path) -> Path:
             ax.set_xlabel("time in window, s")
     if len(traced):
         axes[0][0].set_ylabel("GPU power, W (1 s moving mean)")
-        axes[0][-1].legend(ncol=2, fontsize=6)
+        handles, labels = axes[0][-1].get_legend_handles_labels()
+        fig.legend(handles, labels, ncol=5, fontsize=6, loc="lower center", frameon=False)  # below, over no trace
+        return _save(fig, out_dir, "power_trace", rect=(0, 0.14, 1, 1))
     return _save(fig, out_dir, "power_trace")
 
 
@@ -108,17 +120,23 @@ def energy_vs_loss(summary: pd.DataFrame, out_dir: Path) -> Path:
     if data.empty:
         _empty(ax, "energy vs loss needs GPU energy and quality runs")
     else:
-        for mode, marker in (("eager", "o"), ("compile", "s"), ("graph", "^")):
-            d = data[data["mode"] == mode]
-            ax.errorbar(d.gpu_j_per_token_mean * 1e3, d.val_loss_mean, xerr=d.gpu_j_per_token_ci95 * 1e3,
-                        yerr=d.val_loss_ci95.fillna(0), fmt=marker, ms=4, capsize=2, label=mode, lw=0.8)
-        for _, r in data[data["mode"] == data["mode"].iloc[0]].iterrows():
-            ax.annotate(r.variant, (r.gpu_j_per_token_mean * 1e3, r.val_loss_mean), fontsize=6, xytext=(3, 2),
-                        textcoords="offset points")
+        for _, r in data.iterrows():  # the variant's colour and marker; the mode by the marker's fill
+            ax.errorbar(r.gpu_j_per_token_mean * 1e3, r.val_loss_mean, xerr=r.gpu_j_per_token_ci95 * 1e3,
+                        yerr=0 if pd.isna(r.val_loss_ci95) else r.val_loss_ci95, fmt=variant_marker(r.variant), ms=5,
+                        capsize=2, lw=0.8, color=variant_color(r.variant), fillstyle=MODE_FILLS.get(r["mode"], "full"))
         ax.set_xlabel("GPU energy, mJ/token")
         ax.set_ylabel("validation loss (mean over seeds, 95% CI)")
-        ax.legend(fontsize=7)
+        modes = [m for m in MODE_FILLS if m in set(data["mode"])]
+        handles = [matplotlib.lines.Line2D([], [], marker=variant_marker(v), ls="", color=variant_color(v), label=v)
+                   for v in dict.fromkeys(data.variant)]  # a legend, not labels at the points: no collisions
+        handles += [matplotlib.lines.Line2D([], [], marker="o", ls="", color="0.3", fillstyle=MODE_FILLS[m], label=m)
+                    for m in modes]
+        fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=5, frameon=False)
+        return _save(fig, out_dir, "energy_vs_loss", rect=(0, 0.16, 1, 1))
     return _save(fig, out_dir, "energy_vs_loss")
+
+
+MODE_FILLS = {"eager": "none", "compile": "left", "graph": "full"}  # a point's mode by its marker's fill
 
 
 def loss_curves(frame: pd.DataFrame, out_dir: Path) -> Path:
@@ -131,11 +149,13 @@ def loss_curves(frame: pd.DataFrame, out_dir: Path) -> Path:
     for variant, group in runs.groupby("variant", sort=False):
         points = pd.DataFrame([p for curve in group.loss_curve for p in curve if p["tokens"] > 0])
         mean = points.groupby("tokens").val_loss.mean()
-        ax.plot(mean.index, mean.values, marker=".", label=variant, lw=1)
+        ax.plot(mean.index, mean.values, marker=variant_marker(variant), ms=3, label=variant, lw=1,
+                color=variant_color(variant))
     if len(runs):
         ax.set_xlabel("training tokens")
         ax.set_ylabel("validation loss (mean over seeds)")
-        ax.legend(ncol=3, fontsize=7)
+        fig.legend(*ax.get_legend_handles_labels(), ncol=5, fontsize=7, loc="lower center", frameon=False)
+        return _save(fig, out_dir, "loss_curves", rect=(0, 0.12, 1, 1))
     return _save(fig, out_dir, "loss_curves")
 
 

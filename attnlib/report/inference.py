@@ -16,7 +16,7 @@ import pandas as pd
 from ..registry import VARIANTS
 from ..results import read_run
 from . import latex
-from .figures import _empty, _save, series_color
+from .figures import _empty, _save, variant_color, variant_marker
 from .frames import family_variants, TRIAL_QUANTITIES, Comparison, aggregate, compare, with_calibration
 
 KEYS = ["variant", "mode", "phase", "batch_size", "context_len"]
@@ -71,11 +71,12 @@ def decode_energy_vs_batch(summary: pd.DataFrame, out_dir: Path, context_len: in
                    & (((summary.phase == "decode") & (summary["mode"] == mode)) | (summary.phase == "generate"))]
     if rows.empty:
         _empty(ax, "no decode measured in these results")
-    for i, ((variant, m), group) in enumerate(rows.groupby(["variant", "mode"], sort=False)):
-        group = group.sort_values("batch_size")
-        ax.errorbar(group.batch_size, group.j_per_token_mean, yerr=group.j_per_token_ci95.fillna(0), marker="o", ms=3,
-                    capsize=2, lw=1, ls="--" if m.startswith("hf_") else "-", color=series_color(i),
-                    label=_label(variant, m))
+    for (variant, m), group in rows.groupby(["variant", "mode"], sort=False):
+        group = group.sort_values("batch_size")  # the anchors: transformers' generate, sdpa's colour, dashed
+        anchor = m.startswith("hf_")
+        ax.errorbar(group.batch_size, group.j_per_token_mean, yerr=group.j_per_token_ci95.fillna(0),
+                    marker="x" if m == "hf_dynamic" else "+" if anchor else variant_marker(variant), ms=4, capsize=2,
+                    lw=1, ls="--" if anchor else "-", color=variant_color(variant), label=_label(variant, m))
     ax.set(xscale="log", yscale="log", xlabel="batch size (sequences decoded together)",
            ylabel="GPU energy, J per generated token")
     if not rows.empty:
@@ -95,10 +96,11 @@ def decode_latency_vs_context(summary: pd.DataFrame, out_dir: Path, mode: str) -
         if data.empty:
             _empty(ax, "no decode measured in these results")
             continue
-        for i, (variant, group) in enumerate(data.groupby("variant", sort=False)):
+        for variant, group in data.groupby("variant", sort=False):
             group = group.sort_values("context_len")
-            ax.errorbar(group.context_len, group.ms_per_step_mean, yerr=group.ms_per_step_ci95.fillna(0), marker="o",
-                        ms=3, capsize=2, lw=1, color=series_color(i), label=variant)
+            ax.errorbar(group.context_len, group.ms_per_step_mean, yerr=group.ms_per_step_ci95.fillna(0),
+                        marker=variant_marker(variant), ms=3, capsize=2, lw=1, color=variant_color(variant),
+                        label=variant)
         ax.set(xscale="log", xlabel="context (tokens)", title=f"batch {batch}")
         ax.set_xticks(sorted(data.context_len.unique()), [str(t) for t in sorted(data.context_len.unique())])
         ax.minorticks_off()  # a log axis's minor labels (6 x 10^2, ...) crowd the two contexts
@@ -117,7 +119,8 @@ def cache_bytes(summary: pd.DataFrame, out_dir: Path, context_len: int) -> Path:
         _empty(ax, f"no prefill of {context_len} tokens measured in these results")
     else:
         per_sequence = rows.cache_bytes / rows.batch_size / 2**20
-        ax.bar(range(len(rows)), per_sequence, color=["C1" if b == 0 else "C0" for b in rows.cache_bytes_per_token])
+        ax.bar(range(len(rows)), per_sequence, color=[variant_color(v) for v in rows.variant],
+               hatch=["//" if b == 0 else "" for b in rows.cache_bytes_per_token], edgecolor="0.2", lw=0.4)
         for x, (value, per_token) in enumerate(zip(per_sequence, rows.cache_bytes_per_token)):
             ax.text(x, value, "constant" if per_token == 0 else f"{per_token / 1024:.0f} KiB/token", ha="center",
                     va="bottom", fontsize=6)
