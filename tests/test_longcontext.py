@@ -269,7 +269,7 @@ def test_long_context_report_writes_tables_figures_and_the_sections_macros(tmp_p
     assert set(crossover.index) == set(VARIANTS) - {"sdpa"}
     assert not crossover.loc[unmeasured, "measured"].any() and crossover.loc[["linear", "baseline"], "measured"].all()
     assert table.count("not measured") == 4 * len(unmeasured)
-    for figure in ("longcontext_energy", "longcontext_memory"):
+    for figure in ("longcontext_energy", "longcontext_memory", "longcontext_paired_ratios"):
         assert (tmp_path / "figures" / "longcontext" / f"{figure}.pdf").exists()
 
 

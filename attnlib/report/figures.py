@@ -269,6 +269,39 @@ def _per_length(sweep: pd.DataFrame, column: str, ci: str | None, scale: float, 
     return _save(fig, out_dir, name)
 
 
+def paired_ratio_vs_seq_len(sweep: pd.DataFrame, out_dir: Path) -> Path:
+    """Each variant's paired ratio of energy per token to the reference against T (its fast mode's cells), with the
+    95% interval as a band and the A/A bound shaded around 1 at each length: where a line leaves the shade for good
+    is its crossover."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    paired = sweep[(sweep.get("protocol", pd.Series(dtype=object)) == "paired")] if len(sweep) else sweep
+    paired = paired.dropna(subset=["gpu_j_per_token_ratio"]) if len(paired) else paired
+    if paired.empty:
+        _empty(ax, "no paired long-context cells in these results yet")
+        return _save(fig, out_dir, "longcontext_paired_ratios")
+    bound = paired.groupby("seq_len").gpu_j_per_token_aa_bound.max().dropna().sort_index()
+    if len(bound):
+        ax.fill_between(bound.index, 1 - bound.values, 1 + bound.values, color="0.88", zorder=0, step="mid")
+    ax.axhline(1.0, color="0.3", lw=0.8)
+    for variant, group in paired.groupby("variant", sort=False):
+        g = group.sort_values("seq_len")
+        ax.plot(g.seq_len, g.gpu_j_per_token_ratio, marker=variant_marker(variant), ms=4, lw=1,
+                color=variant_color(variant), label=variant)
+        ax.fill_between(g.seq_len, g.gpu_j_per_token_ratio_low, g.gpu_j_per_token_ratio_high, alpha=0.15,
+                        color=variant_color(variant))
+    lengths = sorted(paired.seq_len.unique())
+    ax.set(xscale="log", yscale="log", xlabel="sequence length T (tokens)",
+           ylabel=f"energy per token / {paired.reference.dropna().iloc[0]}'s (95% CI)")
+    ax.set_xticks(lengths, [f"{t // 1024}K" if t >= 1024 else str(t) for t in lengths])
+    ax.minorticks_off()
+    ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(_ratio_ticks(*ax.get_ylim())))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    handles, labels = ax.get_legend_handles_labels()
+    handles.append(matplotlib.patches.Patch(color="0.88", label="A/A bound"))
+    fig.legend(handles, [*labels, "A/A bound"], ncol=6, fontsize=6, loc="lower center", frameon=False)
+    return _save(fig, out_dir, "longcontext_paired_ratios", rect=(0, 0.1, 1, 1))
+
+
 def energy_vs_seq_len(sweep: pd.DataFrame, out_dir: Path) -> Path:
     return _per_length(sweep, "gpu_j_per_token_mean", "gpu_j_per_token_ci95", 1e3, "GPU energy, mJ/token (95% CI)",
                        out_dir, "longcontext_energy")

@@ -217,6 +217,7 @@ def build_longcontext_report(frame: pd.DataFrame, calibrations: dict[str, dict],
     (generated / "crossover.tex").write_text(crossover_table(fast, eager, fast_lengths[-1] if fast_lengths else 0,
                                                              eager_lengths[-1] if eager_lengths else 0))
     figures.energy_vs_seq_len(sweep, figures_dir / label)
+    figures.paired_ratio_vs_seq_len(sweep, figures_dir / label)
     figures.memory_vs_seq_len(sweep, figures_dir / label)
     run = read_run(results_dir)
     paired = sweep[sweep.protocol == "paired"] if len(sweep) else sweep
