@@ -110,9 +110,13 @@ pdf="paper/paper-$label.pdf"
 if [ -z "$label" ]; then
   pdf=""
 elif command -v latexmk >/dev/null 2>&1; then
-  # the PDF's dates are the newest result's creation time: a rebuild from the same results gives the same PDF,
-  # committed or not (-g: latexmk cannot see that date change, so it always builds)
-  SOURCE_DATE_EPOCH=$(python -c "import sys; from attnlib.results import newest_result_epoch; print(newest_result_epoch(sys.argv[1]))" "$results")
+  # the PDF's dates are the newest creation time of the results it reads (the paper: its folder and its sections'):
+  # a rebuild from the same results gives the same PDF, whichever folder asked for it and committed or not
+  # (-g: latexmk cannot see that date change, so it always builds)
+  sources="$results"
+  [ "$label" = paper ] && sources="results/paper results/longcontext results/inference results/components results/distributed"
+  # shellcheck disable=SC2086
+  SOURCE_DATE_EPOCH=$(python -c "import sys; from attnlib.results import newest_result_epoch; print(max(newest_result_epoch(d) for d in sys.argv[1:]))" $sources)
   export SOURCE_DATE_EPOCH
   (cd paper && latexmk -g -pdf -interaction=nonstopmode -halt-on-error -jobname="paper-$label" \
       -usepretex="\\def\\attnprofile{$label}" paper.tex >"latexmk-$label.log" 2>&1) \
