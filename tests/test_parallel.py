@@ -178,7 +178,8 @@ def _ranks_worker(rank: int, world: int, init_file: str) -> None:
         busy(0.3 * (rank + 1))  # rank 1 works twice as long; rank 0's card waits (and draws power) meanwhile
     ranks, total = window.ranks, window.total
     assert [r.tokens for r in ranks] == [10, 20] and total.tokens == 30 and total.gpu_count == 2
-    assert all(r.wall_s >= 0.6 for r in ranks), [r.wall_s for r in ranks]  # both ends aligned to the slowest
+    # both ends aligned to the slowest rank, within the barriers' release skew (milliseconds on a loaded host)
+    assert all(r.wall_s >= 0.6 - 0.02 for r in ranks), [r.wall_s for r in ranks]
     assert total.wall_s == max(r.wall_s for r in ranks)
     assert total.gpu_energy_j == pytest.approx(sum(r.gpu_energy_j for r in ranks))
     assert total.gpu_energy_j == pytest.approx(300.0 * total.wall_s, rel=0.3)  # 100 W + 200 W over the window
