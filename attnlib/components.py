@@ -1,25 +1,27 @@
-"""The components of a GPT-2 forward pass, CLEAR's decomposition (Component-Level Energy Assessment via
-Repetitions, ../shared/seeds/002): each runs alone on inputs of its real shapes, so that a loop of repeated calls
-can be measured, and chained in order they are the whole forward pass (`forward_by_components`; the tests hold
-the chain to the model's own logits for every variant, so no module is left out).
+"""The components of a forward pass in any model family, CLEAR's decomposition (Component-Level Energy
+Assessment via Repetitions, ../shared/seeds/002): each runs alone on inputs of its real shapes, so that a loop of
+repeated calls can be measured, and chained in order they are the whole forward pass (`forward_by_components`; the
+tests hold the chain to the model's own logits for every variant of every family, so no module is left out). The
+family's `Decoding` (`attnlib.archs`) gives its parts and order; a variant with its own attention module gives its
+split itself (`project`, its input projections, and `core`).
 
 | kind | calls per forward | what |
 |---|---|---|
-| embedding | 1 | token and position embedding, `wte(ids) + wpe(positions)` |
-| layer_norm | 2 n_layer + 1 | `ln_1`, `ln_2` of every block and the final `ln_f` |
-| input_projection | n_layer | the variant's own q, k, v projections (GPT-2's `c_attn`, GQA's and LSH's narrower ones, MLA's query and latent down, norm and up) |
+| embedding | 1 | token embedding and positions: GPT-2's `wte(ids) + wpe(positions)`, Llama's `embed_tokens(ids)` and its RoPE tables (computed once per pass, as LlamaModel does) |
+| layer_norm | 2 n_layer + 1 | the family's norms (GPT-2's LayerNorms `ln_1`, `ln_2`, `ln_f`; Llama's RMSNorms) |
+| input_projection | n_layer | the variant's own q, k, v projections (the family's, with RoPE where it has it; GQA's and LSH's narrower ones; MLA's query and latent down, norm and up, and its rotated RoPE key) |
 | attention_core | n_layer | the variant's core on `[B, H, T, D]` |
-| output_projection | n_layer | `c_proj` of the attention |
-| mlp | n_layer | `c_fc`, GELU, `c_proj` |
-| residual_add | 2 n_layer | the block's two additions |
+| output_projection | n_layer | the attention's output projection (`c_proj`, `o_proj`) |
+| mlp | n_layer | GPT-2's `c_fc`, GELU, `c_proj`; Llama's SwiGLU |
+| residual_add | 2 n_layer | the layer's two additions |
 | lm_head | 1 | logits of every position |
 
 Layers have the same shapes, so one layer's inputs stand for all: a component is measured once and counted
 `count` times. For a training step (`training_components`) each component runs forward and backward (into its
 inputs and its weights, from a fixed upstream gradient), and two more complete the step: `loss` (cross-entropy of
-the logits) and `optimizer` (one AdamW step, fused on CUDA, as the trainer's). FLOPs are matmul FLOPs (the project's convention, mask-exact for the core); the elementwise
-components (embedding, layer norm, residual add) have `flops=None`: they do no matmul work, so energy per FLOP is
-not defined for them.
+the logits) and `optimizer` (one AdamW step, fused on CUDA, as the trainer's). FLOPs are matmul FLOPs (the
+project's convention, mask-exact for the core); the elementwise components (embedding, norms, residual add) have
+`flops=None`: they do no matmul work, so energy per FLOP is not defined for them.
 """
 
 from __future__ import annotations
@@ -29,80 +31,77 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from transformers import GPT2LMHeadModel
+from transformers import PreTrainedModel
 
-from .decode import _core, _heads
+from .archs import arch_of
+from .decode import _core
 from .experiments.training import next_token_loss
 from .flops import BACKWARD_OVER_FORWARD, causal_attention_flops
-from .model import attention_output, attention_qkv
 from .registry import get_variant
-from .variants.lsh import LSHAttention
-from .variants.mla import MultiHeadLatentAttention
 
 KINDS = ("embedding", "layer_norm", "input_projection", "attention_core", "output_projection", "mlp", "residual_add",
          "lm_head")
 TRAINING_KINDS = (*KINDS, "loss", "optimizer")
 
 
-def input_projection(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The variant's own q, k, v `[B, heads, T, D]` from the block's normalised input `x` `[B, T, C]`."""
-    if isinstance(attn, MultiHeadLatentAttention):
-        latent = attn.kv_norm(attn.kv_down(x))
-        return tuple(_heads(t, attn.head_dim) for t in (attn.q_proj(x), attn.k_up(latent), attn.v_up(latent)))
-    if isinstance(attn, LSHAttention):
-        qk, v = attn.project(x)
-        return qk, qk, v  # shared query/key
-    return attention_qkv(attn, x)
+def input_projection(family: Any, attn: nn.Module, x: torch.Tensor, rope: Any) -> tuple[torch.Tensor, ...]:
+    """The core's inputs `[B, heads, T, D]` from the layer's normalised input `x` `[B, T, C]`: the variant module's
+    own `project`, or the family's q, k, v projections (RoPE applied where the family has it)."""
+    own = getattr(attn, "project", None)
+    return own(x, rope) if own is not None else family.qkv(attn, x, rope)
 
 
-def attention_core(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The variant's causal core, `[B, H, T, D]` (MLA's is SDPA over its up-projected keys and values)."""
-    if isinstance(attn, MultiHeadLatentAttention):
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-    if isinstance(attn, LSHAttention):
-        return attn.core(q, v)
-    return _core(attn, q, k, v)
+def attention_core(attn: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+    """The variant's causal core, `[B, H, T, D]`: the variant module's own `core`, or its attention function on
+    q, k, v (SDPA for a module without either, as its forward)."""
+    own = getattr(attn, "core", None)
+    return own(*inputs) if own is not None else _core(attn, *inputs)
 
 
-def forward_by_components(model: GPT2LMHeadModel, ids: torch.Tensor,
+def forward_by_components(model: PreTrainedModel, ids: torch.Tensor,
                           record: Callable[[str, int, tuple], None] | None = None) -> torch.Tensor:
-    """Logits `[B, T, V]` of `ids` `[B, T]` by the components chained in GPT-2's order (eval mode: no dropout);
-    `record(kind, layer, inputs)` sees every component's inputs (layer -1: outside the blocks)."""
+    """Logits `[B, T, V]` of `ids` `[B, T]` by the components chained in the family's order (eval mode: no
+    dropout); `record(kind, layer, inputs)` sees every component's inputs (layer -1: outside the layers)."""
     if model.training:
         raise ValueError("model: call model.eval() first (the components run without dropout)")
     note = record or (lambda kind, layer, inputs: None)
-    t = model.transformer
+    family = arch_of(model.config).decoding(model)
     positions = torch.arange(ids.shape[1], device=ids.device)
-    note("embedding", -1, (ids, positions))
-    hidden = t.wte(ids) + t.wpe(positions)
-    for layer, block in enumerate(t.h):
-        note("layer_norm", layer, (block.ln_1, hidden))
-        x = block.ln_1(hidden)
-        note("input_projection", layer, (block.attn, x))
-        q, k, v = input_projection(block.attn, x)
-        note("attention_core", layer, (block.attn, q, k, v))
-        y = attention_core(block.attn, q, k, v)
-        note("output_projection", layer, (block.attn, y))
-        branch = attention_output(block.attn, y)
+    note("embedding", -1, (family, ids, positions))
+    hidden, rope = _embedding(family, ids, positions)
+    for layer, (norm_1, attn, norm_2, mlp) in enumerate(family.layers):
+        note("layer_norm", layer, (norm_1, hidden))
+        x = norm_1(hidden)
+        note("input_projection", layer, (family, attn, x, rope))
+        inputs = input_projection(family, attn, x, rope)
+        note("attention_core", layer, (attn, *inputs))
+        y = attention_core(attn, *inputs)
+        note("output_projection", layer, (attn, y))
+        branch = family.output(attn, y)
         note("residual_add", layer, (hidden, branch))
         hidden = hidden + branch
-        note("layer_norm", layer, (block.ln_2, hidden))
-        x = block.ln_2(hidden)
-        note("mlp", layer, (block.mlp, x))
-        branch = block.mlp(x)
+        note("layer_norm", layer, (norm_2, hidden))
+        x = norm_2(hidden)
+        note("mlp", layer, (mlp, x))
+        branch = mlp(x)
         note("residual_add", layer, (hidden, branch))
         hidden = hidden + branch
-    note("layer_norm", -1, (t.ln_f, hidden))
-    hidden = t.ln_f(hidden)
-    note("lm_head", -1, (model.lm_head, hidden))
-    return model.lm_head(hidden)
+    note("layer_norm", -1, (family.final_norm, hidden))
+    hidden = family.final_norm(hidden)
+    note("lm_head", -1, (family.lm_head, hidden))
+    return family.lm_head(hidden)
 
 
-_RUN: dict[str, Callable[..., Any]] = {  # kind -> the call on its recorded inputs (the embedding: in `components`)
+def _embedding(family: Any, ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """The hidden states entering layer 0 and the RoPE tables every layer reads (None without RoPE)."""
+    return family.embed(ids, positions), family.rope(positions)
+
+
+_RUN: dict[str, Callable[..., Any]] = {  # kind -> the call on its recorded inputs (the output projection: per family)
+    "embedding": _embedding,
     "layer_norm": lambda norm, x: norm(x),
     "input_projection": input_projection,
     "attention_core": attention_core,
-    "output_projection": attention_output,
     "mlp": lambda mlp, x: mlp(x),
     "residual_add": torch.add,
     "lm_head": lambda head, x: head(x),
@@ -125,12 +124,13 @@ class Component:
 
 
 def _weights(*modules: nn.Module) -> int:
+    """Entries of the modules' 2-D weight matrices: what a token is multiplied by (norm scales are 1-D)."""
     return sum(p.numel() for m in modules for name, p in m.named_parameters() if name.endswith("weight") and p.dim() == 2)
 
 
-def components(model: GPT2LMHeadModel, ids: torch.Tensor) -> list[Component]:
-    """The forward pass's components on `ids` `[B, T]`, in `KINDS` order, each with layer 0's inputs (ln_f's
-    for the final layer norm: same shape) captured from one chained forward pass."""
+def components(model: PreTrainedModel, ids: torch.Tensor) -> list[Component]:
+    """The forward pass's components on `ids` `[B, T]`, in `KINDS` order, each with layer 0's inputs (the final
+    norm's for the norms: same shape) captured from one chained forward pass."""
     inputs: dict[str, tuple] = {}
     counts: dict[str, int] = dict.fromkeys(KINDS, 0)
 
@@ -140,26 +140,29 @@ def components(model: GPT2LMHeadModel, ids: torch.Tensor) -> list[Component]:
 
     with torch.no_grad():
         forward_by_components(model, ids, record)
-    t, config = model.transformer, model.config
+    config = model.config
+    family = arch_of(config).decoding(model)
     B, T = ids.shape
-    block = t.h[0]
+    _, attn, _, mlp = family.layers[0]
+    output = family.output_projection(attn)
     spec = get_variant(config.attnlib_variant)
     flops = {
-        "input_projection": 2.0 * B * T * _weights(*_projection_modules(block.attn)),
+        "input_projection": 2.0 * B * T * (_weights(attn) - _weights(output)),
         "attention_core": B * (spec.attention_flops or causal_attention_flops)(config, T),
-        "output_projection": 2.0 * B * T * _weights(block.attn.c_proj),
-        "mlp": 2.0 * B * T * _weights(block.mlp),
-        "lm_head": 2.0 * B * T * model.lm_head.weight.numel(),
+        "output_projection": 2.0 * B * T * _weights(output),
+        "mlp": 2.0 * B * T * _weights(mlp),
+        "lm_head": 2.0 * B * T * family.lm_head.weight.numel(),
     }
-    run = {**_RUN, "embedding": lambda ids, positions: t.wte(ids) + t.wpe(positions)}
+    run = {**_RUN, "output_projection": family.output}
     return [Component(kind, counts[kind], run[kind], inputs[kind], flops.get(kind)) for kind in KINDS]
 
 
-def _projection_modules(attn: nn.Module) -> list[nn.Module]:
-    """The modules of the variant's input projections (their 2-D weights are the matmul work)."""
-    if isinstance(attn, MultiHeadLatentAttention):
-        return [attn.q_proj, attn.kv_down, attn.k_up, attn.v_up]
-    return [attn.c_attn]
+def _float_tensors(out: Any) -> list[torch.Tensor]:
+    """The floating-point tensors of a component's output (a tensor, or nested tuples with None for what a family
+    lacks), in order."""
+    if torch.is_tensor(out):
+        return [out] if out.is_floating_point() else []
+    return [t for o in (out if isinstance(out, tuple) else ()) for t in _float_tensors(o)]
 
 
 def _with_backward(part: Component) -> Component:
@@ -168,18 +171,18 @@ def _with_backward(part: Component) -> Component:
     (2 x for the backward), 1 + 2.5 x for an attention core (FlashAttention's convention, `attnlib.flops`)."""
     args = tuple(a.detach().requires_grad_() if torch.is_tensor(a) and a.is_floating_point() else a for a in part.args)
     with torch.no_grad():
-        out = part.fn(*args)
-    grads = tuple(torch.randn_like(o) for o in (out if isinstance(out, tuple) else (out,)))
+        grads = [torch.randn_like(o) for o in _float_tensors(part.fn(*args))]
 
     def forward_backward(*inputs: Any) -> None:
-        out = part.fn(*inputs)
-        torch.autograd.backward(out if isinstance(out, tuple) else (out,), grads)
+        # the outputs gradients flow from (the embedding's RoPE tables come from a buffer: none)
+        pairs = [(o, g) for o, g in zip(_float_tensors(part.fn(*inputs)), grads) if o.requires_grad]
+        torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
 
     factor = 1 + BACKWARD_OVER_FORWARD if part.kind == "attention_core" else 3.0
     return Component(part.kind, part.count, forward_backward, args, None if part.flops is None else factor * part.flops)
 
 
-def training_components(model: GPT2LMHeadModel, ids: torch.Tensor,
+def training_components(model: PreTrainedModel, ids: torch.Tensor,
                         optimizer: torch.optim.Optimizer) -> list[Component]:
     """The components of a training step on `ids` `[B, T]` (labels: the next tokens), in `TRAINING_KINDS` order:
     each forward component with its backward, the head on positions 0..T-2 and the loss as the trainer computes them

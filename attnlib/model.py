@@ -121,6 +121,11 @@ def layer_overrides(layers: int) -> dict:
     return {"n_layer": layers}
 
 
+def shape_overrides(heads: int, width: int) -> dict:
+    """The config fields of `heads` query heads over a residual width `width` (head_dim = width / heads)."""
+    return {"n_head": heads, "n_embd": width}
+
+
 def attention_qkv(attn: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Queries `[B, H, T, D]` and keys, values `[B, n_kv, T, D]` of a GPT-2 attention: GPT-2's fused `c_attn`, or a
     variant module's own `qkv`."""
@@ -136,14 +141,16 @@ def attention_output(attn: torch.nn.Module, y: torch.Tensor) -> torch.Tensor:
 
 
 class Decoding:
-    """What `attnlib.decode` needs of a GPT-2: its layers as (ln_1, attention, ln_2, MLP), token plus learned
-    position embeddings, ln_f and the head, and each attention's projections (GPT-2's fused `c_attn`, or a
-    variant module's own `qkv`) and output projection. Positions enter at the input, so attention needs none."""
+    """What `attnlib.decode` and `attnlib.components` need of a GPT-2: its layers as (ln_1, attention, ln_2, MLP),
+    token plus learned position embeddings, ln_f (`final_norm`) and the head, and each attention's projections
+    (GPT-2's fused `c_attn`, or a variant module's own `qkv`) and output projection. Positions enter at the input,
+    so attention needs none."""
 
     def __init__(self, model: GPT2LMHeadModel):
         t = self.transformer = model.transformer
         self.model, self.max_len, self.weight = model, model.config.n_positions, t.wte.weight
         self.layers = [(block.ln_1, block.attn, block.ln_2, block.mlp) for block in t.h]
+        self.final_norm, self.lm_head = t.ln_f, model.lm_head
         self.unread = (t.wpe.weight,)  # a step reads one row of the position table, not all of it
 
     def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -153,13 +160,16 @@ class Decoding:
         return None
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.model.lm_head(self.transformer.ln_f(hidden))
+        return self.lm_head(self.final_norm(hidden))
 
     def qkv(self, attn: torch.nn.Module, x: torch.Tensor, rope: None) -> tuple[torch.Tensor, ...]:
         return attention_qkv(attn, x)
 
     def output(self, attn: torch.nn.Module, y: torch.Tensor) -> torch.Tensor:
         return attention_output(attn, y)
+
+    def output_projection(self, attn: torch.nn.Module) -> torch.nn.Module:
+        return attn.c_proj
 
     def kv_heads(self, attn: torch.nn.Module) -> int:
         return getattr(attn, "n_kv_head", None) or attn.num_heads

@@ -1,4 +1,5 @@
-"""Tiny GPT-2 configurations for CPU tests: 2 layers, 64 wide, 4 heads, T = 64."""
+"""Tiny models for CPU tests: GPT-2 (2 layers, 64 wide, 4 heads, T = 64) and the llama family (2 layers, 64 wide,
+4 query / 2 key/value heads of 16, llama3-scaled RoPE, T = 32)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,21 @@ GPT2_VARIANTS = attnlib.supported_variants("gpt2")
 def variant(request) -> str:
     """Each variant with a GPT-2 form (the tiny models here are GPT-2)."""
     return request.param
+
+
+LLAMA_TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, vocab_size=101, max_position_embeddings=64, bos_token_id=None, eos_token_id=None,
+                  rope_parameters={"rope_type": "llama3", "rope_theta": 500_000.0, "factor": 32.0,
+                                   "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                   "original_max_position_embeddings": 32})
+# per-variant parameters that really cut a T = 15-32 sequence (the key/value head axis at its own counts)
+LLAMA_TINY_PARAMS = {"sliding_window": dict(window=5), "linear": dict(chunk_size=4),
+                     "mha": dict(num_key_value_heads=None), "mqa": dict(num_key_value_heads=1),
+                     "mla": dict(kv_lora_rank=8, q_lora_rank=16, qk_rope_head_dim=4)}
+LLAMA_VARIANTS = attnlib.supported_variants("llama")
+
+
+def tiny_llama(variant: str, **overrides) -> torch.nn.Module:
+    """A tiny, seeded llama-family model with `variant`'s attention (train mode; `overrides` over `LLAMA_TINY`)."""
+    torch.manual_seed(0)
+    return attnlib.build_model(variant, arch="llama", seq_len=32, **{**LLAMA_TINY, **overrides})

@@ -9,17 +9,9 @@ from transformers import LlamaForCausalLM
 
 import attnlib
 from attnlib.archs import ARCHS, get_arch
+from conftest import LLAMA_TINY as TINY, tiny_llama
 
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            head_dim=16, vocab_size=101, max_position_embeddings=64,
-            rope_parameters={"rope_type": "llama3", "rope_theta": 500_000.0, "factor": 32.0, "low_freq_factor": 1.0,
-                             "high_freq_factor": 4.0, "original_max_position_embeddings": 32})
 EXACT = ["baseline", "sdpa", "flash", "cudnn", "flex"]
-
-
-def tiny_llama(variant: str, **overrides) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    return attnlib.build_model(variant, arch="llama", seq_len=32, **{**TINY, **overrides})
 
 
 def test_the_llama_family_has_llama_3_2_1b_shape() -> None:

@@ -22,6 +22,7 @@ from attnlib.registry import supported_variants
 from attnlib.measurement import Measurement
 from attnlib.report import build_report
 from attnlib.results import ComponentResult, Provenance, results_frame, write_result
+from conftest import LLAMA_TINY, LLAMA_TINY_PARAMS
 
 VARIANTS = supported_variants("gpt2")  # the profiles here are GPT-2 profiles
 
@@ -72,6 +73,23 @@ def test_every_cell_is_measured_with_its_count_and_flops(tmp_path, variant: str)
     assert elementwise.flops_per_call.isna().all() and elementwise.tflops.isna().all()  # no silent zeros
 
 
+@pytest.mark.parametrize("variant", ["sdpa", "mla"])
+def test_a_llama_job_measures_every_cell_of_its_own_family(tmp_path, variant: str) -> None:
+    """The components of the llama family's pass and training step (RMSNorms, RoPE, SwiGLU, MLA's rotated latent;
+    both variants are among the default training variants),
+    every result recording the family; a width on the sensitivity axis keeps the head dimension there too."""
+    model = {**{k: v for k, v in LLAMA_TINY.items() if k != "max_position_embeddings"}, **LLAMA_TINY_PARAMS.get(variant, {})}
+    config = tiny_config(train=TrainConfig(variant=variant, arch="llama", model=model), seq_lens=[16, 32],
+                         sensitivity={"n_embd": [32]}, sensitivity_seq_len=16)
+    if variant == "sdpa":
+        assert [s.name for s in config.settings()][2:] == ["forward/n_embd/T16/B4/H2/C32", "training/base/T16/B4/H4/C64"]
+    frame = results_frame(run_components_job(config, tmp_path, progress=False))
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == sorted(config.result_names())
+    assert (frame.status == "ok").all(), frame[frame.status != "ok"].error.tolist()
+    assert set(frame.arch) == {"llama"} and set(frame.component) == {*TRAINING_KINDS, WHOLE}
+    assert frame.groupby("component")["count"].first()["layer_norm"] == 2 * LLAMA_TINY["num_hidden_layers"] + 1
+
+
 def test_a_failed_cell_is_recorded_for_every_trial(tmp_path, monkeypatch) -> None:
     build = components_family._Job.build
 
@@ -112,6 +130,18 @@ def test_profile_plans_one_components_job_per_variant() -> None:
     sdpa = ComponentsConfig(**next(j for j in jobs if j.variant == "sdpa").config)
     assert sdpa.seq_lens == [512, 8192] and sdpa.trials >= 3 and sdpa.window_s >= 1
     assert {s.axis for s in sdpa.settings()} == {"base", "batch_size", "n_head", "n_embd"}
+
+
+def test_the_llama_profile_measures_every_llama_variant_at_2k_and_16k() -> None:
+    """#27: the forward pass at T = 2048 and 16K for every variant of the 1B model, and sdpa's training step."""
+    jobs = plan(load_profile("llama-components"), supported_variants("llama"))
+    assert sorted(j.variant for j in jobs) == sorted(supported_variants("llama"))
+    for job in jobs:
+        config = ComponentsConfig(**job.config)
+        assert config.train.arch == "llama" and config.trials >= 3 and config.window_s >= 1
+        names = [s.name for s in config.settings()]
+        assert names[:2] == ["forward/base/T2048/B4/H32/C2048", "forward/base/T16384/B1/H32/C2048"]
+        assert names[2:] == (["training/base/T2048/B4/H32/C2048"] if job.variant == "sdpa" else [])
 
 
 @pytest.mark.slow

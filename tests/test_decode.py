@@ -11,6 +11,7 @@ from attnlib import VARIANTS as VARIANTS_SPEC
 from attnlib import build_model, supported_variants
 from attnlib.decode import Decoder, cache_bytes_per_token, cache_kind, step_bytes_read
 from attnlib.model import causal_hidden_states
+from conftest import LLAMA_TINY, LLAMA_TINY_PARAMS
 
 TINY = dict(n_layer=2, n_embd=32, n_head=4, n_positions=32, vocab_size=97)
 PARAMS = {"gqa": dict(n_kv_head=2), "sliding_window": dict(window=5), "mla": dict(kv_lora_rank=8),
@@ -151,10 +152,6 @@ def test_rewind_repeats_the_same_decode(variant: str) -> None:
     torch.testing.assert_close(torch.stack([decoder.step(t) for t in tokens]), first, rtol=0, atol=0)
 
 
-LLAMA_TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=8, vocab_size=97, max_position_embeddings=64)
-LLAMA_PARAMS = {"sliding_window": dict(window=5), "linear": dict(chunk_size=4), "mha": dict(num_key_value_heads=None),
-                "mqa": dict(num_key_value_heads=1), "mla": dict(kv_lora_rank=8, q_lora_rank=16, qk_rope_head_dim=4)}
 LLAMA_DECODED = [v for v in supported_variants("llama") if VARIANTS_SPEC[v].decode_cache is not None]
 
 
@@ -164,8 +161,8 @@ def test_a_llama_decodes_with_its_own_cache_as_its_full_forward(variant: str) ->
     its rotated shared key, the window's ring, linear's state): a 6-token prompt, then 9 steps past the ring's
     wrap-around, equal to the full forward pass's logits; the cache bytes are the analytic ones."""
     torch.manual_seed(0)
-    model = build_model(variant, arch="llama", seq_len=32, **{**LLAMA_TINY, **LLAMA_PARAMS.get(variant, {})}).eval()
-    ids = torch.randint(0, 97, (3, 15), generator=torch.Generator().manual_seed(1))
+    model = build_model(variant, arch="llama", seq_len=32, **{**LLAMA_TINY, **LLAMA_TINY_PARAMS.get(variant, {})}).eval()
+    ids = torch.randint(0, LLAMA_TINY["vocab_size"], (3, 15), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         full = model(ids).logits
     decoder = Decoder(model, batch_size=3, max_len=20)
@@ -173,7 +170,7 @@ def test_a_llama_decodes_with_its_own_cache_as_its_full_forward(variant: str) ->
     torch.testing.assert_close(torch.cat(logits, dim=1), full, rtol=1e-4, atol=1e-4)
     per_token = cache_bytes_per_token(model, torch.float32)
     kv_heads = model.config.num_key_value_heads
-    expected = {"mla": 8 + 4, "sliding_window": 0, "linear": 0}.get(variant, 2 * kv_heads * 8)
+    expected = {"mla": 8 + 4, "sliding_window": 0, "linear": 0}.get(variant, 2 * kv_heads * LLAMA_TINY["head_dim"])
     assert per_token == 2 * expected * 4
     if per_token:
         assert decoder.cache_bytes == 3 * 20 * per_token

@@ -11,12 +11,13 @@ A family's module defines, for models `attnlib.build_model` built:
   why), each layer one nested compile region (`shared_blocks`) and recomputed in backward (`checkpoint`,
   `layer_runner`);
 - `blocks(model)` and `attention_modules(model)`: its decoder layers and their attention modules;
-- `length_overrides(seq_len)` and `layer_overrides(layers)`: the config fields that set a model's positions to
-  `seq_len` (learned positions have a table to size) and its depth;
+- `length_overrides(seq_len)`, `layer_overrides(layers)` and `shape_overrides(heads, width)`: the config fields
+  that set a model's positions to `seq_len` (learned positions have a table to size), its depth, and its query
+  heads and width;
 - `attention_alone(model)`: layer 0's attention as a module of hidden states `[B, T, C]` -> `[B, T, C]`, holding
   what the family passes it besides (positions, no mask), for measuring a layer alone;
-- `Decoding(model)`: what `attnlib.decode` runs a model with: its layers' parts, embeddings, positions, head and
-  each attention's projections.
+- `Decoding(model)`: what `attnlib.decode` and `attnlib.components` run a model with: its layers' parts,
+  embeddings, positions, final norm and head, and each attention's projections.
 It is imported when first used, so that the GPT-2 family can live in `attnlib.model`, which imports this registry.
 """
 
@@ -88,6 +89,9 @@ class ArchSpec:
 
     def layer_overrides(self, layers: int) -> dict[str, Any]:
         return self.anatomy.layer_overrides(layers)
+
+    def shape_overrides(self, heads: int, width: int) -> dict[str, Any]:
+        return self.anatomy.shape_overrides(heads, width)
 
     def attention_alone(self, model: nn.Module) -> nn.Module:
         return self.anatomy.attention_alone(model)

@@ -125,16 +125,24 @@ def layer_overrides(layers: int) -> dict[str, Any]:
     return {"num_hidden_layers": layers}
 
 
+def shape_overrides(heads: int, width: int) -> dict[str, Any]:
+    """The config fields of `heads` query heads over a residual width `width`: head_dim = width / heads (Llama
+    sets its head_dim apart from the width; here they move together, as GPT-2's do)."""
+    return {"num_attention_heads": heads, "hidden_size": width, "head_dim": width // heads}
+
+
 class Decoding:
-    """What `attnlib.decode` needs of a Llama: its layers as (input RMSNorm, attention, post-attention RMSNorm,
-    SwiGLU MLP), the token embedding, the RoPE tables of given positions (the model's own rotary embedding), the
-    final norm and the head, and each attention's projections with RoPE applied, as LlamaAttention applies it."""
+    """What `attnlib.decode` and `attnlib.components` need of a Llama: its layers as (input RMSNorm, attention,
+    post-attention RMSNorm, SwiGLU MLP), the token embedding, the RoPE tables of given positions (the model's own
+    rotary embedding), the final norm and the head, and each attention's projections with RoPE applied, as
+    LlamaAttention applies it."""
 
     def __init__(self, model: LlamaForCausalLM):
         inner = self.inner = model.model
         self.model, self.max_len, self.weight = model, model.config.max_position_embeddings, inner.embed_tokens.weight
         self.layers = [(layer.input_layernorm, layer.self_attn, layer.post_attention_layernorm, layer.mlp)
                        for layer in inner.layers]
+        self.final_norm, self.lm_head = inner.norm, model.lm_head
         self.unread = ()
 
     def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -146,7 +154,7 @@ class Decoding:
         return self.inner.rotary_emb(self.weight, positions.unsqueeze(0))
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.model.lm_head(self.inner.norm(hidden))
+        return self.lm_head(self.final_norm(hidden))
 
     def qkv(self, attn: nn.Module, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Queries `[B, H, T, D]` and keys, values `[B, n_kv, T, D]`, queries and keys rotated to their positions."""
@@ -160,6 +168,9 @@ class Decoding:
 
     def output(self, attn: nn.Module, y: torch.Tensor) -> torch.Tensor:
         return attn.o_proj(y.transpose(1, 2).flatten(2))
+
+    def output_projection(self, attn: nn.Module) -> nn.Module:
+        return attn.o_proj
 
     def kv_heads(self, attn: nn.Module) -> int:
         return attn.config.num_key_value_heads

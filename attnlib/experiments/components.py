@@ -3,11 +3,12 @@ repeated alone in windows long enough for the energy counter to see it, beside t
 way, so that the report can give each component's energy per call and the coverage (the components' energy,
 counted as often as a pass calls them, over the whole pass's).
 
-One process per variant. Settings (a phase, a model and a batch): the forward pass of GPT-2 small at each of
-`seq_lens` with `batch_size(seq_len)` sequences; in the `sensitivity_variant`'s job also the sensitivity axes at
-`sensitivity_seq_len` (other batch sizes, head counts at fixed width, widths); and for `training_variants` a
-training step at `training_seq_len`. Cells are (setting, component), plus (setting, "whole"): the model's own
-forward pass (`attnlib.model.causal_hidden_states` and the head), or its own training step (forward, loss,
+One process per variant. Settings (a phase, a model and a batch): the forward pass of the family's model
+(`train.arch`: GPT-2 small, the 1B llama) at each of `seq_lens` with `batch_size(seq_len)` sequences; in the
+`sensitivity_variant`'s job also the sensitivity axes at `sensitivity_seq_len` (other batch sizes, query head counts
+at fixed width, widths); and for `training_variants` a training step at `training_seq_len`. Cells are (setting,
+component), plus (setting, "whole"): the model's own forward pass (the family's `causal_hidden_states` and the
+head), or its own training step (forward, loss,
 backward, AdamW step, gradients zeroed in place so that the optimizer component always finds them). In each of
 `trials` rounds the cells run in an order drawn afresh from the job's seed; a window repeats its call for at least
 `window_s`. Forward: no autograd, bf16 weights on CUDA (fp32 on a CPU). Training: fp32 weights under bf16
@@ -24,12 +25,13 @@ from typing import Any, Callable
 
 import torch
 
+from ..archs import dims_of, get_arch
 from ..components import KINDS, TRAINING_KINDS, Component, components, training_components
-from ..model import build_config, build_model, causal_hidden_states
+from ..model import build_config, build_model
 from ..registry import get_variant
 from ..results import ComponentResult, Result
 from ._job import WindowedJob
-from .training import TrainConfig, causal_lm_loss, failure_status, frozen_gc, require_gpt2
+from .training import TrainConfig, causal_lm_loss, failure_status, frozen_gc
 
 NOTEBOOK = "components.ipynb"
 WHOLE = "whole"
@@ -39,7 +41,7 @@ SENSITIVITY_AXES = ("batch_size", "n_head", "n_embd")
 @dataclass(frozen=True)
 class Setting:
     """One phase, model and batch the components run on; `axis` names the sensitivity axis it varies ("base":
-    none)."""
+    none). `n_head` is the query heads and `n_embd` the residual width in any family (GPT-2's names)."""
 
     axis: str
     seq_len: int
@@ -79,7 +81,6 @@ class ComponentsConfig:
     def __post_init__(self) -> None:
         if isinstance(self.train, dict):
             self.train = TrainConfig(**self.train)
-        require_gpt2(self.train, "components")
         if not self.seq_lens or not all(isinstance(t, int) and t >= 1 for t in self.seq_lens) \
                 or len(set(self.seq_lens)) != len(self.seq_lens):
             raise ValueError(f"seq_lens: distinct integers >= 1, at least one, got {self.seq_lens}")
@@ -93,7 +94,7 @@ class ComponentsConfig:
         for variant in self.training_variants:
             get_variant(variant)
         for setting in self.settings():  # bad model parameters (a width the heads do not divide) fail here
-            build_config(self.train.variant, **self.model_overrides(setting))
+            build_config(self.train.variant, arch=self.train.arch, **self.model_overrides(setting))
 
     def batch_size(self, seq_len: int) -> int:
         return max(1, self.tokens_per_call // seq_len)
@@ -102,13 +103,13 @@ class ComponentsConfig:
         """The base model at every length, then (the sensitivity variant's job) one setting per axis value that
         differs from the base at `sensitivity_seq_len`: heads vary at fixed width, and a width keeps the head
         dimension (64 in GPT-2 small: 8 heads at 512, 16 at 1024)."""
-        model = build_config(self.train.variant, **self.train.model)
-        base = dict(n_head=model.n_head, n_embd=model.n_embd)
+        dims = dims_of(build_config(self.train.variant, arch=self.train.arch, **self.train.model))
+        base = dict(n_head=dims.heads, n_embd=dims.width)
         out = [Setting("base", t, self.batch_size(t), **base) for t in self.seq_lens]
         if self.train.variant == self.sensitivity_variant:
             t = self.sensitivity_seq_len
             reference = dict(batch_size=self.batch_size(t), **base)
-            head_dim = model.n_embd // model.n_head
+            head_dim = dims.head_dim
             for axis, values in self.sensitivity.items():
                 for v in values:
                     if v != reference[axis]:
@@ -120,8 +121,10 @@ class ComponentsConfig:
         return out
 
     def model_overrides(self, setting: Setting) -> dict[str, Any]:
-        return {**self.train.model, "n_head": setting.n_head, "n_embd": setting.n_embd,
-                "n_positions": max(setting.seq_len, self.train.model.get("n_positions", 0))}
+        """The family's config fields of `setting`: its positions, query heads and width over `train.model`."""
+        arch = get_arch(self.train.arch)
+        return {**self.train.model, **arch.length_overrides(setting.seq_len),
+                **arch.shape_overrides(setting.n_head, setting.n_embd)}
 
     def cells(self) -> dict[str, tuple[Setting, str]]:
         """Cell name -> (setting, component kind or "whole")."""
@@ -161,11 +164,12 @@ class _Job(WindowedJob):
             torch.manual_seed(c.train.seed)
             training = setting.phase == "training"
             dtype = torch.float32 if training else self.dtype
-            model = build_model(c.train.variant, **c.model_overrides(setting)).to(self.device, dtype).eval()
+            model = build_model(c.train.variant, arch=c.train.arch, **c.model_overrides(setting)).to(self.device, dtype).eval()
+            hidden_states = get_arch(c.train.arch).causal_hidden_states
             ids = torch.randint(model.config.vocab_size, (setting.batch_size, setting.seq_len),
                                 generator=torch.Generator().manual_seed(c.train.seed)).to(self.device)
             if not training:
-                whole = lambda: model.lm_head(causal_hidden_states(model, ids))  # noqa: E731  the model's own pass
+                whole = lambda: model.lm_head(hidden_states(model, ids))  # noqa: E731  the model's own pass
                 self._built[setting] = (components(model, ids), whole)
                 return self._built[setting]
             # lr 0: the same work, weights unchanged, so every cell of the setting sees the same model
@@ -173,7 +177,7 @@ class _Job(WindowedJob):
 
             def whole() -> None:  # the trainer's step: its forward and loss under autocast, backward, AdamW
                 with self.precision(setting):
-                    loss = causal_lm_loss(causal_hidden_states(model, ids), ids, model.lm_head)
+                    loss = causal_lm_loss(hidden_states(model, ids), ids, model.lm_head)
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=False)
@@ -185,7 +189,7 @@ class _Job(WindowedJob):
     def visit(self, cell: str, trials: list[int]) -> list[Result]:
         c = self.config
         setting, kind = c.cells()[cell]
-        common = dict(variant=c.train.variant, mode="eager", component=kind, phase=setting.phase, seq_len=setting.seq_len,
+        common = dict(variant=c.train.variant, arch=c.train.arch, mode="eager", component=kind, phase=setting.phase, seq_len=setting.seq_len,
                       batch_size=setting.batch_size, n_head=setting.n_head, n_embd=setting.n_embd,
                       setting=setting.axis, provenance=self.origin, config=c.to_dict(), order_seed=c.order_seed)
         results, start = [], time.perf_counter()
@@ -219,8 +223,8 @@ class _Job(WindowedJob):
         setting, kind = c.cells()[cell]
         status, text = self.failed[cell]
         return self.write(c.result_name(cell, trial), ComponentResult(
-            variant=c.train.variant, mode="eager", component=kind, phase=setting.phase, seq_len=setting.seq_len,
-            batch_size=setting.batch_size, n_head=setting.n_head, n_embd=setting.n_embd, setting=setting.axis,
+            variant=c.train.variant, arch=c.train.arch, mode="eager", component=kind, phase=setting.phase,
+            seq_len=setting.seq_len, batch_size=setting.batch_size, n_head=setting.n_head, n_embd=setting.n_embd, setting=setting.axis,
             provenance=self.origin, config=c.to_dict(), order_seed=c.order_seed, trial=trial, status=status,
             error=text, job_wall_s=0.0))
 

@@ -120,8 +120,9 @@ class LSHAttention(nn.Module):
         y = self.core(*self.project(hidden_states)).transpose(1, 2).reshape(B, T, -1)
         return self.resid_dropout(self.c_proj(y)), None
 
-    def project(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The shared query/key and the values, `[B, H, T, D]` each."""
+    def project(self, hidden_states: torch.Tensor, rope: None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The shared query/key and the values, `[B, H, T, D]` each (GPT-2 has no rotary positions: `rope` is
+        None)."""
         B, T, _ = hidden_states.shape
         return tuple(t.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
                      for t in self.c_attn(hidden_states).split(self.config.n_embd, dim=2))

@@ -51,22 +51,32 @@ class MultiHeadLatentAttention(nn.Module):
         if layer_cache(kwargs, past_key_values) is not None:
             raise NotImplementedError("mla: a latent KV cache is not implemented; build with use_cache=False")
         B, T, _ = hidden_states.shape
-        latent = self.kv_norm(self.kv_down(hidden_states))  # [B, T, r]: all a cache would hold
-        heads = lambda t: t.view(B, t.shape[1], self.n_head, self.head_dim).transpose(1, 2)  # noqa: E731  [B, H, T, D]
-        q = heads(self.q_proj(hidden_states))
         if self.context_parallel is not None:  # this rank's tokens: gather every rank's latent, not keys and values
             from ..parallel import attend_gathered, gather_sequence  # (attnlib.parallel imports the variants)
 
             shard = self.context_parallel[1]
-            latent = gather_sequence(latent, shard)
-            y = attend_gathered(q, heads(self.k_up(latent)), heads(self.v_up(latent)), shard)
+            latent = gather_sequence(self.kv_norm(self.kv_down(hidden_states)), shard)
+            y = attend_gathered(self._heads(self.q_proj(hidden_states)), self._heads(self.k_up(latent)),
+                                self._heads(self.v_up(latent)), shard)
         else:
-            y = F.scaled_dot_product_attention(
-                q, heads(self.k_up(latent)), heads(self.v_up(latent)), attn_mask=attention_mask,
-                is_causal=attention_mask is None, dropout_p=self.attn_pdrop if self.training else 0.0,
-            )
+            y = self.core(*self.project(hidden_states), attention_mask=attention_mask)
         y = y.transpose(1, 2).reshape(B, T, -1)
         return self.resid_dropout(self.c_proj(y)), None
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        """[B, T, H D] -> [B, H, T, D]"""
+        return t.view(t.shape[0], t.shape[1], self.n_head, self.head_dim).transpose(1, 2)
+
+    def project(self, hidden_states: torch.Tensor, rope: None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, and keys and values up-projected from the normalised latent (all a cache would hold), `[B, H,
+        T, D]` each; GPT-2 has no rotary positions (`rope` is None)."""
+        latent = self.kv_norm(self.kv_down(hidden_states))  # [B, T, r]
+        return self._heads(self.q_proj(hidden_states)), self._heads(self.k_up(latent)), self._heads(self.v_up(latent))
+
+    def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask=None) -> torch.Tensor:
+        """Exact causal SDPA over the up-projected keys and values, `[B, H, T, D]`."""
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, is_causal=attention_mask is None,
+                                              dropout_p=self.attn_pdrop if self.training else 0.0)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -105,6 +115,14 @@ class RopeLatentAttention(nn.Module):
             raise NotImplementedError("mla: decoding from transformers' cache is not implemented (its cache would "
                                       "hold the latent and the RoPE key); generate with use_cache=False")
         B, T, _ = hidden_states.shape
+        y = self.core(*self.project(hidden_states), attention_mask=attention_mask)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)), None
+
+    def project(self, hidden_states: torch.Tensor, rope: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries and keys `[B, H, T, D + R]` (the part without positions, then the rotated part: the key's one
+        shared RoPE key broadcast to every head) and values `[B, H, T, D]`. The rotation is the module's own, over
+        its R dimensions (`rope`, the family's tables over head_dim, does not apply)."""
+        B, T, _ = hidden_states.shape
         H, D, R = self.n_head, self.head_dim, self.rope_dim
         q = self.q_up(self.q_norm(self.q_down(hidden_states))).view(B, T, H, D + R).transpose(1, 2)
         q_nope, q_rope = q.split([D, R], dim=-1)
@@ -114,10 +132,12 @@ class RopeLatentAttention(nn.Module):
         cos, sin = (t.unsqueeze(1) for t in self.rotary(hidden_states, positions))  # [1, 1, T, R]
         q_rope = q_rope * cos + rotate_half(q_rope) * sin
         k_rope = (k_rope.unsqueeze(1) * cos + rotate_half(k_rope.unsqueeze(1)) * sin).expand(B, H, T, R)
-        y = F.scaled_dot_product_attention(torch.cat((q_nope, q_rope), -1), torch.cat((k_nope, k_rope), -1), v,
-                                           attn_mask=attention_mask, is_causal=attention_mask is None and T > 1,
-                                           scale=self.scaling)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, H * D)), None
+        return torch.cat((q_nope, q_rope), -1), torch.cat((k_nope, k_rope), -1), v
+
+    def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask=None) -> torch.Tensor:
+        """Exact causal SDPA at the scale of the D + R query-key dimensions, `[B, H, T, D]`."""
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask,
+                                              is_causal=attention_mask is None and q.shape[2] > 1, scale=self.scaling)
 
 
 def attention_flops(config: Any, seq_len: int) -> float:
