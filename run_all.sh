@@ -106,6 +106,7 @@ if [ -n "$section" ]; then
     label=""
   fi
 fi
+[ "$label" = paper ] && { python -m attnlib.pipeline decisions || fail "the decision table failed"; }  # crosses folders
 pdf="paper/paper-$label.pdf"
 if [ -z "$label" ]; then
   pdf=""
@@ -114,7 +115,10 @@ elif command -v latexmk >/dev/null 2>&1; then
   # a rebuild from the same results gives the same PDF, whichever folder asked for it and committed or not
   # (-g: latexmk cannot see that date change, so it always builds)
   sources="$results"
-  [ "$label" = paper ] && sources="results/paper results/longcontext results/inference results/components results/distributed"
+  if [ "$label" = paper ]; then  # the paper reads every folder below; the decision table crosses them
+    sources="results/paper results/longcontext results/inference results/components results/distributed"
+    sources="$sources results/quality results/llama results/llama-longcontext results/llama-inference results/llama-components"
+  fi
   # shellcheck disable=SC2086
   SOURCE_DATE_EPOCH=$(python -c "import sys; from attnlib.results import newest_result_epoch; print(max(newest_result_epoch(d) for d in sys.argv[1:]))" $sources)
   export SOURCE_DATE_EPOCH

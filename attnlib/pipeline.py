@@ -356,7 +356,9 @@ def report(results_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m attnlib.pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["run", "report", "compare"])
+    parser.add_argument("command", choices=["run", "report", "compare", "decisions"],
+                        help="decisions: the paper's decision table from every results folder's summary (--results: "
+                             "their parent, default results/)")
     parser.add_argument("--profile", default="paper")
     parser.add_argument("--variants", default="all", help="comma-separated names, or 'all'")
     parser.add_argument("--results", type=Path, help="results folder (default results/<profile>)")
@@ -381,6 +383,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.command == "decisions":
+        from .report.decisions import build_decisions
+
+        build_decisions(args.results or REPO / "results", REPO / "paper")
+        return 0
     results_dir = args.results or REPO / "results" / profile.name
     if args.command == "run":
         try:

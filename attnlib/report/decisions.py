@@ -1,0 +1,162 @@
+"""The decision table at the paper's front and on the README: per model family and regime, the mechanisms that save
+energy per token against the family's native attention beyond the regime's A/A bound (paired ratio and 95%
+interval), with what each costs in quality, or "no mechanism helps" where the paired data say so. A regime without
+paired measurements says that too: nothing is filled in from an unpaired run or another card's rows.
+
+Every regime reads the `summary.csv` its folder's report wrote (`attnlib.report.build_report`: the one loader's
+typed summary, with the paired ratios and verdicts of `frames.verdicts`), and the quality folder's `quality.csv`
+and `recall.csv` (`attnlib.report.quality`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .latex import booktabs, fmt, ratio_text
+
+QUANTITY = "gpu_j_per_token"  # energy per token: the quantity every decision is about
+
+
+@dataclass(frozen=True)
+class Regime:
+    """One row of the decision table: a family's `regime` ("training, T = 512"), read from `results/<folder>/`,
+    its summary rows those of `modes` (the first a variant has paired: its fastest) where each column of `where`
+    has its value (a length, an inference phase, a batch size)."""
+
+    arch: str
+    regime: str
+    folder: str
+    modes: tuple[str, ...]
+    where: tuple[tuple[str, object], ...] = ()
+
+
+REGIMES: tuple[Regime, ...] = (  # K = 1024 tokens
+    Regime("gpt2", "training, T = 512", "paper", ("graph", "eager")),
+    Regime("gpt2", "training, T = 8K", "longcontext", ("graph", "compile"), (("seq_len", 8192),)),
+    Regime("gpt2", "training, T = 64K", "longcontext", ("graph", "compile"), (("seq_len", 65536),)),
+    Regime("gpt2", "decode, batch 1, after 2K", "inference", ("cudagraph",),
+           (("phase", "decode"), ("batch_size", 1), ("context_len", 2048))),
+    Regime("llama", "training, T = 2K", "llama", ("compile", "eager")),
+    Regime("llama", "training, T = 32K", "llama-longcontext", ("compile",), (("seq_len", 32768),)),
+    Regime("llama", "training, T = 64K", "llama-longcontext", ("compile",), (("seq_len", 65536),)),
+    Regime("llama", "prefill, T = 16K", "llama-inference", ("eager",), (("phase", "prefill"), ("context_len", 16384))),
+    Regime("llama", "decode, batch 1, after 2K", "llama-inference", ("cudagraph",),
+           (("phase", "decode"), ("batch_size", 1), ("context_len", 2048))),
+    Regime("llama", "decode, batch 64, after 32K", "llama-inference", ("cudagraph",),
+           (("phase", "decode"), ("batch_size", 64), ("context_len", 32768))),
+)
+FAMILY_NAMES = {"gpt2": "GPT-2 small", "llama": "Llama-3.2-1B shape"}
+
+
+def regime_rows(summary: pd.DataFrame, regime: Regime) -> pd.DataFrame:
+    """The paired summary rows of `regime`, one per variant: its first mode of `regime.modes` with a paired ratio
+    (the reference's row is its A/A control)."""
+    if summary.empty or "protocol" not in summary or f"{QUANTITY}_ratio" not in summary:
+        return summary.iloc[:0]
+    rows = summary[(summary.protocol == "paired") & summary[f"{QUANTITY}_ratio"].notna()]
+    for column, value in regime.where:
+        rows = rows[rows[column] == value] if column in rows else rows.iloc[:0]
+    rows = rows[rows["mode"].isin(regime.modes)]
+    rank = rows["mode"].map({m: i for i, m in enumerate(regime.modes)})
+    return rows.assign(_rank=rank).sort_values("_rank").drop_duplicates("variant").drop(columns="_rank")
+
+
+def aa_bound(rows: pd.DataFrame) -> float | None:
+    """The regime's A/A bound: how far the reference's interval against a second build of itself reaches from 1."""
+    control = rows[rows.get(f"{QUANTITY}_verdict", pd.Series(dtype=object)) == "control"]
+    if control.empty:
+        return None
+    row = control.iloc[0]
+    return float(max(abs(1 - row[f"{QUANTITY}_ratio_low"]), abs(row[f"{QUANTITY}_ratio_high"] - 1)))
+
+
+def quality_cost(variant: str, quality: pd.DataFrame, recall: pd.DataFrame) -> str:
+    """What `variant` costs in what the model learns: its validation loss against sdpa's at the LM budget (mean
+    over seeds, the difference's rough 95% half-width from both intervals) and its worst MQAR accuracy over the
+    recall grid; "not measured" where neither exists."""
+    parts = []
+    if not quality.empty and {variant, "sdpa"} <= set(quality.variant):
+        row, ref = (quality[quality.variant == v].iloc[0] for v in (variant, "sdpa"))
+        delta = row.val_loss_mean - ref.val_loss_mean
+        half = (row.get("val_loss_ci95", 0) or 0) + (ref.get("val_loss_ci95", 0) or 0)
+        parts.append(f"loss {delta:+.3f} ± {half:.3f}")
+    if not recall.empty and variant in set(recall.variant):
+        worst = recall[(recall.variant == variant) & (recall.status == "ok")]
+        if len(worst):
+            low = worst.loc[worst.accuracy_mean.idxmin()]
+            parts.append(f"MQAR {low.accuracy_mean:.2f} at T = {int(low.seq_len)}, {int(low.kv_pairs)} pairs")
+    return "; ".join(parts) if parts else "quality not measured"
+
+
+def decision_frame(results_root: Path) -> pd.DataFrame:
+    """One row per regime of `REGIMES`: whether it was measured paired, its A/A bound, and the mechanisms cheaper
+    than the reference beyond it (`cheaper`: [(variant, ratio text, quality cost)], lowest ratio first), out of how
+    many measured."""
+    quality, recall = (_read(results_root / "quality" / name) for name in ("quality.csv", "recall.csv"))
+    out = []
+    for regime in REGIMES:
+        rows = regime_rows(_read(results_root / regime.folder / "summary.csv"), regime)
+        cheaper = rows[rows[f"{QUANTITY}_verdict"] == "cheaper"].sort_values(f"{QUANTITY}_ratio") if len(rows) \
+            else rows
+        out.append({"arch": regime.arch, "regime": regime.regime, "folder": regime.folder,
+                    "measured": len(rows) > 0, "variants": len(rows), "aa_bound": aa_bound(rows),
+                    "modes": ", ".join(dict.fromkeys(rows["mode"])) if len(rows) else "",
+                    "cheaper": [(r.variant, ratio_text(r, QUANTITY), quality_cost(r.variant, quality, recall))
+                                for _, r in cheaper.iterrows()]})
+    return pd.DataFrame(out)
+
+
+def _read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path) if path.exists() else pd.DataFrame()
+
+
+def _saves(row: pd.Series) -> list[str]:
+    """The cell of mechanisms that save: "gqa 0.952 [0.941, 0.963] (quality)", or what the data say instead."""
+    if not row.measured:
+        return ["not yet measured under the paired protocol"]
+    if not row.cheaper:
+        return [f"no mechanism helps ({row.variants - 1} measured against the reference)"]
+    return [f"{variant} {ratio} ({cost})" for variant, ratio, cost in row.cheaper]
+
+
+def decision_markdown(decisions: pd.DataFrame) -> str:
+    """The README's decision table: family, regime, what saves energy per token against the native attention."""
+    lines = ["| model | regime | saves energy per token vs native attention: ratio [95% CI] (quality cost) | A/A bound |",
+             "|---|---|---|---|"]
+    for _, row in decisions.iterrows():
+        bound = fmt(row.aa_bound, ".1%") if row.measured else "n/a"
+        lines.append(f"| {FAMILY_NAMES[row.arch]} | {row.regime} | {'; '.join(_saves(row))} | {bound} |")
+    return "\n".join(lines) + "\n"
+
+
+def decision_table(decisions: pd.DataFrame) -> str:
+    """The paper's Table 1 (a booktabs tabular): one line per mechanism that saves, or the regime's verdict."""
+    rows = []
+    for _, row in decisions.iterrows():
+        cells = _saves(row)
+        bound = fmt(row.aa_bound, ".1f", 100) + "%" if row.measured else "n/a"  # booktabs escapes the %
+        for i, cell in enumerate(cells):
+            if "±" in cell:  # math in the cell: booktabs leaves it as it is, so escape its text here
+                cell = cell.replace("_", r"\_").replace("±", r"$\pm$")
+            rows.append([FAMILY_NAMES[row.arch] if i == 0 else "", row.regime if i == 0 else "",
+                         bound if i == 0 else "", cell])
+    return booktabs(["model", "regime", "A/A", "saves energy per token: ratio to the native attention [95\\% CI] "
+                     "(quality cost)"], rows, "lllp{0.55\\linewidth}")
+
+
+def build_decisions(results_root: Path, paper_dir: Path) -> pd.DataFrame:
+    """`paper/generated/decisions/`: decisions.csv, the LaTeX table the paper opens with and the README's Markdown,
+    plus the count of regimes measured (`\\dataDecisionRegimesMeasured` of `\\dataDecisionRegimes`)."""
+    decisions = decision_frame(results_root)
+    out = paper_dir / "generated" / "decisions"
+    out.mkdir(parents=True, exist_ok=True)
+    decisions.to_csv(out / "decisions.csv", index=False)
+    (out / "decisions.tex").write_text(decision_table(decisions))
+    (out / "decisions.md").write_text(decision_markdown(decisions))
+    (out / "macros.tex").write_text(
+        f"\\newcommand{{\\dataDecisionRegimes}}{{{len(decisions)}}}\n"
+        f"\\newcommand{{\\dataDecisionRegimesMeasured}}{{{int(decisions.measured.sum())}}}\n")
+    return decisions

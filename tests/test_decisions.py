@@ -1,0 +1,70 @@
+"""The decision table: per family and regime, only paired savings beyond the A/A bound, each with its quality cost;
+"no mechanism helps" where the paired rows say so; "not yet measured" where there are none, never a guess."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from attnlib.report.decisions import REGIMES, build_decisions, decision_frame
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def paired(variant: str, mode: str, ratio: float, low: float, high: float, verdict: str, **extra) -> dict:
+    return {"variant": variant, "mode": mode, "status": "ok", "protocol": "paired", "gpu_j_per_token_ratio": ratio,
+            "gpu_j_per_token_ratio_low": low, "gpu_j_per_token_ratio_high": high,
+            "gpu_j_per_token_verdict": verdict, **extra}
+
+
+def write(root: Path, folder: str, name: str, rows: list[dict]) -> None:
+    (root / folder).mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(root / folder / name, index=False)
+
+
+def test_savings_come_from_paired_verdicts_with_their_quality_cost(tmp_path) -> None:
+    write(tmp_path, "paper", "summary.csv", [
+        paired("sdpa", "graph", 1.003, 0.981, 1.025, "control"), paired("sdpa", "eager", 0.999, 0.994, 1.004, "control"),
+        paired("mla", "graph", 0.972, 0.955, 0.990, "cheaper"), paired("gqa", "graph", 0.952, 0.941, 0.963, "cheaper"),
+        paired("gqa", "eager", 0.983, 0.972, 0.994, "cheaper"), paired("lsh", "graph", 1.363, 1.351, 1.375, "dearer"),
+        {"variant": "flash", "mode": "compile", "status": "ok", "protocol": "unpaired"}])  # unpaired: never counted
+    write(tmp_path, "longcontext", "summary.csv", [  # paired at 8K, but nothing saves
+        paired("sdpa", "graph", 1.0, 0.99, 1.01, "control", seq_len=8192),
+        paired("linear", "graph", 1.05, 1.03, 1.07, "dearer", seq_len=8192),
+        paired("gqa", "graph", 0.995, 0.98, 1.01, "indistinguishable", seq_len=8192)])
+    write(tmp_path, "quality", "quality.csv", [
+        {"variant": "sdpa", "val_loss_mean": 3.50, "val_loss_ci95": 0.01},
+        {"variant": "gqa", "val_loss_mean": 3.53, "val_loss_ci95": 0.02}])
+    write(tmp_path, "quality", "recall.csv", [
+        {"variant": "gqa", "seq_len": 256, "kv_pairs": 16, "status": "ok", "accuracy_mean": 0.99},
+        {"variant": "gqa", "seq_len": 4096, "kv_pairs": 64, "status": "ok", "accuracy_mean": 0.61}])
+    decisions = decision_frame(tmp_path).set_index(["arch", "regime"])
+    short = decisions.loc[("gpt2", "training, T = 512")]
+    assert [c[0] for c in short.cheaper] == ["gqa", "mla"]  # lowest ratio first, the graph rows (fastest mode)
+    assert short.cheaper[0][1] == "0.952 [0.941, 0.963]" and short.variants == 4
+    assert short.cheaper[0][2] == "loss +0.030 ± 0.030; MQAR 0.61 at T = 4096, 64 pairs"
+    assert short.cheaper[1][2] == "quality not measured"
+    assert abs(short.aa_bound - 0.025) < 1e-9  # the graph A/A interval's reach from 1
+    long = decisions.loc[("gpt2", "training, T = 8K")]
+    assert long.cheaper == [] and long.measured
+    assert not decisions.loc[("gpt2", "training, T = 64K")].measured
+    assert not decisions.loc[("llama", "training, T = 2K")].measured
+
+    build_decisions(tmp_path, tmp_path / "paper_dir")
+    out = tmp_path / "paper_dir" / "generated" / "decisions"
+    markdown = (out / "decisions.md").read_text()
+    assert "| GPT-2 small | training, T = 512 | gqa 0.952 [0.941, 0.963] (loss +0.030 ± 0.030; MQAR 0.61 at T = 4096" \
+        in markdown
+    assert "| GPT-2 small | training, T = 8K | no mechanism helps (2 measured against the reference) | 1.0% |" in markdown
+    assert markdown.count("not yet measured under the paired protocol") == len(REGIMES) - 2
+    table = (out / "decisions.tex").read_text()
+    assert r"loss +0.030 $\pm$ 0.030" in table and r"2.5\%" in table and "sliding_window" not in table
+    assert (out / "macros.tex").read_text().splitlines()[1] == r"\newcommand{\dataDecisionRegimesMeasured}{2}"
+
+
+def test_the_committed_decision_table_is_the_one_the_committed_results_give(tmp_path) -> None:
+    """What the paper and the README show is what `decisions` computes from the committed summaries."""
+    build_decisions(REPO / "results", tmp_path)
+    assert (tmp_path / "generated" / "decisions" / "decisions.md").read_text() == \
+        (REPO / "paper" / "generated" / "decisions" / "decisions.md").read_text()
