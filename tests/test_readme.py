@@ -12,9 +12,9 @@ REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
 
 
-def test_the_headline_table_is_the_generated_one() -> None:
-    block = re.search(r"<!-- verdicts:begin[^>]*-->\n(.*?)<!-- verdicts:end -->", README, re.S).group(1)
-    assert block == (REPO / "paper" / "generated" / "paper" / "verdicts.md").read_text()
+def test_the_decision_table_is_the_generated_one() -> None:
+    block = re.search(r"<!-- decisions:begin[^>]*-->\n(.*?)<!-- decisions:end -->", README, re.S).group(1)
+    assert block == (REPO / "paper" / "generated" / "decisions" / "decisions.md").read_text()
 
 
 def test_the_front_page_is_short_and_points_at_what_exists() -> None:

@@ -107,7 +107,6 @@ def build_report(results_dir: Path, profile: str, figures_dir: Path, paper_dir: 
     summary.to_csv(results_dir / "summary.csv", index=False)
     summary.to_csv(generated / "summary.csv", index=False)
     (generated / "summary.tex").write_text(latex.summary_table(summary))
-    (generated / "verdicts.md").write_text(latex.verdict_markdown(summary))  # the README's headline table
     (generated / "prior_comparison.tex").write_text(prior_table(summary))
     macros = {**latex.run_macros(run_facts(frame, summary, calibrations, results_dir, profile)),
               **latex.row_macros(summary), **latex.mode_macros(summary), **latex.quality_macros(summary),

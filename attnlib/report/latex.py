@@ -92,33 +92,6 @@ def ratio_text(row: Any, quantity: str, spec: str = ".3f") -> str:
     return f"{fmt(ratio, spec)} [{fmt(low, spec)}, {fmt(high, spec)}]"
 
 
-def verdict_markdown(summary: pd.DataFrame, modes: tuple[str, ...] = ("eager", "graph")) -> str:
-    """The paired rows' energy per token against the reference as a Markdown table (the README's headline: the same
-    figures and words as the paper's macros), one column per mode, the A/A control's row first."""
-    paired = summary[summary.get("protocol", pd.Series(dtype=object)) == "paired"] if len(summary) else summary
-    modes = tuple(m for m in modes if m in set(paired.get("mode", [])))
-    if not modes:
-        return ""
-    names = {"eager": "eager", "compile": "compiled", "graph": "CUDA graphs"}
-    lines = ["| variant | " + " | ".join(f"energy per token vs sdpa, {names[m]}" for m in modes) + " |",
-             "|---|" + "---|" * len(modes)]
-    rows = paired.set_index(["variant", "mode"])
-    variants = list(dict.fromkeys(paired.variant))
-    reference = [v for v in variants if (rows.loc[(v, modes[0])].get("gpu_j_per_token_verdict") == "control")]
-    for variant in reference + [v for v in variants if v not in reference]:
-        cells = []
-        for mode in modes:
-            if (variant, mode) not in rows.index:
-                cells.append("")
-                continue
-            row = rows.loc[(variant, mode)]
-            verdict = row.get("gpu_j_per_token_verdict")
-            word = "A/A control" if verdict == "control" else verdict
-            cells.append(f"{ratio_text(row, 'gpu_j_per_token')} {word}" if row.get("status") == "ok" else row.status)
-        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def summary_table(summary: pd.DataFrame) -> str:
     """The paper's main table: absolute figures of the variant's own windows on its card, its paired ratios to the
     reference (bold where the verdict is a difference), the card's state, memory, MFU, quality. An unpaired row
