@@ -29,7 +29,10 @@ def family_variants(frame: pd.DataFrame) -> list[str]:
 
 # per-window quantities summarised as mean / ci95 / cv
 TRIAL_QUANTITIES = ("tokens_per_s", "gpu_j_per_token", "gpu_j_per_token_net", "gpu_power_mean_w", "tflops", "mfu",
-                    "energy_floor_multiple", "wall_s")
+                    "mfu_spec", "energy_floor_multiple", "wall_s")
+# dense bf16 tensor-core TFLOP/s of each card's datasheet (no 2:4 sparsity), by a part of its NVML name: MFU the way
+# most papers state it, beside ours against the GEMM rate calibrated on the card itself
+SPEC_BF16_TFLOPS = {"H100 80GB HBM3": 989.4, "H200": 989.4}
 # the card's state per window (`Measurement`), and the share of its state samples at the power cap or slowed down
 STATE_QUANTITIES = ("temperature_start_c", "temperature_end_c", "sm_clock_mean_mhz", "power_cap_share",
                     "slowdown_share")
@@ -47,15 +50,23 @@ def load_calibrations(results_dir: Path) -> dict[str, dict]:
 
 
 def with_calibration(frame: pd.DataFrame, calibrations: dict[str, dict]) -> pd.DataFrame:
-    """Add `mfu` (model TFLOP/s over the card's calibrated GEMM TFLOP/s) and `energy_floor_multiple` (J/FLOP over
-    the card's GEMM J/FLOP) to every measured row; NaN on an uncalibrated card."""
+    """Add `mfu` (model TFLOP/s over the card's calibrated GEMM TFLOP/s), `mfu_spec` (over its datasheet's dense
+    bf16 TFLOP/s, `SPEC_BF16_TFLOPS`) and `energy_floor_multiple` (J/FLOP over the card's GEMM J/FLOP) to every
+    measured row; NaN on an uncalibrated card or one without a datasheet figure here."""
     frame = frame.copy()
     card = frame.get("device_uuid", pd.Series(index=frame.index, dtype=object)).map(lambda u: calibrations.get(u, {}))
     peak = card.map(lambda c: c.get("tflops") or math.nan)
     floor = card.map(lambda c: c.get("j_per_flop") or math.nan)
-    frame["mfu"] = pd.to_numeric(frame.get("tflops"), errors="coerce") / peak
+    tflops = pd.to_numeric(frame.get("tflops"), errors="coerce")
+    frame["mfu"] = tflops / peak
+    frame["mfu_spec"] = tflops / frame.get("device", pd.Series(index=frame.index, dtype=object)).map(spec_tflops)
     frame["energy_floor_multiple"] = pd.to_numeric(frame.get("gpu_j_per_flop"), errors="coerce") / floor
     return frame
+
+
+def spec_tflops(device: object) -> float:
+    """The datasheet's dense bf16 TFLOP/s of a card by its NVML name; NaN for a card not listed (or a CPU)."""
+    return next((v for part, v in SPEC_BF16_TFLOPS.items() if isinstance(device, str) and part in device), math.nan)
 
 
 def _stats(values: pd.Series, name: str) -> dict[str, float | None]:
