@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +109,9 @@ def build_report(results_dir: Path, profile: str, figures_dir: Path, paper_dir: 
     summary.to_csv(results_dir / "summary.csv", index=False)
     summary.to_csv(generated / "summary.csv", index=False)
     (generated / "summary.tex").write_text(latex.summary_table(summary))
+    check = Path(results_dir).parent / "gpu" / "variants_check_h100.json"  # the bf16 GPU check, profiler included
+    (generated / "kernels.tex").write_text(latex.kernel_table(summary, json.loads(check.read_text()) if check.exists()
+                                                              else None))
     (generated / "prior_comparison.tex").write_text(prior_table(summary))
     macros = {**latex.run_macros(run_facts(frame, summary, calibrations, results_dir, profile)),
               **latex.row_macros(summary), **latex.mode_macros(summary), **latex.quality_macros(summary),

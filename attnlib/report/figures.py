@@ -302,6 +302,38 @@ def paired_ratio_vs_seq_len(sweep: pd.DataFrame, out_dir: Path) -> Path:
     return _save(fig, out_dir, "longcontext_paired_ratios", rect=(0, 0.1, 1, 1))
 
 
+def layer_tflops_vs_seq_len(layers: pd.DataFrame, out_dir: Path) -> Path:
+    """The attention layer alone (projections and core): model TFLOP/s (mask-exact FLOPs) against T per variant,
+    forward and forward + backward side by side, 95% bands; what each kernel delivers where the rest of the model
+    does not dilute it."""
+    passes = ("forward", "forward_backward")
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    ok = layers[layers.status == "ok"].dropna(subset=["tflops_mean"]) if len(layers) else layers
+    for ax, layer_pass in zip(axes, passes):
+        part = ok[ok.layer_pass == layer_pass] if len(ok) else ok
+        if part.empty:
+            _empty(ax, "no layer-alone windows in these results")
+            continue
+        for variant, group in part.groupby("variant", sort=False):
+            g = group.sort_values("seq_len")
+            color = variant_color(variant)
+            ax.plot(g.seq_len, g.tflops_mean, marker=variant_marker(variant), ms=3, lw=1, color=color, label=variant)
+            band = g.tflops_ci95.fillna(0)
+            ax.fill_between(g.seq_len, g.tflops_mean - band, g.tflops_mean + band, color=color, alpha=0.2)
+        lengths = sorted(part.seq_len.unique())
+        ax.set(xscale="log", yscale="log", xlabel="sequence length T (tokens)",
+               title=layer_pass.replace("_", " + "))
+        ax.set_xticks(lengths, [f"{t // 1024}K" if t >= 1024 else str(t) for t in lengths])
+        ax.minorticks_off()
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    axes[0].set_ylabel("attention layer alone, TFLOP/s (95% CI)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, ncol=5, fontsize=6, loc="lower center", frameon=False)
+    return _save(fig, out_dir, "longcontext_layer_tflops", rect=(0, 0.1, 1, 1))
+
+
 def energy_vs_seq_len(sweep: pd.DataFrame, out_dir: Path) -> Path:
     return _per_length(sweep, "gpu_j_per_token_mean", "gpu_j_per_token_ci95", 1e3, "GPU energy, mJ/token (95% CI)",
                        out_dir, "longcontext_energy")

@@ -148,6 +148,43 @@ def decode_table(summary: pd.DataFrame, mode: str, context_lens: list[int], batc
                           body, "lrrrrrr")
 
 
+def prefill_table(summary: pd.DataFrame) -> str:
+    """The paper's prefill table: per variant, one column per prompt length, ms per prefill and mJ per prompt token
+    with its interval (a status where the cell did not run)."""
+    rows = summary[summary.phase == "prefill"] if len(summary) else summary
+    lengths = sorted(rows.context_len.unique()) if len(rows) else []
+    body = []
+    for variant, group in rows.groupby("variant", sort=False):
+        cells = group.set_index("context_len")
+        line = [variant]
+        for t in lengths:
+            r = cells.loc[t] if t in cells.index else None
+            if r is None or r.status != "ok":
+                line += [r.status if r is not None else "", ""]
+                continue
+            line += [latex.fmt(r.ms_mean, ",.1f"), latex.pm(r.gpu_j_per_token_mean, r.gpu_j_per_token_ci95, ".3f", 1e3)]
+        body.append(line)
+    header = ["variant"] + [h for t in lengths for h in (f"ms, T = {t:,}", "mJ/token")]
+    return latex.booktabs(header, body, "l" + "rr" * len(lengths))
+
+
+def prefill_macros(summary: pd.DataFrame) -> dict[str, str]:
+    """The longest prefill (`InferencePrefillLongest`) and each variant's mJ per prompt token there
+    (`InferencePrefill<Variant>Mj`, its status, or "not measured")."""
+    rows = summary[summary.phase == "prefill"] if len(summary) else summary
+    if rows.empty:
+        return {"InferencePrefillLongest": "n/a"}
+    longest = int(rows.context_len.max())
+    macros = {"InferencePrefillLongest": f"{longest:,}"}
+    at_longest = rows[rows.context_len == longest].set_index("variant")
+    for variant in family_variants(summary):
+        r = at_longest.loc[variant] if variant in at_longest.index else None
+        macros[f"InferencePrefill{latex.camel(variant)}Mj"] = (
+            "not measured" if r is None else latex.fmt(r.gpu_j_per_token_mean, ".2f", 1e3) if r.status == "ok"
+            else str(r.status))
+    return macros
+
+
 def _cell(summary: pd.DataFrame, variant: str, mode: str, phase: str, batch: int, context: int) -> pd.DataFrame:
     return summary[(summary.variant == variant) & (summary["mode"] == mode) & (summary.phase == phase)
                    & (summary.batch_size == batch) & (summary.context_len == context)]
@@ -254,6 +291,7 @@ def build_inference_report(frame: pd.DataFrame, calibrations: dict[str, dict], r
     mode = config.get("decode_mode", "graph")
     contexts, batches = config.get("decode_context_lens", [512]), config.get("decode_batch_sizes", [1])
     (generated / "decode.tex").write_text(decode_table(summary, mode, contexts, [batches[0], batches[-1]]))
+    (generated / "prefill.tex").write_text(prefill_table(summary))
     out = figures_dir / label
     decode_energy_vs_batch(summary, out, contexts[0], mode)
     decode_latency_vs_context(summary, out, mode)
@@ -287,6 +325,7 @@ def build_inference_report(frame: pd.DataFrame, calibrations: dict[str, dict], r
         "InferenceSameDecode": ", ".join(v.replace("_", r"\_") for v in SAME_DECODE),
         "InferenceSameDecodeSpreadPct": latex.fmt(spread, ".0f", 100),
         "InferenceSameDecodeMeasured": str(spread_variants),
+        **prefill_macros(summary),
         "InferenceGpuMinutes": latex.fmt(run.get("minutes"), ".1f"),
         "InferenceMeasuredFractionPct": latex.fmt(run.get("measured_fraction"), ".0f", 100),
     }

@@ -116,16 +116,27 @@ def summary_table(summary: pd.DataFrame) -> str:
     rows = [[r.variant, r["mode"], r.status if r.status == "ok" else f"\\textbf{{{r.status}}}",
              fmt(r.get("rounds") if r.get("protocol") == "paired" else r.windows, ".0f"),
              fmt(r.tokens_per_s_mean, ",.0f"), fmt(r.gpu_j_per_token_mean, ".3f", 1e3),
-             ratio(r, "gpu_j_per_token"), ratio(r, "tokens_per_s") if r.get("protocol") == "paired" else "",
+             fmt(r.get("gpu_j_per_token_net_mean"), ".3f", 1e3), ratio(r, "gpu_j_per_token"), ratio(r, "tokens_per_s") if r.get("protocol") == "paired" else "",
              fmt(r.get("gpu_power_mean_w_ratio"), ".3f"), fmt(r.gpu_power_mean_w_mean, ".0f"),
              fmt(r.get("sm_clock_mean_mhz_mean"), ".0f"), fmt(r.get("power_cap_share_mean"), ".0f", 100),
              fmt(r.gpu_mem_used_peak_bytes_max, ".1f", 1 / GIB), fmt(r.mfu_mean, ".1f", 100),
-             fmt(r.energy_floor_multiple_mean, ".1f"), val_loss(r)]
+             fmt(r.get("mfu_spec_mean"), ".1f", 100), fmt(r.energy_floor_multiple_mean, ".1f"), val_loss(r)]
             for _, r in summary.iterrows()]
-    header = ["variant", "mode", "status", "n", "tokens/s", "mJ/token", "energy ratio [95\\%]",
+    header = ["variant", "mode", "status", "n", "tokens/s", "mJ/token", "net mJ", "energy ratio [95\\%]",
               "throughput ratio [95\\%]", "power ratio", "W", "SM MHz", r"cap \%", "GiB", r"MFU \%",
-              r"$\times$floor", "val loss"]
-    return booktabs(header, rows, "lllrrrllrrrrrrrr")
+              r"MFU$_\mathrm{spec}$ \%", r"$\times$floor", "val loss"]
+    return booktabs(header, rows, "lllrrrrllrrrrrrrrr")
+
+
+def kernel_table(summary: pd.DataFrame, check: dict | None) -> str:
+    """Per variant, the kernel its results declare and the attention kernel the GPU check's profiler saw run
+    (`scripts/gpu_check_variants.py`'s JSON, `check`): what ran, not only what was asked for."""
+    ran = {c["variant"]: ", ".join(c.get("attention_kernels") or ["matmul + softmax (PyTorch ops)"])
+           for c in (check or {}).get("checks", []) if "error" not in c}
+    device = (check or {}).get("environment", {}).get("gpu", "no GPU check")
+    rows = [[variant, group.kernel.dropna().iloc[0] if group.kernel.notna().any() else "n/a", ran.get(variant, "n/a")]
+            for variant, group in summary.groupby("variant", sort=False)]
+    return booktabs(["variant", "declared", f"ran ({device}, profiler)"], rows, "lll")
 
 
 def row_macros(summary: pd.DataFrame) -> dict[str, str]:

@@ -65,6 +65,25 @@ def layer_summary(frame: pd.DataFrame, calibrations: dict[str, dict]) -> pd.Data
     return summary.sort_values(["variant", "layer_pass", "seq_len"]).reset_index(drop=True)
 
 
+def layer_macros(layers: pd.DataFrame, variants: list[str]) -> dict[str, str]:
+    """Per variant of the family, the attention layer alone's forward + backward TFLOP/s at the longest length it
+    ran (`LongContextLayer<Variant>Tflops`, with `...At`, that length) and at the shortest (`...TflopsShortest`);
+    "not measured" (n/m) for a variant without such windows."""
+    ok = layers[(layers.status == "ok") & (layers.layer_pass == "forward_backward")].dropna(subset=["tflops_mean"]) \
+        if len(layers) else layers
+    macros = {}
+    for variant in variants:
+        g = ok[ok.variant == variant].sort_values("seq_len") if len(ok) else ok
+        key = "LongContextLayer" + latex.camel(variant)
+        if g.empty:
+            macros.update({key + "Tflops": "not measured", key + "At": "any length", key + "TflopsShortest": "n/m"})
+            continue
+        macros[key + "Tflops"] = latex.fmt(g.tflops_mean.iloc[-1], ".0f")
+        macros[key + "At"] = seq_label(g.seq_len.iloc[-1])
+        macros[key + "TflopsShortest"] = latex.fmt(g.tflops_mean.iloc[0], ".0f")
+    return macros
+
+
 def crossover_length(lengths: list[int], advantage: list[float | None]) -> float | None:
     """The length from which `advantage` (> 0: the variant is better; None: only the variant failed there;
     inf: only the reference failed) stays positive to the end of the grid, interpolated in log T between the last
@@ -219,6 +238,7 @@ def build_longcontext_report(frame: pd.DataFrame, calibrations: dict[str, dict],
     figures.energy_vs_seq_len(sweep, figures_dir / label)
     figures.paired_ratio_vs_seq_len(sweep, figures_dir / label)
     figures.memory_vs_seq_len(sweep, figures_dir / label)
+    figures.layer_tflops_vs_seq_len(layers, figures_dir / label)
     run = read_run(results_dir)
     paired = sweep[sweep.protocol == "paired"] if len(sweep) else sweep
     control = paired[paired.variant == REFERENCE] if len(paired) else paired
@@ -245,6 +265,7 @@ def build_longcontext_report(frame: pd.DataFrame, calibrations: dict[str, dict],
                                        else "n/a"),
         "LongContextGpuMinutes": latex.fmt(run.get("minutes"), ".1f"),
         "LongContextMeasuredFractionPct": latex.fmt(run.get("measured_fraction"), ".0f", 100),
+        **layer_macros(layers, family_variants(frame)),
     }
     latex.write_macros(macros, paper_dir / "longcontext.tex", generated / "macros.tex", also=paper_dir / "paper.tex")
     return sweep
