@@ -91,6 +91,10 @@ section=""  # a family with a section of its own: long context (crossover.csv), 
 [ -f "$results/coverage.csv" ] && section=components
 { [ -f "$results/quality.csv" ] || { [ -f "$results/recall.csv" ] && [ ! -f "$results/summary.csv" ]; }; } && section=quality
 [ -f "$results/summary.csv" ] && head -1 "$results/summary.csv" | grep -q scaling_efficiency && section=distributed
+if [ -z "$section" ] && [ -f "$results/summary.csv" ]; then  # another family's training table: its own section
+  arch=$(python -c "import sys, pandas as p; s = p.read_csv(sys.argv[1]); print(s.arch.iloc[0] if 'arch' in s and len(s) else 'gpt2')" "$results/summary.csv")
+  [ "$arch" != gpt2 ] && section=$arch
+fi
 if [ "$label" != paper ] && [ -f results/paper/summary.csv ] && [ "$gpu" = 1 ] && [ -z "$section" ]; then
   echo "== $results against the committed results/paper/ (written to $results/comparison.csv)"
   python -m attnlib.pipeline compare --results "$results" --reference results/paper || fail "comparison failed"

@@ -223,3 +223,30 @@ def test_the_exploration_notebook_opens_on_a_fresh_clone(tmp_path) -> None:
     cells = json.loads((tmp_path / "explore.ipynb").read_text())["cells"]
     assert not [o for c in cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert "gqa" in "".join(str(o) for c in cells for o in c.get("outputs", []))
+
+
+def test_another_familys_table_is_its_own_section_with_prefixed_macros(tmp_path) -> None:
+    """A llama folder's report writes generated/llama/ with every macro paper/llama.tex quotes, each prefixed with
+    the family (so GPT-2's and the 1B model's tables coexist in one paper), and a rule behind each of them."""
+    import dataclasses
+
+    folder = tmp_path / "llama"
+    results = []
+    for mode, tps, jpt in (("eager", 40e3, 16.9e-3), ("compile", 52e3, 13.1e-3)):
+        results += paired_job("sdpa", mode, tps, jpt, 1.0) + paired_job("mqa", mode, tps, jpt, 0.95)
+        results += paired_job("mha", mode, tps, jpt, 1.06)
+    for i, r in enumerate(results):
+        write_result(folder / "raw" / f"{i}.json", dataclasses.replace(r, arch="llama"))
+    (folder / "calibration").mkdir()
+    (folder / "calibration" / "GPU-0.json").write_text('{"uuid": "GPU-0", "tflops": 680.0, "j_per_flop": 1.03e-12}')
+    (folder / "run.json").write_text('{"chunks": [], "minutes": 30.0, "measured_fraction": 0.5}')
+    paper = paper_dir(tmp_path)
+    (paper / "llama.tex").write_text((REPO / "paper" / "llama.tex").read_text())
+    summary = build_report(folder, "llama", tmp_path / "figures", paper)
+    assert set(summary.arch) == {"llama"}
+    macros = dict(re.findall(r"\\newcommand\{\\data(\w+)\}\{(.*)\}", (paper / "generated" / "llama" / "macros.tex").read_text()))
+    assert set(macros) == set(latex.used_macros((REPO / "paper" / "llama.tex").read_text()))
+    assert all(name.startswith("Llama") for name in macros)
+    assert [n for n, v in macros.items() if v == "n/a"] == []
+    assert macros["LlamaCompileEnergyCheaper"].startswith(r"\texttt{mqa}") and "mha" in macros["LlamaCompileEnergyDearer"]
+    assert not (paper / "generated" / "paper" / "macros.tex").exists()  # GPT-2's macros are not touched

@@ -118,5 +118,11 @@ def build_report(results_dir: Path, profile: str, figures_dir: Path, paper_dir: 
               **prior_macros()}
     figures.all_figures(summary, frame, figures_dir / profile)
     write_quality_outputs(frame[frame.kind == "recall"], Path(results_dir), generated, figures_dir / profile)
-    latex.write_macros(macros, paper_dir / "paper.tex", generated / "macros.tex", skip=latex.SECTION_MACRO_PREFIXES)
+    arch = summary.arch.iloc[0] if len(summary) else "gpt2"
+    if arch == "gpt2":  # GPT-2's table is the paper's own (paper.tex)
+        latex.write_macros(macros, paper_dir / "paper.tex", generated / "macros.tex", skip=latex.SECTION_MACRO_PREFIXES)
+    else:  # another family's table is its own section (paper/<arch>.tex), its macros prefixed with the family
+        prefix = latex.camel(arch)
+        latex.write_macros({prefix + k: v for k, v in macros.items()}, paper_dir / f"{arch}.tex",
+                           generated / "macros.tex")
     return summary

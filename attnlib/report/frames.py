@@ -137,6 +137,15 @@ def paired_frame(windows: pd.DataFrame, keys: tuple[str, ...] = ("variant", "mod
     return pd.DataFrame(rows, columns=None if rows else [*keys, "rounds", "reference"])
 
 
+def family_of(frame: pd.DataFrame) -> str:
+    """The one model family of a folder's results (`arch`; GPT-2 for results that predate the family axis);
+    `ValueError` where a folder mixes families: one table, one model."""
+    archs = set(frame["arch"].dropna()) if "arch" in frame else set()
+    if len(archs) > 1:
+        raise ValueError(f"results mix model families {sorted(archs)}; report each in its own folder")
+    return archs.pop() if archs else "gpt2"
+
+
 def summary_frame(frame: pd.DataFrame, calibrations: dict[str, dict] | None = None,
                   variant_order: list[str] | None = None) -> pd.DataFrame:
     """One row per (variant, mode) of the training windows: the variant's own windows aggregated (a paired job's
@@ -160,6 +169,7 @@ def summary_frame(frame: pd.DataFrame, calibrations: dict[str, dict] | None = No
     summary["gpu_mem_used_peak_bytes_max"] = alone.where(alone.notna(), summary.gpu_mem_used_peak_bytes_max)
     summary = verdicts(summary)
     summary = summary.merge(quality_frame(frame), on="variant", how="left")
+    summary.insert(0, "arch", family_of(trials))
     order = {v: i for i, v in enumerate(variant_order or [])}
     key = summary.variant.map(lambda v: order.get(v, len(order))) * 10 + summary["mode"].map(MODE_ORDER).fillna(9)
     return summary.assign(_key=key).sort_values("_key").drop(columns="_key").reset_index(drop=True)

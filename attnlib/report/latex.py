@@ -245,7 +245,7 @@ def used_macros(tex: str) -> list[str]:
 
 
 # the experiment families' macros (generated/<family>/macros.tex, which paper.tex inputs where they exist)
-SECTION_MACRO_PREFIXES = ("LongContext", "Inference", "Components", "Clear", "Distributed", "Decision")
+SECTION_MACRO_PREFIXES = ("LongContext", "Inference", "Components", "Clear", "Distributed", "Decision", "Llama")
 
 
 def write_macros(macros: dict[str, str], paper_tex: Path, path: Path, also: Path | None = None,
