@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "decisions":
         from .report.decisions import build_decisions
 
-        build_decisions(args.results or REPO / "results", REPO / "paper")
+        build_decisions(args.results or REPO / "results", REPO / "paper", REPO / "figures")
         return 0
     results_dir = args.results or REPO / "results" / profile.name
     if args.command == "run":

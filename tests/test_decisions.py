@@ -51,7 +51,7 @@ def test_savings_come_from_paired_verdicts_with_their_quality_cost(tmp_path) -> 
     assert not decisions.loc[("gpt2", "training, T = 64K")].measured
     assert not decisions.loc[("llama", "training, T = 2K")].measured
 
-    build_decisions(tmp_path, tmp_path / "paper_dir")
+    build_decisions(tmp_path, tmp_path / "paper_dir", tmp_path / "figures")
     out = tmp_path / "paper_dir" / "generated" / "decisions"
     markdown = (out / "decisions.md").read_text()
     assert "| GPT-2 small | training, T = 512 | gqa 0.952 [0.941, 0.963] (loss +0.030 ± 0.030; MQAR 0.61 at T = 4096" \
@@ -65,6 +65,26 @@ def test_savings_come_from_paired_verdicts_with_their_quality_cost(tmp_path) -> 
 
 def test_the_committed_decision_table_is_the_one_the_committed_results_give(tmp_path) -> None:
     """What the paper and the README show is what `decisions` computes from the committed summaries."""
-    build_decisions(REPO / "results", tmp_path)
+    build_decisions(REPO / "results", tmp_path, tmp_path / "figures")
     assert (tmp_path / "generated" / "decisions" / "decisions.md").read_text() == \
         (REPO / "paper" / "generated" / "decisions" / "decisions.md").read_text()
+
+
+def test_the_two_models_side_by_side_pair_each_mechanism_measured_on_both(tmp_path) -> None:
+    write(tmp_path, "paper", "summary.csv", [
+        paired("sdpa", "graph", 1.0, 0.98, 1.02, "control"), paired("mla", "graph", 0.972, 0.955, 0.990, "cheaper"),
+        paired("gqa", "graph", 0.952, 0.941, 0.963, "cheaper"), paired("linear", "graph", 1.08, 1.07, 1.09, "dearer")])
+    write(tmp_path, "llama", "summary.csv", [
+        paired("sdpa", "compile", 1.0, 0.99, 1.01, "control"), paired("mla", "compile", 1.02, 1.01, 1.03, "dearer"),
+        paired("linear", "compile", 0.99, 0.97, 1.01, "indistinguishable")])
+    build_decisions(tmp_path, tmp_path / "paper_dir", tmp_path / "figures")
+    pairs = pd.read_csv(tmp_path / "paper_dir" / "generated" / "decisions" / "models_side_by_side.csv")
+    assert list(pairs.variant) == ["sdpa", "mla", "linear"]  # gqa has no llama form; mha/mqa no GPT-2 one
+    mla = pairs.set_index("variant").loc["mla"]
+    assert (mla.gpt2_verdict, mla.llama_verdict) == ("cheaper", "dearer") and mla.llama_ratio_high == 1.03
+    assert (tmp_path / "figures" / "decisions" / "models_side_by_side.png").stat().st_size > 0
+    macros = (tmp_path / "paper_dir" / "generated" / "decisions" / "macros.tex").read_text()
+    assert r"\newcommand{\dataDecisionSideBySide}{3}" in macros
+    assert r"\newcommand{\dataDecisionSideBySideChanged}{\texttt{mla} (cheaper on GPT-2, dearer at 1B), " \
+        r"\texttt{linear} (dearer on GPT-2, indistinguishable at 1B)}" in macros
+    assert r"\newcommand{\dataDecisionSideBySideSame}{none}" in macros

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .figures import _empty, _save, plt, variant_color, variant_marker
 from .latex import booktabs, fmt, ratio_text
 
 QUANTITY = "gpu_j_per_token"  # energy per token: the quantity every decision is about
@@ -147,16 +148,85 @@ def decision_table(decisions: pd.DataFrame) -> str:
                      "(quality cost)"], rows, "lllp{0.55\\linewidth}")
 
 
-def build_decisions(results_root: Path, paper_dir: Path) -> pd.DataFrame:
+# (GPT-2's regime, the 1B model's) that the side-by-side comparison sets against each other, per mechanism
+SIDE_BY_SIDE = (("training, T = 512", "training, T = 2K"),)
+
+
+def side_by_side_frame(results_root: Path) -> pd.DataFrame:
+    """Per mechanism measured paired on both models: its energy ratio to each model's native attention (GPT-2's
+    fastest mode at T = 512, the 1B model's at T = 2K) with the intervals and verdicts."""
+    regimes = {(r.arch, r.regime): r for r in REGIMES}
+    rows = []
+    for gpt2_regime, llama_regime in SIDE_BY_SIDE:
+        both = {arch: regime_rows(_read(results_root / regimes[(arch, name)].folder / "summary.csv"),
+                                  regimes[(arch, name)])
+                for arch, name in (("gpt2", gpt2_regime), ("llama", llama_regime))}
+        if any(table.empty for table in both.values()):
+            continue
+        both = {arch: table.set_index("variant") for arch, table in both.items()}
+        for variant in [v for v in both["gpt2"].index if v in both["llama"].index]:
+            row = {"variant": variant, "gpt2_regime": gpt2_regime, "llama_regime": llama_regime}
+            for arch, table in both.items():
+                r = table.loc[variant]
+                row.update({f"{arch}_{k}": r[f"{QUANTITY}_{k}"] for k in ("ratio", "ratio_low", "ratio_high",
+                                                                             "verdict")})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def side_by_side_figure(pairs: pd.DataFrame, out_dir: Path) -> Path:
+    """Each mechanism's energy ratio to the native attention on GPT-2 (x) against the 1B model (y), 95% intervals
+    as error bars, log axes; the diagonal is "the same on both"."""
+    fig, ax = plt.subplots(figsize=(5, 4.4))
+    if pairs.empty:
+        _empty(ax, "no mechanism measured paired on both models yet")
+        return _save(fig, out_dir, "models_side_by_side")
+    for _, r in pairs.iterrows():
+        xerr = [[r.gpt2_ratio - r.gpt2_ratio_low], [r.gpt2_ratio_high - r.gpt2_ratio]]
+        yerr = [[r.llama_ratio - r.llama_ratio_low], [r.llama_ratio_high - r.llama_ratio]]
+        ax.errorbar(r.gpt2_ratio, r.llama_ratio, xerr=xerr, yerr=yerr, fmt=variant_marker(r.variant),
+                    color=variant_color(r.variant), ms=5, capsize=2, label=r.variant)
+    low = min(pairs[["gpt2_ratio_low", "llama_ratio_low"]].min().min(), 0.95)
+    high = max(pairs[["gpt2_ratio_high", "llama_ratio_high"]].max().max(), 1.05)
+    ax.plot([low, high], [low, high], color="0.6", lw=0.8, ls="--")
+    ax.axhline(1, color="0.3", lw=0.6)
+    ax.axvline(1, color="0.3", lw=0.6)
+    ax.set(xscale="log", yscale="log", xlim=(low, high), ylim=(low, high),
+           xlabel=f"GPT-2 small, {pairs.gpt2_regime.iloc[0]}: energy per token / sdpa's",
+           ylabel=f"Llama-3.2-1B shape, {pairs.llama_regime.iloc[0]}: / native's")
+    fig.legend(*ax.get_legend_handles_labels(), ncol=4, fontsize=6, loc="lower center", frameon=False)
+    return _save(fig, out_dir, "models_side_by_side", rect=(0, 0.12, 1, 1))
+
+
+def side_by_side_words(pairs: pd.DataFrame) -> dict[str, str]:
+    """`Same`: the mechanisms whose verdict against the native attention is the same on both models; `Changed`:
+    the others, each with its two verdicts (the words of `frames.verdicts`)."""
+    tt = lambda v: f"\\texttt{{{v.replace('_', chr(92) + '_')}}}"  # noqa: E731
+    others = pairs[pairs.gpt2_verdict != "control"] if len(pairs) else pairs
+    same = others[others.gpt2_verdict == others.llama_verdict] if len(others) else others
+    changed = others[others.gpt2_verdict != others.llama_verdict] if len(others) else others
+    return {"Same": ", ".join(f"{tt(r.variant)} ({r.gpt2_verdict})" for _, r in same.iterrows()) or "none",
+            "Changed": ", ".join(f"{tt(r.variant)} ({r.gpt2_verdict} on GPT-2, {r.llama_verdict} at 1B)"
+                                 for _, r in changed.iterrows()) or "none"}
+
+
+def build_decisions(results_root: Path, paper_dir: Path, figures_dir: Path) -> pd.DataFrame:
     """`paper/generated/decisions/`: decisions.csv, the LaTeX table the paper opens with and the README's Markdown,
-    plus the count of regimes measured (`\\dataDecisionRegimesMeasured` of `\\dataDecisionRegimes`)."""
+    the count of regimes measured (`\\dataDecisionRegimesMeasured` of `\\dataDecisionRegimes`), and the two models
+    side by side (models_side_by_side.csv, `figures/decisions/models_side_by_side`, `\\dataDecisionSideBySide`
+    mechanisms)."""
     decisions = decision_frame(results_root)
     out = paper_dir / "generated" / "decisions"
     out.mkdir(parents=True, exist_ok=True)
     decisions.to_csv(out / "decisions.csv", index=False)
     (out / "decisions.tex").write_text(decision_table(decisions))
     (out / "decisions.md").write_text(decision_markdown(decisions))
+    pairs = side_by_side_frame(results_root)
+    pairs.to_csv(out / "models_side_by_side.csv", index=False)
+    side_by_side_figure(pairs, figures_dir / "decisions")
     (out / "macros.tex").write_text(
         f"\\newcommand{{\\dataDecisionRegimes}}{{{len(decisions)}}}\n"
-        f"\\newcommand{{\\dataDecisionRegimesMeasured}}{{{int(decisions.measured.sum())}}}\n")
+        f"\\newcommand{{\\dataDecisionRegimesMeasured}}{{{int(decisions.measured.sum())}}}\n"
+        f"\\newcommand{{\\dataDecisionSideBySide}}{{{len(pairs)}}}\n"
+        + "".join(f"\\newcommand{{\\dataDecisionSideBySide{k}}}{{{v}}}\n" for k, v in side_by_side_words(pairs).items()))
     return decisions
