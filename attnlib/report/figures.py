@@ -265,8 +265,8 @@ def _per_length(sweep: pd.DataFrame, column: str, ci: str | None, scale: float, 
     ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.text(0.01, 0.99, "x: out of memory or failed; triangles: fast mode", transform=ax.transAxes, fontsize=6,
             va="top")
-    ax.legend(ncol=2, fontsize=6, loc="lower right")
-    return _save(fig, out_dir, name)
+    fig.legend(*ax.get_legend_handles_labels(), ncol=5, fontsize=6, loc="lower center", frameon=False)  # off the data
+    return _save(fig, out_dir, name, rect=(0, 0.1, 1, 1))
 
 
 def paired_ratio_vs_seq_len(sweep: pd.DataFrame, out_dir: Path) -> Path:
