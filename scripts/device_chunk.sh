@@ -8,8 +8,8 @@
 # jobs on N cards (torchrun, one rank each).
 # A job still running STOP_MINUTES (default 8) after the chunk began is stopped; the next chunk resumes it (a
 # components, inference or distributed job at its first missing window, a trials or quality job at its first
-# mode or seed without results) or redoes it (long context: then MINUTES + the longest job must stay under
-# STOP_MINUTES). run.json records every chunk's time, stopped jobs included.
+# mode or seed without results, a long-context job at its first paired cell without all its windows; a cell, mode
+# or seed that was cut short is measured afresh). run.json records every chunk's time, stopped jobs included.
 # The results folder travels with the working tree (unpack the previous chunk's archive before the next call).
 # Triton and Inductor caches stay on the machine between warm calls (.cache/, ignored).
 set -uo pipefail
