@@ -14,6 +14,8 @@
 # Triton and Inductor caches stay on the machine between warm calls (.cache/, ignored).
 set -uo pipefail
 minutes=${1:-4.5} results=${2:-results/paper} profile=${3:-paper}
+# the tree that travels here may carry a stale .git: every result must name the commit that really ran
+: "${ATTNLIB_COMMIT:?set ATTNLIB_COMMIT to the full commit of the tree you send (git rev-parse HEAD)}"
 mkdir -p "$results"
 [ -f "$results/nvidia-smi.txt" ] || nvidia-smi > "$results/nvidia-smi.txt"
 export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor TRITON_CACHE_DIR=$PWD/.cache/triton PYTHONUNBUFFERED=1

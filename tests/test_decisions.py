@@ -42,7 +42,7 @@ def test_savings_come_from_paired_verdicts_with_their_quality_cost(tmp_path) -> 
     decisions = decision_frame(tmp_path).set_index(["arch", "regime"])
     short = decisions.loc[("gpt2", "training, T = 512")]
     assert [c[0] for c in short.cheaper] == ["gqa", "mla"]  # lowest ratio first, the graph rows (fastest mode)
-    assert short.cheaper[0][1] == "0.952 [0.941, 0.963]" and short.variants == 4
+    assert short.cheaper[0][1] == "0.952 [0.941, 0.963]" and short.variants == 3  # beside the A/A control
     assert short.cheaper[0][2] == "loss +0.030 ± 0.030; MQAR 0.61 at T = 4096, 64 pairs"
     assert short.cheaper[1][2] == "quality not measured"
     assert abs(short.aa_bound - 0.025) < 1e-9  # the graph A/A interval's reach from 1
@@ -88,3 +88,13 @@ def test_the_two_models_side_by_side_pair_each_mechanism_measured_on_both(tmp_pa
     assert r"\newcommand{\dataDecisionSideBySideChanged}{\texttt{mla} (cheaper on GPT-2, dearer at 1B), " \
         r"\texttt{linear} (dearer on GPT-2, indistinguishable at 1B)}" in macros
     assert r"\newcommand{\dataDecisionSideBySideSame}{none}" in macros
+
+
+def test_paired_cells_without_their_a_a_control_claim_nothing(tmp_path) -> None:
+    write(tmp_path, "longcontext", "summary.csv", [  # the reference's own job (its A/A control) is not measured yet
+        paired("linear", "graph", 0.86, 0.85, 0.87, "cheaper", seq_len=8192)])
+    row = decision_frame(tmp_path).set_index(["arch", "regime"]).loc[("gpt2", "training, T = 8K")]
+    assert not row.measured and row.variants == 1 and row.cheaper == []
+    build_decisions(tmp_path, tmp_path / "paper_dir", tmp_path / "figures")
+    assert "| training, T = 8K | 1 mechanism paired so far; no claim before the reference's A/A control is measured" \
+        in (tmp_path / "paper_dir" / "generated" / "decisions" / "decisions.md").read_text()

@@ -93,17 +93,20 @@ def quality_cost(variant: str, quality: pd.DataFrame, recall: pd.DataFrame) -> s
 
 
 def decision_frame(results_root: Path) -> pd.DataFrame:
-    """One row per regime of `REGIMES`: whether it was measured paired, its A/A bound, and the mechanisms cheaper
-    than the reference beyond it (`cheaper`: [(variant, ratio text, quality cost)], lowest ratio first), out of how
-    many measured."""
+    """One row per regime of `REGIMES`: whether it was measured paired with its A/A control (`measured`), the
+    bound, and the mechanisms cheaper than the reference beyond it (`cheaper`: [(variant, ratio text, quality
+    cost)], lowest ratio first), out of how many paired against it (`variants`)."""
     quality, recall = (_read(results_root / "quality" / name) for name in ("quality.csv", "recall.csv"))
     out = []
     for regime in REGIMES:
         rows = regime_rows(_read(results_root / regime.folder / "summary.csv"), regime)
-        cheaper = rows[rows[f"{QUANTITY}_verdict"] == "cheaper"].sort_values(f"{QUANTITY}_ratio") if len(rows) \
-            else rows
+        bound = aa_bound(rows)
+        others = rows[rows[f"{QUANTITY}_verdict"] != "control"] if len(rows) else rows
+        # claims need the regime's A/A control: without it, paired cells are counted but nothing is claimed
+        cheaper = others[others[f"{QUANTITY}_verdict"] == "cheaper"].sort_values(f"{QUANTITY}_ratio") \
+            if bound is not None else others.iloc[:0]
         out.append({"arch": regime.arch, "regime": regime.regime, "folder": regime.folder,
-                    "measured": len(rows) > 0, "variants": len(rows), "aa_bound": aa_bound(rows),
+                    "measured": bound is not None, "variants": len(others), "aa_bound": bound,
                     "modes": ", ".join(dict.fromkeys(rows["mode"])) if len(rows) else "",
                     "cheaper": [(r.variant, ratio_text(r, QUANTITY), quality_cost(r.variant, quality, recall))
                                 for _, r in cheaper.iterrows()]})
@@ -116,10 +119,14 @@ def _read(path: Path) -> pd.DataFrame:
 
 def _saves(row: pd.Series) -> list[str]:
     """The cell of mechanisms that save: "gqa 0.952 [0.941, 0.963] (quality)", or what the data say instead."""
+    if not row.measured and row.variants:
+        plural = "s" if row.variants != 1 else ""
+        return [f"{row.variants} mechanism{plural} paired so far; no claim before the reference's A/A control is "
+                "measured"]
     if not row.measured:
         return ["not yet measured under the paired protocol"]
     if not row.cheaper:
-        return [f"no mechanism helps ({row.variants - 1} measured against the reference)"]
+        return [f"no mechanism helps ({row.variants} measured against the reference)"]
     return [f"{variant} {ratio} ({cost})" for variant, ratio, cost in row.cheaper]
 
 
