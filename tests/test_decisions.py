@@ -58,6 +58,10 @@ def test_savings_come_from_paired_verdicts_with_their_quality_cost(tmp_path) -> 
         in markdown
     assert "| GPT-2 small | training, T = 8K | no mechanism helps (2 measured against the reference) | 1.0% |" in markdown
     assert markdown.count("not yet measured under the paired protocol") == len(REGIMES) - 2
+    front = pd.read_csv(out / "quality_front.csv").set_index("variant")
+    assert front.loc["gqa", "short_ratio"] == 0.952 and abs(front.loc["gqa", "loss_delta"] - 0.03) < 1e-9
+    assert front.loc["gqa", "recall"] == 0.61 and pd.isna(front.loc["gqa", "long_ratio"])  # 64K: not measured
+    assert (tmp_path / "figures" / "decisions" / "quality_front.png").stat().st_size > 0
     table = (out / "decisions.tex").read_text()
     assert r"loss +0.030 $\pm$ 0.030" in table and r"2.5\%" in table and "sliding_window" not in table
     assert (out / "macros.tex").read_text().splitlines()[1] == r"\newcommand{\dataDecisionRegimesMeasured}{2}"

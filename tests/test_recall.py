@@ -109,4 +109,6 @@ def test_the_quality_report_reads_energy_to_the_target_and_recall_over_seeds(tmp
     macros = (tmp_path / "paper" / "generated" / "quality" / "macros.tex").read_text()
     assert f"\\newcommand{{\\dataQualityTargetLoss}}{{{target:.3f}}}" in macros
     assert "\\newcommand{\\dataRecallSlidingWindowKvOneSixTOneZeroTwoFour}{50" in macros
+    assert "\\newcommand{\\dataQualityLossHigher}{\\texttt{linear} (+0.200 $\\pm$ 0.035)}" in macros
+    assert "\\newcommand{\\dataQualityLossIndistinguishable}{none}" in macros
     assert (tmp_path / "figures" / "quality" / "recall_accuracy.pdf").stat().st_size > 0

@@ -96,7 +96,9 @@ def decision_frame(results_root: Path) -> pd.DataFrame:
     """One row per regime of `REGIMES`: whether it was measured paired with its A/A control (`measured`), the
     bound, and the mechanisms cheaper than the reference beyond it (`cheaper`: [(variant, ratio text, quality
     cost)], lowest ratio first), out of how many paired against it (`variants`)."""
-    quality, recall = (_read(results_root / "quality" / name) for name in ("quality.csv", "recall.csv"))
+    quality = _read(results_root / "quality" / "quality.csv")
+    recall = next((_read(p) for p in (results_root / "quality" / "recall.csv", results_root / "recall" / "recall.csv")
+                   if p.exists()), pd.DataFrame())
     out = []
     for regime in REGIMES:
         rows = regime_rows(_read(results_root / regime.folder / "summary.csv"), regime)
@@ -205,6 +207,53 @@ def side_by_side_figure(pairs: pd.DataFrame, out_dir: Path) -> Path:
     return _save(fig, out_dir, "models_side_by_side", rect=(0, 0.12, 1, 1))
 
 
+def front_frame(results_root: Path) -> pd.DataFrame:
+    """Cost against quality per mechanism: its paired energy ratio in GPT-2's short-context training regime and at
+    its longest long-context one, beside its validation-loss difference from sdpa's and its MQAR accuracy at the
+    longest length and most pairs (NaN where a figure is not measured)."""
+    regimes = {r.regime: r for r in REGIMES if r.arch == "gpt2"}
+    short = regime_rows(_read(results_root / "paper" / "summary.csv"), regimes["training, T = 512"])
+    long = regime_rows(_read(results_root / "longcontext" / "summary.csv"), regimes["training, T = 64K"])
+    quality = _read(results_root / "quality" / "quality.csv")
+    recall = next((_read(p) for p in (results_root / "quality" / "recall.csv", results_root / "recall" / "recall.csv")
+                   if p.exists()), pd.DataFrame())
+    variants = list(dict.fromkeys([*short.get("variant", []), *quality.get("variant", []), *recall.get("variant", [])]))
+    ref_loss = quality[quality.variant == "sdpa"].val_loss_mean.iloc[0] if "sdpa" in set(quality.get("variant", [])) \
+        else None
+    hardest = recall[(recall.status == "ok") & (recall.seq_len == recall.seq_len.max())] if len(recall) else recall
+    hardest = hardest[hardest.kv_pairs == hardest.kv_pairs.max()] if len(hardest) else hardest
+    rows = []
+    for v in variants:
+        pick = lambda frame, column: frame.loc[frame.variant == v, column].iloc[0] \
+            if len(frame) and v in set(frame.variant) else float("nan")  # noqa: E731
+        rows.append({"variant": v, "short_ratio": pick(short, f"{QUANTITY}_ratio"),
+                     "long_ratio": pick(long, f"{QUANTITY}_ratio"),
+                     "loss_delta": pick(quality, "val_loss_mean") - ref_loss if ref_loss is not None else float("nan"),
+                     "recall": pick(hardest, "accuracy_mean")})
+    return pd.DataFrame(rows)
+
+
+def front_figure(front: pd.DataFrame, out_dir: Path) -> Path:
+    """Two panels: energy ratio at T = 512 against the validation-loss difference from sdpa, and energy ratio at
+    64K against MQAR accuracy; one marker and colour per mechanism, as in every figure."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
+    panels = (("short_ratio", "loss_delta", "training at T = 512: energy / sdpa's", "validation loss - sdpa's"),
+              ("long_ratio", "recall", "training at T = 64K: energy / sdpa's", "MQAR accuracy (hardest cell)"))
+    for ax, (x, y, xlabel, ylabel) in zip(axes, panels):
+        both = front.dropna(subset=[x, y]) if len(front) else front
+        if both.empty:
+            _empty(ax, "not both measured yet")
+            continue
+        for _, r in both.iterrows():
+            ax.scatter(r[x], r[y], marker=variant_marker(r.variant), color=variant_color(r.variant), label=r.variant)
+        ax.axvline(1, color="0.3", lw=0.6)
+        ax.set(xscale="log", xlabel=xlabel, ylabel=ylabel)
+    handles = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels())}
+    if handles:
+        fig.legend(handles.values(), handles.keys(), ncol=6, fontsize=6, loc="lower center", frameon=False)
+    return _save(fig, out_dir, "quality_front", rect=(0, 0.1, 1, 1))
+
+
 def side_by_side_words(pairs: pd.DataFrame) -> dict[str, str]:
     """`Same`: the mechanisms whose verdict against the native attention is the same on both models; `Changed`:
     the others, each with its two verdicts (the words of `frames.verdicts`)."""
@@ -231,6 +280,9 @@ def build_decisions(results_root: Path, paper_dir: Path, figures_dir: Path) -> p
     pairs = side_by_side_frame(results_root)
     pairs.to_csv(out / "models_side_by_side.csv", index=False)
     side_by_side_figure(pairs, figures_dir / "decisions")
+    front = front_frame(results_root)
+    front.to_csv(out / "quality_front.csv", index=False)
+    front_figure(front, figures_dir / "decisions")
     (out / "macros.tex").write_text(
         f"\\newcommand{{\\dataDecisionRegimes}}{{{len(decisions)}}}\n"
         f"\\newcommand{{\\dataDecisionRegimesMeasured}}{{{int(decisions.measured.sum())}}}\n"

@@ -245,7 +245,8 @@ def used_macros(tex: str) -> list[str]:
 
 
 # the experiment families' macros (generated/<family>/macros.tex, which paper.tex inputs where they exist)
-SECTION_MACRO_PREFIXES = ("LongContext", "Inference", "Components", "Clear", "Distributed", "Decision", "Llama")
+SECTION_MACRO_PREFIXES = ("LongContext", "Inference", "Components", "Clear", "Distributed", "Decision", "Llama",
+                          "Recall", "QualityLoss", "QualityLm", "QualityTarget")
 
 
 def write_macros(macros: dict[str, str], paper_tex: Path, path: Path, also: Path | None = None,

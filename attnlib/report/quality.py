@@ -143,10 +143,32 @@ def write_quality_outputs(frame: pd.DataFrame, results_dir: Path, generated: Pat
     return written
 
 
+def loss_groups(lm: pd.DataFrame, reference: str = "sdpa") -> dict[str, list[str]]:
+    """The variants whose final validation loss is higher than, lower than or indistinguishable from the
+    reference's: "higher"/"lower" only where the difference of the means exceeds the half-width of its 95% interval
+    (the two intervals' half-widths added in quadrature), each variant with its difference."""
+    groups: dict[str, list[str]] = {"higher": [], "lower": [], "indistinguishable": []}
+    if lm.empty or reference not in set(lm.variant):
+        return groups
+    ref = lm[lm.variant == reference].iloc[0]
+    for r in lm[lm.variant != reference].itertuples():
+        delta = r.val_loss_mean - ref.val_loss_mean
+        half = ((r.val_loss_ci95 or 0) ** 2 + (ref.val_loss_ci95 or 0) ** 2) ** 0.5
+        word = "indistinguishable" if abs(delta) <= half else "higher" if delta > 0 else "lower"
+        groups[word].append(f"\\texttt{{{r.variant}}} ({delta:+.3f} $\\pm$ {half:.3f})")  # write_macros escapes _
+    return groups
+
+
 def quality_macros(lm: pd.DataFrame, target: float | None, recall: pd.DataFrame) -> dict[str, str]:
-    """The quality section's numbers: the target loss, each variant's final loss and energy to the target, and
-    each recall cell's accuracy (`Recall<Variant>Kv<pairs>T<length>`, the numbers spelled: `latex.spelled`)."""
-    macros = {"QualityTargetLoss": latex.fmt(target, ".3f")}
+    """The quality section's numbers: the target loss, each variant's final loss and energy to the target, the
+    variants grouped by their loss against sdpa's (`QualityLossHigher`, `...Lower`, `...Indistinguishable`), the
+    budget, and each recall cell's accuracy (`Recall<Variant>Kv<pairs>T<length>`, the numbers spelled:
+    `latex.spelled`)."""
+    macros = {"QualityTargetLoss": latex.fmt(target, ".3f"),
+              "QualityLmTokensM": latex.fmt(lm.tokens.max() if len(lm) else None, ".1f", 1e-6),
+              "QualityLmSeeds": latex.fmt(lm.seeds.max() if len(lm) else None, ".0f")}
+    macros.update({f"QualityLoss{word.title()}": ", ".join(names) or "none"
+                   for word, names in loss_groups(lm).items()})
     for r in lm.itertuples():
         macros[latex.camel(r.variant, "ValLoss")] = latex.pm(r.val_loss_mean, r.val_loss_ci95, ".3f")
         macros[latex.camel(r.variant, "EnergyToTargetKj")] = latex.pm(r.energy_to_target_j_mean,
