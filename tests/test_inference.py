@@ -116,11 +116,11 @@ def test_a_failed_cell_is_recorded_for_every_trial_and_not_rerun(tmp_path, monke
     built: list[str] = []
     work = inference._Job.work
 
-    def work_or_oom(self, phase, mode, batch, context):
+    def work_or_oom(self, phase, mode, batch, context, model=None):
         built.append(f"{phase}/{mode}/B{batch}/T{context}")
         if (phase, batch, context) == ("decode", 3, 24):
             raise torch.OutOfMemoryError("CUDA out of memory (fake)")
-        return work(self, phase, mode, batch, context)
+        return work(self, phase, mode, batch, context, model)
 
     monkeypatch.setattr(inference._Job, "work", work_or_oom)
     frame = results_frame(run_inference_job(tiny_config("gqa"), tmp_path / "gqa", progress=False))
@@ -128,6 +128,42 @@ def test_a_failed_cell_is_recorded_for_every_trial_and_not_rerun(tmp_path, monke
     assert len(failed) == 2 and (failed.status == "oom").all() and failed.error.str.contains("fake").all()
     assert built.count("decode/eager/B3/T24") == 1
     assert (frame.drop(failed.index).status == "ok").all()
+
+
+def test_a_paired_job_measures_each_round_of_a_cell_beside_the_reference(tmp_path) -> None:
+    """Protocol v3 for inference: each prefill and decode round holds one window of the variant and one of the
+    reference (sdpa's own model, same prompts), written together; the anchor stays unpaired; a stopped job resumes at
+    its first missing round; the report gives each cell's per-round ratio and, in the reference's own job, the A/A
+    control."""
+    config = tiny_config("gqa", reference="sdpa", warm_s=0.01,
+                         train=TrainConfig(variant="gqa", model={**TINY_MODEL, "n_kv_head": 2}))
+    assert "n_kv_head" not in config.model_overrides("sdpa")  # the reference is built without gqa's own parameters
+    cells = config.cells()
+    assert all(config.paired(c) for c in cells) and len(config.result_names()) == 2 * len(cells) * config.trials
+    frame = results_frame(run_inference_job(config, tmp_path / "raw", progress=False))
+    assert (frame.status == "ok").all() and set(frame.role) == {"variant", "reference"}
+    assert set(frame.reference) == {"sdpa"} and sorted(p.name for p in (tmp_path / "raw").glob("*.json")) == \
+        sorted(config.result_names())
+    ref = frame[frame.role == "reference"]
+    own = frame[frame.role == "variant"].set_index(["phase", "batch_size", "context_len", "trial"])
+    other = ref.set_index(["phase", "batch_size", "context_len", "trial"])
+    assert (own.cache_bytes < other.cache_bytes).all()  # gqa's 2 key/value heads of 4: half the cache
+    anchor = tiny_config("sdpa", reference="sdpa", warm_s=0.01)
+    assert [c for c in anchor.cells() if not anchor.paired(c)] == [c for c in anchor.cells() if c.startswith("generate")]
+    (tmp_path / "raw" / config.result_names()[-1]).unlink()  # as if stopped before the last round's windows
+    (tmp_path / "raw" / config.result_names()[-2]).unlink()
+    again = results_frame(run_inference_job(config, tmp_path / "raw", progress=False))
+    assert sorted(p.name for p in (tmp_path / "raw").glob("*.json")) == sorted(config.result_names())
+    assert len(again) >= len(cells) * config.trials
+    from attnlib.report.inference import inference_summary
+    sdpa = tiny_config("sdpa", reference="sdpa", warm_s=0.01, hf_anchor=False)
+    run_inference_job(sdpa, tmp_path / "raw", progress=False)
+    summary = inference_summary(results_frame(tmp_path), {})
+    decode = summary[(summary.phase == "decode") & (summary.batch_size == 3) & (summary.context_len == 24)]
+    rows = decode.set_index("variant")
+    assert rows.loc["gqa", "protocol"] == "paired" and rows.loc["gqa", "rounds"] == config.trials
+    assert rows.loc["gqa", "gpu_j_per_token_verdict"] in ("n/a", "cheaper", "dearer", "indistinguishable")
+    assert rows.loc["sdpa", "gpu_j_per_token_verdict"] == "control"
 
 
 def test_flops_of_prefill_and_decode() -> None:
@@ -153,7 +189,20 @@ def test_profile_plans_one_inference_job_per_variant() -> None:
     assert config.prefill_lens == [512, 4096, 32768] and config.decode_batch_sizes == [1, 16, 64]
     assert config.decode_context_lens == [512, 4096] and config.new_tokens == 256 and config.trials >= 3
     assert config.window_s >= 2 and config.decode_mode == "cudagraph" and config.other_decode_cells == {"eager": [[1, 512]]}
-    assert config.n_positions == 32768
+    assert config.n_positions == 32768 and config.reference is None  # the GPT-2 grid's committed, unpaired results
+
+
+def test_the_llama_profile_pairs_every_cell_with_the_native_attention() -> None:
+    """#27: prefill at 2K/16K/64K and decode at batch 1/16/64 after 2K/32K, each paired with the 8-KV-head sdpa."""
+    from attnlib.registry import supported_variants
+
+    jobs = plan(load_profile("llama-inference"), supported_variants("llama"))
+    for job in jobs:
+        config = InferenceConfig(**job.config)
+        assert config.train.arch == "llama" and config.reference == "sdpa" and config.warm_s > 0
+        assert config.prefill_lens == [2048, 16384, 65536] and config.decode_context_lens == [2048, 32768]
+        assert all(config.paired(c) for c in config.cells() if not c.startswith("generate"))
+        assert "num_key_value_heads" not in config.model_overrides("sdpa")  # the reference: native 8 KV heads
 
 
 def inference_result(variant: str, mode: str, phase: str, batch: int, context: int, trial: int, ms_per_step: float,

@@ -14,6 +14,12 @@ One process per variant, three kinds of cells (`InferenceResult`), each window a
   `LlamaForCausalLM`) `.generate` on the same weights, greedy, `new_tokens` tokens after a `context_len`-token
   prompt, with its dynamic and with its static cache.
 
+With a `reference` (protocol v3), every prefill and decode cell is paired: the job also builds the reference's model
+(the family's native attention; in the reference's own job, a second build of it: the A/A control), and each
+round of a cell measures one window of the variant and one of the reference, back to back in an order drawn from
+the job's seed, after `warm_s` seconds of the two alternating (the card's power and clocks settle under this cell's
+own load). The report takes the per-round ratios, as for training.
+
 The model is the job's family (`train.arch`: GPT-2 small by default, or the Llama-3.2-1B shape) in bf16 on CUDA
 (fp32 on a CPU), its positions long enough for every cell. FLOPs
 are mask-exact forward counts (`attnlib.flops.prefill_flops`, `decode_flops`); a decode also records the least
@@ -40,7 +46,9 @@ from ..decode import DECODE_MODES, Decoder, cache_bytes_per_token, step_bytes_re
 from ..flops import decode_flops, prefill_flops
 from ..model import attention_parameters, build_config, build_model
 from ..registry import get_variant
+from ..measurement.trials import round_orders
 from ..results import InferenceResult, ModelInfo, Result
+from ..results.schema import ROLES
 from ._job import WindowedJob
 from .training import TrainConfig, failure_status, frozen_gc
 
@@ -67,6 +75,8 @@ class InferenceConfig:
     # mode -> [batch, context] pairs measured in that mode too
     other_decode_cells: dict[str, list[list[int]]] = field(default_factory=lambda: {"eager": [[1, 512]]})
     hf_anchor: bool = True  # the sdpa job also measures transformers' generate, at the decode batches, first context
+    reference: str | None = None  # pair every prefill and decode cell with this variant's (protocol v3); None: unpaired
+    warm_s: float = 5.0  # a paired cell: the two works alternate this long before its first round
     trials: int = 3
     window_s: float = 2.0  # >= 2 s: >= 20 updates of the energy counter
     warmup_reps: int = 2  # unmeasured repetitions per visit (compilation and autotuning land in the first)
@@ -89,9 +99,12 @@ class InferenceConfig:
         if min(self.prefill_batch_size, self.new_tokens, self.trials, self.warmup_reps) < 1:
             raise ValueError("prefill_batch_size, new_tokens, trials and warmup_reps must be >= 1, got "
                              f"{self.prefill_batch_size}, {self.new_tokens}, {self.trials}, {self.warmup_reps}")
-        if self.window_s <= 0 or self.idle_s <= 0:
-            raise ValueError(f"window_s and idle_s must be > 0, got {self.window_s}, {self.idle_s}")
+        if self.window_s <= 0 or self.idle_s <= 0 or self.warm_s < 0:
+            raise ValueError(f"window_s and idle_s must be > 0 and warm_s >= 0, got {self.window_s}, {self.idle_s}, "
+                             f"{self.warm_s}")
         build_config(self.train.variant, arch=self.train.arch, **self.model_overrides())  # bad parameters fail here
+        if self.reference is not None:
+            build_config(self.reference, arch=self.train.arch, **self.model_overrides(self.reference))
 
     def _other_cells(self) -> list[tuple[str, int, int]]:
         """(mode, batch, context) of `other_decode_cells`; a malformed pair is a ValueError."""
@@ -106,8 +119,16 @@ class InferenceConfig:
         contexts = self.decode_context_lens + [context for _, _, context in self._other_cells()]
         return max(max(self.prefill_lens), max(contexts) + self.new_tokens)
 
-    def model_overrides(self) -> dict[str, Any]:
-        return {**self.train.model, **get_arch(self.train.arch).length_overrides(self.n_positions)}
+    def model_overrides(self, variant: str | None = None) -> dict[str, Any]:
+        """The model's config fields for `variant` (default the job's): the job's model without the job variant's
+        own parameters where another variant is built, positions for every cell."""
+        own = set(get_variant(self.train.variant).params) if variant not in (None, self.train.variant) else set()
+        return {**{k: v for k, v in self.train.model.items() if k not in own},
+                **get_arch(self.train.arch).length_overrides(self.n_positions)}
+
+    def paired(self, cell: str) -> bool:
+        """Whether `cell` is measured beside the reference (prefill and decode cells, where there is one)."""
+        return self.reference is not None and self.cells()[cell][0] != "generate"
 
     def cells(self) -> dict[str, tuple[str, str, int, int]]:
         """Cell name -> (phase, mode, batch_size, context_len), in a fixed order."""
@@ -122,13 +143,16 @@ class InferenceConfig:
                     for m in ANCHOR_MODES for b in self.decode_batch_sizes}
         return out
 
-    def result_name(self, cell: str, trial: int) -> str:
+    def result_name(self, cell: str, trial: int, role: str | None = None) -> str:
+        """A window's file: a paired cell's round `trial` has one per role."""
         phase, mode, batch, context = self.cells()[cell]
-        return f"{self.train.variant}__inference__{phase}__{mode}__B{batch}__T{context}__trial{trial}.json"
+        name = f"{self.train.variant}__inference__{phase}__{mode}__B{batch}__T{context}__trial{trial}"
+        return f"{name}__{role}.json" if role else f"{name}.json"
 
     def result_names(self) -> list[str]:
         """The result files of the job (under raw/)."""
-        return [self.result_name(cell, trial) for cell in self.cells() for trial in range(self.trials)]
+        return [self.result_name(cell, trial, role) for cell in self.cells() for trial in range(self.trials)
+                for role in (ROLES if self.paired(cell) else (None,))]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -153,22 +177,29 @@ class _Job(WindowedJob):
         super().__init__(out_dir, config.idle_s)
         self.config = config
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        torch.manual_seed(config.train.seed)
-        model = build_model(config.train.variant, arch=config.train.arch, **config.model_overrides())
-        self.model = model.to(self.device, self.dtype).eval()
-        spec = get_variant(config.train.variant)
-        self.info = ModelInfo(params=sum(p.numel() for p in model.parameters()),
-                              attention_params=attention_parameters(model), kernel=spec.kernel(self.device.type),
-                              exact=spec.exact)
+        self.model, self.info = self._build(config.train.variant)
+        # the reference's model (a second build where the job is the reference's own: the A/A control)
+        self.reference = self._build(config.reference) if config.reference is not None else None
         self._prompts = torch.Generator(device="cpu").manual_seed(config.train.seed)
+
+    def _build(self, variant: str) -> tuple[torch.nn.Module, ModelInfo]:
+        """`variant`'s model of the job's family from the job's seed, in the job's dtype, in eval mode."""
+        c = self.config
+        torch.manual_seed(c.train.seed)
+        model = build_model(variant, arch=c.train.arch, **c.model_overrides(variant)).to(self.device, self.dtype).eval()
+        spec = get_variant(variant)
+        return model, ModelInfo(params=sum(p.numel() for p in model.parameters()),
+                                attention_params=attention_parameters(model), kernel=spec.kernel(self.device.type),
+                                exact=spec.exact)
 
     def prompt(self, batch: int, length: int) -> torch.Tensor:
         vocab = self.model.config.vocab_size
         return torch.randint(vocab, (batch, length), generator=self._prompts).to(self.device)
 
-    def work(self, phase: str, mode: str, batch: int, context: int) -> _Work:
-        """Build one cell's unit of work (caches allocated, a decode's prompt prefilled, unmeasured)."""
-        c, model = self.config, self.model
+    def work(self, phase: str, mode: str, batch: int, context: int, model: torch.nn.Module | None = None) -> _Work:
+        """Build one cell's unit of work on `model` (default the job's: caches allocated, a decode's prompt
+        prefilled, unmeasured)."""
+        c, model = self.config, model if model is not None else self.model
         if phase == "generate":
             return self._anchor(mode, batch, context)
         before = torch.cuda.memory_allocated() if self.device.type == "cuda" else None
@@ -221,62 +252,99 @@ class _Job(WindowedJob):
         return _Work(run, batch * c.new_tokens, flops, c.new_tokens, {},
                      f"transformers {type(hf).__name__}.generate, SDPA attention")
 
-    def visit(self, cell: str, trials: list[int]) -> list[InferenceResult]:
-        """Measure `trials` windows of one cell: build its work, `warmup_reps` unmeasured repetitions, then each
-        window repeats it for at least `window_s`."""
+    def _warm(self, works: dict[str | None, _Work]) -> float:
+        """The first repetition of each work (timed: compilation lands there), then `warmup_reps` - 1 more, then,
+        for a pair, the two alternating for `warm_s`; returns the first repetition's seconds (the variant's)."""
         c = self.config
-        phase, mode, batch, context = c.cells()[cell]
-        common = dict(variant=c.train.variant, mode=mode, arch=c.train.arch, phase=phase, batch_size=batch,
-                      context_len=context,
-                      new_tokens=0 if phase == "prefill" else c.new_tokens, provenance=self.origin,
-                      config=c.to_dict(), order_seed=c.order_seed)
-        results, start = [], time.perf_counter()
-        try:
-            work = self.work(phase, mode, batch, context)
-            info = self.info if work.kernel is None else dataclasses.replace(self.info, kernel=work.kernel)
+        first_call_s = None
+        for role, work in works.items():
             first = time.perf_counter()
             work.run()
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
-            first_call_s = time.perf_counter() - first
+            first_call_s = first_call_s if first_call_s is not None else time.perf_counter() - first
             for _ in range(c.warmup_reps - 1):
                 work.run()
+        warm_until = time.perf_counter() + (c.warm_s if len(works) > 1 else 0.0)
+        while time.perf_counter() < warm_until:
+            for work in works.values():
+                work.run()
+        return first_call_s
+
+    def _window(self, label: str, work: _Work) -> tuple[Any, int]:
+        """One measured window: `work` repeated for at least `window_s`; (its measurement, the repetitions)."""
+        with self.window(label) as window:
+            reps, window_start = 0, time.perf_counter()
+            while reps == 0 or time.perf_counter() - window_start < self.config.window_s:
+                work.run()
+                reps += 1
+            window.add_work(tokens=reps * work.tokens, flops=reps * work.flops)
+        return window.result, reps
+
+    def visit(self, cell: str, trials: list[int]) -> list[InferenceResult]:
+        """Measure `trials` rounds of one cell: build its work (and, for a paired cell, the reference's on the same
+        prompts), warm them up (`_warm`), then each round measures one window of each, back to back in an order
+        drawn from the job's seed, and writes both together; an unpaired cell's round is one window."""
+        c = self.config
+        phase, mode, batch, context = c.cells()[cell]
+        paired = c.paired(cell)
+        roles: tuple[str | None, ...] = ROLES if paired else (None,)
+        common = dict(variant=c.train.variant, mode=mode, arch=c.train.arch, phase=phase, batch_size=batch,
+                      context_len=context, new_tokens=0 if phase == "prefill" else c.new_tokens,
+                      provenance=self.origin, config=c.to_dict(), order_seed=c.order_seed,
+                      reference=c.reference if paired else None)
+        results, start, works, infos = [], time.perf_counter(), {}, {}
+        try:
+            prompts = self._prompts.get_state()
+            for role in roles:  # the same prompts for both
+                self._prompts.set_state(prompts)
+                model, info = self.reference if role == "reference" else (self.model, self.info)
+                works[role] = self.work(phase, mode, batch, context, model)
+                kernel = works[role].kernel
+                infos[role] = info if kernel is None else dataclasses.replace(info, kernel=kernel)
+            first_call_s = self._warm(works)
+            orders = round_orders(list(roles), max(trials) + 1, c.order_seed + sum(map(ord, cell)))
             with frozen_gc():
                 for trial in trials:
-                    trial_start = time.perf_counter()
-                    with self.window(f"{c.train.variant}/{cell}/trial{trial}") as window:
-                        reps, window_start = 0, time.perf_counter()
-                        while reps == 0 or time.perf_counter() - window_start < c.window_s:
-                            work.run()
-                            reps += 1
-                        window.add_work(tokens=reps * work.tokens, flops=reps * work.flops)
+                    trial_start, written = time.perf_counter(), []
+                    for role in orders[trial]:
+                        work = works[role]
+                        measurement, reps = self._window(f"{c.train.variant}/{cell}/trial{trial}/{role or ''}", work)
+                        written.append((role, InferenceResult(
+                            **common, **work.facts, trial=trial, role=role, model=infos[role],
+                            measurement=measurement, repetitions=reps, steps=reps * work.steps or None,
+                            first_call_s=first_call_s, job_wall_s=0.0)))
                     wall = time.perf_counter() - (start if trial == trials[0] else trial_start)
-                    results.append(self.write(c.result_name(cell, trial), InferenceResult(
-                        **common, **work.facts, trial=trial, model=info, measurement=window.result,
-                        repetitions=reps, steps=reps * work.steps or None, first_call_s=first_call_s,
-                        job_wall_s=wall)))
-        except Exception as error:  # the cell's remaining trials record the failure; other cells go on
+                    for role, result in written:  # a round's windows land together: a stop never splits them
+                        results.append(self.write(c.result_name(cell, trial, role),
+                                                  dataclasses.replace(result, job_wall_s=wall / len(written))))
+        except Exception as error:  # the cell's remaining rounds record the failure; other cells go on
             status, text = failure_status(error), f"{type(error).__name__}: {str(error)[:2000]}"
             self.failed[cell] = (status, text)
-            results += [self.write(c.result_name(cell, t), InferenceResult(
-                **common, trial=t, status=status, error=text, job_wall_s=time.perf_counter() - start))
-                for t in trials[len(results):]]
+            done = {r.trial for r in results}
+            results += [self.write(c.result_name(cell, t, role), InferenceResult(
+                **common, trial=t, role=role, status=status, error=text, job_wall_s=time.perf_counter() - start))
+                for t in trials if t not in done for role in roles]
         finally:
-            work = None
+            works.clear()
             if mode in COMPILED_MODES:  # what this cell compiled
                 torch._dynamo.reset()
             self.free()
         return results
 
     def failed_trial(self, cell: str, trial: int) -> InferenceResult:
-        """A later trial of a failed cell: the same status and reason, without running it again."""
+        """A later round of a failed cell: the same status and reason, without running it again (a paired cell's
+        reference window too, written beside it)."""
         c = self.config
         phase, mode, batch, context = c.cells()[cell]
         status, text = self.failed[cell]
-        return self.write(c.result_name(cell, trial), InferenceResult(
+        paired = c.paired(cell)
+        out = [self.write(c.result_name(cell, trial, role), InferenceResult(
             variant=c.train.variant, mode=mode, arch=c.train.arch, phase=phase, batch_size=batch, context_len=context,
             new_tokens=0 if phase == "prefill" else c.new_tokens, provenance=self.origin, config=c.to_dict(),
-            order_seed=c.order_seed, trial=trial, status=status, error=text, job_wall_s=0.0))
+            order_seed=c.order_seed, trial=trial, role=role, reference=c.reference if paired else None,
+            status=status, error=text, job_wall_s=0.0)) for role in (ROLES if paired else (None,))]
+        return out[0]
 
 
 def run_inference_job(config: InferenceConfig, out_dir: Path, progress: bool = True) -> list[Result]:
@@ -284,5 +352,9 @@ def run_inference_job(config: InferenceConfig, out_dir: Path, progress: bool = T
     result per window (or per failed trial) into `out_dir`, keeping the windows it already holds (a resumed job)."""
     job, cells = _Job(config, out_dir), config.cells()
     compiled = {cell for cell, (_, mode, _, _) in cells.items() if mode in COMPILED_MODES}
+
+    def result_name(cell: str, trial: int) -> str:  # a paired round's two windows land together: one names both
+        return config.result_name(cell, trial, ROLES[0] if config.paired(cell) else None)
+
     return job.rounds(list(cells), compiled, config.trials, config.order_seed, f"{config.train.variant} inference",
-                      progress, result_name=config.result_name)
+                      progress, result_name=result_name)

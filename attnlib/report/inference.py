@@ -17,7 +17,8 @@ from ..registry import VARIANTS
 from ..results import read_run
 from . import latex
 from .figures import _empty, _save, variant_color, variant_marker
-from .frames import family_variants, TRIAL_QUANTITIES, Comparison, aggregate, compare, with_calibration
+from .frames import (TRIAL_QUANTITIES, Comparison, aggregate, compare, family_variants, paired_frame, verdicts,
+                     with_calibration)
 
 KEYS = ["variant", "mode", "phase", "batch_size", "context_len"]
 REFERENCE = "sdpa"
@@ -38,15 +39,23 @@ def with_floor(windows: pd.DataFrame, calibrations: dict[str, dict]) -> pd.DataF
 
 
 def inference_summary(frame: pd.DataFrame, calibrations: dict[str, dict]) -> pd.DataFrame:
-    """One row per cell. Besides the aggregates' own names, `j_per_token_mean` / `_ci95` (GPU energy per token:
-    per prompt token for a prefill, per generated token otherwise), `floor_multiple` (its mean) and the cell's
-    cache sizes carry the columns inference tables are read by."""
+    """One row per cell: the variant's own windows aggregated, and for a paired cell its per-round ratios to the
+    reference with their verdicts beyond the cell's A/A bound (`frames.paired_frame`, `frames.verdicts`;
+    `protocol` "paired" or "unpaired"). Besides the aggregates' own names, `j_per_token_mean` / `_ci95` (GPU energy
+    per token: per prompt token for a prefill, per generated token otherwise), `floor_multiple` (its mean) and the
+    cell's cache sizes carry the columns inference tables are read by."""
     windows = frame[frame.kind == "inference"] if "kind" in frame else frame.iloc[:0]
     if windows.empty:
         return pd.DataFrame()
     windows = with_floor(with_calibration(windows, calibrations), calibrations)
-    summary = aggregate(windows, KEYS, (*TRIAL_QUANTITIES, "ms_per_step", "ms", "floor_multiple"))
-    ok = windows[windows.status == "ok"]
+    if "role" not in windows:
+        windows = windows.assign(role=None, reference=None)
+    own = windows[windows.role.isna() | (windows.role == "variant")]  # a pair's reference windows: its ratios only
+    summary = aggregate(own, KEYS, (*TRIAL_QUANTITIES, "ms_per_step", "ms", "floor_multiple"))
+    summary = summary.merge(paired_frame(windows, tuple(KEYS), round_column="trial"), on=KEYS, how="left")
+    summary["protocol"] = summary["rounds"].map(lambda n: "unpaired" if pd.isna(n) else "paired")
+    summary = verdicts(summary, ("mode", "phase", "batch_size", "context_len"))
+    ok = own[own.status == "ok"]
     facts = ok.groupby(KEYS)[[f for f in FACTS if f in ok]].first().reset_index() if len(ok) else None
     if facts is not None:
         summary = summary.merge(facts, on=KEYS, how="left")
@@ -138,14 +147,17 @@ def decode_table(summary: pd.DataFrame, mode: str, context_lens: list[int], batc
     body = []
     for _, r in rows.iterrows():
         if r.status != "ok":
-            body.append([_label(r.variant, r["mode"]), str(r.batch_size), str(r.context_len), r.status, "", "", ""])
+            body.append([_label(r.variant, r["mode"]), str(r.batch_size), str(r.context_len), r.status, "", "", "",
+                         ""])
             continue
+        paired = r.get("protocol") == "paired"
         body.append([_label(r.variant, r["mode"]), str(r.batch_size), str(r.context_len),
                      latex.fmt(r.ms_per_step_mean, ".2f"), latex.pm(r.j_per_token_mean, r.j_per_token_ci95, ".2f", 1e3),
+                     latex.ratio_text(r, "gpu_j_per_token") if paired else "unpaired",
                      latex.fmt(r.get("cache_bytes_per_token"), ",.0f"), latex.fmt(r.floor_multiple, ".1f")])
-    body += [[v, "", "", "not measured", "", "", ""] for v in not_measured(summary)]
-    return latex.booktabs(["variant", "batch", "context", "ms/step", "mJ/token", "cache B/token", "floor $\\times$"],
-                          body, "lrrrrrr")
+    body += [[v, "", "", "not measured", "", "", "", ""] for v in not_measured(summary)]
+    return latex.booktabs(["variant", "batch", "context", "ms/step", "mJ/token", "energy ratio [95\\%]",
+                           "cache B/token", "floor $\\times$"], body, "lrrrrlrr")
 
 
 def prefill_table(summary: pd.DataFrame) -> str:

@@ -148,8 +148,9 @@ class LayerResult(Result):
 
 
 @dataclass(kw_only=True)
-class InferenceResult(Result):
-    """One measured window of repeated prefills, decodes or whole generations (`attnlib.experiments.inference`).
+class InferenceResult(PairedWindow, Result):
+    """One measured window of repeated prefills, decodes or whole generations (`attnlib.experiments.inference`);
+    a paired cell's windows carry their `role` beside the reference's (`PairedWindow`, `trial` the round).
 
     `phase` "prefill": `batch_size` prompts of `context_len` tokens (tokens: the prompts'). "decode": `new_tokens`
     greedy steps after `context_len` tokens of context, the decoder rewound between repetitions (tokens: the
