@@ -246,8 +246,23 @@ def test_another_familys_table_is_its_own_section_with_prefixed_macros(tmp_path)
     assert set(summary.arch) == {"llama"}
     macros = dict(re.findall(r"\\newcommand\{\\data(\w+)\}\{(.*)\}", (paper / "generated" / "llama" / "macros.tex").read_text()))
     quoted = set(latex.used_macros((REPO / "paper" / "llama.tex").read_text()))
-    assert set(macros) == {n for n in quoted if not n.startswith("Decision")}  # those: the decision table's step
+    others = ("Decision", *("Llama" + kind for kind in latex.FAMILY_SECTION_PREFIXES))  # the family's other folders'
+    assert set(macros) == {n for n in quoted if not n.startswith(others)} and any(n.startswith(others) for n in quoted)
     assert all(name.startswith("Llama") for name in macros)
     assert [n for n, v in macros.items() if v == "n/a"] == []
     assert macros["LlamaCompileEnergyCheaper"].startswith(r"\texttt{mqa}") and "mha" in macros["LlamaCompileEnergyDearer"]
     assert not (paper / "generated" / "paper" / "macros.tex").exists()  # GPT-2's macros are not touched
+
+
+def test_a_family_section_takes_each_folders_own_macros(tmp_path) -> None:
+    """paper/<arch>.tex is fed by several folders: each writes only its own kind, prefixed with the family."""
+    section = tmp_path / "llama.tex"
+    section.write_text(r"\dataLlamaCompileAaEnergy \dataLlamaInferenceRefJPerToken \dataLlamaLongContextCrossovers")
+    written = latex.write_section_macros({"InferenceRefJPerToken": "0.5", "LongContextCrossovers": "x"}, "llama",
+                                         "inference.tex", tmp_path, tmp_path / "generated", ("Inference",))
+    assert written == {"LlamaInferenceRefJPerToken": "0.5"}
+    gpt2 = tmp_path / "inference.tex"
+    gpt2.write_text(r"\dataInferenceRefJPerToken")
+    (tmp_path / "paper.tex").write_text("")
+    assert latex.write_section_macros({"InferenceRefJPerToken": "0.4"}, "gpt2", "inference.tex", tmp_path,
+                                      tmp_path / "g2", ("Inference",)) == {"InferenceRefJPerToken": "0.4"}

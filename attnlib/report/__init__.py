@@ -124,5 +124,6 @@ def build_report(results_dir: Path, profile: str, figures_dir: Path, paper_dir: 
     else:  # another family's table is its own section (paper/<arch>.tex), its macros prefixed with the family
         prefix = latex.camel(arch)
         latex.write_macros({prefix + k: v for k, v in macros.items()}, paper_dir / f"{arch}.tex",
-                           generated / "macros.tex", skip=("Decision",))  # the cross-folder step writes those
+                           generated / "macros.tex",  # the cross-folder step and the family's other folders: theirs
+                           skip=("Decision", *(prefix + kind for kind in latex.FAMILY_SECTION_PREFIXES)))
     return summary

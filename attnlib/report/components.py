@@ -16,7 +16,7 @@ from ..registry import VARIANTS
 from ..results import read_run
 from . import latex
 from .figures import _empty, _save
-from .frames import family_variants, aggregate, with_calibration
+from .frames import aggregate, family_of, family_variants, with_calibration
 
 MODEL_KEYS = ["variant", "setting", "seq_len", "batch_size", "n_head", "n_embd", "phase"]
 KEYS = [*MODEL_KEYS, "component"]
@@ -322,5 +322,5 @@ def build_components_report(frame: pd.DataFrame, calibrations: dict[str, dict], 
         "ComponentsGpuMinutes": latex.fmt(run.get("minutes"), ".1f"),
         "ComponentsMeasuredFractionPct": latex.fmt(run.get("measured_fraction"), ".0f", 100),
     }
-    latex.write_macros(macros, paper_dir / "components.tex", generated / "macros.tex", also=paper_dir / "paper.tex")
+    latex.write_section_macros(macros, family_of(frame), "components.tex", paper_dir, generated, ("Components", "Clear"))
     return summary

@@ -17,8 +17,8 @@ from ..registry import VARIANTS
 from ..results import read_run
 from . import latex
 from .figures import _empty, _save, variant_color, variant_marker
-from .frames import (TRIAL_QUANTITIES, Comparison, aggregate, compare, family_variants, paired_frame, verdicts,
-                     with_calibration)
+from .frames import (TRIAL_QUANTITIES, Comparison, aggregate, compare, family_of, family_variants, paired_frame,
+                     verdicts, with_calibration)
 
 KEYS = ["variant", "mode", "phase", "batch_size", "context_len"]
 REFERENCE = "sdpa"
@@ -341,5 +341,5 @@ def build_inference_report(frame: pd.DataFrame, calibrations: dict[str, dict], r
         "InferenceGpuMinutes": latex.fmt(run.get("minutes"), ".1f"),
         "InferenceMeasuredFractionPct": latex.fmt(run.get("measured_fraction"), ".0f", 100),
     }
-    latex.write_macros(macros, paper_dir / "inference.tex", generated / "macros.tex", also=paper_dir / "paper.tex")
+    latex.write_section_macros(macros, family_of(frame), "inference.tex", paper_dir, generated, ("Inference",))
     return summary

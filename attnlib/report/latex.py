@@ -249,13 +249,30 @@ SECTION_MACRO_PREFIXES = ("LongContext", "Inference", "Components", "Clear", "Di
                           "Recall", "QualityLoss", "QualityLm", "QualityTarget")
 
 
+# the experiment families whose folders another model family's section (paper/<arch>.tex) quotes, by macro prefix
+FAMILY_SECTION_PREFIXES = ("LongContext", "Inference", "Components", "Clear")
+
+
+def write_section_macros(macros: dict[str, str], arch: str, section: str, paper_dir: Path, generated: Path,
+                         kinds: tuple[str, ...]) -> dict[str, str]:
+    """A results folder's macros: GPT-2's for its own section file (`section`, e.g. "longcontext.tex", and those
+    paper.tex's abstract quotes); another family's prefixed with the family's name (`\\dataLlamaLongContext...`)
+    for that family's section, `paper/<arch>.tex`, which all its folders feed: each writes only its own `kinds`."""
+    if arch == "gpt2":
+        return write_macros(macros, paper_dir / section, generated / "macros.tex", also=paper_dir / "paper.tex")
+    prefix = camel(arch)
+    return write_macros({prefix + k: v for k, v in macros.items()}, paper_dir / f"{arch}.tex", generated / "macros.tex",
+                        only=tuple(prefix + kind for kind in kinds))
+
+
 def write_macros(macros: dict[str, str], paper_tex: Path, path: Path, also: Path | None = None,
-                 skip: tuple[str, ...] = ()) -> dict[str, str]:
+                 skip: tuple[str, ...] = (), only: tuple[str, ...] = ()) -> dict[str, str]:
     """`\\newcommand`s for exactly the macros `paper_tex` uses, but those starting with one of `skip` (another
-    file defines them), and those of `macros` that `also` uses (a section's macros quoted in paper.tex's
-    abstract); "n/a" for those the data cannot give."""
+    file defines them) or, with `only`, not starting with one of `only` (a section several folders feed), and
+    those of `macros` that `also` uses (a section's macros quoted in paper.tex's abstract); "n/a" for those the data
+    cannot give."""
     esc = lambda s: str(s).replace("_", r"\_").replace("#", r"\#").replace("%", r"\%").replace(r"\\%", r"\%")  # noqa: E731
-    names = {n for n in used_macros(paper_tex.read_text()) if not n.startswith(skip)}
+    names = {n for n in used_macros(paper_tex.read_text()) if not n.startswith(skip) and (not only or n.startswith(only))}
     if also is not None and also.exists():
         names |= set(used_macros(also.read_text())) & set(macros)
     chosen = {name: macros.get(name, "n/a") for name in sorted(names)}
