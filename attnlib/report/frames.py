@@ -137,6 +137,16 @@ def paired_frame(windows: pd.DataFrame, keys: tuple[str, ...] = ("variant", "mod
     return pd.DataFrame(rows, columns=None if rows else [*keys, "rounds", "reference"])
 
 
+def provenance_text(windows: pd.DataFrame) -> tuple[str, str]:
+    """Where a table's measurements come from: how many cards ("3") and which commits ("7005ba9b8f4e, e97a00f...",
+    12 digits each), over `windows` (its paired windows, or every result where it has none)."""
+    cards = windows.get("device_uuid", pd.Series(dtype=object)).dropna()
+    commits = windows.get("attnlib_commit", pd.Series(dtype=object)).dropna()
+    return (str(cards.nunique()) if len(cards) else "n/a",
+            ", ".join(sorted({str(c)[:12] + ("+dirty" if str(c).endswith("+dirty") else "") for c in commits}))
+            or "n/a")
+
+
 def family_of(frame: pd.DataFrame) -> str:
     """The one model family of a folder's results (`arch`; GPT-2 for results that predate the family axis);
     `ValueError` where a folder mixes families: one table, one model."""

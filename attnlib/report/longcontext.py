@@ -14,7 +14,8 @@ from ..results import read_run
 from . import figures, latex
 from .figures import GIB
 from ..experiments._paired import REFERENCE
-from .frames import TRIAL_QUANTITIES, aggregate, family_of, family_variants, paired_frame, verdicts, with_calibration
+from .frames import (TRIAL_QUANTITIES, aggregate, family_of, family_variants, paired_frame, provenance_text, verdicts,
+                     with_calibration)
 
 # quantity -> whether lower is better; peak memory has no interval (one maximum per cell)
 CROSSOVER_QUANTITIES = {"gpu_j_per_token": True, "tokens_per_s": False, "peak_mem_bytes": True}
@@ -269,6 +270,7 @@ def build_longcontext_report(frame: pd.DataFrame, calibrations: dict[str, dict],
         "LongContextGpuMinutes": latex.fmt(run.get("minutes"), ".1f"),
         "LongContextMeasuredFractionPct": latex.fmt(run.get("measured_fraction"), ".0f", 100),
         **layer_macros(layers, family_variants(frame)),
+        **dict(zip(("LongContextPairedCards", "LongContextPairedCommits"), provenance_text(paired_windows))),
     }
     latex.write_section_macros(macros, family_of(frame), "longcontext.tex", paper_dir, generated, ("LongContext",))
     return sweep
