@@ -38,8 +38,8 @@ REGIMES: tuple[Regime, ...] = (  # K = 1024 tokens
     Regime("gpt2", "training, T = 512", "paper", ("graph", "eager")),
     Regime("gpt2", "training, T = 8K", "longcontext", ("graph", "compile"), (("seq_len", 8192),)),
     Regime("gpt2", "training, T = 64K", "longcontext", ("graph", "compile"), (("seq_len", 65536),)),
-    Regime("gpt2", "decode, batch 1, after 2K", "inference", ("cudagraph",),
-           (("phase", "decode"), ("batch_size", 1), ("context_len", 2048))),
+    Regime("gpt2", "decode, batch 1, after 4K", "inference", ("cudagraph",),
+           (("phase", "decode"), ("batch_size", 1), ("context_len", 4096))),  # the GPT-2 grid's contexts: 512, 4K
     Regime("llama", "training, T = 2K", "llama", ("compile", "eager")),
     Regime("llama", "training, T = 32K", "llama-longcontext", ("compile",), (("seq_len", 32768),)),
     Regime("llama", "training, T = 64K", "llama-longcontext", ("compile",), (("seq_len", 65536),)),
