@@ -42,7 +42,7 @@ from torch import nn
 from .archs import arch_of, dims_of
 from .registry import get_variant
 from .variants.linear import feature_map
-from .variants.mla import MultiHeadLatentAttention, RopeLatentAttention, rotate_half
+from .variants.mla import MultiHeadLatentAttention, RopeLatentAttention
 
 DECODE_MODES = ("eager", "cudagraph", "compile", "graph")
 
@@ -128,13 +128,12 @@ class LatentCache(_Cache):
         self.latents = _static(torch.zeros(batch, max_len, attn.kv_down.nf, dtype=dtype, device=device))
 
     def prefill(self, attn: MultiHeadLatentAttention, x: torch.Tensor, rope) -> torch.Tensor:
-        latent = attn.kv_norm(attn.kv_down(x))
+        latent = attn.latent(x)
         self.latents[:, :latent.shape[1]] = latent
-        q, k, v = (_heads(t, attn.head_dim) for t in (attn.q_proj(x), attn.k_up(latent), attn.v_up(latent)))
-        return self.family.output(attn, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+        return self.family.output(attn, attn.core(*attn.project(x, latent=latent)))
 
     def step(self, attn: MultiHeadLatentAttention, x: torch.Tensor, position: torch.Tensor, rope) -> torch.Tensor:
-        self.latents.index_copy_(1, position, attn.kv_norm(attn.kv_down(x)))
+        self.latents.index_copy_(1, position, attn.latent(x))
         latents = self.latents  # [B, L, r]
         H, D = attn.n_head, attn.head_dim
         w_uk, w_uv = (w.view(-1, H, D) for w in (attn.k_up.weight, attn.v_up.weight))  # [r, H, D]
@@ -158,31 +157,24 @@ class RopeLatentCache(_Cache):
 
     def __init__(self, family, attn: RopeLatentAttention, batch: int, max_len: int, dtype: torch.dtype,
                  device: torch.device):
+        self.family = family
         self.latents = _static(torch.zeros(batch, max_len, attn.kv_lora_rank, dtype=dtype, device=device))
         self.rope_keys = _static(torch.zeros(batch, max_len, attn.rope_dim, dtype=dtype, device=device))
 
-    @staticmethod
-    def _rotate(attn: RopeLatentAttention, t: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        cos, sin = attn.rotary(t, positions.unsqueeze(0))  # [1, T, R]
-        return t * cos + rotate_half(t) * sin
-
-    def _latent(self, attn: RopeLatentAttention, x: torch.Tensor, positions: torch.Tensor):
-        latent, k_rope = attn.kv_down(x).split([attn.kv_lora_rank, attn.rope_dim], dim=-1)
-        return attn.kv_norm(latent), self._rotate(attn, k_rope, positions)
-
     def prefill(self, attn: RopeLatentAttention, x: torch.Tensor, rope) -> torch.Tensor:
         T = x.shape[1]
-        self.latents[:, :T], self.rope_keys[:, :T] = self._latent(attn, x, torch.arange(T, device=x.device))
-        return attn(x)[0]  # the module's own forward: positions 0..T-1, causal
+        latent = attn.latent(x, torch.arange(T, device=x.device))  # positions 0..T-1
+        self.latents[:, :T], self.rope_keys[:, :T] = latent
+        return self.family.output(attn, attn.core(*attn.project(x, latent=latent)))
 
     def step(self, attn: RopeLatentAttention, x: torch.Tensor, position: torch.Tensor, rope) -> torch.Tensor:
-        latent, k_rope = self._latent(attn, x, position)
+        latent, k_rope = attn.latent(x, position)
         self.latents.index_copy_(1, position, latent)
         self.rope_keys.index_copy_(1, position, k_rope)
         B, H, D, R = x.shape[0], attn.n_head, attn.head_dim, attn.rope_dim
         q = attn.q_up(attn.q_norm(attn.q_down(x))).view(B, H, D + R)
         q_nope, q_rope = q.split([D, R], dim=-1)
-        q_rope = self._rotate(attn, q_rope.view(B * H, 1, R), position).view(B, H, R)
+        q_rope = attn.rotate(q_rope.view(B * H, 1, R), position).view(B, H, R)
         w = attn.kv_up.weight.view(H, 2 * D, attn.kv_lora_rank)  # per head: D rows of W_uk, then D of W_uv
         q_latent = torch.einsum("bhd,hdr->bhr", q_nope, w[:, :D])  # [B, H, r]
         scores = (q_latent @ self.latents.transpose(1, 2) + q_rope @ self.rope_keys.transpose(1, 2)) * attn.scaling

@@ -55,9 +55,8 @@ class MultiHeadLatentAttention(nn.Module):
             from ..parallel import attend_gathered, gather_sequence  # (attnlib.parallel imports the variants)
 
             shard = self.context_parallel[1]
-            latent = gather_sequence(self.kv_norm(self.kv_down(hidden_states)), shard)
-            y = attend_gathered(self._heads(self.q_proj(hidden_states)), self._heads(self.k_up(latent)),
-                                self._heads(self.v_up(latent)), shard)
+            latent = gather_sequence(self.latent(hidden_states), shard)
+            y = attend_gathered(*self.project(hidden_states, latent=latent), shard)
         else:
             y = self.core(*self.project(hidden_states), attention_mask=attention_mask)
         y = y.transpose(1, 2).reshape(B, T, -1)
@@ -67,10 +66,15 @@ class MultiHeadLatentAttention(nn.Module):
         """[B, T, H D] -> [B, H, T, D]"""
         return t.view(t.shape[0], t.shape[1], self.n_head, self.head_dim).transpose(1, 2)
 
-    def project(self, hidden_states: torch.Tensor, rope: None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries, and keys and values up-projected from the normalised latent (all a cache would hold), `[B, H,
-        T, D]` each; GPT-2 has no rotary positions (`rope` is None)."""
-        latent = self.kv_norm(self.kv_down(hidden_states))  # [B, T, r]
+    def latent(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The normalised latent c_kv `[B, T, r]`: all a cache holds."""
+        return self.kv_norm(self.kv_down(hidden_states))
+
+    def project(self, hidden_states: torch.Tensor, rope: None = None,
+                latent: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, and keys and values up-projected from the latent (`latent` where the caller has it: a cache, or
+        every rank's), `[B, H, T, D]` each; GPT-2 has no rotary positions (`rope` is None)."""
+        latent = self.latent(hidden_states) if latent is None else latent
         return self._heads(self.q_proj(hidden_states)), self._heads(self.k_up(latent)), self._heads(self.v_up(latent))
 
     def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask=None) -> torch.Tensor:
@@ -118,21 +122,32 @@ class RopeLatentAttention(nn.Module):
         y = self.core(*self.project(hidden_states), attention_mask=attention_mask)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)), None
 
-    def project(self, hidden_states: torch.Tensor, rope: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def rotate(self, t: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """`t` `[..., T, R]` rotated to `positions` `[T]` by the model's RoPE over the module's R dimensions."""
+        cos, sin = self.rotary(t, positions.unsqueeze(0))  # [1, T, R]
+        return t * cos + rotate_half(t) * sin
+
+    def latent(self, hidden_states: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What a cache holds per position: the normalised latent `[B, T, r]` and the shared RoPE key `[B, T, R]`,
+        rotated to `positions` `[T]`."""
+        latent, k_rope = self.kv_down(hidden_states).split([self.kv_lora_rank, self.rope_dim], dim=-1)
+        return self.kv_norm(latent), self.rotate(k_rope, positions)
+
+    def project(self, hidden_states: torch.Tensor, rope: Any = None,
+                latent: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
         """Queries and keys `[B, H, T, D + R]` (the part without positions, then the rotated part: the key's one
-        shared RoPE key broadcast to every head) and values `[B, H, T, D]`. The rotation is the module's own, over
-        its R dimensions (`rope`, the family's tables over head_dim, does not apply)."""
+        shared RoPE key broadcast to every head) and values `[B, H, T, D]`, for positions 0..T-1; from `latent`
+        (`self.latent`'s pair) where the caller has it. The rotation is the module's own, over its R dimensions
+        (`rope`, the family's tables over head_dim, does not apply)."""
         B, T, _ = hidden_states.shape
         H, D, R = self.n_head, self.head_dim, self.rope_dim
+        positions = torch.arange(T, device=hidden_states.device)
+        latent, k_rope = self.latent(hidden_states, positions) if latent is None else latent
         q = self.q_up(self.q_norm(self.q_down(hidden_states))).view(B, T, H, D + R).transpose(1, 2)
         q_nope, q_rope = q.split([D, R], dim=-1)
-        latent, k_rope = self.kv_down(hidden_states).split([self.kv_lora_rank, R], dim=-1)
-        k_nope, v = self.kv_up(self.kv_norm(latent)).view(B, T, H, 2 * D).transpose(1, 2).split([D, D], dim=-1)
-        positions = torch.arange(T, device=hidden_states.device).unsqueeze(0)
-        cos, sin = (t.unsqueeze(1) for t in self.rotary(hidden_states, positions))  # [1, 1, T, R]
-        q_rope = q_rope * cos + rotate_half(q_rope) * sin
-        k_rope = (k_rope.unsqueeze(1) * cos + rotate_half(k_rope.unsqueeze(1)) * sin).expand(B, H, T, R)
-        return torch.cat((q_nope, q_rope), -1), torch.cat((k_nope, k_rope), -1), v
+        k_nope, v = self.kv_up(latent).view(B, T, H, 2 * D).transpose(1, 2).split([D, D], dim=-1)
+        k_rope = k_rope.unsqueeze(1).expand(B, H, T, R)
+        return torch.cat((q_nope, self.rotate(q_rope, positions)), -1), torch.cat((k_nope, k_rope), -1), v
 
     def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask=None) -> torch.Tensor:
         """Exact causal SDPA at the scale of the D + R query-key dimensions, `[B, H, T, D]`."""
