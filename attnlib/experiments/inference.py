@@ -252,17 +252,17 @@ class _Job(WindowedJob):
         return _Work(run, batch * c.new_tokens, flops, c.new_tokens, {},
                      f"transformers {type(hf).__name__}.generate, SDPA attention")
 
-    def _warm(self, works: dict[str | None, _Work]) -> float:
+    def _warm(self, works: dict[str | None, _Work]) -> dict[str | None, float]:
         """The first repetition of each work (timed: compilation lands there), then `warmup_reps` - 1 more, then,
-        for a pair, the two alternating for `warm_s`; returns the first repetition's seconds (the variant's)."""
+        for a pair, the two alternating for `warm_s`; returns each work's first repetition's seconds."""
         c = self.config
-        first_call_s = None
+        first_call_s = {}
         for role, work in works.items():
             first = time.perf_counter()
             work.run()
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
-            first_call_s = first_call_s if first_call_s is not None else time.perf_counter() - first
+            first_call_s[role] = time.perf_counter() - first
             for _ in range(c.warmup_reps - 1):
                 work.run()
         warm_until = time.perf_counter() + (c.warm_s if len(works) > 1 else 0.0)
@@ -313,7 +313,7 @@ class _Job(WindowedJob):
                         written.append((role, InferenceResult(
                             **common, **work.facts, trial=trial, role=role, model=infos[role],
                             measurement=measurement, repetitions=reps, steps=reps * work.steps or None,
-                            first_call_s=first_call_s, job_wall_s=0.0)))
+                            first_call_s=first_call_s[role], job_wall_s=0.0)))
                     wall = time.perf_counter() - (start if trial == trials[0] else trial_start)
                     for role, result in written:  # a round's windows land together: a stop never splits them
                         results.append(self.write(c.result_name(cell, trial, role),
