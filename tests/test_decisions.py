@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from attnlib.report.decisions import REGIMES, build_decisions, decision_frame
 
@@ -13,6 +14,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def paired(variant: str, mode: str, ratio: float, low: float, high: float, verdict: str, **extra) -> dict:
+    """A paired summary row as `frames.verdicts` leaves it (a control row carries its A/A bound)."""
+    if verdict == "control":
+        extra["gpu_j_per_token_aa_bound"] = max(1 - low, high - 1)
     return {"variant": variant, "mode": mode, "status": "ok", "protocol": "paired", "gpu_j_per_token_ratio": ratio,
             "gpu_j_per_token_ratio_low": low, "gpu_j_per_token_ratio_high": high,
             "gpu_j_per_token_verdict": verdict, **extra}
@@ -43,7 +47,7 @@ def test_savings_come_from_paired_verdicts_with_their_quality_cost(tmp_path) -> 
     short = decisions.loc[("gpt2", "training, T = 512")]
     assert [c[0] for c in short.cheaper] == ["gqa", "mla"]  # lowest ratio first, the graph rows (fastest mode)
     assert short.cheaper[0][1] == "0.952 [0.941, 0.963]" and short.variants == 3  # beside the A/A control
-    assert short.cheaper[0][2] == "loss +0.030 ± 0.030; MQAR 0.61 at T = 4096, 64 pairs"
+    assert short.cheaper[0][2] == "loss +0.030 ± 0.022; MQAR 0.61 at T = 4096, 64 pairs"
     assert short.cheaper[1][2] == "quality not measured"
     assert abs(short.aa_bound - 0.025) < 1e-9  # the graph A/A interval's reach from 1
     long = decisions.loc[("gpt2", "training, T = 8K")]
@@ -54,7 +58,7 @@ def test_savings_come_from_paired_verdicts_with_their_quality_cost(tmp_path) -> 
     build_decisions(tmp_path, tmp_path / "paper_dir", tmp_path / "figures")
     out = tmp_path / "paper_dir" / "generated" / "decisions"
     markdown = (out / "decisions.md").read_text()
-    assert "| GPT-2 small | training, T = 512 | gqa 0.952 [0.941, 0.963] (loss +0.030 ± 0.030; MQAR 0.61 at T = 4096" \
+    assert "| GPT-2 small | training, T = 512 | gqa 0.952 [0.941, 0.963] (loss +0.030 ± 0.022; MQAR 0.61 at T = 4096" \
         in markdown
     assert "| GPT-2 small | training, T = 8K | no mechanism helps (2 measured against the reference) | 1.0% |" in markdown
     assert markdown.count("not yet measured under the paired protocol") == len(REGIMES) - 2
@@ -63,7 +67,7 @@ def test_savings_come_from_paired_verdicts_with_their_quality_cost(tmp_path) -> 
     assert front.loc["gqa", "recall"] == 0.61 and pd.isna(front.loc["gqa", "long_ratio"])  # 64K: not measured
     assert (tmp_path / "figures" / "decisions" / "quality_front.png").stat().st_size > 0
     table = (out / "decisions.tex").read_text()
-    assert r"loss +0.030 $\pm$ 0.030" in table and r"2.5\%" in table and "sliding_window" not in table
+    assert r"loss +0.030 $\pm$ 0.022" in table and r"2.5\%" in table and "sliding_window" not in table
     assert (out / "macros.tex").read_text().splitlines()[1] == r"\newcommand{\dataDecisionRegimesMeasured}{2}"
 
 
@@ -102,3 +106,15 @@ def test_paired_cells_without_their_a_a_control_claim_nothing(tmp_path) -> None:
     build_decisions(tmp_path, tmp_path / "paper_dir", tmp_path / "figures")
     assert "| training, T = 8K | 1 mechanism paired so far; no claim before the reference's A/A control is measured" \
         in (tmp_path / "paper_dir" / "generated" / "decisions" / "decisions.md").read_text()
+
+
+def test_a_one_seed_run_is_judged_against_the_references_seed_interval() -> None:
+    from attnlib.report.quality import loss_difference, loss_groups
+
+    lm = pd.DataFrame([{"variant": "sdpa", "val_loss_mean": 3.50, "val_loss_ci95": 0.02},
+                       {"variant": "flash", "val_loss_mean": 3.51, "val_loss_ci95": float("nan")},  # one seed
+                       {"variant": "lsh", "val_loss_mean": 3.60, "val_loss_ci95": 0.03}])
+    assert loss_difference(lm, "flash") == pytest.approx((0.01, 0.02))
+    groups = loss_groups(lm)
+    assert groups["indistinguishable"] == [r"\texttt{flash} (+0.010 $\pm$ 0.020)"] and len(groups["higher"]) == 1
+    assert loss_difference(lm, "gqa") is None

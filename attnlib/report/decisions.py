@@ -17,6 +17,7 @@ import pandas as pd
 
 from .figures import _empty, _save, plt, variant_color, variant_marker
 from .latex import booktabs, fmt, ratio_text
+from .quality import loss_difference
 
 QUANTITY = "gpu_j_per_token"  # energy per token: the quantity every decision is about
 
@@ -66,24 +67,19 @@ def regime_rows(summary: pd.DataFrame, regime: Regime) -> pd.DataFrame:
 
 
 def aa_bound(rows: pd.DataFrame) -> float | None:
-    """The regime's A/A bound: how far the reference's interval against a second build of itself reaches from 1."""
+    """The regime's A/A bound (`frames.verdicts`' `<q>_aa_bound` of its control row); None without a control."""
     control = rows[rows.get(f"{QUANTITY}_verdict", pd.Series(dtype=object)) == "control"]
-    if control.empty:
-        return None
-    row = control.iloc[0]
-    return float(max(abs(1 - row[f"{QUANTITY}_ratio_low"]), abs(row[f"{QUANTITY}_ratio_high"] - 1)))
+    return None if control.empty else float(control[f"{QUANTITY}_aa_bound"].iloc[0])
 
 
 def quality_cost(variant: str, quality: pd.DataFrame, recall: pd.DataFrame) -> str:
-    """What `variant` costs in what the model learns: its validation loss against sdpa's at the LM budget (mean
-    over seeds, the difference's rough 95% half-width from both intervals) and its worst MQAR accuracy over the
-    recall grid; "not measured" where neither exists."""
+    """What `variant` costs in what the model learns: its validation loss against sdpa's at the LM budget
+    (`quality.loss_difference`: the difference of the means over seeds with its 95% half-width) and its worst MQAR
+    accuracy over the recall grid; "not measured" where neither exists."""
     parts = []
-    if not quality.empty and {variant, "sdpa"} <= set(quality.variant):
-        row, ref = (quality[quality.variant == v].iloc[0] for v in (variant, "sdpa"))
-        delta = row.val_loss_mean - ref.val_loss_mean
-        half = (row.get("val_loss_ci95", 0) or 0) + (ref.get("val_loss_ci95", 0) or 0)
-        parts.append(f"loss {delta:+.3f} ± {half:.3f}")
+    difference = loss_difference(quality, variant)
+    if difference is not None:
+        parts.append(f"loss {difference[0]:+.3f} ± {difference[1]:.3f}")
     if not recall.empty and variant in set(recall.variant):
         worst = recall[(recall.variant == variant) & (recall.status == "ok")]
         if len(worst):
@@ -96,9 +92,7 @@ def decision_frame(results_root: Path) -> pd.DataFrame:
     """One row per regime of `REGIMES`: whether it was measured paired with its A/A control (`measured`), the
     bound, and the mechanisms cheaper than the reference beyond it (`cheaper`: [(variant, ratio text, quality
     cost)], lowest ratio first), out of how many paired against it (`variants`)."""
-    quality = _read(results_root / "quality" / "quality.csv")
-    recall = next((_read(p) for p in (results_root / "quality" / "recall.csv", results_root / "recall" / "recall.csv")
-                   if p.exists()), pd.DataFrame())
+    quality, recall = _quality(results_root)
     out = []
     for regime in REGIMES:
         rows = regime_rows(_read(results_root / regime.folder / "summary.csv"), regime)
@@ -117,6 +111,14 @@ def decision_frame(results_root: Path) -> pd.DataFrame:
 
 def _read(path: Path) -> pd.DataFrame:
     return pd.read_csv(path) if path.exists() else pd.DataFrame()
+
+
+def _quality(results_root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The language-model table (`quality/quality.csv`) and the recall table (`quality/recall.csv`, or a recall
+    folder's own), empty where not measured."""
+    recall = next((_read(p) for p in (results_root / "quality" / "recall.csv", results_root / "recall" / "recall.csv")
+                   if p.exists()), pd.DataFrame())
+    return _read(results_root / "quality" / "quality.csv"), recall
 
 
 def _saves(row: pd.Series) -> list[str]:
@@ -214,12 +216,8 @@ def front_frame(results_root: Path) -> pd.DataFrame:
     regimes = {r.regime: r for r in REGIMES if r.arch == "gpt2"}
     short = regime_rows(_read(results_root / "paper" / "summary.csv"), regimes["training, T = 512"])
     long = regime_rows(_read(results_root / "longcontext" / "summary.csv"), regimes["training, T = 64K"])
-    quality = _read(results_root / "quality" / "quality.csv")
-    recall = next((_read(p) for p in (results_root / "quality" / "recall.csv", results_root / "recall" / "recall.csv")
-                   if p.exists()), pd.DataFrame())
+    quality, recall = _quality(results_root)
     variants = list(dict.fromkeys([*short.get("variant", []), *quality.get("variant", []), *recall.get("variant", [])]))
-    ref_loss = quality[quality.variant == "sdpa"].val_loss_mean.iloc[0] if "sdpa" in set(quality.get("variant", [])) \
-        else None
     hardest = recall[(recall.status == "ok") & (recall.seq_len == recall.seq_len.max())] if len(recall) else recall
     hardest = hardest[hardest.kv_pairs == hardest.kv_pairs.max()] if len(hardest) else hardest
     rows = []
@@ -228,7 +226,7 @@ def front_frame(results_root: Path) -> pd.DataFrame:
             if len(frame) and v in set(frame.variant) else float("nan")  # noqa: E731
         rows.append({"variant": v, "short_ratio": pick(short, f"{QUANTITY}_ratio"),
                      "long_ratio": pick(long, f"{QUANTITY}_ratio"),
-                     "loss_delta": pick(quality, "val_loss_mean") - ref_loss if ref_loss is not None else float("nan"),
+                     "loss_delta": (loss_difference(quality, v) or (float("nan"),))[0],
                      "recall": pick(hardest, "accuracy_mean")})
     return pd.DataFrame(rows)
 

@@ -143,19 +143,30 @@ def write_quality_outputs(frame: pd.DataFrame, results_dir: Path, generated: Pat
     return written
 
 
+def loss_difference(lm: pd.DataFrame, variant: str, reference: str = "sdpa") -> tuple[float, float] | None:
+    """`variant`'s final validation loss minus `reference`'s (means over seeds) and the half-width of the
+    difference's 95% interval: the two intervals' half-widths in quadrature (a one-seed run has none, so it is judged
+    against the reference's seed interval alone; infinite where neither has one: no claim). None where either is
+    missing from `lm`."""
+    if lm.empty or not {variant, reference} <= set(lm.variant):
+        return None
+    row, ref = (lm[lm.variant == v].iloc[0] for v in (variant, reference))
+    widths = [w for w in (row.get("val_loss_ci95"), ref.get("val_loss_ci95")) if w is not None and not pd.isna(w)]
+    return row.val_loss_mean - ref.val_loss_mean, (sum(w * w for w in widths) ** 0.5 if widths else float("inf"))
+
+
 def loss_groups(lm: pd.DataFrame, reference: str = "sdpa") -> dict[str, list[str]]:
     """The variants whose final validation loss is higher than, lower than or indistinguishable from the
     reference's: "higher"/"lower" only where the difference of the means exceeds the half-width of its 95% interval
-    (the two intervals' half-widths added in quadrature), each variant with its difference."""
+    (`loss_difference`), each variant with its difference."""
     groups: dict[str, list[str]] = {"higher": [], "lower": [], "indistinguishable": []}
-    if lm.empty or reference not in set(lm.variant):
-        return groups
-    ref = lm[lm.variant == reference].iloc[0]
-    for r in lm[lm.variant != reference].itertuples():
-        delta = r.val_loss_mean - ref.val_loss_mean
-        half = ((r.val_loss_ci95 or 0) ** 2 + (ref.val_loss_ci95 or 0) ** 2) ** 0.5
+    for variant in (lm.variant if len(lm) else []):
+        difference = loss_difference(lm, variant, reference) if variant != reference else None
+        if difference is None:
+            continue
+        delta, half = difference
         word = "indistinguishable" if abs(delta) <= half else "higher" if delta > 0 else "lower"
-        groups[word].append(f"\\texttt{{{r.variant}}} ({delta:+.3f} $\\pm$ {half:.3f})")  # write_macros escapes _
+        groups[word].append(f"\\texttt{{{variant}}} ({delta:+.3f} $\\pm$ {half:.3f})")  # write_macros escapes _
     return groups
 
 
