@@ -234,6 +234,12 @@ def paired_ratios(summary: pd.DataFrame, out_dir: Path) -> Path:
     return _save(fig, out_dir, "paired_ratios", rect=(0, 0.04, 1, 1))
 
 
+def _length_ticks(ax, lengths: list[int]) -> None:
+    """A log axis of sequence lengths ticked at the measured ones: 512, 2K, 64K (K = 1024)."""
+    ax.set_xticks(lengths, [f"{t // 1024}K" if t >= 1024 else str(t) for t in lengths])
+    ax.minorticks_off()
+
+
 def _per_length(sweep: pd.DataFrame, column: str, ci: str | None, scale: float, label: str, out_dir: Path,
                 name: str) -> Path:
     """One line per variant against T (log-log): eager with its 95% band, the fast mode's cells as markers; a
@@ -258,9 +264,7 @@ def _per_length(sweep: pd.DataFrame, column: str, ci: str | None, scale: float, 
         fast = sweep[(sweep.variant == variant) & (sweep["mode"] != "eager")].dropna(subset=[column])
         ax.scatter(fast.seq_len, fast[column] * scale, marker="^", color=color, s=18, zorder=3)
     ax.set(xscale="log", yscale="log", xlabel="sequence length T (tokens)", ylabel=label)
-    ax.set_xticks(sorted(sweep.seq_len.unique()), [f"{t // 1024}K" if t >= 1024 else str(t)
-                                                   for t in sorted(sweep.seq_len.unique())])
-    ax.minorticks_off()
+    _length_ticks(ax, sorted(sweep.seq_len.unique()))
     ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.text(0.01, 0.99, "x: out of memory or failed; triangles: fast mode", transform=ax.transAxes, fontsize=6,
@@ -292,8 +296,7 @@ def paired_ratio_vs_seq_len(sweep: pd.DataFrame, out_dir: Path) -> Path:
     lengths = sorted(paired.seq_len.unique())
     ax.set(xscale="log", yscale="log", xlabel="sequence length T (tokens)",
            ylabel=f"energy per token / {paired.reference.dropna().iloc[0]}'s (95% CI)")
-    ax.set_xticks(lengths, [f"{t // 1024}K" if t >= 1024 else str(t) for t in lengths])
-    ax.minorticks_off()
+    _length_ticks(ax, lengths)
     ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(_ratio_ticks(*ax.get_ylim())))
     ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     handles, labels = ax.get_legend_handles_labels()
@@ -323,8 +326,7 @@ def layer_tflops_vs_seq_len(layers: pd.DataFrame, out_dir: Path) -> Path:
         lengths = sorted(part.seq_len.unique())
         ax.set(xscale="log", yscale="log", xlabel="sequence length T (tokens)",
                title=layer_pass.replace("_", " + "))
-        ax.set_xticks(lengths, [f"{t // 1024}K" if t >= 1024 else str(t) for t in lengths])
-        ax.minorticks_off()
+        _length_ticks(ax, lengths)
         ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     axes[0].set_ylabel("attention layer alone, TFLOP/s (95% CI)")
