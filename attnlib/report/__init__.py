@@ -15,7 +15,7 @@ import pandas as pd
 from ..provenance import LIBRARIES
 from ..results import read_run, results_frame
 from . import figures, latex
-from .frames import family_variants, load_calibrations, summary_frame
+from .frames import family_variants, load_calibrations, provenance_text, summary_frame
 from .components import build_components_report
 from .distributed import build_distributed_report
 from .inference import build_inference_report
@@ -44,7 +44,7 @@ def run_facts(frame: pd.DataFrame, summary: pd.DataFrame, calibrations: dict[str
                                      if (summary.get("protocol") == "unpaired").any() else "n/a"),
         "unpaired_modes": ", ".join(sorted(set(summary[summary.protocol == "unpaired"]["mode"])))
                           if "protocol" in summary else "n/a",
-        "paired_cards": str(paired.device_uuid.nunique()) if len(paired) else "n/a",
+        "paired_cards": provenance_text(paired)[0] if len(paired) else "n/a",
         "seeds_per_variant": int(summary.seeds.max()) if "seeds" in summary and summary.seeds.notna().any() else "n/a",
         "window_s_min": latex.fmt(paired.wall_s.min() if len(paired) else None, ".2f"),
         "window_s_max": latex.fmt(paired.wall_s.max() if len(paired) else None, ".2f"),
@@ -54,8 +54,7 @@ def run_facts(frame: pd.DataFrame, summary: pd.DataFrame, calibrations: dict[str
         "val_ngram_overlap_before_pct": latex.fmt(first.get("val_ngram_overlap_before"), ".1f", 100),
         "val_documents_dropped": first.get("val_documents_dropped", "n/a"),
         # the commits the table's measurements ran at (its paired windows'; else every result's)
-        "attnlib_commit": ", ".join(sorted({str(c)[:12] for c in (paired if len(paired) else frame)
-                                            .get("attnlib_commit", pd.Series(dtype=object)).dropna()})) or "n/a",
+        "attnlib_commit": provenance_text(paired if len(paired) else frame)[1],
         "gpu_minutes": latex.fmt(run.get("minutes"), ".1f"),
         "measured_fraction_pct": latex.fmt(run.get("measured_fraction"), ".0f", 100),
         "calibrated_tflops": latex.fmt(sum(c["tflops"] for c in cards) / len(cards) if cards else None, ".0f"),
@@ -109,16 +108,16 @@ def build_report(results_dir: Path, profile: str, figures_dir: Path, paper_dir: 
     summary.to_csv(results_dir / "summary.csv", index=False)
     summary.to_csv(generated / "summary.csv", index=False)
     (generated / "summary.tex").write_text(latex.summary_table(summary))
-    check = Path(results_dir).parent / "gpu" / "variants_check_h100.json"  # the bf16 GPU check, profiler included
-    (generated / "kernels.tex").write_text(latex.kernel_table(summary, json.loads(check.read_text()) if check.exists()
-                                                              else None))
+    arch = summary.arch.iloc[0] if len(summary) else "gpt2"
+    check = Path(results_dir).parent / "gpu" / "variants_check_h100.json"  # GPT-2's bf16 GPU check, profiler included
+    (generated / "kernels.tex").write_text(latex.kernel_table(
+        summary, json.loads(check.read_text()) if arch == "gpt2" and check.exists() else None))
     (generated / "prior_comparison.tex").write_text(prior_table(summary))
     macros = {**latex.run_macros(run_facts(frame, summary, calibrations, results_dir, profile)),
               **latex.row_macros(summary), **latex.mode_macros(summary), **latex.quality_macros(summary),
               **prior_macros()}
     figures.all_figures(summary, frame, figures_dir / profile)
     write_quality_outputs(frame[frame.kind == "recall"], Path(results_dir), generated, figures_dir / profile)
-    arch = summary.arch.iloc[0] if len(summary) else "gpt2"
     if arch == "gpt2":  # GPT-2's table is the paper's own (paper.tex)
         latex.write_macros(macros, paper_dir / "paper.tex", generated / "macros.tex", skip=latex.SECTION_MACRO_PREFIXES)
     else:  # another family's table is its own section (paper/<arch>.tex), its macros prefixed with the family
