@@ -164,7 +164,8 @@ class _Job(WindowedJob):
             torch.manual_seed(c.train.seed)
             training = setting.phase == "training"
             dtype = torch.float32 if training else self.dtype
-            model = build_model(c.train.variant, arch=c.train.arch, **c.model_overrides(setting)).to(self.device, dtype).eval()
+            model = build_model(c.train.variant, arch=c.train.arch, **c.model_overrides(setting))
+            model = model.to(self.device, dtype).eval()
             hidden_states = get_arch(c.train.arch).causal_hidden_states
             ids = torch.randint(model.config.vocab_size, (setting.batch_size, setting.seq_len),
                                 generator=torch.Generator().manual_seed(c.train.seed)).to(self.device)
@@ -186,12 +187,19 @@ class _Job(WindowedJob):
                 self._built[setting] = (training_components(model, ids, optimizer), whole)
         return self._built[setting]
 
+    def _common(self, cell: str) -> dict[str, Any]:
+        """The `ComponentResult` fields every window of `cell` shares."""
+        c = self.config
+        setting, kind = c.cells()[cell]
+        return dict(variant=c.train.variant, arch=c.train.arch, mode="eager", component=kind, phase=setting.phase,
+                    seq_len=setting.seq_len, batch_size=setting.batch_size, n_head=setting.n_head,
+                    n_embd=setting.n_embd, setting=setting.axis, provenance=self.origin, config=c.to_dict(),
+                    order_seed=c.order_seed)
+
     def visit(self, cell: str, trials: list[int]) -> list[Result]:
         c = self.config
         setting, kind = c.cells()[cell]
-        common = dict(variant=c.train.variant, arch=c.train.arch, mode="eager", component=kind, phase=setting.phase, seq_len=setting.seq_len,
-                      batch_size=setting.batch_size, n_head=setting.n_head, n_embd=setting.n_embd,
-                      setting=setting.axis, provenance=self.origin, config=c.to_dict(), order_seed=c.order_seed)
+        common = self._common(cell)
         results, start = [], time.perf_counter()
         try:
             parts, whole = self.build(setting)
@@ -219,14 +227,9 @@ class _Job(WindowedJob):
         return results
 
     def failed_trial(self, cell: str, trial: int) -> Result:
-        c = self.config
-        setting, kind = c.cells()[cell]
         status, text = self.failed[cell]
-        return self.write(c.result_name(cell, trial), ComponentResult(
-            variant=c.train.variant, arch=c.train.arch, mode="eager", component=kind, phase=setting.phase,
-            seq_len=setting.seq_len, batch_size=setting.batch_size, n_head=setting.n_head, n_embd=setting.n_embd, setting=setting.axis,
-            provenance=self.origin, config=c.to_dict(), order_seed=c.order_seed, trial=trial, status=status,
-            error=text, job_wall_s=0.0))
+        return self.write(self.config.result_name(cell, trial), ComponentResult(
+            **self._common(cell), trial=trial, status=status, error=text, job_wall_s=0.0))
 
     def release(self) -> None:
         self._built.clear()
