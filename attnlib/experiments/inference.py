@@ -287,12 +287,8 @@ class _Job(WindowedJob):
         drawn from the job's seed, and writes both together; an unpaired cell's round is one window."""
         c = self.config
         phase, mode, batch, context = c.cells()[cell]
-        paired = c.paired(cell)
-        roles: tuple[str | None, ...] = ROLES if paired else (None,)
-        common = dict(variant=c.train.variant, mode=mode, arch=c.train.arch, phase=phase, batch_size=batch,
-                      context_len=context, new_tokens=0 if phase == "prefill" else c.new_tokens,
-                      provenance=self.origin, config=c.to_dict(), order_seed=c.order_seed,
-                      reference=c.reference if paired else None)
+        roles = self._roles(cell)
+        common = self._common(cell)
         results, start, works, infos = [], time.perf_counter(), {}, {}
         try:
             prompts = self._prompts.get_state()
@@ -332,19 +328,26 @@ class _Job(WindowedJob):
             self.free()
         return results
 
+    def _roles(self, cell: str) -> tuple[str | None, ...]:
+        """A paired cell's window roles, or (None,) for an unpaired cell's one window per round."""
+        return ROLES if self.config.paired(cell) else (None,)
+
+    def _common(self, cell: str) -> dict[str, Any]:
+        """The `InferenceResult` fields every window of `cell` shares."""
+        c = self.config
+        phase, mode, batch, context = c.cells()[cell]
+        return dict(variant=c.train.variant, mode=mode, arch=c.train.arch, phase=phase, batch_size=batch,
+                    context_len=context, new_tokens=0 if phase == "prefill" else c.new_tokens,
+                    provenance=self.origin, config=c.to_dict(), order_seed=c.order_seed,
+                    reference=c.reference if c.paired(cell) else None)
+
     def failed_trial(self, cell: str, trial: int) -> InferenceResult:
         """A later round of a failed cell: the same status and reason, without running it again (a paired cell's
         reference window too, written beside it)."""
-        c = self.config
-        phase, mode, batch, context = c.cells()[cell]
         status, text = self.failed[cell]
-        paired = c.paired(cell)
-        out = [self.write(c.result_name(cell, trial, role), InferenceResult(
-            variant=c.train.variant, mode=mode, arch=c.train.arch, phase=phase, batch_size=batch, context_len=context,
-            new_tokens=0 if phase == "prefill" else c.new_tokens, provenance=self.origin, config=c.to_dict(),
-            order_seed=c.order_seed, trial=trial, role=role, reference=c.reference if paired else None,
-            status=status, error=text, job_wall_s=0.0)) for role in (ROLES if paired else (None,))]
-        return out[0]
+        return [self.write(self.config.result_name(cell, trial, role), InferenceResult(
+            **self._common(cell), trial=trial, role=role, status=status, error=text, job_wall_s=0.0))
+            for role in self._roles(cell)][0]
 
 
 def run_inference_job(config: InferenceConfig, out_dir: Path, progress: bool = True) -> list[Result]:
