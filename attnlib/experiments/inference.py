@@ -130,6 +130,10 @@ class InferenceConfig:
         """Whether `cell` is measured beside the reference (prefill and decode cells, where there is one)."""
         return self.reference is not None and self.cells()[cell][0] != "generate"
 
+    def roles(self, cell: str) -> tuple[str | None, ...]:
+        """A paired cell's window roles per round, or (None,): an unpaired cell's one window."""
+        return ROLES if self.paired(cell) else (None,)
+
     def cells(self) -> dict[str, tuple[str, str, int, int]]:
         """Cell name -> (phase, mode, batch_size, context_len), in a fixed order."""
         out = {f"prefill/eager/B{self.prefill_batch_size}/T{t}": ("prefill", "eager", self.prefill_batch_size, t)
@@ -152,7 +156,7 @@ class InferenceConfig:
     def result_names(self) -> list[str]:
         """The result files of the job (under raw/)."""
         return [self.result_name(cell, trial, role) for cell in self.cells() for trial in range(self.trials)
-                for role in (ROLES if self.paired(cell) else (None,))]
+                for role in self.roles(cell)]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -287,7 +291,7 @@ class _Job(WindowedJob):
         drawn from the job's seed, and writes both together; an unpaired cell's round is one window."""
         c = self.config
         phase, mode, batch, context = c.cells()[cell]
-        roles = self._roles(cell)
+        roles = self.config.roles(cell)
         common = self._common(cell)
         results, start, works, infos = [], time.perf_counter(), {}, {}
         try:
@@ -328,10 +332,6 @@ class _Job(WindowedJob):
             self.free()
         return results
 
-    def _roles(self, cell: str) -> tuple[str | None, ...]:
-        """A paired cell's window roles, or (None,) for an unpaired cell's one window per round."""
-        return ROLES if self.config.paired(cell) else (None,)
-
     def _common(self, cell: str) -> dict[str, Any]:
         """The `InferenceResult` fields every window of `cell` shares."""
         c = self.config
@@ -347,7 +347,7 @@ class _Job(WindowedJob):
         status, text = self.failed[cell]
         return [self.write(self.config.result_name(cell, trial, role), InferenceResult(
             **self._common(cell), trial=trial, role=role, status=status, error=text, job_wall_s=0.0))
-            for role in self._roles(cell)][0]
+            for role in self.config.roles(cell)][0]
 
 
 def run_inference_job(config: InferenceConfig, out_dir: Path, progress: bool = True) -> list[Result]:
@@ -357,7 +357,7 @@ def run_inference_job(config: InferenceConfig, out_dir: Path, progress: bool = T
     compiled = {cell for cell, (_, mode, _, _) in cells.items() if mode in COMPILED_MODES}
 
     def result_name(cell: str, trial: int) -> str:  # a paired round's two windows land together: one names both
-        return config.result_name(cell, trial, ROLES[0] if config.paired(cell) else None)
+        return config.result_name(cell, trial, config.roles(cell)[0])
 
     return job.rounds(list(cells), compiled, config.trials, config.order_seed, f"{config.train.variant} inference",
                       progress, result_name=result_name)
