@@ -126,20 +126,6 @@ def shape_overrides(heads: int, width: int) -> dict:
     return {"n_head": heads, "n_embd": width}
 
 
-def attention_qkv(attn: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Queries `[B, H, T, D]` and keys, values `[B, n_kv, T, D]` of a GPT-2 attention: GPT-2's fused `c_attn`, or a
-    variant module's own `qkv`."""
-    if hasattr(attn, "qkv"):
-        return attn.qkv(x)
-    B, T, _ = x.shape
-    return tuple(t.view(B, T, -1, attn.head_dim).transpose(1, 2) for t in attn.c_attn(x).split(attn.split_size, 2))
-
-
-def attention_output(attn: torch.nn.Module, y: torch.Tensor) -> torch.Tensor:
-    """`[B, H, T, D]` attention output -> a GPT-2 attention's output projection `[B, T, C]`."""
-    return attn.c_proj(y.transpose(1, 2).flatten(2))
-
-
 class Decoding:
     """What `attnlib.decode` and `attnlib.components` need of a GPT-2: its layers as (ln_1, attention, ln_2, MLP),
     token plus learned position embeddings, ln_f (`final_norm`) and the head, and each attention's projections
@@ -163,10 +149,16 @@ class Decoding:
         return self.lm_head(self.final_norm(hidden))
 
     def qkv(self, attn: torch.nn.Module, x: torch.Tensor, rope: None) -> tuple[torch.Tensor, ...]:
-        return attention_qkv(attn, x)
+        """Queries `[B, H, T, D]` and keys, values `[B, n_kv, T, D]`: GPT-2's fused `c_attn`, or a variant module's
+        own `qkv`."""
+        if hasattr(attn, "qkv"):
+            return attn.qkv(x)
+        B, T, _ = x.shape
+        return tuple(t.view(B, T, -1, attn.head_dim).transpose(1, 2) for t in attn.c_attn(x).split(attn.split_size, 2))
 
     def output(self, attn: torch.nn.Module, y: torch.Tensor) -> torch.Tensor:
-        return attention_output(attn, y)
+        """`[B, H, T, D]` attention output -> the output projection `[B, T, C]`."""
+        return self.output_projection(attn)(y.transpose(1, 2).flatten(2))
 
     def output_projection(self, attn: torch.nn.Module) -> torch.nn.Module:
         return attn.c_proj

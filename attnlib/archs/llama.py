@@ -167,7 +167,8 @@ class Decoding:
         return q, k, v
 
     def output(self, attn: nn.Module, y: torch.Tensor) -> torch.Tensor:
-        return attn.o_proj(y.transpose(1, 2).flatten(2))
+        """`[B, H, T, D]` attention output -> the output projection `[B, T, C]`."""
+        return self.output_projection(attn)(y.transpose(1, 2).flatten(2))
 
     def output_projection(self, attn: nn.Module) -> nn.Module:
         return attn.o_proj
