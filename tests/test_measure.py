@@ -131,10 +131,10 @@ def test_window_records_the_cards_state() -> None:
 
 class WarmingGPU(RecordedGPU):
     """A card whose power settles from `power_w` + `excess_w` to `power_w` with time constant `tau_s` (`drift_w_per_s`
-    adds a rise that never settles); the counter integrates it exactly, updated every millisecond."""
+    adds a rise that never settles); the counter integrates it exactly, updated every 10 microseconds."""
 
     def __init__(self, power_w: float, excess_w: float, tau_s: float, drift_w_per_s: float = 0.0):
-        super().__init__(power_w=power_w, update_s=0.001)
+        super().__init__(power_w=power_w, update_s=1e-5)
         self.excess_w, self.tau_s, self.drift = excess_w, tau_s, drift_w_per_s
 
     def energy_mj(self) -> list[int]:
@@ -145,8 +145,10 @@ class WarmingGPU(RecordedGPU):
 
 
 def steady_work(seconds: float, window) -> None:
+    """A constant load: a token per microsecond of the window, so a stall of this process (a busy CI runner)
+    changes the work done, not the J/token of a card that has settled."""
     busy(seconds)
-    window.add_work(tokens=int(1000 * seconds))
+    window.add_work(tokens=int(1e6 * window.elapsed_s))
 
 
 def test_steady_state_waits_for_the_card_to_settle() -> None:

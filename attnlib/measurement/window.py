@@ -235,6 +235,11 @@ class measure:  # noqa: N801  (used as a function-like context manager, like tor
         return energy_between(self._energy_start, self._gpus.energy_mj())[0] if self._gpus.available else None
 
     @property
+    def elapsed_s(self) -> float:
+        """Seconds since the window opened (its energy reading), for work that reports its tokens at the end."""
+        return time.perf_counter() - self._t0
+
+    @property
     def power_now_w(self) -> float | None:
         """The latest sampled GPU power while the window is open (for progress bars); None without a GPU."""
         sampler = getattr(self, "_sampler", None)
