@@ -308,10 +308,12 @@ def run(profile: Profile, variants: list[str], results_dir: Path, cache_dir: Pat
     `max_minutes`; a job still running at `stop_minutes` is stopped, and the chunk, its time included, is recorded."""
     start = time.monotonic()
     since = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    calibrate(results_dir)
     jobs = plan(profile, variants)
     todo = [j for j in jobs if force or not is_done(j, results_dir)]
     print(f"{profile.name}: {len(jobs)} jobs, {len(jobs) - len(todo)} already done, {len(todo)} to run", flush=True)
+    if not todo:  # complete: nothing to calibrate for, no chunk to record
+        return 0
+    calibrate(results_dir)
     ran: list[str] = []
     left = 0
     for index, job in enumerate(todo):

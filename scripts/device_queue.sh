@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: as much of the remaining measurement plan as fits, in its order, results in $OUT.
+#
+#   STOP_MINUTES=8.4 bash scripts/device_queue.sh 7.5   # no new job after 7.5 min, none running after 8.4
+#
+# The plan, in the order the issues need it: each step is a resumable profile (skipped once complete, resumed at its
+# first job without results) or a one-off GPU check (skipped once its output exists). A step that finishes early
+# hands the rest of the call to the next; a profile cut short by the clock ends the call, and the next call resumes
+# it. Every results folder that the call touched is packed into $OUT/results.tgz (unpack it in the checkout before
+# the next call). ATTNLIB_COMMIT names the commit that really ran (the travelling tree may carry a stale .git).
+set -uo pipefail
+minutes=${1:-7.5} stop=${STOP_MINUTES:-8.4}
+: "${ATTNLIB_COMMIT:?set ATTNLIB_COMMIT to the full commit of the tree you send (git rev-parse HEAD)}"
+[ -f .tok/tokenizer.model ] && export ATTNLIB_LLAMA3_TOKENIZER=$PWD/.tok/tokenizer.model
+export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor TRITON_CACHE_DIR=$PWD/.cache/triton PYTHONUNBUFFERED=1
+
+# step: "profile NAME FOLDER" or "check OUTPUT FOLDER COMMAND..." (COMMAND writes OUTPUT into FOLDER)
+plan=(
+  "profile longcontext results/longcontext"
+  "check results/gpu/llama_check.json results/gpu python scripts/gpu_check_llama.py --out results/gpu"
+  "check results/gpu/llama_parity.json results/gpu python scripts/gpu_compile_parity.py --arch llama --out results/gpu --trials 3 --candidates plain/eager,plain/compile,attnlib/eager,attnlib/compile"
+  "profile llama results/llama"
+  "profile llama-longcontext results/llama-longcontext"
+  "profile llama-inference results/llama-inference"
+  "profile llama-components results/llama-components"
+  "profile quality results/quality"
+  "profile recall results/quality"
+)
+start=$SECONDS touched=()
+left_s() { awk -v m="$1" -v e=$((SECONDS - start)) 'BEGIN { printf "%.2f", m - e / 60 }'; }  # minutes
+at_least() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }'; }
+
+for step in "${plan[@]}"; do
+  read -r kind first folder rest <<< "$step"
+  at_least "$(left_s "$minutes")" 0.3 || break
+  mkdir -p "$folder"
+  [ -f "$folder/nvidia-smi.txt" ] || nvidia-smi > "$folder/nvidia-smi.txt"
+  if [ "$kind" = check ]; then
+    [ -f "$first" ] && continue
+    echo "== $rest (until ${stop} min)"
+    touched+=("$folder")
+    timeout "$(awk -v s="$(left_s "$stop")" 'BEGIN { printf "%d", s * 60 }')" $rest || { echo "stopped or failed: $rest"; break; }
+  else
+    echo "== profile $first into $folder"
+    touched+=("$folder")
+    python -m attnlib.pipeline run --profile "$first" --results "$folder" --max-minutes "$(left_s "$minutes")" \
+      --stop-minutes "$(left_s "$stop")"
+    [ $? -eq 0 ] || break  # jobs left: the next call resumes here
+  fi
+done
+[ ${#touched[@]} -gt 0 ] && tar czf "${OUT:-/tmp}/results.tgz" $(printf '%s\n' "${touched[@]}" | sort -u)
+echo "touched: ${touched[*]:-nothing}; $(( (SECONDS - start) / 60 )) min"
