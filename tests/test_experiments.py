@@ -303,6 +303,9 @@ def test_resume_skips_finished_and_redoes_broken(tmp_path, monkeypatch) -> None:
     assert pipeline.run(profile, ["sdpa"], tmp_path, tmp_path / "cache") == 0
     assert ran == [j.name for j in jobs]
     ran.clear()
+    record = (tmp_path / "run.json").read_text()
+    assert pipeline.run(profile, ["sdpa"], tmp_path, tmp_path / "cache") == 0  # complete: nothing run or recorded
+    assert ran == [] and (tmp_path / "run.json").read_text() == record
     (tmp_path / "raw" / jobs[0].result_names()[0]).write_text('{"status": "o')  # killed mid-write
     assert pipeline.run(profile, ["sdpa"], tmp_path, tmp_path / "cache") == 0 and ran == [jobs[0].name]
     ran.clear(), found.clear()
