@@ -8,6 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -250,6 +251,10 @@ def test_inference_report_writes_tables_figures_and_the_sections_macros(tmp_path
     calibration = {"uuid": "GPU-0", "tflops": 700.0, "j_per_flop": 1e-12, "bandwidth": {"gb_per_s": 3000.0}}
     (results / "calibration").mkdir()
     (results / "calibration" / "GPU-0.json").write_text(json.dumps(calibration))
+    (tmp_path / "longcontext").mkdir()  # the training side of the savings table: the long-context grid's summary
+    pd.DataFrame({"variant": ["sdpa", "linear", "baseline"], "mode": "eager", "seq_len": 4096,
+                  "status": ["ok", "ok", "oom"], "gpu_j_per_token_mean": [4e-3, 3e-3, None],
+                  "gpu_j_per_token_ci95": [1e-4, 1e-4, None]}).to_csv(tmp_path / "longcontext" / "summary.csv")
     paper = tmp_path / "paperdir"
     paper.mkdir()
     shutil.copy(REPO / "paper" / "inference.tex", paper / "inference.tex")
@@ -268,18 +273,20 @@ def test_inference_report_writes_tables_figures_and_the_sections_macros(tmp_path
     assert names == set(re.findall(r"\\data(\w+)", (paper / "inference.tex").read_text()))
     assert "n/a" not in macros.replace("\\dataInferenceGpuMinutes}{n/a}", "").replace(
         "\\dataInferenceMeasuredFractionPct}{n/a}", "")
-    assert "linear: at batch 1 after 512 tokens its decode is 40\\% lower than sdpa's" in macros
-    assert "lsh: at batch 1 after 512 tokens it is unsupported" in macros
+    savings = (paper / "generated" / "inference" / "savings.tex").read_text()
+    assert "linear & 0.60, 40\\% lower & 0.60, 40\\% lower & 0.75, 25\\% lower \\\\" in savings
+    assert "lsh & unsupported & not measured & not measured" in savings
+    assert "baseline & not measured & not measured & oom \\\\" in savings  # its training cell: a result, not a gap
     table = (paper / "generated" / "inference" / "decode.tex").read_text()
     assert "transformers generate, static cache" in table and "unsupported" in table
     assert "gqa & 1 & 512 & 1.94" in table and "transformers generate, cudagraph" not in table
     # a variant without results is named, never silently absent
-    assert "baseline, cudnn, flex, mla and sliding\\_window have no results in this run yet." in macros
+    assert all(f"{v} & not measured & not measured & not measured" in savings for v in ("cudnn", "flex", "mla"))
     # flash decodes with sdpa's very step: their 5% apart is the between-job variation the text reports
     assert "\\dataInferenceSameDecodeSpreadPct}{5}" in macros and "\\dataInferenceSameDecodeMeasured}{2}" in macros
     # ... so flash's decode is not compared with sdpa's, and gqa's 3% (distinct intervals) is no saving either
-    assert "flash: its decode step is sdpa's own." in macros
-    assert "gqa: at batch 1 after 512 tokens its decode is within the between-job spread of sdpa's" in macros
+    assert "flash & sdpa's own step & sdpa's own step &" in savings
+    assert "gqa & 0.97, within the between-job spread &" in savings
     assert "\\dataInferenceSavingsBrief}{linear (40\\%) uses less energy per generated token than sdpa}" in macros
     assert "mla &  &  & not measured" in table
     for figure in ("inference_decode_energy", "inference_decode_latency", "inference_cache_bytes"):

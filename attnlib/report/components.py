@@ -178,7 +178,6 @@ def excess_text(coverage: pd.DataFrame, tolerance: float = 0.03) -> str:
     base = models[models.coverage > 1 + tolerance]
     if base.empty:
         return opening + " No model's components exceed its pass by more than {:.0f}\\%.".format(100 * tolerance)
-    name = lambda r: f"{r.variant} {r.phase} at {r.seq_len}"  # noqa: E731
     slow = base[base.time_coverage > 1 + tolerance]
     hot = base[base.time_coverage <= 1 + tolerance]
     sentences = [opening]
@@ -186,19 +185,17 @@ def excess_text(coverage: pd.DataFrame, tolerance: float = 0.03) -> str:
         sentences.append(
             f"In {len(slow)} of the {len(base)} models whose components exceed the pass by more than "
             f"{100 * tolerance:.0f}\\%, the components alone take longer than inside it (time coverage "
-            f"{slow.time_coverage.min():.2f}--{slow.time_coverage.max():.2f}: "
-            + ", ".join(map(name, slow.itertuples()))
-            + "), most likely waiting for launches that the pass hides behind the work it has queued; their mean "
-            f"power is {slow.parts_power_w.min():.0f}--{slow.parts_power_w.max():.0f}~W against the pass's "
+            f"{slow.time_coverage.min():.2f}--{slow.time_coverage.max():.2f}; Table~\\ref{{tab:coverage}} "
+            "names them), most likely waiting for launches that the pass hides behind the work it has queued; their "
+            f"mean power is {slow.parts_power_w.min():.0f}--{slow.parts_power_w.max():.0f}~W against the pass's "
             f"{slow.whole_power_w.min():.0f}--{slow.whole_power_w.max():.0f}~W, and net of idle their coverage is "
             f"{slow.coverage_net.min():.2f}--{slow.coverage_net.max():.2f}.")
     if len(hot):
         sentences.append(
             f"In {'the other ' if len(slow) else ''}{len(hot)} the time adds up (time coverage "
-            f"{hot.time_coverage.min():.2f}--{hot.time_coverage.max():.2f}: " + ", ".join(map(name, hot.itertuples()))
-            + f") but the components alone draw more power, {hot.parts_power_w.min():.0f}--"
-            f"{hot.parts_power_w.max():.0f}~W against the pass's {hot.whole_power_w.min():.0f}--"
-            f"{hot.whole_power_w.max():.0f}~W, most likely because a loop of one kernel holds the card in another "
+            f"{hot.time_coverage.min():.2f}--{hot.time_coverage.max():.2f}) but the components alone draw more "
+            f"power, {hot.parts_power_w.min():.0f}--{hot.parts_power_w.max():.0f}~W against the pass's "
+            f"{hot.whole_power_w.min():.0f}--{hot.whole_power_w.max():.0f}~W, most likely because a loop of one kernel holds the card in another "
             "power state than the pass's mix of kernels.")
     return " ".join(sentences)
 

@@ -218,33 +218,45 @@ def _beyond_spread(c: Comparison, between_job_spread: float | None) -> bool:
     return c.distinct and (between_job_spread is None or abs(c.ratio - 1) > between_job_spread)
 
 
-def savings_text(summary: pd.DataFrame, training: pd.DataFrame | None, mode: str, cells: list[tuple[int, int]],
-                 train_seq_len: int, between_job_spread: float | None) -> str:
-    """One generated sentence per variant: its decode energy per token against the reference's at each of
-    `cells` ((batch, context)), and its training energy per token against the reference's at `train_seq_len`
-    (eager, the long-context results) where those exist; the wording follows the intervals. A `SAME_DECODE`
-    variant's decode is the reference's own computation, so it is not compared; another's decode difference no
-    larger than `between_job_spread` (a fraction, see `same_decode_spread`) is called what it is."""
-    sentences = []
-    for variant in [v for v in VARIANTS if v != REFERENCE and v in set(summary.variant)]:
-        parts = [f"its decode step is {REFERENCE}'s own"] if variant in SAME_DECODE else []
-        for batch, context in [] if variant in SAME_DECODE else cells:
-            c = decode_comparison(summary, variant, mode, batch, context)
-            if isinstance(c, str):
-                parts.append(f"at batch {batch} after {context} tokens it is {c}")
-            elif c is not None:
-                within = c.distinct and not _beyond_spread(c, between_job_spread)
-                wording = "within the between-job spread of" if within else c.wording
-                parts.append(f"at batch {batch} after {context} tokens its decode is {wording} {REFERENCE}'s")
-        if training is not None and len(training):
-            t = training[(training.seq_len == train_seq_len) & (training["mode"] == "eager")]
-            c = compare(t, (variant, "eager"), (REFERENCE, "eager"), "gpu_j_per_token")
-            if c.ratio is not None:
-                parts.append(f"in training at {train_seq_len} tokens it is {c.wording} {REFERENCE}")
-        if parts:
-            sentences.append(f"{variant}: " + "; ".join(parts) + ".")
-    sentences.append(latex.no_results_sentence(not_measured(summary), "this run"))
-    return " ".join(s for s in sentences if s) or "n/a"
+def _saving_words(c: Comparison | str | None, between_job_spread: float | None = None) -> str:
+    """A table cell: the ratio and what the intervals allow ("0.41, 59% lower"), a status, or "not measured"."""
+    if c is None or (isinstance(c, Comparison) and c.ratio is None):
+        return "not measured"
+    if isinstance(c, str):
+        return c
+    if not c.distinct:
+        return f"{c.ratio:.2f}, indistinguishable"
+    if not _beyond_spread(c, between_job_spread):
+        return f"{c.ratio:.2f}, within the between-job spread"
+    return f"{c.ratio:.2f}, {100 * abs(1 - c.ratio):.0f}% {'lower' if c.ratio < 1 else 'higher'}"
+
+
+def savings_table(summary: pd.DataFrame, training: pd.DataFrame | None, mode: str, cells: list[tuple[int, int]],
+                  train_seq_len: int, between_job_spread: float | None) -> str:
+    """The paper's savings table: per variant, its decode energy per token over the reference's at each of `cells`
+    ((batch, context)) beside its training energy per token over the reference's at `train_seq_len` (eager, the
+    long-context results), worded as the intervals allow. A `SAME_DECODE` variant's decode is the reference's own
+    computation, so it is not compared; another's difference no larger than `between_job_spread` (a fraction, see
+    `same_decode_spread`) is called what it is. Every variant of the family is a row, measured or not."""
+    t = (training[(training.seq_len == train_seq_len) & (training["mode"] == "eager")]
+         if training is not None and len(training) else None)
+    measured = set(summary.variant) if len(summary) else set()
+    body = []
+    for variant in [v for v in family_variants(summary) if v != REFERENCE]:
+        if variant not in measured:
+            decode = ["not measured"] * len(cells)
+        elif variant in SAME_DECODE:
+            decode = [f"{REFERENCE}'s own step"] * len(cells)
+        else:
+            decode = [_saving_words(decode_comparison(summary, variant, mode, b, c), between_job_spread)
+                      for b, c in cells]
+        status = t[t.variant == variant].status if t is not None else pd.Series(dtype=str)
+        trained = ("not measured" if t is None else status.iloc[0] if len(status) and status.iloc[0] != "ok"
+                   else _saving_words(compare(t, (variant, "eager"), (REFERENCE, "eager"), "gpu_j_per_token")))
+        body.append([variant, *decode, trained])
+    header = (["variant"] + [f"decode, batch {b} after {c:,}" for b, c in cells]
+              + [f"training at {train_seq_len:,} tokens (eager)"])
+    return latex.booktabs(header, body, "l" + "l" * (len(cells) + 1))
 
 
 def decode_savings_brief(summary: pd.DataFrame, mode: str, batch: int, context: int,
@@ -314,6 +326,8 @@ def build_inference_report(frame: pd.DataFrame, calibrations: dict[str, dict], r
     reference = _cell(summary, REFERENCE, mode, "decode", batches[0], contexts[0])
     anchor = _cell(summary, REFERENCE, "hf_static", "generate", batches[0], contexts[0])
     spread, spread_variants = same_decode_spread(summary, mode)
+    (generated / "savings.tex").write_text(savings_table(
+        summary, training, mode, [(batches[0], contexts[0]), (batches[-1], contexts[-1])], contexts[-1], spread))
     macros = {
         "InferenceDevice": frame.device.dropna().iloc[0] if frame.device.notna().any() else "n/a",
         "InferenceNewTokens": str(config.get("new_tokens", "n/a")),
@@ -329,9 +343,6 @@ def build_inference_report(frame: pd.DataFrame, calibrations: dict[str, dict], r
         "InferenceAnchorJPerToken": latex.pm(anchor.j_per_token_mean.iloc[0], anchor.j_per_token_ci95.iloc[0], ".3f")
         if len(anchor) else "n/a",
         "InferenceFirstBatch": str(batches[0]), "InferenceFirstContext": str(contexts[0]),
-        "InferenceSavings": savings_text(summary, training, mode,
-                                         [(batches[0], contexts[0]), (batches[-1], contexts[-1])], contexts[-1],
-                                         spread),
         "InferenceLastBatch": str(batches[-1]), "InferenceLastContext": str(contexts[-1]),
         "InferenceSavingsBrief": decode_savings_brief(summary, mode, batches[-1], contexts[-1], spread),
         "InferenceSameDecode": ", ".join(v.replace("_", r"\_") for v in SAME_DECODE),

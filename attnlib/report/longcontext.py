@@ -259,12 +259,13 @@ def build_longcontext_report(frame: pd.DataFrame, calibrations: dict[str, dict],
         "LongContextWindowS": str(config.get("window_s", "n/a")),
         "LongContextLayerWindowS": str(config.get("layer_window_s", "n/a")), "LongContextReference": REFERENCE,
         "LongContextLossChunkTokens": latex.fmt(config.get("train", {}).get("loss_chunk_tokens"), ",.0f"),
-        "LongContextAaBoundRange": (latex.span(bounds.min(), bounds.max(), ".1f", 100) if len(bounds) else "n/a"),
+        "LongContextAaBound": (f"energy: {latex.span(bounds.min(), bounds.max(), '.1f', 100)}\\% over the lengths"
+                               if len(bounds) else "not yet measured"),
         "LongContextMemoryMarginPct": latex.fmt(MEMORY_MARGIN, ".0f", 100),
         "LongContextCrossovers": (crossovers_brief(fast, fast_lengths[-1]) if len(fast) and fast_lengths
                                   else "no variant yet: no paired cell is measured" if paired.empty
-                                  else f"no variant yet: {len(paired)} paired cells are measured, but not the "
-                                       f"reference's own job, whose A/A control each length's claims need"),
+                                  else f"no variant so far: {len(paired)} paired cells are measured, and the "
+                                       f"claims wait for the reference's own job, the A/A control at each length"),
         "LongContextEagerCrossovers": (crossovers_brief(eager, eager_lengths[-1]) if len(eager) and eager_lengths
                                        else "n/a"),
         "LongContextGpuMinutes": latex.fmt(run.get("minutes"), ".1f"),
