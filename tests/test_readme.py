@@ -21,6 +21,9 @@ def test_the_front_page_is_short_and_points_at_what_exists() -> None:
     assert len(README.splitlines()) <= 150
     for path in re.findall(r"\]\(([^)#]+)\)", README) + ["scripts/setup.sh", "paper/paper.pdf", "docs/lab-notes.md"]:
         assert (REPO / path).exists(), path
+    listed = set(re.search(r"Profiles live in\s+`attnlib/profiles/` \(([^)]*)\)", README).group(1).replace("`", "")
+                 .replace("\n", " ").split(", "))
+    assert listed == {p.stem for p in (REPO / "attnlib" / "profiles").glob("*.toml")}
 
 
 @pytest.mark.slow
