@@ -18,7 +18,7 @@ export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor TRITON_CACHE_DIR=$PWD/.cache
 plan=(
   "profile longcontext results/longcontext"
   "check results/gpu/llama_check.json results/gpu python scripts/gpu_check_llama.py --out results/gpu"
-  "check results/gpu/llama_parity.json results/gpu python scripts/gpu_compile_parity.py --arch llama --out results/gpu --trials 3 --candidates plain/eager,plain/compile,attnlib/eager,attnlib/compile"
+  "check results/gpu/llama_parity.json results/gpu python scripts/gpu_compile_parity.py --arch llama --out results/gpu --trials 3"
   "profile llama results/llama"
   "profile llama-longcontext results/llama-longcontext"
   "profile llama-inference results/llama-inference"

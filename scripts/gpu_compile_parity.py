@@ -11,16 +11,19 @@ batches (resident on the GPU), attention dropout 0 in both models:
   `.../compile-nested`, `.../graph-nested`: `compile_scope="nested"` (one whole-model graph, the block compiled once).
 The time of each candidate's first step (compilation, CUDA-graph recording) is recorded as `first_step_s`.
 Each candidate is warmed up once (compilation included), then measured in `--trials` rounds of `--window-s`
-windows, each round in a fresh random order (`attnlib.measurement.run_trials`).
+windows, each round in a fresh random order (`attnlib.measurement.run_trials`). Candidates separated by ";" form
+groups, measured one after another with the previous group's models freed: four 1B models with their AdamW state
+(20 GB each) do not fit one card, two do, so the llama family's default pairs each loop with the other per mode.
 
 usage: python scripts/gpu_compile_parity.py --out DIR [--arch gpt2|llama] [--trials 5] [--window-s 5]
-                                           [--candidates a,b,...]
+                                           [--candidates a,b,...[;c,d,...]]
 writes DIR/compile_parity.json and DIR/compile_parity.md (DIR/llama_parity.* for the llama family)
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import time
 from pathlib import Path
@@ -35,26 +38,31 @@ from attnlib.archs.llama import LLAMA_3_2_1B
 from attnlib.data import TokenData
 from attnlib.experiments.training import TrainConfig, Trainer
 from attnlib.measurement import Candidate, measure, measure_idle, run_trials
+from attnlib.measurement.trials import TrialsResult
 from attnlib.model import DEFAULTS
 from attnlib.provenance import provenance
 
 
 @dataclass(frozen=True)
 class Setup:
-    """One family's side-by-side: its shape of step and the model the plain loop builds."""
+    """One family's side-by-side: its shape of step, the model the plain loop builds and the candidates measured
+    by default (";" separates groups that are measured one after another)."""
 
     batch: int
     seq_len: int
     vocab: int
     plain_model: Callable[[], torch.nn.Module]
     title: str
+    candidates: str
 
 
 SETUPS = {
     "gpt2": Setup(16, 512, 50_257, lambda: GPT2LMHeadModel(GPT2Config(**{**DEFAULTS, "use_cache": False},
-                                                                       attn_implementation="sdpa")), "GPT-2 small"),
+                                                                       attn_implementation="sdpa")), "GPT-2 small",
+                  "plain/eager,plain/compile,plain/graph,attnlib/eager,attnlib/compile,attnlib/graph,"
+                  "attnlib/compile-block,attnlib/graph-block"),
     "llama": Setup(4, 2048, 128_256, lambda: LlamaForCausalLM(LlamaConfig(**LLAMA_3_2_1B, attn_implementation="sdpa")),
-                   "Llama-3.2-1B's shape"),
+                   "Llama-3.2-1B's shape", "plain/eager,attnlib/eager;plain/compile,attnlib/compile-block"),
 }
 
 
@@ -119,8 +127,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--window-s", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=20261123)
-    parser.add_argument("--candidates", default="plain/eager,plain/compile,plain/graph,attnlib/eager,attnlib/compile,"
-                        "attnlib/graph,attnlib/compile-block,attnlib/graph-block")
+    parser.add_argument("--candidates", help="loop/mode names, comma-separated; ';' between groups measured one "
+                        "after another (default: the family's own, see SETUPS)")
     args = parser.parse_args()
     origin = provenance()  # before any GPU work: a malformed $ATTNLIB_COMMIT fails here
     if not torch.cuda.is_available():
@@ -138,15 +146,24 @@ def main() -> None:
                 yield tokens[start:start + setup.batch]
 
     idle = measure_idle(3.0)
-    candidates, compile_s = [], {}
-    for name in args.candidates.split(","):
-        loop, mode = name.split("/")
-        run = (plain_loop(mode, setup, plain_batches(), args.window_s) if loop == "plain"
-               else attnlib_loop(mode, args.arch, setup, data, args.window_s))
-        compile_s[name] = first_step_s(lambda: run(None))
-        print(f"{name}: first step {compile_s[name]:.1f} s", flush=True)
-        candidates.append(Candidate(name, run))
-    result = run_trials(candidates, warmup=1, trials=args.trials, seed=args.seed, idle=idle, codecarbon=False)
+    names, compile_s = [], {}
+    result = TrialsResult(seed=args.seed)
+    for group in (args.candidates or setup.candidates).split(";"):
+        candidates = []
+        for name in group.split(","):
+            loop, mode = name.split("/")
+            candidates.append(Candidate(name, plain_loop(mode, setup, plain_batches(), args.window_s) if loop == "plain"
+                                        else attnlib_loop(mode, args.arch, setup, data, args.window_s)))
+            compile_s[name] = first_step_s(lambda: candidates[-1].run(None))
+            print(f"{name}: first step {compile_s[name]:.1f} s", flush=True)
+        measured = run_trials(candidates, warmup=1, trials=args.trials, seed=args.seed, idle=idle, codecarbon=False)
+        result.trials.update(measured.trials)
+        result.orders += measured.orders
+        names += [c.name for c in candidates]
+        candidates.clear()  # the group's models, optimizers and compiled graphs go before the next group's
+        torch._dynamo.reset()
+        gc.collect()
+        torch.cuda.empty_cache()
     (args.out / f"{name_of}.json").write_text(json.dumps(
         {"provenance": origin, "arch": args.arch, "idle_w": idle.power_w, "first_step_s": compile_s,
          **result.to_dict()}, indent=1, default=str))
@@ -158,20 +175,20 @@ def main() -> None:
              "(max - min) / max over the trials.", "",
              "| loop | mode | tok/s | mJ/token | spread % | attnlib / plain tok/s | first step s |",
              "|---|---|---|---|---|---|---|"]
-    summary = {c.name: result.summary(c.name) for c in candidates}
-    for c in candidates:
-        loop, mode = c.name.split("/")
-        s = summary[c.name]
-        tps = [m.tokens_per_s for m in result.trials[c.name] if m.tokens_per_s]
+    summary = {name: result.summary(name) for name in names}
+    for name in names:
+        loop, mode = name.split("/")
+        s = summary[name]
+        tps = [m.tokens_per_s for m in result.trials[name] if m.tokens_per_s]
         jpt = s["gpu_j_per_token"]
         if not tps or jpt.mean is None:
-            lines.append(f"| {loop} | {mode} | failed: {({m.error for m in result.trials[c.name]})} | | | | |")
+            lines.append(f"| {loop} | {mode} | failed: {({m.error for m in result.trials[name]})} | | | | |")
             continue
         plain = summary.get(f"plain/{mode.partition('-')[0]}")
         ratio = s["tokens_per_s"].mean / plain["tokens_per_s"].mean if loop == "attnlib" and plain else None
         lines.append(f"| {loop} | {mode} | {s['tokens_per_s'].mean:,.0f} ± {s['tokens_per_s'].ci95 or 0:,.0f} | "
                      f"{1e3 * jpt.mean:.3f} ± {1e3 * (jpt.ci95 or 0):.3f} | {100 * (1 - min(tps) / max(tps)):.1f} | "
-                     f"{'' if ratio is None else f'{ratio:.3f}'} | {compile_s[c.name]:.1f} |")
+                     f"{'' if ratio is None else f'{ratio:.3f}'} | {compile_s[name]:.1f} |")
     md = "\n".join(lines) + "\n"
     (args.out / f"{name_of}.md").write_text(md)
     print(md)
