@@ -165,6 +165,9 @@ def test_a_paired_job_measures_each_round_of_a_cell_beside_the_reference(tmp_pat
     assert rows.loc["gqa", "protocol"] == "paired" and rows.loc["gqa", "rounds"] == config.trials
     assert rows.loc["gqa", "gpu_j_per_token_verdict"] in ("n/a", "cheaper", "dearer", "indistinguishable")
     assert rows.loc["sdpa", "gpu_j_per_token_verdict"] == "control"
+    from attnlib.report.inference import decode_table
+    table = decode_table(summary, "eager", [24], [3])
+    assert "energy ratio [95\\%]" in table and "unpaired" not in table.split("\\midrule")[1].split("gqa &")[1]
 
 
 def test_flops_of_prefill_and_decode() -> None:
@@ -280,6 +283,7 @@ def test_inference_report_writes_tables_figures_and_the_sections_macros(tmp_path
     table = (paper / "generated" / "inference" / "decode.tex").read_text()
     assert "transformers generate, static cache" in table and "unsupported" in table
     assert "gqa & 1 & 512 & 1.94" in table and "transformers generate, cudagraph" not in table
+    assert "energy ratio" not in table  # no row is paired: no column of "unpaired"
     # a variant without results is named, never silently absent
     assert all(f"{v} & not measured & not measured & not measured" in savings for v in ("cudnn", "flex", "mla"))
     # flash decodes with sdpa's very step: their 5% apart is the between-job variation the text reports

@@ -140,24 +140,27 @@ def cache_bytes(summary: pd.DataFrame, out_dir: Path, context_len: int) -> Path:
 
 def decode_table(summary: pd.DataFrame, mode: str, context_lens: list[int], batch_sizes: list[int]) -> str:
     """The paper's decode table: per variant (and anchor), batch and context, ms/step, J per generated token with
-    its interval, cache bytes per token and the floor multiple."""
+    its interval, its paired ratio to the reference (a column only where some row is paired), cache bytes per token
+    and the floor multiple."""
     rows = summary[summary.phase.isin(["decode", "generate"]) & summary.context_len.isin(context_lens)
                    & summary.batch_size.isin(batch_sizes)
                    & ((summary["mode"] == mode) | (summary.phase == "generate"))]
+    any_paired = "protocol" in rows and (rows.protocol == "paired").any()
     body = []
     for _, r in rows.iterrows():
+        cells = [_label(r.variant, r["mode"]), str(r.batch_size), str(r.context_len)]
         if r.status != "ok":
-            body.append([_label(r.variant, r["mode"]), str(r.batch_size), str(r.context_len), r.status, "", "", "",
-                         ""])
+            body.append(cells + [r.status] + [""] * (4 if any_paired else 3))
             continue
-        paired = r.get("protocol") == "paired"
-        body.append([_label(r.variant, r["mode"]), str(r.batch_size), str(r.context_len),
-                     latex.fmt(r.ms_per_step_mean, ".2f"), latex.pm(r.j_per_token_mean, r.j_per_token_ci95, ".2f", 1e3),
-                     latex.ratio_text(r, "gpu_j_per_token") if paired else "unpaired",
-                     latex.fmt(r.get("cache_bytes_per_token"), ",.0f"), latex.fmt(r.floor_multiple, ".1f")])
-    body += [[v, "", "", "not measured", "", "", "", ""] for v in not_measured(summary)]
-    return latex.booktabs(["variant", "batch", "context", "ms/step", "mJ/token", "energy ratio [95\\%]",
-                           "cache B/token", "floor $\\times$"], body, "lrrrrlrr")
+        ratio = [latex.ratio_text(r, "gpu_j_per_token") if r.get("protocol") == "paired" else "unpaired"]
+        body.append(cells + [latex.fmt(r.ms_per_step_mean, ".2f"),
+                             latex.pm(r.j_per_token_mean, r.j_per_token_ci95, ".2f", 1e3)]
+                    + (ratio if any_paired else [])
+                    + [latex.fmt(r.get("cache_bytes_per_token"), ",.0f"), latex.fmt(r.floor_multiple, ".1f")])
+    body += [[v, "", "", "not measured"] + [""] * (4 if any_paired else 3) for v in not_measured(summary)]
+    header = (["variant", "batch", "context", "ms/step", "mJ/token"] + (["energy ratio [95\\%]"] if any_paired else [])
+              + ["cache B/token", "floor $\\times$"])
+    return latex.booktabs(header, body, "lrrrr" + ("l" if any_paired else "") + "rr")
 
 
 def prefill_table(summary: pd.DataFrame) -> str:
