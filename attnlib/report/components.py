@@ -235,6 +235,11 @@ def core_text(coverage: pd.DataFrame, lengths: list[int]) -> str:
     return " ".join(sentences) or "n/a"
 
 
+def component_color(kind: str):
+    """One colour per component kind in every components figure (tab10 in `KINDS` order)."""
+    return plt.get_cmap("tab10")(KINDS.index(kind) % 10)
+
+
 def share_bars(summary: pd.DataFrame, out_dir: Path) -> Path:
     """Stacked bars per variant: each component's share of the forward pass's component energy, one panel per
     length (base models)."""
@@ -249,7 +254,7 @@ def share_bars(summary: pd.DataFrame, out_dir: Path) -> Path:
             _empty(ax, "no component energy in these results (a GPU's NVML counter measures it)")
             continue
         data = data[[k for k in KINDS if k in data]]
-        data.plot.bar(stacked=True, ax=ax, width=0.8, legend=False)
+        data.plot.bar(stacked=True, ax=ax, width=0.8, legend=False, color=[component_color(k) for k in data])
         ax.set(title=f"T = {length}", ylabel="share of forward-pass energy", xlabel="")
     axes[0][-1].legend(fontsize=6, bbox_to_anchor=(1.02, 1), loc="upper left")
     return _save(fig, out_dir, "components_share")
@@ -258,7 +263,7 @@ def share_bars(summary: pd.DataFrame, out_dir: Path) -> Path:
 def floor_bars(summary: pd.DataFrame, out_dir: Path, seq_len: int) -> Path:
     """Energy per FLOP of each matmul component as a multiple of the card's GEMM floor, per variant (95%
     intervals), at one length."""
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = plt.subplots(figsize=(7, 3.2))
     data = summary[(summary.setting == "base") & (summary.phase == "forward") & (summary.seq_len == seq_len)
                    & summary.floor_multiple.notna()]
     if data.empty:
@@ -270,13 +275,14 @@ def floor_bars(summary: pd.DataFrame, out_dir: Path, seq_len: int) -> Path:
         for i, kind in enumerate(kinds):
             d = data[data.component == kind].set_index("variant").reindex(variants)
             xs = [j + (i - (len(kinds) - 1) / 2) * width for j in range(len(variants))]
-            ax.bar(xs, d.floor_multiple, width, yerr=d.energy_floor_multiple_ci95.fillna(0), capsize=2, label=kind)
+            ax.bar(xs, d.floor_multiple, width, yerr=d.energy_floor_multiple_ci95.fillna(0), capsize=2, label=kind,
+                   color=component_color(kind))
         ax.axhline(1, color="k", lw=0.8)
         ax.set_yscale("log")  # LSH's and materialised cores sit 100x above the rest: a linear axis hides the rest
         ax.set_xticks(range(len(variants)), variants, rotation=30, ha="right")
         ax.set(ylabel="J/FLOP over the GEMM floor (log)", title=f"T = {seq_len}")
-        ax.legend(fontsize=6, ncol=len(kinds), loc="upper center", bbox_to_anchor=(0.5, -0.45), frameon=False)
-    return _save(fig, out_dir, "components_floor")
+        fig.legend(*ax.get_legend_handles_labels(), fontsize=6, ncol=len(kinds), loc="lower center", frameon=False)
+    return _save(fig, out_dir, "components_floor", rect=(0, 0.07, 1, 1))
 
 
 def build_components_report(frame: pd.DataFrame, calibrations: dict[str, dict], results_dir: Path, label: str,

@@ -75,7 +75,7 @@ def _label(variant: str, mode: str) -> str:
 def decode_energy_vs_batch(summary: pd.DataFrame, out_dir: Path, context_len: int, mode: str) -> Path:
     """J per generated token against batch size at one context, per variant (95% intervals), with transformers'
     generate as dashed anchors."""
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
     rows = summary[(summary.context_len == context_len) & (summary.status == "ok")
                    & (((summary.phase == "decode") & (summary["mode"] == mode)) | (summary.phase == "generate"))]
     if rows.empty:
@@ -91,8 +91,8 @@ def decode_energy_vs_batch(summary: pd.DataFrame, out_dir: Path, context_len: in
     if not rows.empty:
         ax.set_xticks(sorted(rows.batch_size.unique()), [str(b) for b in sorted(rows.batch_size.unique())])
         ax.minorticks_off()
-        ax.legend(fontsize=6, ncol=2)
-    return _save(fig, out_dir, "inference_decode_energy")
+        fig.legend(*ax.get_legend_handles_labels(), ncol=4, fontsize=6, loc="lower center", frameon=False)  # off the data
+    return _save(fig, out_dir, "inference_decode_energy", rect=(0, 0.14, 1, 1))
 
 
 def decode_latency_vs_context(summary: pd.DataFrame, out_dir: Path, mode: str) -> Path:
@@ -131,10 +131,11 @@ def cache_bytes(summary: pd.DataFrame, out_dir: Path, context_len: int) -> Path:
         ax.bar(range(len(rows)), per_sequence, color=[variant_color(v) for v in rows.variant],
                hatch=["//" if b == 0 else "" for b in rows.cache_bytes_per_token], edgecolor="0.2", lw=0.4)
         for x, (value, per_token) in enumerate(zip(per_sequence, rows.cache_bytes_per_token)):
-            ax.text(x, value, "constant" if per_token == 0 else f"{per_token / 1024:.0f} KiB/token", ha="center",
-                    va="bottom", fontsize=6)
+            ax.text(x, value, "constant" if per_token == 0 else f"{per_token / 1024:.0f}\nKiB/token", ha="center",
+                    va="bottom", fontsize=6)  # two lines: the labels of neighbouring bars never touch
+        ax.set_ylim(top=1.2 * per_sequence.max())
         ax.set_xticks(range(len(rows)), rows.variant, rotation=30, ha="right")
-        ax.set_ylabel(f"cache per sequence at {context_len} tokens, MiB")
+        ax.set_ylabel(f"cache per sequence, MiB\n(after {context_len} tokens)")
     return _save(fig, out_dir, "inference_cache_bytes")
 
 
