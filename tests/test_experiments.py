@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ from attnlib.experiments.trials import TrialsConfig, run_trials_job
 from attnlib.pipeline import load_profile, plan
 from attnlib.results import Provenance, QualityResult, TrialResult, read_result, results_frame, write_result
 
+REPO = Path(__file__).resolve().parent.parent
 TINY_TRAIN = dict(seq_len=32, batch_size=2, model=dict(n_layer=1, n_embd=32, n_head=2, n_positions=64),
                   dataset="python-docs", max_documents=300)
 
@@ -408,3 +411,20 @@ def test_commit_named_by_the_environment_wins_over_a_stale_checkout(monkeypatch)
         monkeypatch.setenv("ATTNLIB_COMMIT", wrong)
         with pytest.raises(ValueError, match="40-digit"):
             attnlib_commit()
+
+
+def test_the_gpu_queue_names_real_profiles_and_scripts() -> None:
+    """scripts/device_queue.sh's plan: every profile loads, every check's script exists and writes where the step
+    looks for its output, so a GPU call never spends its minutes on a typo."""
+    text = (REPO / "scripts" / "device_queue.sh").read_text()
+    steps = re.findall(r'^  "(profile|check) ([^"]+)"$', re.search(r"^plan=\(\n(.*?)^\)", text, re.S | re.M).group(1),
+                       re.M)
+    llama = {p.stem for p in (REPO / "attnlib" / "profiles").glob("llama*.toml")}
+    assert {rest.split()[0] for kind, rest in steps if kind == "profile"} == {"longcontext", "quality", "recall", *llama}
+    for kind, rest in steps:
+        first, folder, *command = rest.split()
+        if kind == "profile":
+            assert load_profile(first).name == first and folder.startswith("results/")
+        else:
+            assert first.startswith(folder + "/") and command[:1] == ["python"] and (REPO / command[1]).exists()
+            assert command[command.index("--out") + 1] == folder
