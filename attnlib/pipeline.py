@@ -175,16 +175,18 @@ class Job:
 
 
 def plan(profile: Profile, variants: list[str]) -> list[Job]:
-    """Variants in an order drawn from the plan seed, each variant's jobs together (trials, quality, long context);
-    quality runs that train in one of the trials job's modes are part of that job (`Profile.quality_in_trials`),
-    others a job of their own right after it. Each job gets its own seed for the order inside it (all recorded in
-    the results)."""
+    """Variants in an order drawn from the plan seed, each variant's jobs together (trials, quality, long context),
+    the reference's first where the jobs are paired with one: its own job is the table's A/A control, which every
+    claim of the table waits for, so a grid cut short by its budget still has it. Quality runs that train in one of
+    the trials job's modes are part of that job (`Profile.quality_in_trials`), others a job of their own right after
+    it. Each job gets its own seed for the order inside it (all recorded in the results)."""
     jobs = []
     for v in round_orders(variants, 1, profile.plan_seed)[0]:
         order_seed = profile.plan_seed + 1 + list(VARIANTS).index(v)
         jobs += [Job(family, v, profile.job_config(family, v, order_seed).to_dict()) for family in FAMILIES
                  if family in profile.families and not (family == "quality" and profile.quality_in_trials(v))]
-    return jobs
+    reference = next((j.config["reference"] for j in jobs if j.config.get("reference")), None)
+    return sorted(jobs, key=lambda j: j.variant != reference)  # stable: the others keep the drawn order
 
 
 def is_done(job: Job, results_dir: Path) -> bool:

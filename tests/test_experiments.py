@@ -240,6 +240,8 @@ def test_plan_is_seeded_and_complete() -> None:
     jobs = plan(profile, ["sdpa", "gqa", "mla"])
     assert [j.family for j in jobs] == ["trials"] * 3 and {j.variant for j in jobs} == {"sdpa", "gqa", "mla"}
     assert [j.name for j in jobs] == [j.name for j in plan(profile, ["sdpa", "gqa", "mla"])]
+    long = load_profile("longcontext")  # its seed draws sdpa sixth of ten
+    assert jobs[0].variant == plan(long, list(long.variants))[0].variant == "sdpa"  # the A/A control comes first
     trials = jobs[0].config
     assert trials["modes"] == ["eager", "graph"] and trials["rounds"] >= 5 and trials["window_s"] >= 5
     assert trials["reference"] == "sdpa" and trials["steady_state"]["tolerance"] <= 0.005
