@@ -48,12 +48,19 @@ def busy(seconds: float) -> None:
         pass
 
 
+def timed(work, seconds: float) -> float:
+    """`work(seconds)`, and how long it really took (a loaded machine overshoots)."""
+    start = time.perf_counter()
+    work(seconds)
+    return time.perf_counter() - start
+
+
 def test_cpu_path_end_to_end() -> None:
     """No GPU here: GPU figures None with a reason; CPU/RAM energy from RAPL or CodeCarbon's estimate, labelled."""
     with measure("cpu work", tokens=1000) as window:
-        busy(1.2)
+        work_s = timed(busy, 1.2)
     r = window.result
-    assert r.status == "ok" and r.wall_s == pytest.approx(1.2, rel=0.02)
+    assert r.status == "ok" and work_s <= r.wall_s < work_s + 0.02
     assert r.gpu_energy_j is None and "gpu_energy_j" in r.reasons and r.gpu_j_per_token is None
     assert r.tokens_per_s == pytest.approx(1000 / r.wall_s)
     assert 50 < r.process_cpu_percent < 150
@@ -66,8 +73,8 @@ def test_cpu_path_end_to_end() -> None:
 @pytest.mark.parametrize("work", [time.sleep, busy], ids=["sleep", "busy loop"])
 def test_wall_time_of_known_work(work) -> None:
     with measure("timed", codecarbon=False) as window:
-        work(0.5)
-    assert window.result.wall_s == pytest.approx(0.5, rel=0.02)
+        work_s = timed(work, 0.5)
+    assert 0.5 <= work_s <= window.result.wall_s < work_s + 0.02  # the work's time, a busy runner's stalls included
 
 
 def test_work_counted_inside_a_time_bounded_window() -> None:
