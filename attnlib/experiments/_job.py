@@ -41,8 +41,11 @@ class WindowedJob:
         return result
 
     def free(self) -> None:
-        gc.collect()
+        """On a GPU, collect what the last cell left in reference cycles and hand its cached blocks back, so the
+        next cell starts from the same memory. (On a CPU nothing is handed back, and a full collection of a heap
+        holding torch and transformers takes about 0.2 s.)"""
         if self.device.type == "cuda":
+            gc.collect()
             torch.cuda.empty_cache()
 
     def visit(self, cell: str, trials: list[int]) -> list[Result]:
