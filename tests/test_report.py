@@ -45,7 +45,9 @@ def trial(variant: str, mode: str, index: int, tokens_per_s: float, j_per_token:
         clock_event_shares={"sw_power_cap": 1.0 if mode == "graph" else 0.0} if paired else {})
     config = {"window_s": 5.0, "unmeasured_steps": 10, "idle_s": 2.0, "train": {"batch_size": 16, "seq_len": 512},
               "reference": "sdpa", "steady_state": {"stretch_s": 3.0, "tolerance": 0.005, "min_s": 12.0, "max_s": 60.0}}
-    steady = SteadyState(20.0, True) if paired else None
+    stretches = [{"workload": w, "gpu_j_per_token": j, "wall_s": 3.0, "temperature_c": 50}  # moving 1-2% a step
+                 for j in (1.0, 1.02, 1.01, 1.03) for w in ROLES]
+    steady = SteadyState(20.0, True, stretches) if paired else None
     return TrialResult(variant=variant, mode=mode, round=index, order_seed=1, status=status, provenance=origin(device=device),
                        config=config, data=DATA, model=MODEL if m else None, measurement=m, role=role,
                        reference="sdpa" if paired else None, steady_state=steady,
@@ -135,6 +137,8 @@ def test_claims_hold_only_beyond_the_aa_bound(results_dir) -> None:
     assert modes["EagerEnergyCheaper"].startswith("\\texttt{gqa} 0.95") and "mla" in modes["EagerEnergyIndistinguishable"]
     assert modes["EagerEnergyDearer"].startswith("\\texttt{baseline} 1.30") and modes["EagerAaEnergy"].startswith("1.0")
     assert modes["GraphPowerCapSharePct"] == "100" and modes["EagerSteadyStateConverged"] == "4 of 4"
+    # consecutive stretches 2.0%, 1.0%, 2.0% apart; the second half (1.01, 1.03) over the first (1.0, 1.02)
+    assert modes["EagerSteadyStateStepChangePct"] == "2.0" and modes["GraphSteadyStateDrift"] == "1.0\\% more"
     assert modes["CompileThroughputSpreadWithinTwoPct"] == "1 of 1"
     assert "sdpa" not in modes["GraphEnergyIndistinguishable"]  # the control is not in its own groups
 

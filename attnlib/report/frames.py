@@ -14,7 +14,9 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ..measurement.stats import paired_ratio, summarize
@@ -131,10 +133,28 @@ def paired_frame(windows: pd.DataFrame, keys: tuple[str, ...] = ("variant", "mod
         first = own.iloc[0] if len(own) else None
         row["steady_state_s"] = None if first is None else first.get("steady_state_s")
         row["steady_state_converged"] = None if first is None else first.get("steady_state_converged")
+        row.update(steady_state_motion(None if first is None else first.get("steady_state_stretches")))
         row["alone_gpu_mem_used_bytes"] = None if first is None else first.get("alone_gpu_mem_used_bytes")
         row["alone_torch_peak_mem_bytes"] = None if first is None else first.get("alone_torch_peak_mem_bytes")
         rows.append(row)
     return pd.DataFrame(rows, columns=None if rows else [*keys, "rounds", "reference"])
+
+
+def steady_state_motion(stretches: Any) -> dict[str, float | None]:
+    """How a pair's J/token moved while it was brought to steady state, over both trainers' stretches:
+    `steady_state_step_change`, the median relative change between a trainer's consecutive stretches (what the
+    settling rule compares with its tolerance: noise and warming together), and `steady_state_drift`, the mean of
+    each trainer's second half of stretches over its first half, less 1, averaged over the two (warming alone)."""
+    steps, drifts = [], []
+    for workload in ("variant", "reference"):
+        values = [s["gpu_j_per_token"] for s in stretches or [] if s.get("workload") == workload
+                  and s.get("gpu_j_per_token")]
+        steps += [abs(b / a - 1) for a, b in zip(values, values[1:])]
+        if len(values) >= 4:
+            half = len(values) // 2
+            drifts.append(sum(values[half:]) / (len(values) - half) / (sum(values[:half]) / half) - 1)
+    return {"steady_state_step_change": float(np.median(steps)) if steps else None,
+            "steady_state_drift": float(np.mean(drifts)) if drifts else None}
 
 
 def provenance_text(windows: pd.DataFrame) -> tuple[str, str]:

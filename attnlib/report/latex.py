@@ -202,6 +202,11 @@ def mode_macros(summary: pd.DataFrame) -> dict[str, str]:
             macros[key + "SteadyStateRange"] = span(steady.min(), steady.max(), ".0f")
             converged = paired.steady_state_converged.map(lambda v: v is True or v == 1.0)
             macros[key + "SteadyStateConverged"] = f"{int(converged.sum())} of {len(paired)}"
+            step, drift = (pd.to_numeric(paired.get(c, pd.Series(dtype=float)), errors="coerce").dropna().median()
+                           for c in ("steady_state_step_change", "steady_state_drift"))
+            macros[key + "SteadyStateStepChangePct"] = fmt(step, ".1f", 100)
+            macros[key + "SteadyStateDrift"] = ("n/a" if pd.isna(drift) else
+                                                f"{fmt(abs(drift), '.1f', 100)}\\% {'more' if drift >= 0 else 'less'}")
         spread = rows.dropna(subset=["tokens_per_s_spread"])
         if len(spread):
             worst = spread.loc[spread.tokens_per_s_spread.idxmax()]
