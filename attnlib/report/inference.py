@@ -254,8 +254,8 @@ def savings_table(summary: pd.DataFrame, training: pd.DataFrame | None, mode: st
         else:
             decode = [_saving_words(decode_comparison(summary, variant, mode, b, c), between_job_spread)
                       for b, c in cells]
-        status = t[t.variant == variant].status if t is not None else pd.Series(dtype=str)
-        trained = ("not measured" if t is None else status.iloc[0] if len(status) and status.iloc[0] != "ok"
+        status = [] if t is None else list(t[t.variant == variant].status)
+        trained = (status[0] if status and status[0] != "ok" else "not measured" if t is None
                    else _saving_words(compare(t, (variant, "eager"), (REFERENCE, "eager"), "gpu_j_per_token")))
         body.append([variant, *decode, trained])
     header = (["variant"] + [f"decode, batch {b} after {c:,}" for b, c in cells]
