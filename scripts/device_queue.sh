@@ -5,9 +5,9 @@
 #   ONLY='llama_check|llama_parity' bash scripts/device_queue.sh 7.5   # only the steps that match (grep -E)
 #
 # The plan, in the order the issues need it: each step is a resumable profile (skipped once complete, resumed at its
-# first job without results) or a one-off GPU check (skipped once its output exists). A step that finishes early
-# hands the rest of the call to the next; a profile cut short by the clock ends the call, and the next call resumes
-# it. Every results folder that the call touched is packed into $OUT/results.tgz (unpack it in the checkout before
+# first job without results) or a one-off GPU check (skipped once its output exists with no failed row). A step that
+# finishes early hands the rest of the call to the next; a profile cut short by the clock ends the call, and the next
+# call resumes it. Every results folder that the call touched is packed into $OUT/results.tgz (unpack it in the checkout before
 # the next call). ATTNLIB_COMMIT names the commit that really ran (the travelling tree may carry a stale .git).
 # ONLY keeps the steps that match it: the pipeline refuses a profile whose folder holds another kind of card's
 # results, and a call on such a card can still run the checks that compare nothing across cards.
@@ -40,7 +40,8 @@ for step in "${plan[@]}"; do
   mkdir -p "$folder"
   [ -f "$folder/nvidia-smi.txt" ] || nvidia-smi > "$folder/nvidia-smi.txt"
   if [ "$kind" = check ]; then
-    [ -f "$first" ] && continue
+    python3 -c 'import json, sys; sys.exit(not all(r.get("ok", True) for r in json.load(open(sys.argv[1])).get("rows", [])))' \
+      "$first" 2>/dev/null && continue  # done: written, and no row failed (a check reruns its failed rows)
     echo "== $rest (until ${stop} min)"
     touched+=("$folder")
     timeout "$(awk -v s="$(left_s "$stop")" 'BEGIN { printf "%d", s * 60 }')" $rest || { echo "stopped or failed: $rest"; break; }

@@ -6,7 +6,9 @@ that the CPU reference stays small), forward + backward on 1 x 2048 tokens under
 fp32 reference of the same weights on the CPU: relative error of the logits, cosine of the first layer's attention
 projection gradients (each projection its own block: a kernel that dropped one block's gradient fails that one),
 and the CUDA kernels of one profiled pass, named by family. `sdpa`, `mha` and `mqa` are also held to
-transformers' own `LlamaForCausalLM` with its sdpa attention, on the GPU, same weights. Writes `llama_check.json` and `llama_check.md`.
+transformers' own `LlamaForCausalLM` with its sdpa attention, on the GPU, same weights. Writes `llama_check.json` and
+`llama_check.md`; each row names the card and commit it ran on. Resumable: run again, it checks only the variants
+without a passing row and keeps the others' rows.
 
 usage: python scripts/gpu_check_llama.py --out results/gpu [--variants a,b] [--layers 2]
 """
@@ -83,38 +85,54 @@ def check(name: str, overrides: dict, layers: int, tokens: torch.Tensor) -> dict
     return row
 
 
+def failure(name: str, overrides: dict, error: Exception) -> dict:
+    """A failed check as a row with its reason: the head of the message and its tail, where Triton names the cause."""
+    message = f"{type(error).__name__}: {error}"
+    return {"variant": name, **overrides, "ok": False,
+            "error": message if len(message) <= 1200 else f"{message[:400]} ... {message[-800:]}"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--variants", default=",".join(attnlib.VARIANTS))
+    parser.add_argument("--variants", help="default: every variant without a passing row in OUT/llama_check.json")
     parser.add_argument("--layers", type=int, default=2)
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("gpu_check_llama: needs a CUDA device")
+    path = args.out / "llama_check.json"
+    earlier = json.loads(path.read_text()) if path.exists() else None
+    if earlier is not None and earlier["layers"] != args.layers:
+        raise SystemExit(f"gpu_check_llama: {path} checked {earlier['layers']} layers; give --out another folder")
+    kept = {r["variant"]: r for r in earlier["rows"]} if earlier else {}
+    names = ([v.strip() for v in args.variants.split(",")] if args.variants
+             else [n for n in attnlib.VARIANTS if not kept.get(n, {}).get("ok")])
+    here = {"device": torch.cuda.get_device_name(), "attnlib_commit": attnlib_commit()}
     tokens = torch.randint(0, VOCAB, (1, SEQ_LEN), generator=torch.Generator().manual_seed(1))
-    rows = []
-    for name, overrides in cases([v.strip() for v in args.variants.split(",")]):
+    for name, overrides in cases(names):
         try:
-            rows.append(check(name, overrides, args.layers, tokens))
+            row = check(name, overrides, args.layers, tokens)
         except Exception as error:  # a failure is a row with its reason
-            rows.append({"variant": name, **overrides, "ok": False, "error": f"{type(error).__name__}: {error}"[:500]})
-        print(json.dumps({k: v for k, v in rows[-1].items() if k != "kernels_ran"}), flush=True)
+            row = failure(name, overrides, error)
+        kept[name] = {**row, **here, "versions": library_versions(), "python": platform.python_version()}
+        print(json.dumps({k: v for k, v in row.items() if k != "kernels_ran"}), flush=True)
+    rows = [kept[n] for n in attnlib.VARIANTS if n in kept]  # the registry's order
     unsupported = {n: s.unsupported["llama"] for n, s in attnlib.VARIANTS.items() if "llama" in s.unsupported}
-    record = {"device": torch.cuda.get_device_name(), "attnlib_commit": attnlib_commit(), "versions": library_versions(),
-              "python": platform.python_version(), "layers": args.layers, "seq_len": SEQ_LEN, "vocab": VOCAB,
-              "rows": rows, "unsupported": unsupported}
+    record = {"layers": args.layers, "seq_len": SEQ_LEN, "vocab": VOCAB, "rows": rows, "unsupported": unsupported}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "llama_check.json").write_text(json.dumps(record, indent=1) + "\n")
-    lines = [f"# The llama family's variants in bf16 on {record['device']} (attnlib {record['attnlib_commit']})", "",
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    lines = ["# The llama family's variants in bf16", "",
              f"{args.layers} layers of Llama-3.2-1B's shape, 1 x {SEQ_LEN} tokens, forward + backward; reference: "
-             "fp32 on the CPU, same weights.", "",
-             "| variant | KV heads | ok | logits rel. err | min grad cosine | attention kernels | params/layer |",
-             "|---|---|---|---|---|---|---|"]
+             "fp32 on the CPU, same weights. Each row's card and commit are in llama_check.json.", "",
+             "| variant | KV heads | ok | logits rel. err | min grad cosine | attention kernels | params/layer | card |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cosine = min(r["grad_cosine_vs_fp32"].values()) if "grad_cosine_vs_fp32" in r else None
+        error = r.get("error", "").replace("\n", " ").replace("|", "/")[:300]
         lines.append(f"| {r['variant']} | {r.get('num_key_value_heads', '')} | {r['ok']} | "
-                     f"{r.get('logits_rel_err_vs_fp32_same_weights', r.get('error', ''))} | {cosine} | "
-                     f"{', '.join(r.get('attention_kernels', []))} | {r.get('attention_params_per_layer', '')} |")
+                     f"{r.get('logits_rel_err_vs_fp32_same_weights', error)} | {cosine} | "
+                     f"{', '.join(r.get('attention_kernels', []))} | {r.get('attention_params_per_layer', '')} | "
+                     f"{r['device']} |")
     lines += ["", "Without a llama form: " + "; ".join(f"{n}: {why}" for n, why in unsupported.items())]
     (args.out / "llama_check.md").write_text("\n".join(lines) + "\n")
 

@@ -152,6 +152,25 @@ def test_linear_fla_op_compiles_into_one_graph_with_exact_gradients(monkeypatch:
         torch.testing.assert_close(g, g_ref, rtol=1e-6, atol=1e-6)
 
 
+def test_linear_fla_path_gets_one_dtype_from_rotated_queries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under autocast a RoPE model hands the core fp32 queries and keys (rotated by fp32 cos/sin) beside bf16 values;
+    fla's Triton kernels do not compile on mixed dtypes, so the CUDA path casts all three to the values' dtype and
+    still equals the reference at that precision."""
+    exact_fla_chunk_kernels(monkeypatch)
+    seen = []
+    kernel = linear.chunk_simple_gla_fwd
+    monkeypatch.setattr(linear, "chunk_simple_gla_fwd", lambda q, k, v, **kw: (seen.append({q.dtype, k.dtype, v.dtype})
+                                                                          or kernel(q, k, v, **kw)))
+    monkeypatch.setattr(linear, "uses_fla", lambda query: True)
+    torch.manual_seed(0)
+    q, k = (torch.randn(1, 2, 64, 16) for _ in range(2))
+    v = torch.randn(1, 2, 64, 16).bfloat16()
+    out, _ = linear.linear_attention(None, q, k, v, None)
+    assert seen == [{torch.bfloat16}] and out.dtype == torch.bfloat16
+    naive = naive_linear_attention(feature_map(q), feature_map(k), v.float()).transpose(1, 2)
+    torch.testing.assert_close(out.float(), naive, rtol=2e-2, atol=2e-2)
+
+
 def shared_qk_reference(qk: torch.Tensor, v: torch.Tensor, visible: torch.Tensor, scaling: float) -> tuple:
     """Dense shared-QK attention under a boolean `visible` [.., T, T] mask (self excluded), where a token with
     nothing visible attends to itself. Returns (out, logsumexp)."""

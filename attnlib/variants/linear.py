@@ -142,6 +142,11 @@ def kernel(device: str) -> str:
     return "attnlib chunked_linear_attention (PyTorch)"
 
 
+def uses_fla(query: torch.Tensor) -> bool:
+    """Whether this core runs fla's Triton kernels (a CUDA tensor and fla installed) or attnlib's PyTorch chunks."""
+    return query.is_cuda and chunk_simple_gla_fwd is not None
+
+
 def linear_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """transformers attention core: `[B, H, T, D]` in, `([B, T, H, D], None)` out. `scaling` does not apply:
     the normalisation by phi(q)^T z_i makes the output scale-free."""
@@ -150,8 +155,11 @@ def linear_attention(module, query, key, value, attention_mask, scaling=None, dr
     require_no_softcap(kwargs, "linear")
     key, value = repeat_kv(query, key, value)  # a grouped-query model's key/value heads, one per query head
     q, k = feature_map(query), feature_map(key)
-    if query.is_cuda and chunk_simple_gla_fwd is not None:
-        q, k, v = (t.transpose(1, 2) for t in (q, k, value))  # fla takes [B, T, H, D]
+    if uses_fla(query):
+        # fla takes [B, T, H, D] of one dtype: under autocast a RoPE model's rotation (fp32 cos/sin) leaves queries
+        # and keys in fp32 beside bf16 values, which fla's Triton kernels refuse to compile. Compute in the values'
+        # dtype, as autocast casts sdpa's inputs to its own.
+        q, k, v = (t.transpose(1, 2).to(value.dtype) for t in (q, k, value))
         return normalise(fla_causal_linear(q, k, v), q, k), None
     return chunked_linear_attention(q, k, value, module.config.chunk_size).transpose(1, 2), None
 
