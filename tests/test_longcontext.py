@@ -18,7 +18,8 @@ from attnlib.experiments.training import TrainConfig, Trainer
 from attnlib.flops import causal_attention_flops, layer_flops
 from attnlib.pipeline import load_profile, plan
 from attnlib.registry import supported_variants
-from attnlib.report.longcontext import crossover_frame, crossover_length, layer_summary, sweep_summary
+from attnlib.report.longcontext import (crossover_frame, crossover_length, crossovers_brief, layer_summary,
+                                        sweep_summary)
 from attnlib.measurement import Measurement
 from attnlib.report import build_report
 from attnlib.results import ModelInfo, Provenance, SweepResult, results_frame, write_result
@@ -191,6 +192,27 @@ def test_paired_crossovers_come_from_the_ratios_beyond_the_aa_bound() -> None:
     assert 2048 < linear.peak_mem_crossover_seq_len < 4096  # 3% less memory at 2K is not a crossover
 
 
+def test_a_partly_measured_variant_makes_no_crossover_claim() -> None:
+    """A length not yet measured is no evidence: linear paired at 512 and 4K only (cheaper at 4K) gets no crossover
+    and is counted as not yet measured, beside a variant measured everywhere and one with no paired cell at all;
+    an out-of-memory cell, by contrast, is a result."""
+    linear = [r for r in paired_rows("linear", [1.2, 1.0, 1.0, 0.8], 0.01, 0.04) if r["seq_len"] in (512, 4096)]
+    summary = pd.DataFrame(paired_rows("sdpa", [1.0] * 4, 0.01, 0.02) + linear
+                           + paired_rows("flash", [1.02, 1.05, 1.1, 1.2], 0.01, 0.04)
+                           + [{**sweep_rows("lsh", [5.0])[0], "mode": "eager"}])  # lsh: an eager cell only
+    crossover = crossover_frame(summary, mode="graph", expected=["sdpa", "linear", "flash", "lsh"]).set_index("variant")
+    assert not crossover.loc["linear"].measured and crossover.loc["linear"].lengths_measured == 2
+    assert not crossover.loc["lsh"].measured and crossover.loc["lsh"].lengths_measured == 0
+    assert crossover.loc["flash"].measured and pd.isna(crossover.loc["flash"].crossover_seq_len)
+    brief = crossovers_brief(crossover.reset_index(), 4096)
+    assert brief == "no variant of the 1 measured up to 4K; 2 not yet measured at every length"
+    oom = paired_rows("baseline", [1.3, 1.5, 2.0, 1.0], 0.01, 0.04)
+    oom[-1] = {**oom[-1], "status": "oom", "gpu_j_per_token_ratio": None}
+    full = crossover_frame(pd.DataFrame(paired_rows("sdpa", [1.0] * 4, 0.01, 0.02) + oom), mode="graph")
+    assert full.set_index("variant").loc["baseline"].measured  # out of memory at 4K: measured, and never cheaper
+    assert crossovers_brief(full, 4096) == "no variant up to 4K"
+
+
 def test_summaries_of_a_measured_grid(tmp_path) -> None:
     run_longcontext_job(tiny_config("linear", seq_lens=[32, 48]), tmp_path / "raw", tmp_path, progress=False)
     frame = results_frame(tmp_path)
@@ -262,10 +284,11 @@ def test_long_context_report_writes_tables_figures_and_the_sections_macros(tmp_p
     assert names == set(re.findall(r"\\data(\w+)", (paper / "longcontext.tex").read_text()))
     assert "n/a" not in macros.replace("\\dataLongContextGpuMinutes}{n/a}", "").replace(
         "\\dataLongContextMeasuredFractionPct}{n/a}", "")
-    assert re.search(r"\\dataLongContextCrossovers\}\{linear from [0-9.]+K; the other one not up to 32K\}", macros)
+    unmeasured = sorted(set(VARIANTS) - set(energy))  # every variant has a row; those without results say so
+    assert re.search(r"\\dataLongContextCrossovers\}\{linear from [0-9.]+K; the other one not up to 32K; "
+                     rf"{len(unmeasured)} not yet measured at every length\}}", macros)
     table = (paper / "generated" / "longcontext" / "crossover.tex").read_text()
     assert "none up to 32K" in table
-    unmeasured = sorted(set(VARIANTS) - set(energy))  # every variant has a row; those without results say so
     assert set(crossover.index) == set(VARIANTS) - {"sdpa"}
     assert not crossover.loc[unmeasured, "measured"].any() and crossover.loc[["linear", "baseline"], "measured"].all()
     assert table.count("not measured") == 4 * len(unmeasured)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..experiments._paired import REFERENCE
+from ..registry import supported_variants
 from .figures import _empty, _save, plt, variant_color, variant_marker
 from .latex import booktabs, fmt, ratio_text
 from .quality import loss_difference
@@ -53,15 +55,23 @@ REGIMES: tuple[Regime, ...] = (  # K = 1024 tokens
 FAMILY_NAMES = {"gpt2": "GPT-2 small", "llama": "Llama-3.2-1B shape"}
 
 
+def regime_cells(summary: pd.DataFrame, regime: Regime) -> pd.DataFrame:
+    """Every summary row of `regime` in one of its modes, measured or failed (out of memory), paired or not."""
+    if summary.empty or "mode" not in summary:
+        return summary.iloc[:0]
+    rows = summary[summary["mode"].isin(regime.modes)]
+    for column, value in regime.where:
+        rows = rows[rows[column] == value] if column in rows else rows.iloc[:0]
+    return rows
+
+
 def regime_rows(summary: pd.DataFrame, regime: Regime) -> pd.DataFrame:
     """The paired summary rows of `regime`, one per variant: its first mode of `regime.modes` with a paired ratio
     (the reference's row is its A/A control)."""
-    if summary.empty or "protocol" not in summary or f"{QUANTITY}_ratio" not in summary:
-        return summary.iloc[:0]
-    rows = summary[(summary.protocol == "paired") & summary[f"{QUANTITY}_ratio"].notna()]
-    for column, value in regime.where:
-        rows = rows[rows[column] == value] if column in rows else rows.iloc[:0]
-    rows = rows[rows["mode"].isin(regime.modes)]
+    rows = regime_cells(summary, regime)
+    if rows.empty or "protocol" not in rows or f"{QUANTITY}_ratio" not in rows:
+        return rows.iloc[:0]
+    rows = rows[(rows.protocol == "paired") & rows[f"{QUANTITY}_ratio"].notna()]
     rank = rows["mode"].map({m: i for i, m in enumerate(regime.modes)})
     return rows.assign(_rank=rank).sort_values("_rank").drop_duplicates("variant").drop(columns="_rank")
 
@@ -91,11 +101,16 @@ def quality_cost(variant: str, quality: pd.DataFrame, recall: pd.DataFrame) -> s
 def decision_frame(results_root: Path) -> pd.DataFrame:
     """One row per regime of `REGIMES`: whether it was measured paired with its A/A control (`measured`), the
     bound, and the mechanisms cheaper than the reference beyond it (`cheaper`: [(variant, ratio text, quality
-    cost)], lowest ratio first), out of how many paired against it (`variants`)."""
+    cost)], lowest ratio first), out of how many paired against it (`variants`); `unmeasured` of the family's
+    `planned` mechanisms (every one with a form on it, the reference aside) have no result there yet, paired or
+    failed."""
     quality, recall = _quality(results_root)
     out = []
     for regime in REGIMES:
-        rows = regime_rows(_read(results_root / regime.folder / "summary.csv"), regime)
+        summary = _read(results_root / regime.folder / "summary.csv")
+        rows = regime_rows(summary, regime)
+        planned = set(supported_variants(regime.arch)) - {REFERENCE}
+        tried = set(regime_cells(summary, regime).get("variant", []))
         bound = aa_bound(rows)
         others = rows[rows[f"{QUANTITY}_verdict"] != "control"] if len(rows) else rows
         # claims need the regime's A/A control: without it, paired cells are counted but nothing is claimed
@@ -103,6 +118,7 @@ def decision_frame(results_root: Path) -> pd.DataFrame:
             if bound is not None else others.iloc[:0]
         out.append({"arch": regime.arch, "regime": regime.regime, "folder": regime.folder,
                     "measured": bound is not None, "variants": len(others), "aa_bound": bound,
+                    "planned": len(planned), "unmeasured": len(planned - tried),
                     "modes": ", ".join(dict.fromkeys(rows["mode"])) if len(rows) else "",
                     "cheaper": [(r.variant, ratio_text(r, QUANTITY), quality_cost(r.variant, quality, recall))
                                 for _, r in cheaper.iterrows()]})
@@ -129,9 +145,11 @@ def _saves(row: pd.Series) -> list[str]:
                 "measured"]
     if not row.measured:
         return ["not yet measured under the paired protocol"]
+    left = [f"{row.unmeasured} of {row.planned} not yet measured"] if row.unmeasured else []
     if not row.cheaper:
-        return [f"no mechanism helps ({row.variants} measured against the reference)"]
-    return [f"{variant} {ratio} ({cost})" for variant, ratio, cost in row.cheaper]
+        return ([f"none of the {row.variants} measured so far"] if left
+                else [f"no mechanism helps ({row.variants} measured against the reference)"]) + left
+    return [f"{variant} {ratio} ({cost})" for variant, ratio, cost in row.cheaper] + left
 
 
 def decision_markdown(decisions: pd.DataFrame) -> str:

@@ -112,15 +112,21 @@ def crossover_frame(summary: pd.DataFrame, mode: str = "eager", reference: str =
     must be at least `MEMORY_MARGIN` below). Paired cells (the fast mode) are judged by their ratios to the
     reference, the latest length by the claim the A/A bound allows; unpaired ones (eager) by the overlap of the two
     cells' intervals. A length where the variant failed (out of memory) and the reference ran counts against the
-    variant. A variant of `expected` without results gets a row with `measured` False, so that it is never silently
-    absent."""
-    rows = summary[(summary["mode"] == mode) & (summary.status == "ok")] if len(summary) else summary
+    variant. A variant without a result in `mode` at every length of the grid (ok or failed), or one of `expected`
+    without any, gets a row with `measured` False and the lengths it has (`lengths_measured`): a length not yet
+    measured is no evidence either way, and the variant is never silently absent."""
+    in_mode = summary[summary["mode"] == mode] if len(summary) else summary
+    rows = in_mode[in_mode.status == "ok"] if len(in_mode) else in_mode
     if rows.empty or reference not in set(rows.variant):
         return pd.DataFrame(columns=["variant", "reference", "measured", "crossover_seq_len", "ci_low", "ci_high"])
-    grid = sorted(summary[summary["mode"] == mode].seq_len.unique())
+    grid = sorted(in_mode.seq_len.unique())
     ref = rows[rows.variant == reference].set_index("seq_len")
     out = []
-    for variant in [v for v in summary.variant.unique() if v != reference]:
+    for variant in [v for v in in_mode.variant.unique() if v != reference]:
+        tried = set(in_mode[in_mode.variant == variant].seq_len)
+        if tried != set(grid):  # partly measured: claims wait for the rest of its lengths
+            out.append({"variant": variant, "reference": reference, "measured": False, "lengths_measured": len(tried)})
+            continue
         own = rows[rows.variant == variant].set_index("seq_len")
         lengths = [t for t in grid if t in own.index or t in ref.index]  # both failed: no evidence either way
         row = {"variant": variant, "reference": reference, "measured": True,
@@ -133,9 +139,8 @@ def crossover_frame(summary: pd.DataFrame, mode: str = "eager", reference: str =
             if quantity != "peak_mem_bytes":
                 row[f"{prefix}ci_low"], row[f"{prefix}ci_high"] = found[1], found[2]
         out.append(row)
-    measured = set(summary.variant)
-    out += [{"variant": v, "reference": reference, "measured": False}
-            for v in sorted(set(expected or []) - measured - {reference})]
+    out += [{"variant": v, "reference": reference, "measured": False, "lengths_measured": 0}
+            for v in sorted(set(expected or []) - set(in_mode.variant) - {reference})]
     return pd.DataFrame(out)
 
 
@@ -182,7 +187,8 @@ def crossover_table(fast: pd.DataFrame, eager: pd.DataFrame, max_seq_len: int, e
     second curve) for energy."""
     def cell(row, prefix: str, top: int, with_interval: bool = True) -> str:
         if row is None or not row.get("measured", False):
-            return "not measured"
+            done = row.get("lengths_measured") if row is not None else None
+            return f"{int(done)} lengths so far" if done and not pd.isna(done) else "not measured"
         point = row.get(f"{prefix}crossover_seq_len")
         if point is None or pd.isna(point):
             return f"none up to {seq_label(top)}"
@@ -202,16 +208,21 @@ def crossover_table(fast: pd.DataFrame, eager: pd.DataFrame, max_seq_len: int, e
 
 def crossovers_brief(crossover: pd.DataFrame, max_seq_len: int) -> str:
     """The abstract's clause: the variants whose energy per token stays below the reference's from some length,
-    earliest first, and how many do not within the grid ("sliding_window from 512, linear from 3.52K; the other
-    6 not up to 64K")."""
-    measured = crossover[crossover.measured] if len(crossover) else crossover
+    earliest first, how many do not within the grid, and how many are not yet measured at every length
+    ("sliding_window from 512, linear from 3.52K; the other 6 not up to 64K"; "no variant of the 2 measured up to
+    64K; 7 not yet measured at every length")."""
+    measured = crossover[crossover.measured.astype(bool)] if len(crossover) else crossover
     found = measured[measured.crossover_seq_len.notna()].sort_values("crossover_seq_len") if len(measured) else measured
     parts = [f"{r.variant} from {seq_label(r.crossover_seq_len)}" for r in found.itertuples()]
-    rest = len(measured) - len(found)
-    named = (", ".join(parts[:-1]) + " and " + parts[-1]) if len(parts) > 1 else "".join(parts) or "no variant"
-    others = "the other one" if rest == 1 else f"the other {rest}"
-    return named + (f"; {others} not up to {seq_label(max_seq_len)}" if rest and parts else
-                    f" up to {seq_label(max_seq_len)}" if not parts else "")
+    rest, unmeasured = len(measured) - len(found), len(crossover) - len(measured)
+    top = seq_label(max_seq_len)
+    if parts:
+        named = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+        others = "the other one" if rest == 1 else f"the other {rest}"
+        text = named + (f"; {others} not up to {top}" if rest else "")
+    else:
+        text = f"no variant up to {top}" if not unmeasured else f"no variant of the {len(measured)} measured up to {top}"
+    return text + (f"; {unmeasured} not yet measured at every length" if unmeasured else "")
 
 
 def build_longcontext_report(frame: pd.DataFrame, calibrations: dict[str, dict], results_dir: Path, label: str,
