@@ -201,7 +201,8 @@ def test_a_partly_measured_variant_makes_no_crossover_claim() -> None:
                            + paired_rows("flash", [1.02, 1.05, 1.1, 1.2], 0.01, 0.04)
                            + [{**sweep_rows("lsh", [5.0])[0], "mode": "eager"}])  # lsh: an eager cell only
     crossover = crossover_frame(summary, mode="graph", expected=["sdpa", "linear", "flash", "lsh"]).set_index("variant")
-    assert not crossover.loc["linear"].measured and crossover.loc["linear"].lengths_measured == 2
+    linear_row = crossover.loc["linear"]
+    assert not linear_row.measured and [linear_row.lengths_measured, linear_row.lengths_grid] == [2, 4]
     assert not crossover.loc["lsh"].measured and crossover.loc["lsh"].lengths_measured == 0
     assert crossover.loc["flash"].measured and pd.isna(crossover.loc["flash"].crossover_seq_len)
     brief = crossovers_brief(crossover.reset_index(), 4096)

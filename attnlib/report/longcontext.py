@@ -125,7 +125,8 @@ def crossover_frame(summary: pd.DataFrame, mode: str = "eager", reference: str =
     for variant in [v for v in in_mode.variant.unique() if v != reference]:
         tried = set(in_mode[in_mode.variant == variant].seq_len)
         if tried != set(grid):  # partly measured: claims wait for the rest of its lengths
-            out.append({"variant": variant, "reference": reference, "measured": False, "lengths_measured": len(tried)})
+            out.append({"variant": variant, "reference": reference, "measured": False, "lengths_measured": len(tried),
+                        "lengths_grid": len(grid)})
             continue
         own = rows[rows.variant == variant].set_index("seq_len")
         lengths = [t for t in grid if t in own.index or t in ref.index]  # both failed: no evidence either way
@@ -188,7 +189,8 @@ def crossover_table(fast: pd.DataFrame, eager: pd.DataFrame, max_seq_len: int, e
     def cell(row, prefix: str, top: int, with_interval: bool = True) -> str:
         if row is None or not row.get("measured", False):
             done = row.get("lengths_measured") if row is not None else None
-            return f"{int(done)} lengths so far" if done and not pd.isna(done) else "not measured"
+            return (f"{int(done)} of {int(row['lengths_grid'])} lengths so far" if done and not pd.isna(done)
+                    else "not measured")
         point = row.get(f"{prefix}crossover_seq_len")
         if point is None or pd.isna(point):
             return f"none up to {seq_label(top)}"
