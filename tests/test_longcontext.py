@@ -206,7 +206,7 @@ def test_a_partly_measured_variant_makes_no_crossover_claim() -> None:
     assert not crossover.loc["lsh"].measured and crossover.loc["lsh"].lengths_measured == 0
     assert crossover.loc["flash"].measured and pd.isna(crossover.loc["flash"].crossover_seq_len)
     brief = crossovers_brief(crossover.reset_index(), 4096)
-    assert brief == "no variant of the 1 measured up to 4K; 2 not yet measured at every length"
+    assert brief == "none of the 1 variant measured at every length so far, up to 4K; 2 are still to be measured"
     oom = paired_rows("baseline", [1.3, 1.5, 2.0, 1.0], 0.01, 0.04)
     oom[-1] = {**oom[-1], "status": "oom", "gpu_j_per_token_ratio": None}
     full = crossover_frame(pd.DataFrame(paired_rows("sdpa", [1.0] * 4, 0.01, 0.02) + oom), mode="graph")

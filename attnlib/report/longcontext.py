@@ -211,8 +211,8 @@ def crossover_table(fast: pd.DataFrame, eager: pd.DataFrame, max_seq_len: int, e
 def crossovers_brief(crossover: pd.DataFrame, max_seq_len: int) -> str:
     """The abstract's clause: the variants whose energy per token stays below the reference's from some length,
     earliest first, how many do not within the grid, and how many are not yet measured at every length
-    ("sliding_window from 512, linear from 3.52K; the other 6 not up to 64K"; "no variant of the 2 measured up to
-    64K; 7 not yet measured at every length")."""
+    ("sliding_window from 512, linear from 3.52K; the other 6 not up to 64K"; "none of the 2 variants measured at
+    every length so far, up to 64K; 7 are still to be measured")."""
     measured = crossover[crossover.measured.astype(bool)] if len(crossover) else crossover
     found = measured[measured.crossover_seq_len.notna()].sort_values("crossover_seq_len") if len(measured) else measured
     parts = [f"{r.variant} from {seq_label(r.crossover_seq_len)}" for r in found.itertuples()]
@@ -222,8 +222,12 @@ def crossovers_brief(crossover: pd.DataFrame, max_seq_len: int) -> str:
         named = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
         others = "the other one" if rest == 1 else f"the other {rest}"
         text = named + (f"; {others} not up to {top}" if rest else "")
+    elif unmeasured:
+        variants = "variant" if len(measured) == 1 else "variants"
+        return (f"none of the {len(measured)} {variants} measured at every length so far, up to {top}; "
+                f"{unmeasured} {'is' if unmeasured == 1 else 'are'} still to be measured")
     else:
-        text = f"no variant up to {top}" if not unmeasured else f"no variant of the {len(measured)} measured up to {top}"
+        text = f"no variant up to {top}"
     return text + (f"; {unmeasured} not yet measured at every length" if unmeasured else "")
 
 
