@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.lines  # noqa: E402
 import matplotlib.patches  # noqa: E402
 import matplotlib.ticker  # noqa: E402
+import matplotlib.transforms  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
@@ -276,10 +277,11 @@ def _per_length(sweep: pd.DataFrame, column: str, ci: str | None, scale: float, 
 def paired_ratio_vs_seq_len(sweep: pd.DataFrame, out_dir: Path) -> Path:
     """Each variant's paired ratio of energy per token to the reference against T (its fast mode's cells), with the
     95% interval as a band and the A/A bound shaded around 1 at each length: where a line leaves the shade for good
-    is its crossover."""
+    is its crossover. A length not yet measured breaks the line (nothing is drawn across it); a cell that ran out of
+    memory is an x on the top edge."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    paired = sweep[(sweep.get("protocol", pd.Series(dtype=object)) == "paired")] if len(sweep) else sweep
-    paired = paired.dropna(subset=["gpu_j_per_token_ratio"]) if len(paired) else paired
+    cells = sweep[(sweep.get("protocol", pd.Series(dtype=object)) == "paired")] if len(sweep) else sweep
+    paired = cells.dropna(subset=["gpu_j_per_token_ratio"]) if len(cells) else cells
     if paired.empty:
         _empty(ax, "no paired long-context cells in these results yet")
         return _save(fig, out_dir, "longcontext_paired_ratios")
@@ -287,22 +289,31 @@ def paired_ratio_vs_seq_len(sweep: pd.DataFrame, out_dir: Path) -> Path:
     if len(bound):
         ax.fill_between(bound.index, 1 - bound.values, 1 + bound.values, color="0.88", zorder=0, step="mid")
     ax.axhline(1.0, color="0.3", lw=0.8)
-    for variant, group in paired.groupby("variant", sort=False):
-        g = group.sort_values("seq_len")
-        ax.plot(g.seq_len, g.gpu_j_per_token_ratio, marker=variant_marker(variant), ms=4, lw=1,
-                color=variant_color(variant), label=variant)
-        ax.fill_between(g.seq_len, g.gpu_j_per_token_ratio_low, g.gpu_j_per_token_ratio_high, alpha=0.15,
-                        color=variant_color(variant))
-    lengths = sorted(paired.seq_len.unique())
+    lengths = sorted(cells.seq_len.unique())
+    top = matplotlib.transforms.blended_transform_factory(ax.transData, ax.transAxes)
+    for variant, group in cells.groupby("variant", sort=False):
+        g = group.drop_duplicates("seq_len").set_index("seq_len").reindex(lengths)  # unmeasured lengths: NaN, a gap
+        color = variant_color(variant)
+        if g.gpu_j_per_token_ratio.notna().any():
+            ax.plot(g.index, g.gpu_j_per_token_ratio, marker=variant_marker(variant), ms=4, lw=1, color=color,
+                    label=variant)
+            ax.fill_between(g.index, g.gpu_j_per_token_ratio_low, g.gpu_j_per_token_ratio_high, alpha=0.15,
+                            color=color)
+            ax.errorbar(g.index, g.gpu_j_per_token_ratio, fmt="none", ecolor=color, elinewidth=0.8,  # a lone cell too
+                        yerr=[g.gpu_j_per_token_ratio - g.gpu_j_per_token_ratio_low,
+                              g.gpu_j_per_token_ratio_high - g.gpu_j_per_token_ratio])
+        failed = g.index[g.status.notna() & (g.status != "ok")]
+        ax.plot(failed, [0.97] * len(failed), "x", color=color, ms=6, transform=top, clip_on=False)
     ax.set(xscale="log", yscale="log", xlabel="sequence length T (tokens)",
            ylabel=f"energy per token / {paired.reference.dropna().iloc[0]}'s (95% CI)")
     _length_ticks(ax, lengths)
     ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(_ratio_ticks(*ax.get_ylim())))
     ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     handles, labels = ax.get_legend_handles_labels()
-    handles.append(matplotlib.patches.Patch(color="0.88", label="A/A bound"))
-    fig.legend(handles, [*labels, "A/A bound"], ncol=6, fontsize=6, loc="lower center", frameon=False)
-    return _save(fig, out_dir, "longcontext_paired_ratios", rect=(0, 0.1, 1, 1))
+    handles += [matplotlib.patches.Patch(color="0.88"), matplotlib.lines.Line2D([], [], color="0.3", marker="x", ls="")]
+    fig.legend(handles, [*labels, "A/A bound", "out of memory"], ncol=7, fontsize=7, loc="lower center",
+               frameon=False)
+    return _save(fig, out_dir, "longcontext_paired_ratios", rect=(0, 0.06, 1, 1))
 
 
 def layer_tflops_vs_seq_len(layers: pd.DataFrame, out_dir: Path) -> Path:
