@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -413,6 +415,34 @@ def test_commit_named_by_the_environment_wins_over_a_stale_checkout(monkeypatch)
         monkeypatch.setenv("ATTNLIB_COMMIT", wrong)
         with pytest.raises(ValueError, match="40-digit"):
             attnlib_commit()
+
+
+def test_the_gpu_queue_restores_what_the_previous_call_measured(tmp_path) -> None:
+    """On a warm machine the queue's ignored stash holds the previous call's folders: a tree sent without them (its
+    results.tgz not yet unpacked) gets them back before any job runs, so nothing is measured twice; a tree that has
+    them is left as it is."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(REPO / "scripts" / "device_queue.sh", tmp_path / "scripts")
+    stash = tmp_path / ".queue-stash" / "results" / "longcontext"
+    (stash / "raw").mkdir(parents=True)
+    for name in ("sdpa_512.json", "sdpa_2048.json"):
+        (stash / "raw" / name).write_text("{}")
+    (stash / "run.json").write_text('{"chunks": [1, 2]}')
+    tree = tmp_path / "results" / "longcontext"
+    (tree / "raw").mkdir(parents=True)
+    (tree / "raw" / "sdpa_512.json").write_text("{}")
+    (tree / "run.json").write_text('{"chunks": [1]}')
+
+    def queue() -> str:  # ONLY matches no step: the restore runs, no job does
+        return subprocess.run(["bash", "scripts/device_queue.sh", "1"], cwd=tmp_path, check=True, text=True,
+                              capture_output=True, env={"PATH": "/usr/bin:/bin", "ATTNLIB_COMMIT": "0" * 40,
+                                                        "ONLY": "^no step$"}).stdout
+
+    assert "restored" in queue()
+    assert sorted(p.name for p in (tree / "raw").iterdir()) == ["sdpa_2048.json", "sdpa_512.json"]
+    assert (tree / "run.json").read_text() == '{"chunks": [1, 2]}'
+    (tree / "run.json").write_text('{"chunks": [1, 2], "unpacked": true}')  # now the tree has every raw result
+    assert "restored" not in queue() and "unpacked" in (tree / "run.json").read_text()
 
 
 def test_the_gpu_queue_names_real_profiles_and_scripts() -> None:
