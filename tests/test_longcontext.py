@@ -290,6 +290,10 @@ def test_long_context_report_writes_tables_figures_and_the_sections_macros(tmp_p
                      rf"{len(unmeasured)} not yet measured at every length\}}", macros)
     table = (paper / "generated" / "longcontext" / "crossover.tex").read_text()
     assert "none up to 32K" in table
+    ratios = (paper / "generated" / "longcontext" / "paired_ratios.tex").read_text()
+    rows = {line.split(" & ")[0]: line.split(" & ")[1:] for line in ratios.splitlines() if " & " in line}
+    assert rows["sdpa (A/A)"][0].startswith("1.001 [") and rows["baseline"][-1] == "out of memory \\\\"
+    assert rows["linear"][2].startswith("\\textbf{0.80") and rows["gqa"] == ["--"] * 3 + ["-- \\\\"]
     assert set(crossover.index) == set(VARIANTS) - {"sdpa"}
     assert not crossover.loc[unmeasured, "measured"].any() and crossover.loc[["linear", "baseline"], "measured"].all()
     assert table.count("not measured") == 4 * len(unmeasured)

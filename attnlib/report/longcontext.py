@@ -14,8 +14,8 @@ from ..results import read_run
 from . import figures, latex
 from .figures import GIB
 from ..experiments._paired import REFERENCE
-from .frames import (TRIAL_QUANTITIES, aggregate, family_of, family_variants, paired_frame, provenance_text, verdicts,
-                     with_calibration)
+from .frames import (TRIAL_QUANTITIES, VERDICT_WORDS, aggregate, family_of, family_variants, paired_frame,
+                     provenance_text, verdicts, with_calibration)
 
 # quantity -> whether lower is better; peak memory has no interval (one maximum per cell)
 CROSSOVER_QUANTITIES = {"gpu_j_per_token": True, "tokens_per_s": False, "peak_mem_bytes": True}
@@ -231,6 +231,29 @@ def crossovers_brief(crossover: pd.DataFrame, max_seq_len: int) -> str:
     return text + (f"; {unmeasured} not yet measured at every length" if unmeasured else "")
 
 
+def paired_ratio_table(sweep: pd.DataFrame, mode: str, expected: list[str]) -> str:
+    """The paired cells as numbers: per variant (the reference's own row first, its A/A control) and length of the
+    `mode` grid, energy per token over the reference's with its 95% interval, bold where it is cheaper or dearer
+    beyond the A/A bound there; "out of memory" (or the failure) where it failed; "--" where not yet measured."""
+    cells = sweep[(sweep["mode"] == mode) & (sweep.get("protocol") == "paired")] if len(sweep) else sweep
+    lengths = sorted(cells.seq_len.unique()) if len(cells) else []
+    by_cell = {(r.variant, r.seq_len): r for _, r in cells.iterrows()} if len(cells) else {}
+
+    def cell(variant: str, seq_len: int) -> str:
+        row = by_cell.get((variant, seq_len))
+        if row is None:
+            return "--"
+        if row.status != "ok":
+            return "out of memory" if row.status == "oom" else str(row.status)
+        text = latex.ratio_text(row, "gpu_j_per_token")
+        differs = row.get("gpu_j_per_token_verdict") in VERDICT_WORDS["gpu_j_per_token"]
+        return f"\\textbf{{{text}}}" if differs else text
+
+    variants = [REFERENCE, *[v for v in expected if v != REFERENCE]]
+    rows = [[f"{v} (A/A)" if v == REFERENCE else v, *(cell(v, t) for t in lengths)] for v in variants]
+    return latex.booktabs(["variant", *(f"$T = {seq_label(t)}$" for t in lengths)], rows, "l" + "l" * len(lengths))
+
+
 def build_longcontext_report(frame: pd.DataFrame, calibrations: dict[str, dict], results_dir: Path, label: str,
                              figures_dir: Path, paper_dir: Path) -> pd.DataFrame:
     """A long-context results folder into `summary.csv` (the training sweep), `layer_summary.csv`, `crossover.csv`
@@ -253,6 +276,7 @@ def build_longcontext_report(frame: pd.DataFrame, calibrations: dict[str, dict],
     fast_lengths, eager_lengths = lengths(fast_mode), lengths("eager")
     (generated / "crossover.tex").write_text(crossover_table(fast, eager, fast_lengths[-1] if fast_lengths else 0,
                                                              eager_lengths[-1] if eager_lengths else 0))
+    (generated / "paired_ratios.tex").write_text(paired_ratio_table(sweep, fast_mode, family_variants(frame)))
     figures.energy_vs_seq_len(sweep, figures_dir / label)
     figures.paired_ratio_vs_seq_len(sweep, figures_dir / label)
     figures.memory_vs_seq_len(sweep, figures_dir / label)
