@@ -14,8 +14,8 @@ from ..results import read_run
 from . import figures, latex
 from .figures import GIB
 from ..experiments._paired import REFERENCE
-from .frames import (TRIAL_QUANTITIES, VERDICT_WORDS, aggregate, family_of, family_variants, paired_frame,
-                     provenance_text, verdicts, with_calibration)
+from .frames import (INDISTINGUISHABLE, TRIAL_QUANTITIES, VERDICT_WORDS, aggregate, family_of, family_variants,
+                     paired_frame, provenance_text, verdicts, with_calibration)
 
 # quantity -> whether lower is better; peak memory has no interval (one maximum per cell)
 CROSSOVER_QUANTITIES = {"gpu_j_per_token": True, "tokens_per_s": False, "peak_mem_bytes": True}
@@ -254,6 +254,24 @@ def paired_ratio_table(sweep: pd.DataFrame, mode: str, expected: list[str]) -> s
     return latex.booktabs(["variant", *(f"$T = {seq_label(t)}$" for t in lengths)], rows, "l" + "l" * len(lengths))
 
 
+def longest_length_macros(sweep: pd.DataFrame, mode: str) -> dict[str, str]:
+    """At the grid's longest length in `mode`: the paired variants grouped as cheaper, indistinguishable or dearer
+    than the reference beyond the A/A bound there (each with its ratio and interval, "none" for an empty group),
+    and how many ran out of memory there."""
+    cells = sweep[(sweep["mode"] == mode) & (sweep.get("protocol") == "paired")] if len(sweep) else sweep
+    if cells.empty:
+        return {}
+    longest = cells.seq_len.max()
+    there = cells[(cells.seq_len == longest) & (cells.variant != REFERENCE)]
+    ok = there[there.status == "ok"]
+    macros = {"LongContextLongestSeqLen": seq_label(longest),
+              "LongContextLongestOom": str(int((there.status == "oom").sum()))}
+    for word in (*VERDICT_WORDS["gpu_j_per_token"], INDISTINGUISHABLE):
+        macros[latex.camel("long context longest", word)] = latex.group_text(
+            ok[ok.get("gpu_j_per_token_verdict") == word], "gpu_j_per_token")
+    return macros
+
+
 def build_longcontext_report(frame: pd.DataFrame, calibrations: dict[str, dict], results_dir: Path, label: str,
                              figures_dir: Path, paper_dir: Path) -> pd.DataFrame:
     """A long-context results folder into `summary.csv` (the training sweep), `layer_summary.csv`, `crossover.csv`
@@ -312,6 +330,7 @@ def build_longcontext_report(frame: pd.DataFrame, calibrations: dict[str, dict],
         "LongContextGpuMinutes": latex.fmt(run.get("minutes"), ".1f"),
         "LongContextMeasuredFractionPct": latex.fmt(run.get("measured_fraction"), ".0f", 100),
         **layer_macros(layers, family_variants(frame)),
+        **longest_length_macros(sweep, fast_mode),
         **dict(zip(("LongContextPairedCards", "LongContextPairedCommits"), provenance_text(paired_windows))),
     }
     latex.write_section_macros(macros, family_of(frame), "longcontext.tex", paper_dir, generated, ("LongContext",))
