@@ -2,7 +2,7 @@
 # One call on the GPU machine: as much of the remaining measurement plan as fits, in its order, results in $OUT.
 #
 #   STOP_MINUTES=8.4 bash scripts/device_queue.sh 7.5   # no new job after 7.5 min, none running after 8.4
-#   ONLY='llama_check|llama_parity' bash scripts/device_queue.sh 7.5   # only the steps that match (grep -E)
+#   ONLY='llama_check|llama_parity|hf_functions' bash scripts/device_queue.sh 7.5   # the steps that match (grep -E)
 #
 # The plan, in the order the issues need it: each step is a resumable profile (skipped once complete, resumed at its
 # first job without results) or a one-off GPU check (skipped once its output exists with no failed row). A step that
@@ -22,6 +22,7 @@ plan=(
   "profile longcontext results/longcontext"
   "check results/gpu/llama_check.json results/gpu python scripts/gpu_check_llama.py --out results/gpu"
   "check results/gpu/llama_parity.json results/gpu python scripts/gpu_compile_parity.py --arch llama --out results/gpu --trials 3"
+  "check results/gpu/hf_functions.json results/gpu python scripts/gpu_check_hf_functions.py --out results/gpu"
   "profile llama results/llama"
   "profile llama-longcontext results/llama-longcontext"
   "profile llama-inference results/llama-inference"
