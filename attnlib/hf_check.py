@@ -100,7 +100,15 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 def check_function(model: torch.nn.Module, function: str, family: str = "", cases: tuple[str, ...] = CASES,
                    max_new_tokens: int = 12) -> list[CaseResult]:
     """`function` (a name in transformers' AttentionInterface, e.g. "attnlib_flex") inside `model`, case by case,
-    against the model's `reference_implementation` on the same weights."""
+    against the model's `reference_implementation` on the same weights. `ValueError` before any work for a name
+    transformers does not know or a case not in `CASES`."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if function != "eager" and function not in ALL_ATTENTION_FUNCTIONS:
+        raise ValueError(f"check_function: no attention function {function!r} is registered with transformers; "
+                         f"known: eager, {', '.join(ALL_ATTENTION_FUNCTIONS)}")
+    if unknown := sorted(set(cases) - set(CASES)):
+        raise ValueError(f"check_function: unknown case(s) {', '.join(unknown)}; the cases are {', '.join(CASES)}")
     variant = next((n for n, s in VARIANTS.items() if s.attention_function is not None
                     and s.attn_implementation == function), function)
     device = next(model.parameters()).device

@@ -112,3 +112,11 @@ def test_the_check_flags_a_silently_wrong_core() -> None:
                                                            "generate_dynamic": "differs", "generate_static": "differs",
                                                            "gradients": "same"}
     assert rows["generate_dynamic"].error > 1e-2 and not rows["generate_dynamic"].ok
+
+
+def test_the_check_refuses_an_unknown_function_or_case_before_any_work() -> None:
+    model = tiny_causal_lm("gpt2")
+    with pytest.raises(ValueError, match="no attention function 'attnlib_flx'.*attnlib_flex"):
+        check_function(model, "attnlib_flx")
+    with pytest.raises(ValueError, match="unknown case.*padded"):
+        check_function(model, "attnlib_sdpa", cases=("padded",))
