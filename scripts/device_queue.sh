@@ -29,6 +29,7 @@ plan=(
   "profile llama-components results/llama-components"
   "profile quality results/quality"
   "profile recall results/quality"
+  "check results/gpu/reviewer_path.json results/gpu python scripts/gpu_time_reviewer_path.py --out results/gpu"
 )
 start=$SECONDS touched=()
 
