@@ -218,24 +218,28 @@ def crossovers_brief(crossover: pd.DataFrame, max_seq_len: int) -> str:
     parts = [f"{r.variant} from {seq_label(r.crossover_seq_len)}" for r in found.itertuples()]
     rest, unmeasured = len(measured) - len(found), len(crossover) - len(measured)
     top = seq_label(max_seq_len)
-    if parts:
-        named = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
-        others = "the other one" if rest == 1 else f"the other {rest}"
-        text = named + (f"; {others} not up to {top}" if rest else "")
-    elif unmeasured:
+    if not parts and unmeasured:
         variants = "variant" if len(measured) == 1 else "variants"
         return (f"none of the {len(measured)} {variants} measured at every length so far, up to {top}; "
                 f"{unmeasured} {'is' if unmeasured == 1 else 'are'} still to be measured")
-    else:
-        text = f"no variant up to {top}"
-    return text + (f"; {unmeasured} not yet measured at every length" if unmeasured else "")
+    if not parts:
+        return f"no variant up to {top}"
+    named = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+    others = "the other one" if rest == 1 else f"the other {rest}"
+    return (named + (f"; {others} not up to {top}" if rest else "")
+            + (f"; {unmeasured} not yet measured at every length" if unmeasured else ""))
+
+
+def paired_cells(sweep: pd.DataFrame, mode: str) -> pd.DataFrame:
+    """The sweep's paired cells in `mode` (the fast mode), measured or failed."""
+    return sweep[(sweep["mode"] == mode) & (sweep.get("protocol") == "paired")] if len(sweep) else sweep
 
 
 def paired_ratio_table(sweep: pd.DataFrame, mode: str, expected: list[str]) -> str:
     """The paired cells as numbers: per variant (the reference's own row first, its A/A control) and length of the
     `mode` grid, energy per token over the reference's with its 95% interval, bold where it is cheaper or dearer
     beyond the A/A bound there; "out of memory" (or the failure) where it failed; "--" where not yet measured."""
-    cells = sweep[(sweep["mode"] == mode) & (sweep.get("protocol") == "paired")] if len(sweep) else sweep
+    cells = paired_cells(sweep, mode)
     lengths = sorted(cells.seq_len.unique()) if len(cells) else []
     by_cell = {(r.variant, r.seq_len): r for _, r in cells.iterrows()} if len(cells) else {}
 
@@ -258,7 +262,7 @@ def longest_length_macros(sweep: pd.DataFrame, mode: str) -> dict[str, str]:
     """At the grid's longest length in `mode`: the paired variants grouped as cheaper, indistinguishable or dearer
     than the reference beyond the A/A bound there (each with its ratio and interval, "none" for an empty group),
     and how many ran out of memory there."""
-    cells = sweep[(sweep["mode"] == mode) & (sweep.get("protocol") == "paired")] if len(sweep) else sweep
+    cells = paired_cells(sweep, mode)
     if cells.empty:
         return {}
     longest = cells.seq_len.max()
