@@ -35,13 +35,14 @@ FAMILIES = ("llama", "qwen2", "mistral", "gpt2", "gemma2")
 @dataclass(frozen=True)
 class CaseResult:
     """One cell of the table: `status` is "same" (within `tolerance` of the reference), "named error" (it refused,
-    naming the variant), or a failure: "differs" or "unclear error". `error` is the largest relative difference."""
+    naming the variant), or a failure: "differs" or "unclear error". `relative_difference`: ||ours - reference|| /
+    ||reference|| over the case's logits or gradients, where the function ran."""
 
     family: str
     function: str
     case: str
     status: str
-    error: float | None = None
+    relative_difference: float | None = None
     detail: str = ""
 
     @property
@@ -94,7 +95,9 @@ def tolerance(model: torch.nn.Module) -> float:
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
+    """||a - b|| / ||b|| in fp32, wherever each tensor lives."""
+    a, b = a.float().cpu(), b.float().cpu()
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
 def check_function(model: torch.nn.Module, function: str, family: str = "", cases: tuple[str, ...] = CASES,
@@ -117,9 +120,9 @@ def check_function(model: torch.nn.Module, function: str, family: str = "", case
     out = []
     for case in cases:
         try:
-            error = _CASES[case](model, function, reference, ids, max_new_tokens)
-            status = "same" if error <= tolerance(model) else "differs"
-            out.append(CaseResult(family, function, case, status, error))
+            difference = _CASES[case](model, function, reference, ids, max_new_tokens)
+            status = "same" if difference <= tolerance(model) else "differs"
+            out.append(CaseResult(family, function, case, status, difference))
         except (NotImplementedError, ValueError) as refusal:
             named = variant in str(refusal)
             out.append(CaseResult(family, function, case, "named error" if named else "unclear error",

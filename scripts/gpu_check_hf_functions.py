@@ -55,7 +55,8 @@ def main() -> None:
             cells = []
             for case in CASES:
                 r = cell[(family, function, case)]
-                cells.append(r["status"] + (f" ({r['error']:.1e})" if r["error"] is not None else ""))
+                difference = r["relative_difference"]
+                cells.append(r["status"] + (f" ({difference:.1e})" if difference is not None else ""))
             lines.append(f"| {family} | {function} | " + " | ".join(cells) + " |")
     failures = [r for r in rows if not r["ok"]]
     lines += ["", f"{len(rows) - len(failures)} of {len(rows)} cells pass."]

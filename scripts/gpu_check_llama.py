@@ -25,8 +25,9 @@ import transformers
 
 import attnlib
 from attnlib.archs import arch_of
+from attnlib.hf_check import relative_error
 from attnlib.provenance import attnlib_commit, library_versions
-from gpu_check_variants import KERNEL_FAMILIES, profile_kernels, relative_error  # the GPT-2 check's, beside this file
+from gpu_check_variants import KERNEL_FAMILIES, profile_kernels  # the GPT-2 check's, beside this file
 
 SEQ_LEN, VOCAB = 2048, 32_768
 SAME_AS_TRANSFORMERS = ("sdpa", "mha", "mqa")  # Llama's own attention with sdpa's core: held to transformers' too

@@ -29,6 +29,7 @@ import transformers
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import attnlib
+from attnlib.hf_check import relative_error
 from attnlib.provenance import attnlib_commit, library_versions
 
 CHECK_SEQ_LEN, CHECK_BATCH = 512, 2
@@ -51,10 +52,6 @@ SDPA_BACKENDS = {
     "flash": SDPBackend.FLASH_ATTENTION,
     "cudnn": SDPBackend.CUDNN_ATTENTION,
 }
-
-
-def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.float().cpu() - ref.float()).norm() / ref.float().norm()).item()
 
 
 def grad_blocks(model: torch.nn.Module) -> dict[str, torch.Tensor]:
