@@ -137,7 +137,7 @@ def test_profile_plans_one_long_context_job_per_variant() -> None:
     assert [j.family for j in jobs] == ["longcontext"] * len(VARIANTS)
     config = LongContextConfig(**jobs[0].config)
     assert config.seq_lens == [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]
-    assert config.fast_mode_seq_lens == [512, 2048, 8192, 32768, 65536] and config.rounds >= 5
+    assert config.fast_mode_seq_lens == [512, 8192, 32768, 65536] and config.rounds >= 5
     assert config.reference == "sdpa" and config.trials >= 3 and config.window_s >= 2
     assert config.batch_size(65536) == 1 and config.batch_size(512) == 64
     assert {j.config["order_seed"] for j in jobs} == {profile.plan_seed + 1 + i for i in range(len(VARIANTS))}
@@ -212,6 +212,20 @@ def test_a_partly_measured_variant_makes_no_crossover_claim() -> None:
     full = crossover_frame(pd.DataFrame(paired_rows("sdpa", [1.0] * 4, 0.01, 0.02) + oom), mode="graph")
     assert full.set_index("variant").loc["baseline"].measured  # out of memory at 4K: measured, and never cheaper
     assert crossovers_brief(full, 4096) == "no variant up to 4K"
+
+
+def test_a_length_cut_from_the_grid_neither_blocks_nor_feeds_a_crossover() -> None:
+    """The grid cut to 512, 2K and 4K after sdpa and flash were measured at 1K too: linear, measured at the three,
+    gets its crossover; flash's 1K cell (cheaper there, dearer elsewhere) cannot make it one."""
+    cut = [512, 2048, 4096]
+    linear = [r for r in paired_rows("linear", [1.2, 1.0, 0.9, 0.8], 0.01, 0.02) if r["seq_len"] in cut]
+    summary = pd.DataFrame(paired_rows("sdpa", [1.0] * 4, 0.01, 0.02) + linear
+                           + paired_rows("flash", [1.1, 0.5, 1.1, 1.1], 0.01, 0.02))
+    crossover = crossover_frame(summary, mode="graph", grid=cut).set_index("variant")
+    assert crossover.loc["linear"].measured and 512 < crossover.loc["linear"].crossover_seq_len < 2048
+    assert crossover.loc["flash"].measured and pd.isna(crossover.loc["flash"].crossover_seq_len)
+    uncut = crossover_frame(summary, mode="graph").set_index("variant")
+    assert not uncut.loc["linear"].measured and uncut.loc["linear"].lengths_grid == 4
 
 
 def test_summaries_of_a_measured_grid(tmp_path) -> None:

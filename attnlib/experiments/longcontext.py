@@ -56,7 +56,7 @@ class LongContextConfig:
     seq_lens: list[int] = field(default_factory=lambda: list(SEQ_LENS))  # the eager curve (unpaired)
     tokens_per_step: int = 32768
     fast_mode: str | None = "graph"  # measured paired at fast_mode_seq_lens; None: eager only
-    fast_mode_seq_lens: list[int] = field(default_factory=lambda: [512, 2048, 8192, 32768, 65536])
+    fast_mode_seq_lens: list[int] = field(default_factory=lambda: [512, 8192, 32768, 65536])
     reference: str = REFERENCE
     rounds: int = 5  # per paired cell: each one window of the variant and one of the reference
     steady_state: SteadyStateConfig = field(default_factory=SteadyStateConfig)

@@ -274,11 +274,12 @@ def _per_length(sweep: pd.DataFrame, column: str, ci: str | None, scale: float, 
     return _save(fig, out_dir, name, rect=(0, 0.1, 1, 1))
 
 
-def paired_ratio_vs_seq_len(sweep: pd.DataFrame, out_dir: Path) -> Path:
+def paired_ratio_vs_seq_len(sweep: pd.DataFrame, out_dir: Path, grid: list[int] | None = None) -> Path:
     """Each variant's paired ratio of energy per token to the reference against T (its fast mode's cells), with the
     95% interval as a band and the A/A bound shaded around 1 at each length: where a line leaves the shade for good
     is its crossover. A length not yet measured breaks the line (nothing is drawn across it); a cell that ran out of
-    memory is an x on the top edge."""
+    memory is an x on the top edge. `grid`: the lengths every variant is to be measured at (default: all measured
+    ones); a variant's cell off the grid is drawn on its line, and an off-grid length it lacks breaks nothing."""
     fig, ax = plt.subplots(figsize=(7, 4))
     cells = sweep[(sweep.get("protocol", pd.Series(dtype=object)) == "paired")] if len(sweep) else sweep
     paired = cells.dropna(subset=["gpu_j_per_token_ratio"]) if len(cells) else cells
@@ -292,7 +293,8 @@ def paired_ratio_vs_seq_len(sweep: pd.DataFrame, out_dir: Path) -> Path:
     lengths = sorted(cells.seq_len.unique())
     top = matplotlib.transforms.blended_transform_factory(ax.transData, ax.transAxes)
     for variant, group in cells.groupby("variant", sort=False):
-        g = group.drop_duplicates("seq_len").set_index("seq_len").reindex(lengths)  # unmeasured lengths: NaN, a gap
+        own = sorted(set(grid or lengths) | set(group.seq_len))
+        g = group.drop_duplicates("seq_len").set_index("seq_len").reindex(own)  # unmeasured lengths: NaN, a gap
         color = variant_color(variant)
         if g.gpu_j_per_token_ratio.notna().any():
             ax.plot(g.index, g.gpu_j_per_token_ratio, marker=variant_marker(variant), ms=4, lw=1, color=color,

@@ -105,7 +105,7 @@ def crossover_length(lengths: list[int], advantage: list[float | None]) -> float
 
 
 def crossover_frame(summary: pd.DataFrame, mode: str = "eager", reference: str = REFERENCE,
-                    expected: list[str] | None = None) -> pd.DataFrame:
+                    expected: list[str] | None = None, grid: list[int] | None = None) -> pd.DataFrame:
     """One row per variant: from which length its energy per token stays below the reference's
     (`crossover_seq_len`, with `ci_low` / `ci_high` where the 95% intervals put it earliest / latest; empty when
     not within the grid), and the same for throughput (`tokens_per_s_...`) and peak memory (`peak_mem_...`, which
@@ -114,8 +114,11 @@ def crossover_frame(summary: pd.DataFrame, mode: str = "eager", reference: str =
     cells' intervals. A length where the variant failed (out of memory) and the reference ran counts against the
     variant. A variant without a result in `mode` at every length of the grid (ok or failed), or one of `expected`
     without any, gets a row with `measured` False and the lengths it has (`lengths_measured`): a length not yet
-    measured is no evidence either way, and the variant is never silently absent."""
+    measured is no evidence either way, and the variant is never silently absent. `grid`: the lengths a crossover
+    is judged over (default: every length measured in `mode`); cells at other lengths are left out of it."""
     in_mode = summary[summary["mode"] == mode] if len(summary) else summary
+    if grid is not None and len(in_mode):
+        in_mode = in_mode[in_mode.seq_len.isin(grid)]
     rows = in_mode[in_mode.status == "ok"] if len(in_mode) else in_mode
     if rows.empty or reference not in set(rows.variant):
         return pd.DataFrame(columns=["variant", "reference", "measured", "crossover_seq_len", "ci_low", "ci_high"])
@@ -285,9 +288,11 @@ def build_longcontext_report(frame: pd.DataFrame, calibrations: dict[str, dict],
     sweep, layers = sweep_summary(frame, calibrations), layer_summary(frame, calibrations)
     sweeps = frame[frame.kind == "sweep"]
     paired_windows = sweeps[sweeps.role.notna()] if "role" in sweeps else sweeps.iloc[:0]
-    config = (paired_windows if len(paired_windows) else sweeps).iloc[0].config if len(sweeps) else {}
+    windows = paired_windows if len(paired_windows) else sweeps
+    config = windows.sort_values("created").iloc[-1].config if len(sweeps) else {}  # the profile's grid as now
     fast_mode = config.get("fast_mode") or "graph"
-    fast = crossover_frame(sweep, mode=fast_mode, expected=family_variants(frame))
+    grid = config.get("fast_mode_seq_lens")
+    fast = crossover_frame(sweep, mode=fast_mode, expected=family_variants(frame), grid=grid)
     eager = crossover_frame(sweep, mode="eager", expected=family_variants(frame))
     generated = paper_dir / "generated" / label
     generated.mkdir(parents=True, exist_ok=True)
@@ -295,12 +300,13 @@ def build_longcontext_report(frame: pd.DataFrame, calibrations: dict[str, dict],
         table.to_csv(results_dir / f"{name}.csv", index=False)
         table.to_csv(generated / f"{name}.csv", index=False)
     lengths = lambda mode: sorted(sweep[sweep["mode"] == mode].seq_len.unique()) if len(sweep) else []  # noqa: E731
-    fast_lengths, eager_lengths = lengths(fast_mode), lengths("eager")
+    fast_lengths, eager_lengths = [t for t in lengths(fast_mode) if grid is None or t in grid], lengths("eager")
+    off_grid = [t for t in lengths(fast_mode) if t not in fast_lengths]  # measured before the grid was cut
     (generated / "crossover.tex").write_text(crossover_table(fast, eager, fast_lengths[-1] if fast_lengths else 0,
                                                              eager_lengths[-1] if eager_lengths else 0))
     (generated / "paired_ratios.tex").write_text(paired_ratio_table(sweep, fast_mode, family_variants(frame)))
     figures.energy_vs_seq_len(sweep, figures_dir / label)
-    figures.paired_ratio_vs_seq_len(sweep, figures_dir / label)
+    figures.paired_ratio_vs_seq_len(sweep, figures_dir / label, grid)
     figures.memory_vs_seq_len(sweep, figures_dir / label)
     figures.layer_tflops_vs_seq_len(layers, figures_dir / label)
     run = read_run(results_dir)
@@ -314,6 +320,9 @@ def build_longcontext_report(frame: pd.DataFrame, calibrations: dict[str, dict],
         "LongContextSeqLens": f"{seq_label(all_lengths[0])}--{seq_label(all_lengths[-1])}" if all_lengths else "n/a",
         "LongContextFastMode": fast_mode,
         "LongContextFastSeqLens": ", ".join(seq_label(t) for t in fast_lengths) or "none yet",
+        "LongContextOffGridNote": (f"The cells at {', '.join(seq_label(t) for t in off_grid)} were measured before "
+                                   "the grid was cut to fit its GPU budget; the table shows them, the crossovers "
+                                   "leave them out." if off_grid else ""),
         "LongContextPairedCells": str(len(paired)),
         "LongContextCrossoverRows": str(len(fast)),  # the paper's abstract speaks of crossovers only where there are
         "LongContextEagerSeqLens": (f"{seq_label(eager_lengths[0])}--{seq_label(eager_lengths[-1])}"
