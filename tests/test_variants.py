@@ -356,3 +356,23 @@ def test_lsh_recompute_gives_the_same_gradients_and_keeps_o_t_d_memory() -> None
         torch.testing.assert_close(g_r, g)
     assert kept_r < kept / 3
     assert run(True, 1, 192)[2] == pytest.approx(kept_r)  # per token, the same at twice the length
+
+
+def test_a_prefill_into_a_longer_cache_is_a_square_causal_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A static cache's prefill: 5 queries over 12 keys, no mask. The pinned cores give SDPA a square causal call
+    (its FA2 backend runs no other causal one on the GPU) with the same result as causality from the first key over
+    all 12 keys, whatever the later slots hold."""
+    from attnlib.variants.sdpa import sdpa_causal
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 4, 5, 8), torch.randn(2, 4, 12, 8), torch.randn(2, 4, 12, 8)
+    top_left = torch.ones(5, 12, dtype=torch.bool).tril()
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=top_left).transpose(1, 2)
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention",
+                        lambda q, k, v, **kw: calls.append((q.shape[-2], k.shape[-2], kw["is_causal"])) or sdpa(q, k, v, **kw))
+    for name in ("flash", "cudnn"):
+        out, _ = attnlib.VARIANTS[name].attention_function(torch.nn.Module(), q, k, v, None)
+        torch.testing.assert_close(out, expected)
+    assert calls == [(5, 5, True)] * 2

@@ -34,7 +34,13 @@ def sdpa_causal(
     so a pinned call never falls back silently). Keys/values may have fewer heads (GQA models). Causality runs from
     the first key, as transformers assumes wherever it passes no mask: several queries start at key 0 (a prefill,
     whose later keys, if any, are a static cache's empty slots); one query (a decode step) sees every key, where
-    `is_causal` would let it see the first key only. Returns `[B, T, H, D]`."""
+    `is_causal` would let it see the first key only. Returns `[B, T, H, D]`.
+
+    Several queries over more keys read only the first as many keys (causality from the first key never reaches
+    further): the same result, and a square causal call that every backend runs (the FA2 backend refuses a causal
+    call whose queries and keys differ in length: "No available kernel")."""
+    if 1 < query.shape[-2] < key.shape[-2]:
+        key, value = key[..., : query.shape[-2], :], value[..., : query.shape[-2], :]
     pin = sdpa_kernel([backend]) if backend is not None and query.is_cuda else contextlib.nullcontext()
     with pin:
         out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, is_causal=query.shape[-2] > 1,
