@@ -362,8 +362,6 @@ def test_a_prefill_into_a_longer_cache_is_a_square_causal_call(monkeypatch: pyte
     """A static cache's prefill: 5 queries over 12 keys, no mask. The pinned cores give SDPA a square causal call
     (its FA2 backend runs no other causal one on the GPU) with the same result as causality from the first key over
     all 12 keys, whatever the later slots hold."""
-    from attnlib.variants.sdpa import sdpa_causal
-
     torch.manual_seed(0)
     q, k, v = torch.randn(2, 4, 5, 8), torch.randn(2, 4, 12, 8), torch.randn(2, 4, 12, 8)
     top_left = torch.ones(5, 12, dtype=torch.bool).tril()
