@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..provenance import LIBRARIES
 from ..results import read_run, results_frame
-from . import figures, latex
+from . import checks, figures, latex
 from .frames import family_variants, load_calibrations, provenance_text, summary_frame
 from .components import build_components_report
 from .distributed import build_distributed_report
@@ -109,13 +109,18 @@ def build_report(results_dir: Path, profile: str, figures_dir: Path, paper_dir: 
     summary.to_csv(generated / "summary.csv", index=False)
     (generated / "summary.tex").write_text(latex.summary_table(summary))
     arch = summary.arch.iloc[0] if len(summary) else "gpt2"
-    check = Path(results_dir).parent / "gpu" / "variants_check_h100.json"  # GPT-2's bf16 GPU check, profiler included
+    gpu_checks = Path(results_dir).parent / "gpu"
+    check = gpu_checks / "variants_check_h100.json"  # GPT-2's bf16 GPU check, profiler included
     (generated / "kernels.tex").write_text(latex.kernel_table(
         summary, json.loads(check.read_text()) if arch == "gpt2" and check.exists() else None))
     (generated / "prior_comparison.tex").write_text(prior_table(summary))
     macros = {**latex.run_macros(run_facts(frame, summary, calibrations, results_dir, profile)),
               **latex.row_macros(summary), **latex.mode_macros(summary), **latex.quality_macros(summary),
               **prior_macros()}
+    if arch == "gpt2":  # the paper's method section: the other family's checks and the drop-in functions' table
+        llama, drop_in = (checks.read_check(gpu_checks / name) for name in ("llama_check.json", "hf_functions.json"))
+        (generated / "llama_check.tex").write_text(checks.llama_check_table(llama))
+        macros.update(checks.check_macros(llama, drop_in))
     figures.all_figures(summary, frame, figures_dir / profile)
     write_quality_outputs(frame[frame.kind == "recall"], Path(results_dir), generated, figures_dir / profile)
     if arch == "gpt2":  # GPT-2's table is the paper's own (paper.tex)
