@@ -63,6 +63,13 @@ def require_no_window(kwargs: dict, variant: str) -> None:
         )
 
 
+def require_plain_full_causal(attention_mask: torch.Tensor | None, kwargs: dict, variant: str) -> None:
+    """A kernel pinned to full causal self-attention: no explicit mask, no sliding window, no soft-capping."""
+    require_plain_causal(attention_mask, variant)
+    require_no_window(kwargs, variant)
+    require_no_softcap(kwargs, variant)
+
+
 def require_positive(config: GPT2Config, name: str) -> None:
     """`ValueError` naming `name` unless `config.<name>` is an integer >= 1."""
     value = getattr(config, name)

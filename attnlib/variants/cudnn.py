@@ -8,15 +8,13 @@ from __future__ import annotations
 from torch.nn.attention import SDPBackend
 
 from ..registry import VariantSpec, register
-from ._common import require_no_softcap, require_no_window, require_plain_causal
+from ._common import require_plain_full_causal
 from .sdpa import sdpa_causal
 
 
 def cudnn_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """transformers attention core: `[B, H, T, D]` in, `([B, T, H, D], None)` out."""
-    require_plain_causal(attention_mask, "cudnn")
-    require_no_window(kwargs, "cudnn")
-    require_no_softcap(kwargs, "cudnn")
+    require_plain_full_causal(attention_mask, kwargs, "cudnn")
     return sdpa_causal(query, key, value, scaling, dropout, backend=SDPBackend.CUDNN_ATTENTION), None
 
 

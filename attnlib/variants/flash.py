@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch.nn.attention import SDPBackend
 
 from ..registry import VariantSpec, register
-from ._common import require_no_softcap, require_no_window, require_plain_causal
+from ._common import require_plain_full_causal
 from .sdpa import sdpa_causal
 
 try:
@@ -27,9 +27,7 @@ def kernel(device: str) -> str:
 
 def flash_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """transformers attention core: `[B, H, T, D]` in, `([B, T, H, D], None)` out."""
-    require_plain_causal(attention_mask, "flash")
-    require_no_window(kwargs, "flash")
-    require_no_softcap(kwargs, "flash")
+    require_plain_full_causal(attention_mask, kwargs, "flash")
     if query.is_cuda and flash_attn_func is not None:
         q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # [B, T, H, D], flash_attn's layout
         return flash_attn_func(q, k, v, dropout_p=dropout, softmax_scale=scaling, causal=True), None

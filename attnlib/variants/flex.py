@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import create_block_mask, create_mask, flex_attention
 
 from ..registry import VariantSpec, register
-from ._common import require_no_softcap, require_no_window, require_plain_causal, strict_recompiles
+from ._common import require_plain_full_causal, strict_recompiles
 from .sdpa import is_gqa, sdpa_causal
 
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -61,9 +61,7 @@ def flex_causal_attention(module, query, key, value, attention_mask, scaling=Non
     """transformers attention core: `[B, H, T, D]` in, `([B, T, H, D], None)` out. Causality runs from the first
     key (`sdpa_causal` says why); one query over a cache (a decode step) sees every key, which SDPA computes
     exactly, without compiling a FlexAttention kernel per cache length."""
-    require_plain_causal(attention_mask, "flex")
-    require_no_window(kwargs, "flex")
-    require_no_softcap(kwargs, "flex")
+    require_plain_full_causal(attention_mask, kwargs, "flex")
     if query.shape[-2] == 1:
         return sdpa_causal(query, key, value, scaling), None
     return flex_masked(query, key, value, scaling, causal_mask_mod), None
