@@ -2,15 +2,16 @@
 # One call on the GPU machine: as much of the remaining measurement plan as fits, in its order, results in $OUT.
 #
 #   STOP_MINUTES=8.4 bash scripts/device_queue.sh 7.5   # no new job after 7.5 min, none running after 8.4
-#   ONLY='llama_check|llama_parity|hf_functions' bash scripts/device_queue.sh 7.5   # the steps that match (grep -E)
+#   ONLY='hf_functions' bash scripts/device_queue.sh 7.5   # only the steps that match (grep -E)
 #
 # The plan, in the order the issues need it: each step is a resumable profile (skipped once complete, resumed at its
 # first job without results) or a one-off GPU check (skipped once its output exists with no failed row). A step that
 # finishes early hands the rest of the call to the next; a profile cut short by the clock ends the call, and the next
 # call resumes it. Every results folder that the call touched is packed into $OUT/results.tgz (unpack it in the checkout before
 # the next call). ATTNLIB_COMMIT names the commit that really ran (the travelling tree may carry a stale .git).
-# ONLY keeps the steps that match it: the pipeline refuses a profile whose folder holds another kind of card's
-# results, and a call on such a card can still run the checks that compare nothing across cards.
+# ONLY keeps the steps that match it. The profiles are measured on H100s (the pipeline also refuses a folder that
+# holds another kind of card's results): on any other card the call skips them and runs the checks, which compare
+# nothing across cards.
 set -uo pipefail
 minutes=${1:-7.5} stop=${STOP_MINUTES:-8.4}
 : "${ATTNLIB_COMMIT:?set ATTNLIB_COMMIT to the full commit of the tree you send (git rev-parse HEAD)}"
@@ -32,6 +33,7 @@ plan=(
   "check results/gpu/reviewer_path.json results/gpu python scripts/gpu_time_reviewer_path.py --out results/gpu"
 )
 start=$SECONDS touched=()
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 
 # A warm machine keeps ignored folders between calls, but the tree each call sends replaces results/: a call sent
 # before the previous call's results.tgz was unpacked would measure those jobs again. The previous call's folders
@@ -51,6 +53,10 @@ at_least() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }'; }
 for step in "${plan[@]}"; do
   [ -n "${ONLY:-}" ] && ! grep -Eq -- "$ONLY" <<< "$step" && continue
   read -r kind first folder rest <<< "$step"
+  if [ "$kind" = profile ] && [[ "$card" != *H100* ]]; then
+    echo "== profile $first: measured on H100s, and this card is ${card:-unknown}; skipped"
+    continue
+  fi
   at_least "$(left_s "$minutes")" 0.3 || break
   mkdir -p "$folder"
   [ -f "$folder/nvidia-smi.txt" ] || nvidia-smi > "$folder/nvidia-smi.txt"

@@ -445,6 +445,22 @@ def test_the_gpu_queue_restores_what_the_previous_call_measured(tmp_path) -> Non
     assert "restored" not in queue() and "unpacked" in (tree / "run.json").read_text()
 
 
+def test_the_gpu_queue_measures_profiles_on_h100s_only(tmp_path) -> None:
+    """On a card that is not an H100 (an nvidia-smi that names an H200) the queue skips the profiles, saying so,
+    instead of starting a table on another kind of card."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(REPO / "scripts" / "device_queue.sh", tmp_path / "scripts")
+    (tmp_path / "bin").mkdir()
+    smi = tmp_path / "bin" / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA H200'\n")
+    smi.chmod(0o755)
+    out = subprocess.run(["bash", "scripts/device_queue.sh", "1"], cwd=tmp_path, check=True, text=True,
+                         capture_output=True, env={"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin",
+                                                   "ATTNLIB_COMMIT": "0" * 40, "ONLY": "^profile longcontext "}).stdout
+    assert "profile longcontext: measured on H100s, and this card is NVIDIA H200; skipped" in out
+    assert "into results/longcontext" not in out and not (tmp_path / "results").exists()
+
+
 def test_the_gpu_queue_names_real_profiles_and_scripts() -> None:
     """scripts/device_queue.sh's plan: every profile loads, every check's script exists and writes where the step
     looks for its output, so a GPU call never spends its minutes on a typo."""
