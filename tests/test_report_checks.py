@@ -20,7 +20,9 @@ def cell(family: str, function: str, case: str, status: str, ok: bool = True) ->
 
 def test_the_checks_give_the_table_and_the_counts_the_text_quotes(tmp_path) -> None:
     llama = {"layers": 2, "seq_len": 2048, "unsupported": {"lsh": "RoPE rotates the shared vector"},
-             "rows": [llama_row("sdpa", 8, 0.0116, 0.99987), llama_row("mqa", 1, 0.0122, 0.99990, ok=False)]}
+             "rows": [llama_row("sdpa", 8, 0.0116, 0.99987), llama_row("mqa", 1, 0.0122, 0.99990, ok=False),
+                      {"variant": "linear", "ok": False, "error": "CompilationError: fla kernel",
+                       "device": "NVIDIA H100 80GB HBM3"}]}
     drop_in = {"device": "NVIDIA H200", "rows": [
         cell("llama", "attnlib_sdpa", "padded_left", "same"), cell("llama", "attnlib_fa2", "padded_left", "named error"),
         cell("gpt2", "attnlib_fa2", "generate_static", "unclear error", ok=False)]}
@@ -29,8 +31,9 @@ def test_the_checks_give_the_table_and_the_counts_the_text_quotes(tmp_path) -> N
     table = llama_check_table(read_check(path))
     assert "10,485,760" in table and "1.16" in table and "0.99987" in table
     assert "cuDNN fused SDPA (failed)" in table and "no llama form" in table
+    assert "failed: CompilationError: fla kernel" in table  # failed before the comparison: its error, no numbers
     macros = check_macros(llama, drop_in)
-    assert macros["CheckLlamaPassed"] == "1 of 2" and macros["CheckLlamaLogitsErrorPct"] == "1.16--1.22"
+    assert macros["CheckLlamaPassed"] == "1 of 3" and macros["CheckLlamaLogitsErrorPct"] == "1.16--1.22"
     assert macros["CheckLlamaMinCosine"] == "0.99987" and macros["CheckLlamaSeqLen"] == "2,048"
     assert macros["DropInPassed"] == "2 of 3" and macros["DropInSame"] == "1" and macros["DropInNamedErrors"] == "1"
     assert macros["DropInModels"] == "2" and macros["DropInModelList"] == "llama, gpt2"
