@@ -445,20 +445,25 @@ def test_the_gpu_queue_restores_what_the_previous_call_measured(tmp_path) -> Non
     assert "restored" not in queue() and "unpacked" in (tree / "run.json").read_text()
 
 
-def test_the_gpu_queue_measures_profiles_on_h100s_only(tmp_path) -> None:
-    """On a card that is not an H100 (an nvidia-smi that names an H200) the queue skips the profiles, saying so,
-    instead of starting a table on another kind of card."""
+def test_the_gpu_queue_measures_each_profile_on_its_card_only(tmp_path) -> None:
+    """On an H200 the queue skips the timing studies, which are H100 tables, and a quality folder begun on an H100,
+    saying so, instead of starting or mixing a table on another kind of card."""
     (tmp_path / "scripts").mkdir()
     shutil.copy(REPO / "scripts" / "device_queue.sh", tmp_path / "scripts")
     (tmp_path / "bin").mkdir()
     smi = tmp_path / "bin" / "nvidia-smi"
     smi.write_text("#!/bin/sh\necho 'NVIDIA H200'\n")
     smi.chmod(0o755)
+    (tmp_path / "results" / "quality").mkdir(parents=True)
+    (tmp_path / "results" / "quality" / "run.json").write_text('{\n "chunks": [],\n "device": "NVIDIA H100 80GB HBM3",\n'
+                                                            ' "minutes": 1.0\n}\n')
     out = subprocess.run(["bash", "scripts/device_queue.sh", "1"], cwd=tmp_path, check=True, text=True,
-                         capture_output=True, env={"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin",
-                                                   "ATTNLIB_COMMIT": "0" * 40, "ONLY": "^profile longcontext "}).stdout
+                         capture_output=True, env={"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "ATTNLIB_COMMIT": "0" * 40,
+                                                   "ONLY": "^profile (longcontext|quality) "}).stdout
     assert "profile longcontext: measured on H100s, and this card is NVIDIA H200; skipped" in out
-    assert "into results/longcontext" not in out and not (tmp_path / "results").exists()
+    assert ("profile quality: results/quality was begun on NVIDIA H100 80GB HBM3, and this card is NVIDIA H200; "
+            "skipped") in out
+    assert "into results/" not in out and not (tmp_path / "results" / "longcontext").exists()
 
 
 def test_the_gpu_queue_names_real_profiles_and_scripts() -> None:
@@ -473,6 +478,7 @@ def test_the_gpu_queue_names_real_profiles_and_scripts() -> None:
         first, folder, *command = rest.split()
         if kind == "profile":
             assert load_profile(first).name == first and folder.startswith("results/")
+            assert command in (["H100"], ["any"])  # the card it is measured on
         else:
             assert first.startswith(folder + "/") and command[:1] == ["python"] and (REPO / command[1]).exists()
             assert command[command.index("--out") + 1] == folder
