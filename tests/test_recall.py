@@ -111,4 +111,5 @@ def test_the_quality_report_reads_energy_to_the_target_and_recall_over_seeds(tmp
     assert "\\newcommand{\\dataRecallSlidingWindowKvOneSixTOneZeroTwoFour}{50" in macros
     assert "\\newcommand{\\dataQualityLossHigher}{\\texttt{linear} (+0.200 $\\pm$ 0.035)}" in macros
     assert "\\newcommand{\\dataQualityLossIndistinguishable}{none}" in macros
+    assert "\\newcommand{\\dataQualityDevice}{NVIDIA H100 80GB HBM3}" in macros  # whose energy the table gives
     assert (tmp_path / "figures" / "quality" / "recall_accuracy.pdf").stat().st_size > 0

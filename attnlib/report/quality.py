@@ -170,12 +170,14 @@ def loss_groups(lm: pd.DataFrame, reference: str = "sdpa") -> dict[str, list[str
     return groups
 
 
-def quality_macros(lm: pd.DataFrame, target: float | None, recall: pd.DataFrame) -> dict[str, str]:
-    """The quality section's numbers: the target loss, each variant's final loss and energy to the target, the
-    variants grouped by their loss against sdpa's (`QualityLossHigher`, `...Lower`, `...Indistinguishable`), the
-    budget, and each recall cell's accuracy (`Recall<Variant>Kv<pairs>T<length>`, the numbers spelled:
+def quality_macros(lm: pd.DataFrame, target: float | None, recall: pd.DataFrame,
+                   devices: list[str]) -> dict[str, str]:
+    """The quality section's numbers: the card whose energy the tables give (`QualityDevice`), the target loss, each
+    variant's final loss and energy to the target, the variants grouped by their loss against sdpa's
+    (`QualityLossHigher`, `...Lower`, `...Indistinguishable`), the budget, and each recall cell's accuracy (`Recall<Variant>Kv<pairs>T<length>`, the numbers spelled:
     `latex.spelled`)."""
-    macros = {"QualityTargetLoss": latex.fmt(target, ".3f"),
+    macros = {"QualityDevice": " and ".join(devices) or "none",
+              "QualityTargetLoss": latex.fmt(target, ".3f"),
               "QualityLmTokensM": latex.fmt(lm.tokens.max() if len(lm) else None, ".1f", 1e-6),
               "QualityLmSeeds": latex.fmt(lm.seeds.max() if len(lm) else None, ".0f")}
     macros.update({f"QualityLoss{word.title()}": ", ".join(names) or "none"
@@ -201,7 +203,7 @@ def build_quality_report(frame: pd.DataFrame, results_dir: Path, label: str, fig
     lm, target = lm_quality_frame(frame)
     recall = written.get("recall", pd.DataFrame())
     section = paper_dir / "quality.tex"  # the paper's quality section, once written, takes only what it uses
-    macros = quality_macros(lm, target, recall)
+    macros = quality_macros(lm, target, recall, sorted(set(frame.device.dropna())) if "device" in frame else [])
     if section.exists():
         latex.write_macros(macros, section, generated / "macros.tex")
     else:
