@@ -9,29 +9,30 @@
 # finishes early hands the rest of the call to the next; a profile cut short by the clock ends the call, and the next
 # call resumes it. Every results folder that the call touched is packed into $OUT/results.tgz (unpack it in the checkout before
 # the next call). ATTNLIB_COMMIT names the commit that really ran (the travelling tree may carry a stale .git).
-# ONLY keeps the steps that match it. A profile names the card it is measured on: the timing studies on H100s, as
-# their issues ask; quality and recall on any card (what a model learns does not depend on the card; their energy
-# column names it). On another card the call skips the step, as it skips a folder begun on another kind of card (the
-# pipeline would refuse to mix them), and goes on with the rest.
+# ONLY keeps the steps that match it. A step may name the card it is measured on: the timing studies and the
+# reviewer's timed path on H100s, as their issues ask; quality, recall and the checks on any card (what a model
+# learns does not depend on the card; their energy column names it). On another card the call skips the step, as it
+# skips a profile folder begun on another kind of card (the pipeline would refuse to mix them), and goes on.
 set -uo pipefail
 minutes=${1:-7.5} stop=${STOP_MINUTES:-8.4}
 : "${ATTNLIB_COMMIT:?set ATTNLIB_COMMIT to the full commit of the tree you send (git rev-parse HEAD)}"
 [ -f .tok/tokenizer.model ] && export ATTNLIB_LLAMA3_TOKENIZER=$PWD/.tok/tokenizer.model
 export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor TRITON_CACHE_DIR=$PWD/.cache/triton PYTHONUNBUFFERED=1
 
-# step: "profile NAME FOLDER CARD" (CARD: a part of the card's name, or "any") or "check OUTPUT FOLDER COMMAND..." (COMMAND writes OUTPUT into FOLDER)
+# step: "profile NAME FOLDER" or "check OUTPUT FOLDER COMMAND..." (COMMAND writes OUTPUT into FOLDER); "profile@H100"
+# or "check@H100" runs the step only on a card whose name has "H100" in it
 plan=(
-  "profile longcontext results/longcontext H100"
+  "profile@H100 longcontext results/longcontext"
   "check results/gpu/llama_check.json results/gpu python scripts/gpu_check_llama.py --out results/gpu"
   "check results/gpu/llama_parity.json results/gpu python scripts/gpu_compile_parity.py --arch llama --out results/gpu --trials 3"
   "check results/gpu/hf_functions.json results/gpu python scripts/gpu_check_hf_functions.py --out results/gpu"
-  "profile llama results/llama H100"
-  "profile llama-longcontext results/llama-longcontext H100"
-  "profile llama-inference results/llama-inference H100"
-  "profile llama-components results/llama-components H100"
-  "profile quality results/quality any"
-  "profile recall results/quality any"
-  "check results/gpu/reviewer_path.json results/gpu python scripts/gpu_time_reviewer_path.py --out results/gpu"
+  "profile@H100 llama results/llama"
+  "profile@H100 llama-longcontext results/llama-longcontext"
+  "profile@H100 llama-inference results/llama-inference"
+  "profile@H100 llama-components results/llama-components"
+  "profile quality results/quality"
+  "profile recall results/quality"
+  "check@H100 results/gpu/reviewer_path.json results/gpu python scripts/gpu_time_reviewer_path.py --out results/gpu"
 )
 start=$SECONDS touched=()
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
@@ -42,7 +43,7 @@ card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 stash=.queue-stash
 for step in "${plan[@]}"; do
   read -r kind first folder rest <<< "$step"
-  [ "$kind" = profile ] && [ -d "$stash/$folder/raw" ] || continue
+  [ "${kind%@*}" = profile ] && [ -d "$stash/$folder/raw" ] || continue
   if comm -23 <(ls "$stash/$folder/raw" | sort) <(ls "$folder/raw" 2>/dev/null | sort) | grep -q .; then
     echo "== $folder: the previous call's results on this machine were not in the tree sent; restored from $stash"
     mkdir -p "$folder" && cp -a "$stash/$folder/." "$folder/"
@@ -54,8 +55,9 @@ at_least() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }'; }
 for step in "${plan[@]}"; do
   [ -n "${ONLY:-}" ] && ! grep -Eq -- "$ONLY" <<< "$step" && continue
   read -r kind first folder rest <<< "$step"
-  if [ "$kind" = profile ] && [ "$rest" != any ] && [[ "$card" != *"$rest"* ]]; then
-    echo "== profile $first: measured on ${rest}s, and this card is ${card:-unknown}; skipped"
+  needs=${kind#*@} kind=${kind%@*}
+  if [ "$needs" != "$kind" ] && [[ "$card" != *"$needs"* ]]; then
+    echo "== $kind $first: measured on ${needs}s, and this card is ${card:-unknown}; skipped"
     continue
   fi
   begun_on=$(sed -n 's/^ *"device": "\(.*\)",*$/\1/p' "$folder/run.json" 2>/dev/null | head -1)

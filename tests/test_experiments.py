@@ -446,8 +446,8 @@ def test_the_gpu_queue_restores_what_the_previous_call_measured(tmp_path) -> Non
 
 
 def test_the_gpu_queue_measures_each_profile_on_its_card_only(tmp_path) -> None:
-    """On an H200 the queue skips the timing studies, which are H100 tables, and a quality folder begun on an H100,
-    saying so, instead of starting or mixing a table on another kind of card."""
+    """On an H200 the queue skips the timing studies and the reviewer's timed path, which are H100 figures, and a
+    quality folder begun on an H100, saying so, instead of starting or mixing a table on another kind of card."""
     (tmp_path / "scripts").mkdir()
     shutil.copy(REPO / "scripts" / "device_queue.sh", tmp_path / "scripts")
     (tmp_path / "bin").mkdir()
@@ -459,26 +459,28 @@ def test_the_gpu_queue_measures_each_profile_on_its_card_only(tmp_path) -> None:
                                                             ' "minutes": 1.0\n}\n')
     out = subprocess.run(["bash", "scripts/device_queue.sh", "1"], cwd=tmp_path, check=True, text=True,
                          capture_output=True, env={"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "ATTNLIB_COMMIT": "0" * 40,
-                                                   "ONLY": "^profile (longcontext|quality) "}).stdout
+                                                   "ONLY": "(longcontext|quality|reviewer_path)"}).stdout
     assert "profile longcontext: measured on H100s, and this card is NVIDIA H200; skipped" in out
     assert ("profile quality: results/quality was begun on NVIDIA H100 80GB HBM3, and this card is NVIDIA H200; "
             "skipped") in out
+    assert "check results/gpu/reviewer_path.json: measured on H100s, and this card is NVIDIA H200; skipped" in out
     assert "into results/" not in out and not (tmp_path / "results" / "longcontext").exists()
+    assert not (tmp_path / "results" / "gpu").exists()
 
 
 def test_the_gpu_queue_names_real_profiles_and_scripts() -> None:
     """scripts/device_queue.sh's plan: every profile loads, every check's script exists and writes where the step
     looks for its output, so a GPU call never spends its minutes on a typo."""
     text = (REPO / "scripts" / "device_queue.sh").read_text()
-    steps = re.findall(r'^  "(profile|check) ([^"]+)"$', re.search(r"^plan=\(\n(.*?)^\)", text, re.S | re.M).group(1),
-                       re.M)
+    plan = re.search(r"^plan=\(\n(.*?)^\)", text, re.S | re.M).group(1)
+    steps = re.findall(r'^  "(profile|check)(?:@H100)? ([^"]+)"$', plan, re.M)
+    assert len(steps) == plan.count("\n")  # every line a step, its card (if any) one the queue knows
     llama = {p.stem for p in (REPO / "attnlib" / "profiles").glob("llama*.toml")}
     assert {rest.split()[0] for kind, rest in steps if kind == "profile"} == {"longcontext", "quality", "recall", *llama}
     for kind, rest in steps:
         first, folder, *command = rest.split()
         if kind == "profile":
             assert load_profile(first).name == first and folder.startswith("results/")
-            assert command in (["H100"], ["any"])  # the card it is measured on
         else:
             assert first.startswith(folder + "/") and command[:1] == ["python"] and (REPO / command[1]).exists()
             assert command[command.index("--out") + 1] == folder
