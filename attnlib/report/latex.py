@@ -251,7 +251,8 @@ def used_macros(tex: str) -> list[str]:
 
 # the experiment families' macros (generated/<family>/macros.tex, which paper.tex inputs where they exist)
 SECTION_MACRO_PREFIXES = ("LongContext", "Inference", "Components", "Clear", "Distributed", "Decision", "Llama",
-                          "Recall", "QualityLoss", "QualityLm", "QualityTarget")
+                          "Recall", "QualityLoss", "QualityLm", "QualityTarget", "QualityDevice",
+                          "QualityNotMeasured")
 
 
 # the experiment families whose folders another model family's section (paper/<arch>.tex) quotes, by macro prefix

@@ -16,6 +16,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from ..experiments._paired import REFERENCE
+from ..registry import VARIANTS
 from . import latex
 from .figures import _empty, _save, variant_color, variant_marker
 from .frames import _stats, family_variants
@@ -170,13 +172,23 @@ def loss_groups(lm: pd.DataFrame, reference: str = "sdpa") -> dict[str, list[str
     return groups
 
 
-def quality_macros(lm: pd.DataFrame, target: float | None, recall: pd.DataFrame,
-                   devices: list[str]) -> dict[str, str]:
+def quality_macros(frame: pd.DataFrame, lm: pd.DataFrame, target: float | None,
+                   recall: pd.DataFrame) -> dict[str, str]:
     """The quality section's numbers: the card whose energy the tables give (`QualityDevice`), the target loss, each
     variant's final loss and energy to the target, the variants grouped by their loss against sdpa's
-    (`QualityLossHigher`, `...Lower`, `...Indistinguishable`), the budget, and each recall cell's accuracy (`Recall<Variant>Kv<pairs>T<length>`, the numbers spelled:
-    `latex.spelled`)."""
+    (`QualityLossHigher`, `...Lower`, `...Indistinguishable`), the budget, each recall cell's accuracy
+    (`Recall<Variant>Kv<pairs>T<length>`, the numbers spelled: `latex.spelled`), and the sentences that name the
+    variants with no runs yet (`QualityNotMeasured`, `RecallNotMeasured`), so that an unfinished run reads as one.
+    Recall is owed by the reference and by the mechanisms that change its function: those not exact or with
+    parameters of their own (on GPT-2: gqa, mla, sliding_window, linear, lsh), not by the exact kernels."""
+    expected = family_variants(frame)
+    recall_owed = [v for v in expected if v == REFERENCE or not VARIANTS[v].exact or VARIANTS[v].params]
+    devices = sorted(set(frame.device.dropna())) if "device" in frame else []
     macros = {"QualityDevice": " and ".join(devices) or "none",
+              "QualityNotMeasured": latex.no_results_sentence(
+                  [v for v in expected if lm.empty or v not in set(lm.variant)], "the language-model runs"),
+              "RecallNotMeasured": latex.no_results_sentence(
+                  [v for v in recall_owed if recall.empty or v not in set(recall.variant)], "the recall runs"),
               "QualityTargetLoss": latex.fmt(target, ".3f"),
               "QualityLmTokensM": latex.fmt(lm.tokens.max() if len(lm) else None, ".1f", 1e-6),
               "QualityLmSeeds": latex.fmt(lm.seeds.max() if len(lm) else None, ".0f")}
@@ -203,7 +215,7 @@ def build_quality_report(frame: pd.DataFrame, results_dir: Path, label: str, fig
     lm, target = lm_quality_frame(frame)
     recall = written.get("recall", pd.DataFrame())
     section = paper_dir / "quality.tex"  # the paper's quality section, once written, takes only what it uses
-    macros = quality_macros(lm, target, recall, sorted(set(frame.device.dropna())) if "device" in frame else [])
+    macros = quality_macros(frame, lm, target, recall)
     if section.exists():
         latex.write_macros(macros, section, generated / "macros.tex")
     else:
