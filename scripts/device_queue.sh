@@ -30,8 +30,8 @@ plan=(
   "profile@H100 llama-longcontext results/llama-longcontext"
   "profile@H100 llama-inference results/llama-inference"
   "profile@H100 llama-components results/llama-components"
-  "profile quality results/quality"
   "profile recall results/quality"
+  "profile quality results/quality"
   "check@H100 results/gpu/reviewer_path.json results/gpu python scripts/gpu_time_reviewer_path.py --out results/gpu"
 )
 start=$SECONDS touched=()
