@@ -115,5 +115,6 @@ def test_the_quality_report_reads_energy_to_the_target_and_recall_over_seeds(tmp
     # an unfinished run reads as one: the variants with no runs yet are named (recall: those that change the function)
     assert ("\\newcommand{\\dataRecallNotMeasured}{gqa, mla, linear and lsh have no results in the recall runs "
             "yet.}") in macros
-    assert "{baseline, flash, cudnn, flex, gqa, mla, sliding_window and lsh have no results in the language-model" in macros
+    assert ("{baseline, flash, cudnn, flex, gqa, mla, sliding_window and lsh have no results in the language-model"
+            in macros)
     assert (tmp_path / "figures" / "quality" / "recall_accuracy.pdf").stat().st_size > 0
