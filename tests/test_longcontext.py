@@ -18,8 +18,8 @@ from attnlib.experiments.training import TrainConfig, Trainer
 from attnlib.flops import causal_attention_flops, layer_flops
 from attnlib.pipeline import load_profile, plan
 from attnlib.registry import supported_variants
-from attnlib.report.longcontext import (crossover_frame, crossover_length, crossovers_brief, layer_summary,
-                                        sweep_summary)
+from attnlib.report.longcontext import (crossover_frame, crossover_length, crossover_table, crossovers_brief,
+                                        layer_summary, sweep_summary)
 from attnlib.measurement import Measurement
 from attnlib.report import build_report
 from attnlib.results import ModelInfo, Provenance, SweepResult, results_frame, write_result
@@ -340,3 +340,16 @@ def attnlib_llama(overrides: dict) -> torch.nn.Module:
     import attnlib
 
     return attnlib.build_model("sdpa", arch="llama", seq_len=96, **overrides)
+
+
+def test_a_crossover_whose_interval_stays_open_is_not_claimed() -> None:
+    """gqa 3% below sdpa at every length but inside a 4% A/A bound: its point estimate crosses at the first length,
+    its interval never closes within the grid, so the brief names it as noise and the table's late end is open."""
+    summary = pd.DataFrame(paired_rows("sdpa", [1.0] * 4, 0.01, 0.04) + paired_rows("gqa", [0.97] * 4, 0.01, 0.04)
+                           + paired_rows("linear", [1.2, 1.05, 0.9, 0.8], 0.01, 0.04))
+    crossover = crossover_frame(summary, mode="graph")
+    gqa = crossover.set_index("variant").loc["gqa"]
+    assert gqa.crossover_seq_len == 512 and pd.isna(gqa.ci_high)
+    brief = crossovers_brief(crossover, 4096)
+    assert brief.startswith("linear from ") and "the other one not up to 4K (gqa from 512: a point estimate" in brief
+    assert "gqa & 512 [512, > 4K]" in crossover_table(crossover, crossover.iloc[0:0], 4096, 4096)

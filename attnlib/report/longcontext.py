@@ -199,7 +199,9 @@ def crossover_table(fast: pd.DataFrame, eager: pd.DataFrame, max_seq_len: int, e
             return f"none up to {seq_label(top)}"
         if not with_interval:
             return seq_label(point)
-        return f"{seq_label(point)} [{seq_label(row.get(f'{prefix}ci_low'))}, {seq_label(row.get(f'{prefix}ci_high'))}]"
+        late = row.get(f"{prefix}ci_high")  # none: the interval (or the A/A bound) keeps it open past the grid
+        late = f"> {seq_label(top)}" if late is None or pd.isna(late) else seq_label(late)
+        return f"{seq_label(point)} [{seq_label(row.get(f'{prefix}ci_low'))}, {late}]"
 
     variants = list(dict.fromkeys([*fast.get("variant", []), *eager.get("variant", [])]))
     by = lambda frame: {r.variant: r for _, r in frame.iterrows()} if len(frame) else {}  # noqa: E731
@@ -215,21 +217,26 @@ def crossovers_brief(crossover: pd.DataFrame, max_seq_len: int) -> str:
     """The abstract's clause: the variants whose energy per token stays below the reference's from some length,
     earliest first, how many do not within the grid, and how many are not yet measured at every length
     ("sliding_window from 512, linear from 3.52K; the other 6 not up to 64K"; "none of the 2 variants measured at
-    every length so far, up to 64K; 7 are still to be measured")."""
+    every length so far, up to 64K; 7 are still to be measured"). A crossover counts only where its interval closes
+    within the grid (`ci_high`: for paired cells the saving then exceeds the A/A bound by the last length); a point
+    estimate below the reference whose interval stays open is named apart, as within the noise floor."""
     measured = crossover[crossover.measured.astype(bool)] if len(crossover) else crossover
     found = measured[measured.crossover_seq_len.notna()].sort_values("crossover_seq_len") if len(measured) else measured
-    parts = [f"{r.variant} from {seq_label(r.crossover_seq_len)}" for r in found.itertuples()]
-    rest, unmeasured = len(measured) - len(found), len(crossover) - len(measured)
+    open_ended = found.ci_high.isna() if "ci_high" in found else pd.Series(False, index=found.index)
+    parts = [f"{r.variant} from {seq_label(r.crossover_seq_len)}" for r in found[~open_ended].itertuples()]
+    noise = ", ".join(f"{r.variant} from {seq_label(r.crossover_seq_len)}" for r in found[open_ended].itertuples())
+    noise = f" ({noise}: a point estimate within the noise floor)" if noise else ""
+    rest, unmeasured = len(measured) - len(parts), len(crossover) - len(measured)
     top = seq_label(max_seq_len)
     if not parts and unmeasured:
         variants = "variant" if len(measured) == 1 else "variants"
-        return (f"none of the {len(measured)} {variants} measured at every length so far, up to {top}; "
+        return (f"none of the {len(measured)} {variants} measured at every length so far, up to {top}{noise}; "
                 f"{unmeasured} {'is' if unmeasured == 1 else 'are'} still to be measured")
     if not parts:
-        return f"no variant up to {top}"
+        return f"no variant up to {top}{noise}"
     named = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
     others = "the other one" if rest == 1 else f"the other {rest}"
-    return (named + (f"; {others} not up to {top}" if rest else "")
+    return (named + (f"; {others} not up to {top}{noise}" if rest else "")
             + (f"; {unmeasured} not yet measured at every length" if unmeasured else ""))
 
 
