@@ -19,7 +19,7 @@ from attnlib.flops import causal_attention_flops, layer_flops
 from attnlib.pipeline import load_profile, plan
 from attnlib.registry import supported_variants
 from attnlib.report.longcontext import (crossover_frame, crossover_length, crossover_table, crossovers_brief,
-                                        layer_summary, sweep_summary)
+                                        layer_summary, paired_ratio_table, sweep_summary)
 from attnlib.measurement import Measurement
 from attnlib.report import build_report
 from attnlib.results import ModelInfo, Provenance, SweepResult, results_frame, write_result
@@ -226,6 +226,9 @@ def test_a_length_cut_from_the_grid_neither_blocks_nor_feeds_a_crossover() -> No
     assert crossover.loc["flash"].measured and pd.isna(crossover.loc["flash"].crossover_seq_len)
     uncut = crossover_frame(summary, mode="graph").set_index("variant")
     assert not uncut.loc["linear"].measured and uncut.loc["linear"].lengths_grid == 4
+    linear_row = lambda table: next(line for line in table.splitlines() if line.startswith("linear"))  # noqa: E731
+    assert linear_row(paired_ratio_table(summary, "graph", ["sdpa", "linear"], cut)).count("off grid") == 1
+    assert linear_row(paired_ratio_table(summary, "graph", ["sdpa", "linear"])).count("--") == 1  # not yet measured
 
 
 def test_summaries_of_a_measured_grid(tmp_path) -> None:

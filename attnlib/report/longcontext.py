@@ -245,10 +245,11 @@ def paired_cells(sweep: pd.DataFrame, mode: str) -> pd.DataFrame:
     return sweep[(sweep["mode"] == mode) & (sweep.get("protocol") == "paired")] if len(sweep) else sweep
 
 
-def paired_ratio_table(sweep: pd.DataFrame, mode: str, expected: list[str]) -> str:
+def paired_ratio_table(sweep: pd.DataFrame, mode: str, expected: list[str], grid: list[int] | None = None) -> str:
     """The paired cells as numbers: per variant (the reference's own row first, its A/A control) and length of the
     `mode` grid, energy per token over the reference's with its 95% interval, bold where it is cheaper or dearer
-    beyond the A/A bound there; "out of memory" (or the failure) where it failed; "--" where not yet measured."""
+    beyond the A/A bound there; "out of memory" (or the failure) where it failed; "--" where not yet measured, and
+    "off grid" at a length measured before the grid was cut to `grid` (default: every length is in it)."""
     cells = paired_cells(sweep, mode)
     lengths = sorted(cells.seq_len.unique()) if len(cells) else []
     by_cell = {(r.variant, r.seq_len): r for _, r in cells.iterrows()} if len(cells) else {}
@@ -256,7 +257,7 @@ def paired_ratio_table(sweep: pd.DataFrame, mode: str, expected: list[str]) -> s
     def cell(variant: str, seq_len: int) -> str:
         row = by_cell.get((variant, seq_len))
         if row is None:
-            return "--"
+            return "--" if grid is None or seq_len in grid else "off grid"
         if row.status != "ok":
             return "out of memory" if row.status == "oom" else str(row.status)
         text = latex.ratio_text(row, "gpu_j_per_token")
@@ -311,7 +312,8 @@ def build_longcontext_report(frame: pd.DataFrame, calibrations: dict[str, dict],
     off_grid = [t for t in lengths(fast_mode) if t not in fast_lengths]  # measured before the grid was cut
     (generated / "crossover.tex").write_text(crossover_table(fast, eager, fast_lengths[-1] if fast_lengths else 0,
                                                              eager_lengths[-1] if eager_lengths else 0))
-    (generated / "paired_ratios.tex").write_text(paired_ratio_table(sweep, fast_mode, family_variants(frame)))
+    (generated / "paired_ratios.tex").write_text(paired_ratio_table(sweep, fast_mode, family_variants(frame),
+                                                                                 grid))
     figures.energy_vs_seq_len(sweep, figures_dir / label)
     figures.paired_ratio_vs_seq_len(sweep, figures_dir / label, grid)
     figures.memory_vs_seq_len(sweep, figures_dir / label)
@@ -328,8 +330,8 @@ def build_longcontext_report(frame: pd.DataFrame, calibrations: dict[str, dict],
         "LongContextFastMode": fast_mode,
         "LongContextFastSeqLens": ", ".join(seq_label(t) for t in fast_lengths) or "none yet",
         "LongContextOffGridNote": (f"The cells at {', '.join(seq_label(t) for t in off_grid)} were measured before "
-                                   "the grid was cut to fit its GPU budget; the table shows them, the crossovers "
-                                   "leave them out." if off_grid else ""),
+                                   "the grid was cut to fit its GPU budget; the table shows them (off grid: "
+                                   "not measured there), the crossovers leave them out." if off_grid else ""),
         "LongContextPairedCells": str(len(paired)),
         "LongContextCrossoverRows": str(len(fast)),  # the paper's abstract speaks of crossovers only where there are
         "LongContextEagerSeqLens": (f"{seq_label(eager_lengths[0])}--{seq_label(eager_lengths[-1])}"
