@@ -312,8 +312,8 @@ def build_longcontext_report(frame: pd.DataFrame, calibrations: dict[str, dict],
     off_grid = [t for t in lengths(fast_mode) if t not in fast_lengths]  # measured before the grid was cut
     (generated / "crossover.tex").write_text(crossover_table(fast, eager, fast_lengths[-1] if fast_lengths else 0,
                                                              eager_lengths[-1] if eager_lengths else 0))
-    (generated / "paired_ratios.tex").write_text(paired_ratio_table(sweep, fast_mode, family_variants(frame),
-                                                                                 grid))
+    ratios = paired_ratio_table(sweep, fast_mode, family_variants(frame), grid)
+    (generated / "paired_ratios.tex").write_text(ratios)
     figures.energy_vs_seq_len(sweep, figures_dir / label)
     figures.paired_ratio_vs_seq_len(sweep, figures_dir / label, grid)
     figures.memory_vs_seq_len(sweep, figures_dir / label)
