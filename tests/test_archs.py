@@ -125,7 +125,7 @@ def test_llamas_maskless_forward_is_its_own_forward() -> None:
         torch.testing.assert_close(model.lm_head(hidden), model(ids).logits, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("mode", ["eager", "compile"])
+@pytest.mark.parametrize("mode", ["eager", pytest.param("compile", marks=pytest.mark.slow)])
 def test_the_trainer_trains_a_llama_and_its_results_say_so(tmp_path, mode: str) -> None:
     """The training engine on the llama family: its loss is transformers' loss of the same batch, and a trials job's
     results record the family."""

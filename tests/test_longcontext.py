@@ -102,6 +102,7 @@ def test_a_kept_trainer_moves_everything_it_holds(tmp_path) -> None:
     assert len(tensors) > 10 and all(t.device.type == "meta" for t in tensors)
 
 
+@pytest.mark.slow
 def test_paired_cells_measure_the_variant_beside_the_reference_and_resume(tmp_path, monkeypatch) -> None:
     """A fast-mode cell: the variant and sdpa at the same length, one window of each per round; the eager and layer
     cells a resumed job already has are read back, not measured again."""
