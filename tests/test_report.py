@@ -199,6 +199,15 @@ def test_reviewer_comparison(results_dir, tmp_path, capsys) -> None:
     assert (theirs / "comparison.csv").exists() and "sdpa" in capsys.readouterr().out
 
 
+def test_latex_text_is_escaped_outside_math_only() -> None:
+    """A bare `>` prints as an inverted question mark in LaTeX's default font encoding: tables and macros say
+    `\\textgreater{}`; math and what is already escaped stay as they are."""
+    assert latex.escape("gqa 512 [512, > 64K]") == r"gqa 512 [512, \textgreater{} 64K]"
+    assert latex.escape(r"sliding_window 3.07$\times$, 5\% and 9%") == r"sliding\_window 3.07$\times$, 5\% and 9\%"
+    assert latex.escape("$a_b < c$ #1, x<y") == r"$a_b < c$ \#1, x\textless{}y"
+    assert r"\textgreater{} 64K" in latex.booktabs(["a"], [["> 64K"]], "l")
+
+
 def test_every_macro_the_paper_uses_is_made_by_a_rule(results_dir, tmp_path) -> None:
     """paper.tex quotes only macros some rule produces (from GPU-like results): none is n/a for want of a rule."""
     paper = paper_dir(tmp_path)

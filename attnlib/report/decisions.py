@@ -169,8 +169,7 @@ def decision_table(decisions: pd.DataFrame) -> str:
         cells = _saves(row)
         bound = fmt(row.aa_bound, ".1f", 100) + "%" if row.measured else "n/a"  # booktabs escapes the %
         for i, cell in enumerate(cells):
-            if "±" in cell:  # math in the cell: booktabs leaves it as it is, so escape its text here
-                cell = cell.replace("_", r"\_").replace("±", r"$\pm$")
+            cell = cell.replace("±", r"$\pm$")  # booktabs escapes the text around it
             rows.append([FAMILY_NAMES[row.arch] if i == 0 else "", row.regime if i == 0 else "",
                          bound if i == 0 else "", cell])
     return booktabs(["model", "regime", "A/A", "saves energy per token: ratio to the native attention [95\\% CI] "

@@ -349,7 +349,7 @@ def build_inference_report(frame: pd.DataFrame, calibrations: dict[str, dict], r
         "InferenceFirstBatch": str(batches[0]), "InferenceFirstContext": str(contexts[0]),
         "InferenceLastBatch": str(batches[-1]), "InferenceLastContext": str(contexts[-1]),
         "InferenceSavingsBrief": decode_savings_brief(summary, mode, batches[-1], contexts[-1], spread),
-        "InferenceSameDecode": ", ".join(v.replace("_", r"\_") for v in SAME_DECODE),
+        "InferenceSameDecode": ", ".join(SAME_DECODE),
         "InferenceSameDecodeSpreadPct": latex.fmt(spread, ".0f", 100),
         "InferenceSameDecodeMeasured": str(spread_variants),
         **prefill_macros(summary),

@@ -75,10 +75,20 @@ def no_results_sentence(variants: list[str], where: str) -> str:
     return f"{names} {'has' if len(variants) == 1 else 'have'} no results in {where} yet."
 
 
+TEXT_ESCAPES = {"_": r"\_", "#": r"\#", "%": r"\%", ">": r"\textgreater{}", "<": r"\textless{}"}
+
+
+def escape(text: Any) -> str:
+    """Text for LaTeX: outside `$...$`, its special characters escaped (in the default font encoding a bare `>` or
+    `<` prints as an inverted question or exclamation mark); math and characters already escaped stay as they are."""
+    parts = str(text).split("$")
+    return "$".join(re.sub(r"(?<!\\)[_#%<>]", lambda m: TEXT_ESCAPES[m.group()], part) if i % 2 == 0 else part
+                    for i, part in enumerate(parts))
+
+
 def booktabs(header: list[str], rows: list[list[str]], align: str) -> str:
-    """A LaTeX booktabs tabular (no jinja2 needed)."""
-    esc = lambda s: str(s).replace("_", r"\_").replace("%", r"\%")  # noqa: E731
-    body = "\n".join(" & ".join(esc(c) if "$" not in str(c) else str(c) for c in row) + r" \\" for row in rows)
+    """A LaTeX booktabs tabular (no jinja2 needed); its cells escaped (`escape`)."""
+    body = "\n".join(" & ".join(escape(c) for c in row) + r" \\" for row in rows)
     return (f"\\begin{{tabular}}{{{align}}}\n\\toprule\n" + " & ".join(header) + " \\\\\n\\midrule\n" + body
             + "\n\\bottomrule\n\\end{tabular}\n")
 
@@ -277,11 +287,10 @@ def write_macros(macros: dict[str, str], paper_tex: Path, path: Path, also: Path
     file defines them) or, with `only`, not starting with one of `only` (a section several folders feed), and
     those of `macros` that `also` uses (a section's macros quoted in paper.tex's abstract); "n/a" for those the data
     cannot give."""
-    esc = lambda s: str(s).replace("_", r"\_").replace("#", r"\#").replace("%", r"\%").replace(r"\\%", r"\%")  # noqa: E731
     names = {n for n in used_macros(paper_tex.read_text()) if not n.startswith(skip) and (not only or n.startswith(only))}
     if also is not None and also.exists():
         names |= set(used_macros(also.read_text())) & set(macros)
     chosen = {name: macros.get(name, "n/a") for name in sorted(names)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"\\newcommand{{\\data{k}}}{{{esc(v)}}}\n" for k, v in chosen.items()))
+    path.write_text("".join(f"\\newcommand{{\\data{k}}}{{{escape(v)}}}\n" for k, v in chosen.items()))
     return chosen
