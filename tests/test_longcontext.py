@@ -18,8 +18,8 @@ from attnlib.experiments.training import TrainConfig, Trainer
 from attnlib.flops import causal_attention_flops, layer_flops
 from attnlib.pipeline import load_profile, plan
 from attnlib.registry import supported_variants
-from attnlib.report.longcontext import (crossover_frame, crossover_length, crossover_table, crossovers_brief,
-                                        layer_summary, paired_ratio_table, sweep_summary)
+from attnlib.report.longcontext import (claimed_crossovers, crossover_frame, crossover_length, crossover_table,
+                                        crossovers_brief, layer_summary, paired_ratio_table, sweep_summary)
 from attnlib.measurement import Measurement
 from attnlib.report import build_report
 from attnlib.results import ModelInfo, Provenance, SweepResult, results_frame, write_result
@@ -356,4 +356,5 @@ def test_a_crossover_whose_interval_stays_open_is_not_claimed() -> None:
     assert gqa.crossover_seq_len == 512 and pd.isna(gqa.ci_high)
     brief = crossovers_brief(crossover, 4096)
     assert brief.startswith("linear from ") and "the other one not up to 4K (gqa from 512: a point estimate" in brief
-    assert "gqa & 512 [512, > 4K]" in crossover_table(crossover, crossover.iloc[0:0], 4096, 4096)
+    assert list(claimed_crossovers(crossover).variant) == ["linear"]  # the paper's principles count these
+    assert r"gqa & 512 [512, \textgreater{} 4K]" in crossover_table(crossover, crossover.iloc[0:0], 4096, 4096)
