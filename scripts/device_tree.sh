@@ -9,8 +9,9 @@
 # reviewer path compares with. It deletes from .whl what the GPU machine never imports: debugpy (ipykernel's
 # debugger, optional), jedi and parso (IPython's completion, imported on the first completion), cryptography, cffi
 # and pycparser (codecarbon's cloud-login CLI), kernels and tomlkit (a newer transformers' optional kernel hub), and
-# strips pycountry's translations (pycountry/locales, which codecarbon never reads). It fails if the call would
-# still carry more than 64 MiB.
+# strips pycountry's translations (pycountry/locales, which codecarbon never reads). Where .tok/ lacks Llama 3's
+# tokenizer.model (the llama profiles' data; the GPU machine has no llama-models), it copies the one this checkout's
+# environment has. It fails if the call would still carry more than 64 MiB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 limit_mib=64
@@ -30,6 +31,14 @@ case "${1:-}" in
       for wheel in .whl/pycountry-*.whl; do
         [ -f "$wheel" ] && { zip -qd "$wheel" 'pycountry/locales/*' >/dev/null 2>&1 || true; }  # done once
       done
+    else
+      echo "no .whl/: the queue needs papermill, ipykernel, nbconvert, codecarbon and fla there (docs/lab-notes.md)"
+    fi
+    if [ ! -f .tok/tokenizer.model ]; then
+      python=python3 && [ -x .venv/bin/python ] && python=.venv/bin/python
+      mkdir -p .tok && grep -qxF '/.tok/' .git/info/exclude 2>/dev/null || echo '/.tok/' >> .git/info/exclude
+      cp "$("$python" -c 'from attnlib.data import llama3_tokenizer_file; print(llama3_tokenizer_file())')" .tok/ \
+        && echo "Llama 3's tokenizer.model copied into .tok/"
     fi
     # the files present: those left out fail stat, and travel no more than their sizes count
     tracked=$({ git ls-files -z | xargs -0 stat -c %s 2>/dev/null || true; } | awk '{s += $1} END {print s + 0}')
