@@ -5,7 +5,8 @@
 padded left / right, generate with the dynamic and the static cache (each step's logits against a cache-free forward
 pass over the same tokens), gradients; each against the model's own attention on the same weights, within bf16's
 tolerance, or an error that names the variant. The CPU tests run the same table in fp32 (tests/test_hf_functions.py).
-Writes `hf_functions.json` and `hf_functions.md`.
+Writes `hf_functions.json` and `hf_functions.md`; a record they hold from another card or commit is kept beside them
+as `hf_functions_<card>_<commit>.json` and `.md`, never overwritten.
 
 usage: python scripts/gpu_check_hf_functions.py --out results/gpu
 """
@@ -16,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import re
 from pathlib import Path
 
 import torch
@@ -23,6 +25,22 @@ import torch
 from attnlib import VARIANTS
 from attnlib.hf_check import CASES, DROP_IN, FAMILIES, check_function, tiny_causal_lm, tolerance
 from attnlib.provenance import attnlib_commit, library_versions
+
+
+def keep_previous(out: Path, record: dict) -> None:
+    """Move the record `out` holds, with its table, to names of its own when another card or commit made it."""
+    path = out / "hf_functions.json"
+    if not path.exists():
+        return
+    previous = json.loads(path.read_text())
+    if (previous.get("device"), previous.get("attnlib_commit")) == (record["device"], record["attnlib_commit"]):
+        return  # a rerun of the same code on the same card
+    card = re.sub(r"[^a-z0-9]+", "-", str(previous.get("device", "unknown")).lower()).strip("-")
+    stem = f"hf_functions_{card}_{str(previous.get('attnlib_commit', 'unknown'))[:12]}"
+    for suffix in (".json", ".md"):
+        if (out / f"hf_functions{suffix}").exists():
+            (out / f"hf_functions{suffix}").rename(out / f"{stem}{suffix}")
+    print(f"the previous record ({previous.get('device')}) is kept as {stem}.json", flush=True)
 
 
 def main() -> None:
@@ -42,6 +60,7 @@ def main() -> None:
               "versions": library_versions(), "python": platform.python_version(), "dtype": "bfloat16",
               "tolerance": tolerance(model), "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
+    keep_previous(args.out, record)
     (args.out / "hf_functions.json").write_text(json.dumps(record, indent=1) + "\n")
     cell = {(r["family"], r["function"], r["case"]): r for r in rows}
     lines = [f"# attnlib's drop-in functions in other models, bf16 on {record['device']} (attnlib "

@@ -4,7 +4,10 @@ names it. Never a silently wrong result."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -120,3 +123,21 @@ def test_the_check_refuses_an_unknown_function_or_case_before_any_work() -> None
         check_function(model, "attnlib_flx")
     with pytest.raises(ValueError, match="unknown case.*padded"):
         check_function(model, "attnlib_sdpa", cases=("padded",))
+
+
+def test_the_gpu_check_keeps_a_record_from_another_card_or_commit(tmp_path) -> None:
+    """The GPU check reruns a table with a failed row: the record it replaces, made on another card or at another
+    commit, stays beside it under names of its own; a rerun of the same code on the same card replaces its own."""
+    path = Path(__file__).resolve().parent.parent / "scripts" / "gpu_check_hf_functions.py"
+    spec = importlib.util.spec_from_file_location("gpu_check_hf_functions", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    old = {"device": "NVIDIA H200", "attnlib_commit": "a" * 40, "rows": [{"ok": False}]}
+    (tmp_path / "hf_functions.json").write_text(json.dumps(old))
+    (tmp_path / "hf_functions.md").write_text("old table")
+    script.keep_previous(tmp_path, {"device": "NVIDIA H200", "attnlib_commit": "a" * 40})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf_functions.json", "hf_functions.md"]
+    script.keep_previous(tmp_path, {"device": "NVIDIA H100 80GB HBM3", "attnlib_commit": "b" * 40})
+    kept = tmp_path / f"hf_functions_nvidia-h200_{'a' * 12}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [kept.name + ".json", kept.name + ".md"]
+    assert json.loads(kept.with_suffix(".json").read_text()) == old and kept.with_suffix(".md").read_text() == "old table"
