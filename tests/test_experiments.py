@@ -19,7 +19,8 @@ from attnlib.experiments.quality import QualityConfig, run_quality_job
 from attnlib.experiments.training import TrainConfig, Trainer, causal_lm_loss, chunked_causal_lm_loss
 from attnlib.experiments.trials import TrialsConfig, run_trials_job
 from attnlib.pipeline import load_profile, plan
-from attnlib.results import Provenance, QualityResult, TrialResult, read_result, results_frame, write_result
+from attnlib.results import (Provenance, QualityResult, TrialResult, load_results, read_result, results_frame, set_aside,
+                             write_result)
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_TRAIN = dict(seq_len=32, batch_size=2, model=dict(n_layer=1, n_embd=32, n_head=2, n_positions=64),
@@ -320,6 +321,23 @@ def test_resume_skips_finished_and_redoes_broken(tmp_path, monkeypatch) -> None:
     assert found == [0] * len(jobs)  # forced, a job starts from nothing (a resuming job would keep its windows)
     record = json.loads((tmp_path / "run.json").read_text())
     assert len(record["chunks"]) == 3 and record["device"] == "cpu" and record["minutes"] >= 0 and "gpu_minutes" not in record
+
+
+def test_a_partial_cell_measured_again_keeps_its_earlier_windows_aside(tmp_path) -> None:
+    """`set_aside` moves a partial cell's windows into raw/superseded/, stamped with their time of measurement, where
+    the loader does not read them: a cell measured again in full overwrites nothing."""
+    origin = Provenance(attnlib_commit="abc", versions={}, python="3.12", device="NVIDIA H100 80GB HBM3",
+                        device_uuid="GPU-1", created="2026-12-07T09:46:42+00:00")
+    names = [f"sdpa__eager__round{r}__variant.json" for r in range(3)]
+    for r, name in enumerate(names[:2]):
+        write_result(tmp_path / "raw" / name, TrialResult(variant="sdpa", mode="eager", provenance=origin, config={},
+                                                          round=r, order_seed=0, role="variant"))
+    before = {name: (tmp_path / "raw" / name).read_bytes() for name in names[:2]}
+    moved = set_aside(tmp_path / "raw" / name for name in names)
+    assert [p.name for p in moved] == [n.replace(".json", "__20261207T0946420000.json") for n in names[:2]]
+    assert all(p.parent == tmp_path / "raw" / "superseded" for p in moved)
+    assert [p.read_bytes() for p in moved] == list(before.values())
+    assert load_results(tmp_path) == [] and not any((tmp_path / "raw" / n).exists() for n in names)
 
 
 def test_a_run_never_mixes_devices_or_deletes_another_devices_results(tmp_path, capsys) -> None:

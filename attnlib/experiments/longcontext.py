@@ -36,7 +36,7 @@ from ..flops import layer_flops
 from ..measurement import SteadyStateConfig
 from ..measurement.trials import round_orders
 from ..model import build_model
-from ..results import LayerResult, ModelInfo, Result, SweepResult, finished_result
+from ..results import LayerResult, ModelInfo, Result, SweepResult, finished_result, set_aside
 from ..results.schema import ROLES
 from ._job import WindowedJob
 from ._paired import REFERENCE, Pair, reference_setup
@@ -228,6 +228,7 @@ class _Job(WindowedJob):
         kept = [finished_result(self.out_dir / c.paired_name(seq_len, mode, *key)) for key in keys]
         if all(r is not None for r in kept):
             return kept
+        set_aside(self.out_dir / c.paired_name(seq_len, mode, *key) for key in keys)  # a partial cell's windows
         train = c.cell_config(seq_len, mode)
         seed = c.order_seed + seq_len
         common = dict(variant=train.variant, mode=mode, provenance=self.origin, config=c.to_dict(), seq_len=seq_len,

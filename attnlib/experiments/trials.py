@@ -36,7 +36,8 @@ from ..measurement.codecarbon_estimate import CodeCarbonTracker
 from ..measurement.trials import round_orders
 from ..provenance import provenance
 from ..registry import get_variant
-from ..results import ModelInfo, Provenance, QualityResult, Result, TrialResult, finished_result, write_result
+from ..results import (ModelInfo, Provenance, QualityResult, Result, TrialResult, finished_result, set_aside,
+                       write_result)
 from ..results.schema import ROLES
 from ._paired import REFERENCE, Pair, reference_setup
 from .quality import QualityConfig, quality_runs
@@ -123,6 +124,7 @@ def _paired_mode(config: TrialsConfig, mode: str, data: TokenData, device: torch
         quality = quality_runs(config.quality, data, device, idle, origin, out_dir, progress) if with_quality else []
         torch._dynamo.reset()
         return [*kept.values(), *quality]
+    set_aside(out_dir / config.window_name(mode, *key) for key in keys)  # a partial mode's windows
     seed = config.order_seed + MODES.index(mode)
     common = dict(variant=train.variant, mode=mode, arch=train.arch, provenance=origin, config=config.to_dict(),
                   data=data.info, order_seed=seed, reference=config.reference)

@@ -83,6 +83,26 @@ def finished_result(path: Path) -> Result | None:
     return result if result.status in STATUSES else None
 
 
+def set_aside(paths: typing.Iterable[Path]) -> list[Path]:
+    """Move those of `paths` that exist into a `superseded/` folder beside them, each name suffixed with the time
+    it was measured, and return where they went. A cell whose rounds are measured again together (they share one
+    steady state) keeps the partial windows it had instead of overwriting them; the loader reads `raw/*.json` only."""
+    moved = []
+    for path in map(Path, paths):
+        if not path.exists():
+            continue
+        try:
+            created = json.loads(path.read_text()).get("provenance", {}).get("created") or "undated"
+        except (OSError, ValueError):
+            created = "unreadable"
+        stamp = "".join(ch for ch in created if ch.isalnum())
+        target = path.parent / "superseded" / f"{path.stem}__{stamp}{path.suffix}"
+        target.parent.mkdir(exist_ok=True)
+        path.replace(target)
+        moved.append(target)
+    return moved
+
+
 def is_complete(path: Path) -> bool:
     return finished_result(path) is not None
 
