@@ -454,13 +454,24 @@ def test_the_gpu_queue_restores_what_the_previous_call_measured(tmp_path) -> Non
     def queue() -> str:  # ONLY matches no step: the restore runs, no job does
         return subprocess.run(["bash", "scripts/device_queue.sh", "1"], cwd=tmp_path, check=True, text=True,
                               capture_output=True, env={"PATH": "/usr/bin:/bin", "ATTNLIB_COMMIT": "0" * 40,
-                                                        "ONLY": "^no step$"}).stdout
+                                                        "ONLY": "^no step$", "SKIP_PREFLIGHT": "1"}).stdout
 
     assert "restored" in queue()
     assert sorted(p.name for p in (tree / "raw").iterdir()) == ["sdpa_2048.json", "sdpa_512.json"]
     assert (tree / "run.json").read_text() == '{"chunks": [1, 2]}'
     (tree / "run.json").write_text('{"chunks": [1, 2], "unpacked": true}')  # now the tree has every raw result
     assert "restored" not in queue() and "unpacked" in (tree / "run.json").read_text()
+
+
+def test_the_gpu_queue_stops_before_any_gpu_work_when_its_preflight_fails(tmp_path) -> None:
+    """Without the wheels and tokenizers every step needs (here: no attnlib importable at all), the call ends at
+    once, saying why, and touches no results folder."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(REPO / "scripts" / "device_queue.sh", tmp_path / "scripts")
+    done = subprocess.run(["bash", "scripts/device_queue.sh", "1"], cwd=tmp_path, text=True, capture_output=True,
+                          env={"PATH": "/usr/bin:/bin", "ATTNLIB_COMMIT": "0" * 40})
+    assert done.returncode == 1 and "preflight failed" in done.stdout and "ModuleNotFoundError" in done.stderr
+    assert not (tmp_path / "results").exists()
 
 
 def test_the_gpu_queue_measures_each_profile_on_its_card_only(tmp_path) -> None:
@@ -477,7 +488,8 @@ def test_the_gpu_queue_measures_each_profile_on_its_card_only(tmp_path) -> None:
                                                             ' "minutes": 1.0\n}\n')
     out = subprocess.run(["bash", "scripts/device_queue.sh", "1"], cwd=tmp_path, check=True, text=True,
                          capture_output=True, env={"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "ATTNLIB_COMMIT": "0" * 40,
-                                                   "ONLY": "(longcontext|quality|reviewer_path)"}).stdout
+                                                   "ONLY": "(longcontext|quality|reviewer_path)",
+                                                   "SKIP_PREFLIGHT": "1"}).stdout
     assert "profile longcontext: measured on H100s, and this card is NVIDIA H200; skipped" in out
     assert ("profile quality: results/quality was begun on NVIDIA H100 80GB HBM3, and this card is NVIDIA H200; "
             "skipped") in out
