@@ -37,6 +37,7 @@ def test_savings_come_from_paired_verdicts_with_their_quality_cost(tmp_path) -> 
         paired("sdpa", "graph", 1.0, 0.99, 1.01, "control", seq_len=8192),
         paired("linear", "graph", 1.05, 1.03, 1.07, "dearer", seq_len=8192),
         paired("gqa", "graph", 0.995, 0.98, 1.01, "indistinguishable", seq_len=8192)])
+    write(tmp_path, "llama", "summary.csv", [paired("sdpa", "compile", 1.002, 0.985, 1.017, "control")])  # A/A only
     write(tmp_path, "quality", "quality.csv", [
         {"variant": "sdpa", "val_loss_mean": 3.50, "val_loss_ci95": 0.01},
         {"variant": "gqa", "val_loss_mean": 3.53, "val_loss_ci95": 0.02}])
@@ -53,7 +54,8 @@ def test_savings_come_from_paired_verdicts_with_their_quality_cost(tmp_path) -> 
     long = decisions.loc[("gpt2", "training, T = 8K")]
     assert long.cheaper == [] and long.measured
     assert not decisions.loc[("gpt2", "training, T = 64K")].measured
-    assert not decisions.loc[("llama", "training, T = 2K")].measured
+    assert decisions.loc[("llama", "training, T = 2K")].measured
+    assert decisions.loc[("llama", "training, T = 2K")].variants == 0
 
     build_decisions(tmp_path, tmp_path / "paper_dir", tmp_path / "figures")
     out = tmp_path / "paper_dir" / "generated" / "decisions"
@@ -62,7 +64,9 @@ def test_savings_come_from_paired_verdicts_with_their_quality_cost(tmp_path) -> 
         in markdown
     assert "| GPT-2 small | training, T = 8K | none of the 2 measured so far; 7 of 9 not yet measured | 1.0% |" in markdown
     assert "(quality not measured); 6 of 9 not yet measured | 2.5% |" in markdown  # T = 512: gqa, mla, lsh paired
-    assert markdown.count("not yet measured under the paired protocol") == len(REGIMES) - 2
+    assert "| training, T = 2K | only the reference's A/A control measured so far; 9 of 9 not yet measured | 1.7% |" \
+        in markdown
+    assert markdown.count("not yet measured under the paired protocol") == len(REGIMES) - 3
     front = pd.read_csv(out / "quality_front.csv").set_index("variant")
     assert front.loc["gqa", "short_ratio"] == 0.952 and abs(front.loc["gqa", "loss_delta"] - 0.03) < 1e-9
     assert front.loc["gqa", "recall"] == 0.61 and pd.isna(front.loc["gqa", "long_ratio"])  # 64K: not measured
@@ -88,12 +92,12 @@ def test_the_two_models_side_by_side_pair_each_mechanism_measured_on_both(tmp_pa
         paired("linear", "compile", 0.99, 0.97, 1.01, "indistinguishable")])
     build_decisions(tmp_path, tmp_path / "paper_dir", tmp_path / "figures")
     pairs = pd.read_csv(tmp_path / "paper_dir" / "generated" / "decisions" / "models_side_by_side.csv")
-    assert list(pairs.variant) == ["sdpa", "mla", "linear"]  # gqa has no llama form; mha/mqa no GPT-2 one
+    assert list(pairs.variant) == ["mla", "linear"]  # gqa has no llama form; mha/mqa no GPT-2 one; sdpa: the A/A
     mla = pairs.set_index("variant").loc["mla"]
     assert (mla.gpt2_verdict, mla.llama_verdict) == ("cheaper", "dearer") and mla.llama_ratio_high == 1.03
     assert (tmp_path / "figures" / "decisions" / "models_side_by_side.png").stat().st_size > 0
     macros = (tmp_path / "paper_dir" / "generated" / "decisions" / "macros.tex").read_text()
-    assert r"\newcommand{\dataDecisionSideBySide}{3}" in macros
+    assert r"\newcommand{\dataDecisionSideBySide}{2}" in macros
     assert r"\newcommand{\dataDecisionSideBySideChanged}{\texttt{mla} (cheaper on GPT-2, dearer at 1B), " \
         r"\texttt{linear} (dearer on GPT-2, indistinguishable at 1B)}" in macros
     assert r"\newcommand{\dataDecisionSideBySideSame}{none}" in macros

@@ -184,11 +184,15 @@ def group_text(rows: pd.DataFrame, quantity: str) -> str:
 
 
 def mode_macros(summary: pd.DataFrame) -> dict[str, str]:
-    """Per mode: the A/A control's interval and bound per quantity, the variants grouped by their verdict against
-    the reference (each with its ratio and interval), the largest throughput spread between windows and how many
-    rows stay within 2%, the energy saving against eager on the same card where the intervals separate, and what
-    share of the windows ran at the power cap."""
+    """How many variants are paired with the reference (`PairedVariants`, over the modes), then per mode: the A/A
+    control's interval and bound per quantity, the variants grouped by their verdict against the reference (each
+    with its ratio and interval), the largest throughput spread between windows and how many rows stay within 2%,
+    the energy saving against eager on the same card where the intervals separate, and what share of the windows
+    ran at the power cap."""
     macros: dict[str, str] = {}
+    paired_any = summary[summary.get("protocol", pd.Series("unpaired", index=summary.index)) == "paired"]
+    macros["PairedVariants"] = str(paired_any[paired_any.variant != paired_any.reference].variant.nunique()
+                                   if len(paired_any) else 0)
     for mode, rows in summary.groupby("mode"):
         key = camel(mode)
         paired = rows[rows.get("protocol", pd.Series("unpaired", index=rows.index)) == "paired"]
