@@ -263,6 +263,7 @@ def test_quality_runs_apart_when_no_trials_mode_trains_like_them(tmp_path) -> No
     assert [j.name for j in jobs] == ["sdpa__trials", "sdpa__quality"] and jobs[0].config["quality"] is None
 
 
+@pytest.mark.slow
 def test_trials_job_runs_its_quality_seeds_with_its_own_trainer(tmp_path, monkeypatch) -> None:
     built: list[str] = []
     init = Trainer.__init__

@@ -229,6 +229,7 @@ def test_a_folder_without_results_is_an_error_not_an_empty_table(tmp_path) -> No
         results_frame(tmp_path / "empty")
 
 
+@pytest.mark.slow
 def test_the_exploration_notebook_opens_on_a_fresh_clone(tmp_path) -> None:
     """explore.ipynb with its default parameters: the committed training table, read as a newcomer would."""
     import json
