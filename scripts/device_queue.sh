@@ -39,7 +39,8 @@ card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 
 # Before any GPU work: what every step imports, and both families' tokenizers offline (a missing wheel would
 # otherwise surface as every job's notebook failing, minutes into the call). SKIP_PREFLIGHT=1: the queue's own tests.
-[ -n "${SKIP_PREFLIGHT:-}" ] || python3 -c 'import papermill, codecarbon, fla; from attnlib.data import load_tokenizer as t; t("gpt2"); t("llama3")' \
+preflight='import papermill, codecarbon, fla; from attnlib.data import load_tokenizer as t; t("gpt2"); t("llama3")'
+[ -n "${SKIP_PREFLIGHT:-}" ] || python3 -c "$preflight" \
   || { echo "preflight failed: see the error above (scripts/device_tree.sh slim prepares .whl and .tok)"; exit 1; }
 
 # A warm machine keeps ignored folders between calls, but the tree each call sends replaces results/: a call sent
