@@ -190,12 +190,13 @@ def mode_macros(summary: pd.DataFrame) -> dict[str, str]:
     the energy saving against eager on the same card where the intervals separate, and what share of the windows
     ran at the power cap."""
     macros: dict[str, str] = {}
-    paired_any = summary[summary.get("protocol", pd.Series("unpaired", index=summary.index)) == "paired"]
+    is_paired = summary.get("protocol", pd.Series("unpaired", index=summary.index)) == "paired"
+    paired_any = summary[is_paired]
     macros["PairedVariants"] = str(paired_any[paired_any.variant != paired_any.reference].variant.nunique()
                                    if len(paired_any) else 0)
     for mode, rows in summary.groupby("mode"):
         key = camel(mode)
-        paired = rows[rows.get("protocol", pd.Series("unpaired", index=rows.index)) == "paired"]
+        paired = rows[is_paired[rows.index]]
         control = paired[paired.variant == paired.reference] if len(paired) else paired
         for quantity, label in RATIO_NAMES.items():
             if len(control):
