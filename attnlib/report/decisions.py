@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..experiments._paired import REFERENCE
 from ..registry import supported_variants
-from .figures import _empty, _save, plt, variant_color, variant_marker
+from .figures import _empty, _save, plt, ratio_axis, variant_color, variant_marker
 from .latex import booktabs, fmt, ratio_text
 from .quality import loss_difference
 
@@ -225,8 +225,10 @@ def side_by_side_figure(pairs: pd.DataFrame, out_dir: Path) -> Path:
     ax.set(xscale="log", yscale="log", xlim=(low, high), ylim=(low, high),
            xlabel=f"GPT-2 small, {pairs.gpt2_regime.iloc[0]}: energy per token / sdpa's",
            ylabel=f"Llama-3.2-1B shape, {pairs.llama_regime.iloc[0]}: / native's")
-    fig.legend(*ax.get_legend_handles_labels(), ncol=4, fontsize=6, loc="lower center", frameon=False)
-    return _save(fig, out_dir, "models_side_by_side", rect=(0, 0.12, 1, 1))
+    for axis in (ax.xaxis, ax.yaxis):
+        ratio_axis(axis)
+    fig.legend(*ax.get_legend_handles_labels(), ncol=4, fontsize=7, loc="lower center", frameon=False)
+    return _save(fig, out_dir, "models_side_by_side", rect=(0, 0.06, 1, 1))
 
 
 def front_frame(results_root: Path) -> pd.DataFrame:
@@ -266,6 +268,7 @@ def front_figure(front: pd.DataFrame, out_dir: Path) -> Path:
             ax.scatter(r[x], r[y], marker=variant_marker(r.variant), color=variant_color(r.variant), label=r.variant)
         ax.axvline(1, color="0.3", lw=0.6)
         ax.set(xscale="log", xlabel=xlabel, ylabel=ylabel)
+        ratio_axis(ax.xaxis)
     handles = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels())}
     if handles:
         fig.legend(handles.values(), handles.keys(), ncol=6, fontsize=6, loc="lower center", frameon=False)

@@ -193,6 +193,14 @@ def _ratio_ticks(low: float, high: float, labels: int = 7) -> list[float]:
     return sorted(ticks)
 
 
+def ratio_axis(axis: matplotlib.axis.Axis) -> None:
+    """A log axis of ratios labelled in plain numbers (0.97, 1, 1.3), never in powers of ten, ticks never crowded.
+    Set the axis' limits first: the ticks are chosen between them."""
+    axis.set_major_locator(matplotlib.ticker.FixedLocator(_ratio_ticks(*axis.get_view_interval())))
+    axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    axis.set_minor_locator(matplotlib.ticker.NullLocator())
+
+
 def paired_ratios(summary: pd.DataFrame, out_dir: Path) -> Path:
     """Each paired row's ratio to the reference with its 95% interval, energy per token and throughput, one panel
     per mode, the mode's A/A bound shaded around 1: a ratio whose interval leaves the band is a difference."""
@@ -225,9 +233,7 @@ def paired_ratios(summary: pd.DataFrame, out_dir: Path) -> Path:
             ax.set_xlabel(f"ratio to {rows.reference.dropna().iloc[0] if rows.reference.notna().any() else 'reference'}"
                           " (95% CI)", fontsize=7)
             ax.set_xscale("log")  # a ratio of 1.3 and one of 0.97 on one axis: equal factors, equal distances
-            ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(_ratio_ticks(*ax.get_xlim())))
-            ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+            ratio_axis(ax.xaxis)
             ax.tick_params(axis="x", labelsize=6)
     axes[0][0].invert_yaxis()  # the axes share y: the first variant on top in every panel
     handles = [matplotlib.patches.Patch(color="0.88", label="A/A bound (the mode's noise floor)")]
