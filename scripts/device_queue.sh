@@ -19,13 +19,17 @@ minutes=${1:-7.5} stop=${STOP_MINUTES:-8.4}
 [ -f .tok/tokenizer.model ] && export ATTNLIB_LLAMA3_TOKENIZER=$PWD/.tok/tokenizer.model
 export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor TRITON_CACHE_DIR=$PWD/.cache/triton PYTHONUNBUFFERED=1
 
-# step: "profile NAME FOLDER" or "check OUTPUT FOLDER COMMAND..." (COMMAND writes OUTPUT into FOLDER); "profile@H100"
-# or "check@H100" runs the step only on a card whose name has "H100" in it
+# step: "profile NAME FOLDER [OPTIONS...]" (OPTIONS go to the pipeline: "--variants sdpa" runs that job alone, and the
+# profile's own step later runs the rest) or "check OUTPUT FOLDER COMMAND..." (COMMAND writes OUTPUT into FOLDER);
+# "profile@H100" or "check@H100" runs the step only on a card whose name has "H100" in it. The 1B model's long-context
+# sdpa job (the A/A control of that table) runs before the 1B training table: it is what shows the model training at
+# 32K and 64K tokens on one card, peak memory alone recorded.
 plan=(
   "profile@H100 longcontext results/longcontext"
   "check results/gpu/llama_check.json results/gpu python scripts/gpu_check_llama.py --out results/gpu"
   "check results/gpu/llama_parity.json results/gpu python scripts/gpu_compile_parity.py --arch llama --out results/gpu --trials 3"
   "check results/gpu/hf_functions.json results/gpu python scripts/gpu_check_hf_functions.py --out results/gpu"
+  "profile@H100 llama-longcontext results/llama-longcontext --variants sdpa"
   "profile@H100 llama results/llama"
   "profile@H100 llama-longcontext results/llama-longcontext"
   "profile@H100 llama-inference results/llama-inference"
@@ -84,7 +88,7 @@ for step in "${plan[@]}"; do
     echo "== profile $first into $folder"
     touched+=("$folder")
     python -m attnlib.pipeline run --profile "$first" --results "$folder" --max-minutes "$(left_s "$minutes")" \
-      --stop-minutes "$(left_s "$stop")"
+      --stop-minutes "$(left_s "$stop")" $rest
     [ $? -eq 0 ] || break  # jobs left: the next call resumes here
   fi
 done

@@ -499,6 +499,24 @@ def test_the_gpu_queue_measures_each_profile_on_its_card_only(tmp_path) -> None:
     assert not (tmp_path / "results" / "gpu").exists()
 
 
+def test_a_gpu_queue_step_hands_its_options_to_the_pipeline(tmp_path) -> None:
+    """A profile step with options ("--variants sdpa": one job before the rest of its table) runs the pipeline with
+    them, in the step's folder, on the card it names."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(REPO / "scripts" / "device_queue.sh", tmp_path / "scripts")
+    (tmp_path / "bin").mkdir()
+    for name, body in (("nvidia-smi", "echo 'NVIDIA H100 80GB HBM3'"), ("python", 'echo "pipeline: $*"')):
+        (tmp_path / "bin" / name).write_text(f"#!/bin/sh\n{body}\n")
+        (tmp_path / "bin" / name).chmod(0o755)
+    out = subprocess.run(["bash", "scripts/device_queue.sh", "1"], cwd=tmp_path, check=True, text=True,
+                         capture_output=True, env={"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "ATTNLIB_COMMIT": "0" * 40,
+                                                   "ONLY": "llama-longcontext .*--variants", "SKIP_PREFLIGHT": "1",
+                                                   "OUT": str(tmp_path)}).stdout
+    call = next(line for line in out.splitlines() if line.startswith("pipeline: "))
+    assert "--profile llama-longcontext --results results/llama-longcontext" in call
+    assert call.endswith("--variants sdpa") and out.count("pipeline: ") == 1
+
+
 def test_the_gpu_queue_names_real_profiles_and_scripts() -> None:
     """scripts/device_queue.sh's plan: every profile loads, every check's script exists and writes where the step
     looks for its output, so a GPU call never spends its minutes on a typo."""
@@ -512,6 +530,9 @@ def test_the_gpu_queue_names_real_profiles_and_scripts() -> None:
         first, folder, *command = rest.split()
         if kind == "profile":
             assert load_profile(first).name == first and folder.startswith("results/")
+            options = dict(zip(command[::2], command[1::2]))  # the pipeline's own options, each with its value
+            assert set(options) <= {"--variants"} and len(command) % 2 == 0
+            assert all(v in load_profile(first).variants for v in options.get("--variants", "").split(",") if v)
         else:
             assert first.startswith(folder + "/") and command[:1] == ["python"] and (REPO / command[1]).exists()
             assert command[command.index("--out") + 1] == folder
