@@ -19,7 +19,8 @@ from attnlib.flops import causal_attention_flops, layer_flops
 from attnlib.pipeline import load_profile, plan
 from attnlib.registry import supported_variants
 from attnlib.report.longcontext import (claimed_crossovers, crossover_frame, crossover_length, crossover_table,
-                                        crossovers_brief, layer_summary, paired_ratio_table, sweep_summary)
+                                        crossovers_brief, layer_summary, paired_ratio_table, reference_memory_text,
+                                        sweep_summary)
 from attnlib.measurement import Measurement
 from attnlib.report import build_report
 from attnlib.results import ModelInfo, Provenance, SweepResult, results_frame, write_result
@@ -213,6 +214,21 @@ def test_a_partly_measured_variant_makes_no_crossover_claim() -> None:
     full = crossover_frame(pd.DataFrame(paired_rows("sdpa", [1.0] * 4, 0.01, 0.02) + oom), mode="graph")
     assert full.set_index("variant").loc["baseline"].measured  # out of memory at 4K: measured, and never cheaper
     assert crossovers_brief(full, 4096) == "no variant up to 4K"
+
+
+def test_with_only_the_reference_measured_the_report_gives_its_memory_and_claims_nothing() -> None:
+    """The 1B model's first long-context job is the reference's own (its A/A control): the paper then says how much
+    memory the model takes alone at each length, an out-of-memory cell named as such, and that no variant is measured
+    yet, never "none of the 0 variants"."""
+    sdpa = [{**r, "peak_mem_gib": r["peak_mem_bytes"] / 2**30} for r in paired_rows("sdpa", [1.0, 1.0, 20.1, 31.2],
+                                                                                    0.01, 0.02)]
+    sdpa[-1] = {**sdpa[-1], "status": "oom"}
+    summary = pd.DataFrame(sdpa)
+    assert reference_memory_text(summary, "graph") == ("1.0 GiB at 512, 1.0 GiB at 1K, 20.1 GiB at 2K, "
+                                                       "out of memory at 4K")
+    assert reference_memory_text(summary, "compile") == "not yet measured"
+    crossover = crossover_frame(summary, mode="graph", expected=["sdpa", "linear", "flash"])
+    assert crossovers_brief(crossover, 4096) == "none yet: no variant is measured at every length up to 4K"
 
 
 def test_a_length_cut_from_the_grid_neither_blocks_nor_feeds_a_crossover() -> None:

@@ -21,6 +21,7 @@ from .frames import (INDISTINGUISHABLE, TRIAL_QUANTITIES, VERDICT_WORDS, aggrega
 CROSSOVER_QUANTITIES = {"gpu_j_per_token": True, "tokens_per_s": False, "peak_mem_bytes": True}
 # each quantity's column prefix in crossover.csv
 PREFIXES = {"gpu_j_per_token": "", "tokens_per_s": "tokens_per_s_", "peak_mem_bytes": "peak_mem_"}
+CROSSOVER_COLUMNS = ["variant", "reference", "measured", "crossover_seq_len", "ci_low", "ci_high"]
 MEMORY_MARGIN = 0.05  # a memory crossover needs the variant at least 5% below the reference: a few MiB are not one
 
 
@@ -121,7 +122,7 @@ def crossover_frame(summary: pd.DataFrame, mode: str = "eager", reference: str =
         in_mode = in_mode[in_mode.seq_len.isin(grid)]
     rows = in_mode[in_mode.status == "ok"] if len(in_mode) else in_mode
     if rows.empty or reference not in set(rows.variant):
-        return pd.DataFrame(columns=["variant", "reference", "measured", "crossover_seq_len", "ci_low", "ci_high"])
+        return pd.DataFrame(columns=CROSSOVER_COLUMNS)
     grid = sorted(in_mode.seq_len.unique())
     ref = rows[rows.variant == reference].set_index("seq_len")
     out = []
@@ -145,7 +146,8 @@ def crossover_frame(summary: pd.DataFrame, mode: str = "eager", reference: str =
         out.append(row)
     out += [{"variant": v, "reference": reference, "measured": False, "lengths_measured": 0}
             for v in sorted(set(expected or []) - set(in_mode.variant) - {reference})]
-    return pd.DataFrame(out)
+    frame = pd.DataFrame(out)
+    return frame.reindex(columns=[*frame.columns, *(c for c in CROSSOVER_COLUMNS if c not in frame)])  # none measured
 
 
 def advantage(own: pd.DataFrame, ref: pd.DataFrame, t: int, quantity: str, lower_is_better: bool,
@@ -241,6 +243,8 @@ def crossovers_brief(crossover: pd.DataFrame, max_seq_len: int) -> str:
     noise = f" ({noise}: a point estimate within the noise floor)" if noise else ""
     rest, unmeasured = len(measured) - len(parts), len(crossover) - len(measured)
     top = seq_label(max_seq_len)
+    if not parts and unmeasured and measured.empty:
+        return f"none yet: no variant is measured at every length up to {seq_label(max_seq_len)}"
     if not parts and unmeasured:
         variants = "variant" if len(measured) == 1 else "variants"
         return (f"none of the {len(measured)} {variants} measured at every length so far, up to {top}{noise}; "
@@ -280,6 +284,18 @@ def paired_ratio_table(sweep: pd.DataFrame, mode: str, expected: list[str], grid
     variants = [REFERENCE, *[v for v in expected if v != REFERENCE]]
     rows = [[f"{v} (A/A)" if v == REFERENCE else v, *(cell(v, t) for t in lengths)] for v in variants]
     return latex.booktabs(["variant", *(f"$T = {seq_label(t)}$" for t in lengths)], rows, "l" + "l" * len(lengths))
+
+
+def reference_memory_text(sweep: pd.DataFrame, mode: str) -> str:
+    """The reference's own peak memory in `mode` at each length it was measured, alone on the card ("20.1 GiB at
+    32K, 31.2 GiB at 64K"; "out of memory at 64K": a cell that could not run, with its status): what shows that the
+    model trains at each length on one card."""
+    own = sweep[(sweep.variant == REFERENCE) & (sweep["mode"] == mode)] if len(sweep) else sweep
+    if own.empty:
+        return "not yet measured"
+    return ", ".join(f"{r.peak_mem_gib:.1f} GiB at {seq_label(r.seq_len)}" if r.status == "ok"
+                     else f"{'out of memory' if r.status == 'oom' else r.status} at {seq_label(r.seq_len)}"
+                     for r in own.sort_values("seq_len").itertuples())
 
 
 def longest_length_macros(sweep: pd.DataFrame, mode: str) -> dict[str, str]:
@@ -357,6 +373,7 @@ def build_longcontext_report(frame: pd.DataFrame, calibrations: dict[str, dict],
         "LongContextAaBound": (f"energy: {latex.span(bounds.min(), bounds.max(), '.1f', 100)}\\% over the lengths"
                                if len(bounds) else "not yet measured"),
         "LongContextMemoryMarginPct": latex.fmt(MEMORY_MARGIN, ".0f", 100),
+        "LongContextReferencePeakMem": reference_memory_text(sweep, fast_mode),
         "LongContextCrossovers": (crossovers_brief(fast, fast_lengths[-1]) if len(fast) and fast_lengths
                                   else "no variant yet: no paired cell is measured" if paired.empty
                                   else f"no variant so far: {len(paired)} paired cells are measured, and the "
