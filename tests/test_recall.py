@@ -91,8 +91,9 @@ def test_the_quality_report_reads_energy_to_the_target_and_recall_over_seeds(tmp
                                       loss_curve=points))
     for variant, accuracies in (("sdpa", (0.99, 0.98, 1.0)), ("sliding_window", (0.5, 0.52, 0.48))):
         for seed, accuracy in zip((1, 2, 3), accuracies):
-            runs.append(RecallResult(variant=variant, mode="graph", seed=seed, seq_len=1024, kv_pairs=16, steps=10,
-                                     accuracy=accuracy, provenance=origin(), config={}, model=MODEL,
+            runs.append(RecallResult(variant=variant, mode="eager", seed=seed, seq_len=1024, kv_pairs=16, steps=10,
+                                     accuracy=accuracy, provenance=origin(), model=MODEL,
+                                     config={"steps": 10, "tokens_per_step": 4096, "train": {"mode": "eager"}},
                                      measurement=Measurement(label="r", wall_s=1.0, tokens=10, gpu_energy_j=30.0)))
     for i, r in enumerate(runs):
         write_result(folder / "raw" / f"{i}.json", r)
@@ -109,6 +110,7 @@ def test_the_quality_report_reads_energy_to_the_target_and_recall_over_seeds(tmp
     macros = (tmp_path / "paper" / "generated" / "quality" / "macros.tex").read_text()
     assert f"\\newcommand{{\\dataQualityTargetLoss}}{{{target:.3f}}}" in macros
     assert "\\newcommand{\\dataRecallSlidingWindowKvOneSixTOneZeroTwoFour}{50" in macros
+    assert "\\newcommand{\\dataRecallBudget}{10 steps of 4K tokens (40,960 tokens a run, eager mode)}" in macros
     assert "\\newcommand{\\dataQualityLossHigher}{\\texttt{linear} (+0.200 $\\pm$ 0.035)}" in macros
     assert "\\newcommand{\\dataQualityLossIndistinguishable}{none}" in macros
     assert "\\newcommand{\\dataQualityDevice}{NVIDIA H100 80GB HBM3}" in macros  # whose energy the table gives

@@ -172,6 +172,19 @@ def loss_groups(lm: pd.DataFrame, reference: str = "sdpa") -> dict[str, list[str
     return groups
 
 
+def recall_budget_text(frame: pd.DataFrame) -> str:
+    """What each recall run trained, from the runs' own config: "800 steps of 32K tokens (26.2M tokens a run, eager
+    mode)" (K = 1024); "n/a" before any run."""
+    runs = frame[frame.kind == "recall"] if "kind" in frame else frame.iloc[:0]
+    configs = [c for c in runs.get("config", []) if isinstance(c, dict) and c.get("steps") and c.get("tokens_per_step")]
+    if not configs:
+        return "n/a"
+    steps, per_step, mode = configs[-1]["steps"], configs[-1]["tokens_per_step"], configs[-1]["train"]["mode"]
+    tokens = steps * per_step
+    total = f"{tokens / 1e6:.1f}M" if tokens >= 1e6 else f"{tokens:,}"
+    return f"{steps:,} steps of {per_step / 1024:g}K tokens ({total} tokens a run, {mode} mode)"
+
+
 def quality_macros(frame: pd.DataFrame, lm: pd.DataFrame, target: float | None,
                    recall: pd.DataFrame) -> dict[str, str]:
     """The quality section's numbers: the card whose energy the tables give (`QualityDevice`), the target loss, each
@@ -191,7 +204,8 @@ def quality_macros(frame: pd.DataFrame, lm: pd.DataFrame, target: float | None,
                   [v for v in recall_owed if recall.empty or v not in set(recall.variant)], "the recall runs"),
               "QualityTargetLoss": latex.fmt(target, ".3f"),
               "QualityLmTokensM": latex.fmt(lm.tokens.max() if len(lm) else None, ".1f", 1e-6),
-              "QualityLmSeeds": latex.fmt(lm.seeds.max() if len(lm) else None, ".0f")}
+              "QualityLmSeeds": latex.fmt(lm.seeds.max() if len(lm) else None, ".0f"),
+              "RecallBudget": recall_budget_text(frame)}
     macros.update({f"QualityLoss{word.title()}": ", ".join(names) or "none"
                    for word, names in loss_groups(lm).items()})
     for r in lm.itertuples():
