@@ -244,7 +244,7 @@ def crossovers_brief(crossover: pd.DataFrame, max_seq_len: int) -> str:
     rest, unmeasured = len(measured) - len(parts), len(crossover) - len(measured)
     top = seq_label(max_seq_len)
     if not parts and unmeasured and measured.empty:
-        return f"none yet: no variant is measured at every length up to {seq_label(max_seq_len)}"
+        return f"none yet: no variant is measured at every length up to {top}"
     if not parts and unmeasured:
         variants = "variant" if len(measured) == 1 else "variants"
         return (f"none of the {len(measured)} {variants} measured at every length so far, up to {top}{noise}; "
