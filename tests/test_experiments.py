@@ -324,6 +324,16 @@ def test_resume_skips_finished_and_redoes_broken(tmp_path, monkeypatch) -> None:
     assert len(record["chunks"]) == 3 and record["device"] == "cpu" and record["minutes"] >= 0 and "gpu_minutes" not in record
 
 
+def test_a_result_whose_family_disagrees_with_its_config_is_not_written(tmp_path) -> None:
+    origin = Provenance(attnlib_commit="abc", versions={}, python="3.12", device="cpu", device_uuid=None,
+                        created="2026-12-07T09:46:42+00:00")
+    wrong = TrialResult(variant="sdpa", mode="eager", provenance=origin, config={"train": {"arch": "llama"}}, round=0,
+                        order_seed=0)
+    with pytest.raises(ValueError, match="arch 'gpt2', its config trained 'llama'"):
+        write_result(tmp_path / "raw" / "x.json", wrong)
+    assert not (tmp_path / "raw" / "x.json").exists()
+
+
 def test_a_partial_cell_measured_again_keeps_its_earlier_windows_aside(tmp_path) -> None:
     """`set_aside` moves a partial cell's windows into raw/superseded/, stamped with their time of measurement, where
     the loader does not read them: a cell measured again in full overwrites nothing."""

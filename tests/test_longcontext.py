@@ -346,6 +346,7 @@ def test_a_llama_grid_sizes_nothing_and_measures_its_attention_alone(tmp_path) -
     assert config.cell_config(96, "eager").model == tiny  # no n_positions: RoPE has no table to size
     results = run_longcontext_job(config, tmp_path / "raw", tmp_path, progress=False)
     assert len(results) == 4 and all(r.status == "ok" for r in results), [r.error for r in results]
+    assert {r.arch for r in results} == {"llama"}  # the tables group rows by it
     sweeps = [r for r in results if isinstance(r, SweepResult)]
     assert {r.data.tokenizer_name for r in sweeps} == {"llama3"}
     assert all(r.config["train"]["activation_checkpointing"] and r.config["train"]["arch"] == "llama" for r in sweeps)

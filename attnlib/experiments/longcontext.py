@@ -154,7 +154,7 @@ class _Job(WindowedJob):
         """A later trial of a cell that failed: the same status and reason, without running it again."""
         (seq_len, what), (status, text) = self.cells[cell], self.failed[cell]
         c, variant = self.config, self.config.train.variant
-        common = dict(variant=variant, provenance=self.origin, config=c.to_dict(), seq_len=seq_len,
+        common = dict(variant=variant, arch=c.train.arch, provenance=self.origin, config=c.to_dict(), seq_len=seq_len,
                       batch_size=c.batch_size(seq_len), trial=trial, order_seed=c.order_seed, status=status,
                       error=text, job_wall_s=0.0)
         if cell.startswith("train/"):
@@ -177,7 +177,7 @@ class _Job(WindowedJob):
         and kept on the host between rounds (moved back, plus one unmeasured step, at each revisit), so that no
         other cell's model is in GPU memory during a window: peak memory and out-of-memory are this cell's."""
         c, train = self.config, self.config.cell_config(seq_len, mode)
-        common = dict(variant=train.variant, mode=mode, provenance=self.origin, config=c.to_dict(),
+        common = dict(variant=train.variant, mode=mode, arch=train.arch, provenance=self.origin, config=c.to_dict(),
                       seq_len=seq_len, batch_size=train.batch_size, order_seed=c.order_seed)
         name = lambda trial: f"{train.variant}__sweep__{mode}__T{seq_len}__trial{trial}.json"  # noqa: E731
         results, start = [], time.perf_counter()
@@ -231,8 +231,8 @@ class _Job(WindowedJob):
         set_aside(self.out_dir / c.paired_name(seq_len, mode, *key) for key in keys)  # a partial cell's windows
         train = c.cell_config(seq_len, mode)
         seed = c.order_seed + seq_len
-        common = dict(variant=train.variant, mode=mode, provenance=self.origin, config=c.to_dict(), seq_len=seq_len,
-                      batch_size=train.batch_size, order_seed=seed, reference=c.reference)
+        common = dict(variant=train.variant, mode=mode, arch=train.arch, provenance=self.origin, config=c.to_dict(),
+                      seq_len=seq_len, batch_size=train.batch_size, order_seed=seed, reference=c.reference)
         results: dict[tuple[int, str], SweepResult] = {}
         start, pair = time.perf_counter(), None
         try:
@@ -279,8 +279,8 @@ class _Job(WindowedJob):
         """One window of repeated calls of the attention layer alone."""
         c, variant = self.config, self.config.train.variant
         batch = c.batch_size(seq_len)
-        common = dict(variant=variant, mode="eager", provenance=self.origin, config=c.to_dict(), seq_len=seq_len,
-                      batch_size=batch, layer_pass=layer_pass, trial=trial, order_seed=c.order_seed)
+        common = dict(variant=variant, mode="eager", arch=c.train.arch, provenance=self.origin, config=c.to_dict(),
+                      seq_len=seq_len, batch_size=batch, layer_pass=layer_pass, trial=trial, order_seed=c.order_seed)
         name = f"{variant}__layer__{layer_pass}__T{seq_len}__trial{trial}.json"
         start = time.perf_counter()
         try:

@@ -21,7 +21,11 @@ def to_dict(result: Result) -> dict[str, Any]:
 
 
 def write_result(path: Path, result: Result) -> None:
-    """Write to a temporary file and rename: a killed run never leaves a half-written result."""
+    """Write to a temporary file and rename: a killed run never leaves a half-written result. A result whose `arch`
+    disagrees with the family its own config trained is refused: the tables group rows by `arch`."""
+    train = result.config.get("train", result.config)
+    if isinstance(train, dict) and train.get("arch", result.arch) != result.arch:
+        raise ValueError(f"{path}: the result says arch {result.arch!r}, its config trained {train['arch']!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
