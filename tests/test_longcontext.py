@@ -19,8 +19,8 @@ from attnlib.flops import causal_attention_flops, layer_flops
 from attnlib.pipeline import load_profile, plan
 from attnlib.registry import supported_variants
 from attnlib.report.longcontext import (claimed_crossovers, crossover_frame, crossover_length, crossover_table,
-                                        crossovers_brief, layer_summary, paired_ratio_table, reference_memory_text,
-                                        sweep_summary)
+                                        crossovers_brief, cut_note, layer_summary, paired_ratio_table,
+                                        reference_memory_text, sweep_summary)
 from attnlib.measurement import Measurement
 from attnlib.report import build_report
 from attnlib.results import ModelInfo, Provenance, SweepResult, results_frame, write_result
@@ -53,6 +53,21 @@ def test_config_resolves_cells_and_refuses_bad_values() -> None:
                 dict(window_s=0), dict(rounds=1), dict(seq_lens=[], fast_mode=None)):
         with pytest.raises(ValueError):
             tiny_config(**bad)
+
+
+def test_a_variant_s_cut_lengths_leave_its_job_and_never_the_reference_s() -> None:
+    """`cut_seq_lens`: a variant's job measures the grid less its cut lengths; every other job the whole grid. A cut
+    of the reference (the A/A control at every length), of every length, of a length off the grid or of an unknown
+    variant is refused before any work."""
+    cut = {"linear": [48]}
+    config = tiny_config("linear", fast_mode="graph", fast_mode_seq_lens=[48, 96], cut_seq_lens=cut)
+    assert config.paired_cells() == [(96, "graph")]
+    assert not any("T48" in name for name in config.result_names() if "__sweep__graph" in name)
+    assert tiny_config(fast_mode="graph", fast_mode_seq_lens=[48, 96], cut_seq_lens=cut).paired_cells() == [
+        (48, "graph"), (96, "graph")]  # sdpa's own job: the whole grid
+    for bad in ({"sdpa": [48]}, {"linear": [48, 96]}, {"linear": [64]}, {"nope": [48]}):
+        with pytest.raises(ValueError):
+            tiny_config("linear", fast_mode="graph", fast_mode_seq_lens=[48, 96], cut_seq_lens=bad)
 
 
 def test_grid_interleaves_and_records_a_failed_cell_without_rerunning_it(tmp_path, monkeypatch) -> None:
@@ -214,6 +229,30 @@ def test_a_partly_measured_variant_makes_no_crossover_claim() -> None:
     full = crossover_frame(pd.DataFrame(paired_rows("sdpa", [1.0] * 4, 0.01, 0.02) + oom), mode="graph")
     assert full.set_index("variant").loc["baseline"].measured  # out of memory at 4K: measured, and never cheaper
     assert crossovers_brief(full, 4096) == "no variant up to 4K"
+
+
+def test_a_variant_cut_to_fewer_lengths_is_shown_as_cut_and_never_claimed() -> None:
+    """flash's job leaves 512 and 1K out (the grid cut to fit a budget) and is cheaper at the two lengths it has:
+    its row says "cut" there, the crossover table and the abstract's clause say it is not claimed, and linear,
+    measured everywhere, gets its crossover."""
+    flash = [r for r in paired_rows("flash", [1.0, 1.0, 0.8, 0.7], 0.01, 0.02) if r["seq_len"] >= 2048]
+    summary = pd.DataFrame(paired_rows("sdpa", [1.0] * 4, 0.01, 0.02) + flash
+                           + paired_rows("linear", [1.2, 1.05, 0.9, 0.8], 0.01, 0.02))
+    cut = {"flash": [512, 1024]}
+    crossover = crossover_frame(summary, mode="graph", cut=cut)
+    row = crossover.set_index("variant").loc["flash"]
+    assert not row.measured and (row.lengths_measured, row.lengths_cut, row.lengths_grid) == (2, 2, 4)
+    assert "grid cut to 2 lengths: not claimed" in crossover_table(crossover, crossover.iloc[:0], 4096, 0)
+    assert crossovers_brief(crossover, 4096) == ("linear from 1.26K; 1 measured at fewer lengths (the grid cut to "
+                                                 "fit its GPU budget), not claimed")
+    flash_row = next(line for line in paired_ratio_table(summary, "graph", ["sdpa", "flash"], cut=cut).splitlines()
+                     if line.startswith("flash"))
+    assert flash_row.count("cut") == 2 and "0.800" in flash_row
+    only_cut = crossover_frame(summary[summary.variant != "linear"], mode="graph", cut=cut)
+    assert crossovers_brief(only_cut, 4096).startswith("none claimed: 1 measured at fewer lengths")
+    assert cut_note(cut) == ("To fit the GPU budget the grid is cut for some variants (\\texttt{flash} without 512, "
+                             "1K): their rows say \\emph{cut} there, and no crossover is claimed for them.")
+    assert cut_note({}) == ""
 
 
 def test_with_only_the_reference_measured_the_report_gives_its_memory_and_claims_nothing() -> None:

@@ -36,6 +36,7 @@ from ..flops import layer_flops
 from ..measurement import SteadyStateConfig
 from ..measurement.trials import round_orders
 from ..model import build_model
+from ..registry import get_variant
 from ..results import LayerResult, ModelInfo, Result, SweepResult, finished_result, set_aside
 from ..results.schema import ROLES
 from ._job import WindowedJob
@@ -58,6 +59,9 @@ class LongContextConfig:
     fast_mode: str | None = "graph"  # measured paired at fast_mode_seq_lens; None: eager only
     fast_mode_seq_lens: list[int] = field(default_factory=lambda: [512, 8192, 32768, 65536])
     reference: str = REFERENCE
+    # variant -> the lengths of fast_mode_seq_lens its job leaves out to fit the GPU budget: its table row says
+    # "cut" there and no crossover is claimed for it; the reference (the A/A control at every length) is never cut
+    cut_seq_lens: dict[str, list[int]] = field(default_factory=dict)
     rounds: int = 5  # per paired cell: each one window of the variant and one of the reference
     steady_state: SteadyStateConfig = field(default_factory=SteadyStateConfig)
     trials: int = 3  # interleaved rounds over the eager and layer cells
@@ -80,6 +84,12 @@ class LongContextConfig:
                 raise ValueError(f"{name}: distinct integers >= 1, got {values}")
         if not self.seq_lens and not (self.fast_mode and self.fast_mode_seq_lens):
             raise ValueError("seq_lens: at least one length, eager or in the fast mode")
+        for variant, cut in self.cut_seq_lens.items():
+            get_variant(variant)  # an unknown name fails here
+            kept = set(self.fast_mode_seq_lens) - set(cut)
+            if variant == self.reference or set(cut) - set(self.fast_mode_seq_lens) or not kept:
+                raise ValueError(f"cut_seq_lens: {variant!r} may leave out some of fast_mode_seq_lens "
+                                 f"{self.fast_mode_seq_lens}, not all, and the reference none; got {cut}")
         if self.fast_mode not in (None, "compile", "graph"):
             raise ValueError(f"fast_mode: 'compile', 'graph' or None, got {self.fast_mode!r}")
         if set(self.layer_passes) - set(LAYER_PASSES):
@@ -103,8 +113,10 @@ class LongContextConfig:
         return [(t, "eager") for t in self.seq_lens]
 
     def paired_cells(self) -> list[tuple[int, str]]:
-        """The fast-mode cells, each paired with the reference at its length."""
-        return [(t, self.fast_mode) for t in self.fast_mode_seq_lens] if self.fast_mode else []
+        """The fast-mode cells, each paired with the reference at its length; the lengths cut for this variant left
+        out."""
+        cut = self.cut_seq_lens.get(self.train.variant, [])
+        return [(t, self.fast_mode) for t in self.fast_mode_seq_lens if t not in cut] if self.fast_mode else []
 
     def paired_name(self, seq_len: int, mode: str, round_index: int, role: str) -> str:
         return f"{self.train.variant}__sweep__{mode}__T{seq_len}__round{round_index}__{role}.json"

@@ -106,7 +106,8 @@ def crossover_length(lengths: list[int], advantage: list[float | None]) -> float
 
 
 def crossover_frame(summary: pd.DataFrame, mode: str = "eager", reference: str = REFERENCE,
-                    expected: list[str] | None = None, grid: list[int] | None = None) -> pd.DataFrame:
+                    expected: list[str] | None = None, grid: list[int] | None = None,
+                    cut: dict[str, list[int]] | None = None) -> pd.DataFrame:
     """One row per variant: from which length its energy per token stays below the reference's
     (`crossover_seq_len`, with `ci_low` / `ci_high` where the 95% intervals put it earliest / latest; empty when
     not within the grid), and the same for throughput (`tokens_per_s_...`) and peak memory (`peak_mem_...`, which
@@ -116,7 +117,9 @@ def crossover_frame(summary: pd.DataFrame, mode: str = "eager", reference: str =
     variant. A variant without a result in `mode` at every length of the grid (ok or failed), or one of `expected`
     without any, gets a row with `measured` False and the lengths it has (`lengths_measured`): a length not yet
     measured is no evidence either way, and the variant is never silently absent. `grid`: the lengths a crossover
-    is judged over (default: every length measured in `mode`); cells at other lengths are left out of it."""
+    is judged over (default: every length measured in `mode`); cells at other lengths are left out of it. `cut`:
+    variant -> the grid's lengths its job leaves out (`LongContextConfig.cut_seq_lens`), counted in `lengths_cut`:
+    such a variant is never claimed, however much of the rest it has."""
     in_mode = summary[summary["mode"] == mode] if len(summary) else summary
     if grid is not None and len(in_mode):
         in_mode = in_mode[in_mode.seq_len.isin(grid)]
@@ -128,9 +131,10 @@ def crossover_frame(summary: pd.DataFrame, mode: str = "eager", reference: str =
     out = []
     for variant in [v for v in in_mode.variant.unique() if v != reference]:
         tried = set(in_mode[in_mode.variant == variant].seq_len)
+        left_out = len(set(grid) & set((cut or {}).get(variant, [])))
         if tried != set(grid):  # partly measured: claims wait for the rest of its lengths
             out.append({"variant": variant, "reference": reference, "measured": False, "lengths_measured": len(tried),
-                        "lengths_grid": len(grid)})
+                        "lengths_grid": len(grid), "lengths_cut": left_out})
             continue
         own = rows[rows.variant == variant].set_index("seq_len")
         lengths = [t for t in grid if t in own.index or t in ref.index]  # both failed: no evidence either way
@@ -194,6 +198,8 @@ def crossover_table(fast: pd.DataFrame, eager: pd.DataFrame, max_seq_len: int, e
     def cell(row, prefix: str, top: int, with_interval: bool = True) -> str:
         if row is None or not row.get("measured", False):
             done = row.get("lengths_measured") if row is not None else None
+            if row is not None and row.get("lengths_cut", 0) > 0:
+                return f"grid cut to {int(row['lengths_grid'] - row['lengths_cut'])} lengths: not claimed"
             return (f"{int(done)} of {int(row['lengths_grid'])} lengths so far" if done and not pd.isna(done)
                     else "not measured")
         point = row.get(f"{prefix}crossover_seq_len")
@@ -241,20 +247,25 @@ def crossovers_brief(crossover: pd.DataFrame, max_seq_len: int) -> str:
     noise = ", ".join(f"{r.variant} from {seq_label(r.crossover_seq_len)}"
                       for r in found[~found.variant.isin(claimed.variant)].itertuples()) if len(found) else ""
     noise = f" ({noise}: a point estimate within the noise floor)" if noise else ""
-    rest, unmeasured = len(measured) - len(parts), len(crossover) - len(measured)
+    cut = int((crossover.get("lengths_cut", pd.Series(dtype=float)).fillna(0) > 0).sum()) if len(crossover) else 0
+    rest, unmeasured = len(measured) - len(parts), len(crossover) - len(measured) - cut
     top = seq_label(max_seq_len)
-    if not parts and unmeasured and measured.empty:
-        return f"none yet: no variant is measured at every length up to {top}"
+    cut_text = f"{cut} measured at fewer lengths (the grid cut to fit its GPU budget), not claimed" if cut else ""
+    if not parts and measured.empty:
+        return (f"none yet: no variant is measured at every length up to {top}" if unmeasured
+                else f"none claimed: {cut_text}")
     if not parts and unmeasured:
         variants = "variant" if len(measured) == 1 else "variants"
-        return (f"none of the {len(measured)} {variants} measured at every length so far, up to {top}{noise}; "
+        text = (f"none of the {len(measured)} {variants} measured at every length so far, up to {top}{noise}; "
                 f"{unmeasured} {'is' if unmeasured == 1 else 'are'} still to be measured")
-    if not parts:
-        return f"no variant up to {top}{noise}"
-    named = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
-    others = "the other one" if rest == 1 else f"the other {rest}"
-    return (named + (f"; {others} not up to {top}{noise}" if rest else "")
-            + (f"; {unmeasured} not yet measured at every length" if unmeasured else ""))
+    elif not parts:
+        text = f"no variant up to {top}{noise}"
+    else:
+        named = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+        others = "the other one" if rest == 1 else f"the other {rest}"
+        text = (named + (f"; {others} not up to {top}{noise}" if rest else "")
+                + (f"; {unmeasured} not yet measured at every length" if unmeasured else ""))
+    return text + (f"; {cut_text}" if cut else "")
 
 
 def paired_cells(sweep: pd.DataFrame, mode: str) -> pd.DataFrame:
@@ -262,17 +273,21 @@ def paired_cells(sweep: pd.DataFrame, mode: str) -> pd.DataFrame:
     return sweep[(sweep["mode"] == mode) & (sweep.get("protocol") == "paired")] if len(sweep) else sweep
 
 
-def paired_ratio_table(sweep: pd.DataFrame, mode: str, expected: list[str], grid: list[int] | None = None) -> str:
+def paired_ratio_table(sweep: pd.DataFrame, mode: str, expected: list[str], grid: list[int] | None = None,
+                       cut: dict[str, list[int]] | None = None) -> str:
     """The paired cells as numbers: per variant (the reference's own row first, its A/A control) and length of the
     `mode` grid, energy per token over the reference's with its 95% interval, bold where it is cheaper or dearer
-    beyond the A/A bound there; "out of memory" (or the failure) where it failed; "--" where not yet measured, and
-    "off grid" at a length measured before the grid was cut to `grid` (default: every length is in it)."""
+    beyond the A/A bound there; "out of memory" (or the failure) where it failed; "--" where not yet measured,
+    "off grid" at a length measured before the grid was cut to `grid` (default: every length is in it), and "cut"
+    at a length `cut` leaves out of that variant's job."""
     cells = paired_cells(sweep, mode)
     lengths = sorted(cells.seq_len.unique()) if len(cells) else []
     by_cell = {(r.variant, r.seq_len): r for _, r in cells.iterrows()} if len(cells) else {}
 
     def cell(variant: str, seq_len: int) -> str:
         row = by_cell.get((variant, seq_len))
+        if row is None and seq_len in (cut or {}).get(variant, []):
+            return "cut"
         if row is None:
             return "--" if grid is None or seq_len in grid else "off grid"
         if row.status != "ok":
@@ -284,6 +299,19 @@ def paired_ratio_table(sweep: pd.DataFrame, mode: str, expected: list[str], grid
     variants = [REFERENCE, *[v for v in expected if v != REFERENCE]]
     rows = [[f"{v} (A/A)" if v == REFERENCE else v, *(cell(v, t) for t in lengths)] for v in variants]
     return latex.booktabs(["variant", *(f"$T = {seq_label(t)}$" for t in lengths)], rows, "l" + "l" * len(lengths))
+
+
+def cut_note(cut: dict[str, list[int]]) -> str:
+    """The sentence that says which variants' jobs leave which lengths out ("" when none do)."""
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for variant, lengths in sorted(cut.items()):
+        groups.setdefault(tuple(sorted(lengths)), []).append(variant)
+    if not groups:
+        return ""
+    tt = lambda names: ", ".join("\\texttt{%s}" % name for name in names)  # noqa: E731
+    parts = [f"{tt(names)} without {', '.join(seq_label(t) for t in lengths)}" for lengths, names in groups.items()]
+    return (f"To fit the GPU budget the grid is cut for some variants ({'; '.join(parts)}): their rows say "
+            "\\emph{cut} there, and no crossover is claimed for them.")
 
 
 def reference_memory_text(sweep: pd.DataFrame, mode: str) -> str:
@@ -328,8 +356,8 @@ def build_longcontext_report(frame: pd.DataFrame, calibrations: dict[str, dict],
     windows = paired_windows if len(paired_windows) else sweeps
     config = windows.sort_values("created").iloc[-1].config if len(sweeps) else {}  # the profile's grid as now
     fast_mode = config.get("fast_mode") or "graph"
-    grid = config.get("fast_mode_seq_lens")
-    fast = crossover_frame(sweep, mode=fast_mode, expected=family_variants(frame), grid=grid)
+    grid, cut = config.get("fast_mode_seq_lens"), config.get("cut_seq_lens", {})
+    fast = crossover_frame(sweep, mode=fast_mode, expected=family_variants(frame), grid=grid, cut=cut)
     eager = crossover_frame(sweep, mode="eager", expected=family_variants(frame))
     generated = paper_dir / "generated" / label
     generated.mkdir(parents=True, exist_ok=True)
@@ -341,7 +369,7 @@ def build_longcontext_report(frame: pd.DataFrame, calibrations: dict[str, dict],
     off_grid = [t for t in lengths(fast_mode) if t not in fast_lengths]  # measured before the grid was cut
     (generated / "crossover.tex").write_text(crossover_table(fast, eager, fast_lengths[-1] if fast_lengths else 0,
                                                              eager_lengths[-1] if eager_lengths else 0))
-    ratios = paired_ratio_table(sweep, fast_mode, family_variants(frame), grid)
+    ratios = paired_ratio_table(sweep, fast_mode, family_variants(frame), grid, cut)
     (generated / "paired_ratios.tex").write_text(ratios)
     figures.energy_vs_seq_len(sweep, figures_dir / label)
     figures.paired_ratio_vs_seq_len(sweep, figures_dir / label, grid)
@@ -361,6 +389,7 @@ def build_longcontext_report(frame: pd.DataFrame, calibrations: dict[str, dict],
         "LongContextOffGridNote": (f"The cells at {', '.join(seq_label(t) for t in off_grid)} were measured before "
                                    "the grid was cut to fit its GPU budget; the table shows them (off grid: "
                                    "not measured there), the crossovers leave them out." if off_grid else ""),
+        "LongContextCutNote": cut_note(cut),
         "LongContextPairedCells": str(len(paired)),
         "LongContextCrossoverRows": str(len(fast)),  # the paper's abstract speaks of crossovers only where there are
         "LongContextClaimedCrossovers": str(len(claimed_crossovers(fast))),  # the principles speak of them if any
