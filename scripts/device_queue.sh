@@ -23,7 +23,9 @@ export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor TRITON_CACHE_DIR=$PWD/.cache
 # profile's own step later runs the rest) or "check OUTPUT FOLDER COMMAND..." (COMMAND writes OUTPUT into FOLDER);
 # "profile@H100" or "check@H100" runs the step only on a card whose name has "H100" in it. The 1B model's long-context
 # sdpa job (the A/A control of that table) runs before the 1B training table: it is what shows the model training at
-# 32K and 64K tokens on one card, peak memory alone recorded.
+# 32K and 64K tokens on one card, peak memory alone recorded. sdpa's inference and components jobs (the anchor, the
+# A/A controls) run before the other variants' long-context jobs: their pace is what the cuts of those two grids to
+# the 120-minute budget of #27 are made from.
 plan=(
   "profile@H100 longcontext results/longcontext"
   "check results/gpu/llama_check.json results/gpu python scripts/gpu_check_llama.py --out results/gpu"
@@ -31,6 +33,8 @@ plan=(
   "check results/gpu/hf_functions.json results/gpu python scripts/gpu_check_hf_functions.py --out results/gpu"
   "profile@H100 llama-longcontext results/llama-longcontext --variants sdpa"
   "profile@H100 llama results/llama"
+  "profile@H100 llama-inference results/llama-inference --variants sdpa"
+  "profile@H100 llama-components results/llama-components --variants sdpa"
   "profile@H100 llama-longcontext results/llama-longcontext"
   "profile@H100 llama-inference results/llama-inference"
   "profile@H100 llama-components results/llama-components"
