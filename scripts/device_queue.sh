@@ -63,6 +63,18 @@ for step in "${plan[@]}"; do
     mkdir -p "$folder" && cp -a "$stash/$folder/." "$folder/"
   fi
 done
+# Every folder touched so far into $OUT/results.tgz (whole, then renamed: never half an archive) and into the stash,
+# after each step and when the call is killed (a call past its limit is sent SIGTERM; bash runs the trap once the
+# step's process has died of it too): a call that overruns still returns what it measured. Give the call a limit of
+# at least STOP_MINUTES plus a minute (wheels, preflight, packing).
+pack() {
+  [ ${#touched[@]} -gt 0 ] || return 0
+  local folders archive=${OUT:-/tmp}/results.tgz
+  folders=$(printf '%s\n' "${touched[@]}" | sort -u)
+  tar czf "$archive.part" $folders && mv "$archive.part" "$archive"
+  for folder in $folders; do mkdir -p "$stash/$folder" && cp -a "$folder/." "$stash/$folder/"; done
+}
+trap 'echo "== the call was stopped: packing what it measured"; pack; exit 143' TERM INT
 left_s() { awk -v m="$1" -v e=$((SECONDS - start)) 'BEGIN { printf "%.2f", m - e / 60 }'; }  # minutes
 at_least() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }'; }
 
@@ -88,16 +100,15 @@ for step in "${plan[@]}"; do
     echo "== $rest (until ${stop} min)"
     touched+=("$folder")
     timeout "$(awk -v s="$(left_s "$stop")" 'BEGIN { printf "%d", s * 60 }')" $rest || { echo "stopped or failed: $rest"; break; }
+    pack
   else
     echo "== profile $first into $folder"
     touched+=("$folder")
     python -m attnlib.pipeline run --profile "$first" --results "$folder" --max-minutes "$(left_s "$minutes")" \
       --stop-minutes "$(left_s "$stop")" $rest
     [ $? -eq 0 ] || break  # jobs left: the next call resumes here
+    pack
   fi
 done
-if [ ${#touched[@]} -gt 0 ]; then
-  tar czf "${OUT:-/tmp}/results.tgz" $(printf '%s\n' "${touched[@]}" | sort -u)
-  for folder in "${touched[@]}"; do mkdir -p "$stash/$folder" && cp -a "$folder/." "$stash/$folder/"; done
-fi
+pack
 echo "touched: ${touched[*]:-nothing}; $(( (SECONDS - start) / 60 )) min"

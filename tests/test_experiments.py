@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
+import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -525,6 +529,33 @@ def test_a_gpu_queue_step_hands_its_options_to_the_pipeline(tmp_path) -> None:
     call = next(line for line in out.splitlines() if line.startswith("pipeline: "))
     assert "--profile llama-longcontext --results results/llama-longcontext" in call
     assert call.endswith("--variants sdpa") and out.count("pipeline: ") == 1
+
+
+def test_a_gpu_call_stopped_mid_step_still_returns_what_it_measured(tmp_path) -> None:
+    """A call that runs past its limit is sent SIGTERM: the queue packs the folders it touched into $OUT before it
+    exits, so the windows written before the kill come back; a step that ends packs at once too."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(REPO / "scripts" / "device_queue.sh", tmp_path / "scripts")
+    (tmp_path / "bin").mkdir()
+    pipeline_fake = 'mkdir -p results/quality/raw && echo "{}" > results/quality/raw/window0.json && exec sleep 30'
+    for name, body in (("nvidia-smi", "echo 'NVIDIA H200'"), ("python", pipeline_fake)):
+        (tmp_path / "bin" / name).write_text(f"#!/bin/sh\n{body}\n")
+        (tmp_path / "bin" / name).chmod(0o755)
+    (tmp_path / "out").mkdir()
+    call = subprocess.Popen(["bash", "scripts/device_queue.sh", "1"], cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+                            start_new_session=True,
+                            env={"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "ATTNLIB_COMMIT": "0" * 40,
+                                 "ONLY": "^profile recall", "SKIP_PREFLIGHT": "1", "OUT": str(tmp_path / "out")})
+    for _ in range(100):  # until the step has written its first window
+        if (tmp_path / "results" / "quality" / "raw" / "window0.json").exists():
+            break
+        time.sleep(0.1)
+    os.killpg(call.pid, signal.SIGTERM)  # as a call's limit does: the whole group
+    out, _ = call.communicate(timeout=20)
+    assert call.returncode == 143 and "the call was stopped: packing what it measured" in out
+    with tarfile.open(tmp_path / "out" / "results.tgz") as archive:
+        assert "results/quality/raw/window0.json" in archive.getnames()
+    assert (tmp_path / ".queue-stash" / "results" / "quality" / "raw" / "window0.json").exists()
 
 
 def test_the_gpu_queue_names_real_profiles_and_scripts() -> None:
