@@ -251,8 +251,12 @@ def test_the_llama_profiles_plan_every_variant_with_a_llama_form() -> None:
     reference = attnlib.build_config("sdpa", arch="llama", seq_len=2048)
     assert reference.num_key_value_heads == 8 and jobs["mha"].reference == "sdpa"
     long = load_profile("llama-longcontext")
+    cells = {j.variant: LongContextConfig(**j.config).paired_cells() for j in plan(long, list(long.variants))}
+    every, cut = [(t, "compile") for t in (2048, 8192, 32768, 65536)], [(t, "compile") for t in (32768, 65536)]
+    assert {v for v, c in cells.items() if c == every} == {"sdpa", "sliding_window", "linear"}  # the budget's cut
+    assert all(c == cut for v, c in cells.items() if v not in {"sdpa", "sliding_window", "linear"})
     config = LongContextConfig(**plan(long, ["mla"])[0].config)
-    assert config.paired_cells() == [(t, "compile") for t in (2048, 8192, 32768, 65536)] and config.seq_lens == []
+    assert config.seq_lens == []
     assert config.cell_config(65536, "compile").activation_checkpointing and config.batch_size(65536) == 1
     with pytest.raises(ValueError, match="lsh has no form on llama"):
         long.train_config("lsh")
