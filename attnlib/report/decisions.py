@@ -286,7 +286,10 @@ def mode_effect_frame(results_root: Path) -> pd.DataFrame:
     rows = []
     for arch, folder in MODE_TABLES.items():
         summary = _read(results_root / folder / "summary.csv")
-        own = summary[summary.variant == REFERENCE].set_index("mode") if len(summary) else summary
+        needed = {"tokens_per_s_mean", f"{QUANTITY}_mean", f"{QUANTITY}_ci95", "mfu_mean"}
+        if summary.empty or needed - set(summary):
+            continue
+        own = summary[summary.variant == REFERENCE].set_index("mode")
         if "eager" not in own.index or len(own) < 2:
             continue
         eager, fast = own.loc["eager"], own.loc[own.tokens_per_s_mean.idxmax()]
