@@ -315,8 +315,7 @@ def paired_ratio_vs_seq_len(sweep: pd.DataFrame, out_dir: Path, grid: list[int] 
     ax.set(xscale="log", yscale="log", xlabel="sequence length T (tokens)",
            ylabel=f"energy per token / {paired.reference.dropna().iloc[0]}'s (95% CI)")
     _length_ticks(ax, lengths)
-    ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(_ratio_ticks(*ax.get_ylim())))
-    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ratio_axis(ax.yaxis)
     handles, labels = ax.get_legend_handles_labels()
     handles += [matplotlib.patches.Patch(color="0.88"), matplotlib.lines.Line2D([], [], color="0.3", marker="x", ls="")]
     fig.legend(handles, [*labels, "A/A bound", "out of memory"], ncol=7, fontsize=7, loc="lower center",
