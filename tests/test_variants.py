@@ -113,19 +113,23 @@ def test_linear_chunked_equals_naive(chunk_size: int) -> None:
 
 def exact_fla_chunk_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
     """Stand in for fla's chunk kernels (Triton, CUDA only) with the exact unnormalised sums they compute on
-    `[B, T, H, D]` inputs, so that the custom-op wiring around them runs on the host."""
+    `[B, T, H, D]` inputs, so that the custom-op wiring around them runs on the host. Like fla's kernels, they
+    return freshly allocated contiguous `[B, T, H, D]` tensors, whatever the layout of their inputs."""
     def heads_first(*tensors):
         return (t.transpose(1, 2) for t in tensors)
 
+    def tokens_first(*tensors):
+        return (t.transpose(1, 2).contiguous() for t in tensors)
+
     def forward(q, k, v, scale, **_):
         q, k, v = heads_first(q, k, v)
-        return ((q @ k.transpose(-1, -2)).tril() * scale @ v).transpose(1, 2), None
+        return (*tokens_first((q @ k.transpose(-1, -2)).tril() * scale @ v), None)
 
     def backward(q, k, v, do, scale, **_):  # by hand: a custom op runs below autograd
         q, k, v, do = heads_first(q, k, v, do)
         scores, grad_scores = (q @ k.transpose(-1, -2)).tril() * scale, (do @ v.transpose(-1, -2)).tril() * scale
         dq, dk, dv = grad_scores @ k, grad_scores.transpose(-1, -2) @ q, scores.transpose(-1, -2) @ do
-        return (*heads_first(dq, dk, dv), None, None)
+        return (*tokens_first(dq, dk, dv), None, None)
 
     monkeypatch.setattr(linear, "chunk_simple_gla_fwd", forward)
     monkeypatch.setattr(linear, "chunk_simple_gla_bwd", backward)
@@ -150,6 +154,20 @@ def test_linear_fla_op_compiles_into_one_graph_with_exact_gradients(monkeypatch:
     grads_ref = torch.autograd.grad(naive.sum(), (q, k, v))
     for g, g_ref in zip(grads, grads_ref):
         torch.testing.assert_close(g, g_ref, rtol=1e-6, atol=1e-6)
+
+
+def test_linear_fla_op_fakes_match_its_kernels_on_a_heads_first_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`torch.compile` plans memory from the op's fake kernels: their shapes and strides must be those the kernels
+    return. A llama layer hands the op `[B, T, H, D]` views of `[B, H, T, D]` tensors, whose strides `empty_like`
+    would copy while fla returns contiguous gradients (the compiled 1B run failed on exactly that)."""
+    exact_fla_chunk_kernels(monkeypatch)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 64, 16, dtype=torch.float64).exp().transpose(1, 2).requires_grad_()
+               for _ in range(3))
+    assert not q.is_contiguous()
+    torch.library.opcheck(linear.fla_causal_linear, (q, k, v))
+    grad = torch.randn(1, 64, 2, 16, dtype=torch.float64)
+    torch.library.opcheck(linear.fla_causal_linear_backward, (q.detach(), k.detach(), v.detach(), grad))
 
 
 def test_linear_fla_path_gets_one_dtype_from_rotated_queries(monkeypatch: pytest.MonkeyPatch) -> None:

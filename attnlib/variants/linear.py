@@ -63,7 +63,9 @@ def fla_causal_linear_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 
 @fla_causal_linear_backward.register_fake
 def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: torch.Tensor):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    # fla allocates contiguous gradients; `empty_like` would copy the strides of non-contiguous inputs (a llama
+    # layer's `[B, T, H, D]` views of `[B, H, T, D]` tensors) and mislead the compiled graph's memory plan.
+    return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
 
 
 def _save_inputs(ctx, inputs: tuple, output: torch.Tensor) -> None:
