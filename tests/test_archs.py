@@ -252,9 +252,10 @@ def test_the_llama_profiles_plan_every_variant_with_a_llama_form() -> None:
     assert reference.num_key_value_heads == 8 and jobs["mha"].reference == "sdpa"
     long = load_profile("llama-longcontext")
     cells = {j.variant: LongContextConfig(**j.config).paired_cells() for j in plan(long, list(long.variants))}
-    every, cut = [(t, "compile") for t in (2048, 8192, 32768, 65536)], [(t, "compile") for t in (32768, 65536)]
+    every = [(t, "compile") for t in (2048, 8192, 32768, 65536)]
     assert {v for v, c in cells.items() if c == every} == {"sdpa", "sliding_window", "linear"}  # the budget's cut
-    assert all(c == cut for v, c in cells.items() if v not in {"sdpa", "sliding_window", "linear"})
+    assert cells["mla"] == every[2:]
+    assert all(c == every[3:] for v, c in cells.items() if v not in {"sdpa", "sliding_window", "linear", "mla"})
     config = LongContextConfig(**plan(long, ["mla"])[0].config)
     assert config.seq_lens == []
     assert config.cell_config(65536, "compile").activation_checkpointing and config.batch_size(65536) == 1

@@ -21,6 +21,7 @@ from attnlib.pipeline import load_profile, plan, run_notebook
 from attnlib.registry import supported_variants
 from attnlib.measurement import Measurement
 from attnlib.report import build_report
+from attnlib.report.components import coverage_table
 from attnlib.results import ComponentResult, Provenance, results_frame, write_result
 from conftest import LLAMA_TINY, LLAMA_TINY_PARAMS
 
@@ -53,6 +54,28 @@ def test_settings_vary_one_axis_at_a_time_in_the_sensitivity_job_only() -> None:
                 dict(sensitivity={"n_head": [3]})):  # 3 heads do not divide a width of 32
         with pytest.raises(ValueError):
             tiny_config(**bad)
+
+
+def test_cut_seq_lens_leave_lengths_out_of_one_variants_job() -> None:
+    """`cut_seq_lens`: the variant's job measures its other lengths (sensitivity and training settings untouched),
+    every other job all of them; a cut of every length or of one not in the grid is refused before any GPU work."""
+    cut = {"flash": [64], "sdpa": [16]}
+    assert [s.name for s in tiny_config("flash", cut_seq_lens=cut).settings()] == ["forward/base/T16/B4/H4/C32"]
+    sdpa = [s.name for s in tiny_config(cut_seq_lens=cut).settings()]
+    assert sdpa[0] == "forward/base/T64/B1/H4/C32" and sdpa[-1] == "training/base/T16/B4/H4/C32" and len(sdpa) == 5
+    assert len(tiny_config("linear", cut_seq_lens=cut).settings()) == 3  # two lengths and its training step
+    for bad in ({"flash": [16, 64]}, {"flash": [32]}, {"nonesuch": [16]}):
+        with pytest.raises((ValueError, KeyError)):
+            tiny_config("flash", cut_seq_lens=bad)
+
+
+def test_coverage_table_says_cut_where_a_length_was_left_out() -> None:
+    coverage = pd.DataFrame({"variant": ["sdpa", "sdpa", "flash"], "setting": "base", "phase": "forward",
+                             "seq_len": [16, 64, 16], "coverage": 0.97, "coverage_ci95": 0.01, "coverage_net": 0.96,
+                             "time_coverage": 0.97, "max_cv": 0.02, "core_share": 0.2,
+                             "core_over_mlp_j_per_flop": 1.5, "core_over_mlp_j_per_flop_ci95": 0.1})
+    table = coverage_table(coverage, {"flash": [64]})
+    assert "flash & forward & 64 & cut" in table and "sdpa & forward & 64 & 0.97" in table
 
 
 @pytest.mark.parametrize("variant", ["sdpa", "lsh"])
@@ -133,15 +156,17 @@ def test_profile_plans_one_components_job_per_variant() -> None:
 
 
 def test_the_llama_profile_measures_every_llama_variant_at_2k_and_16k() -> None:
-    """#27: the forward pass at T = 2048 and 16K for every variant of the 1B model, and sdpa's training step."""
+    """#27: the forward pass at T = 2048 for every variant of the 1B model, at 16K for those the budget's cut keeps
+    (the reference, mla, sliding_window, linear), and sdpa's training step."""
     jobs = plan(load_profile("llama-components"), supported_variants("llama"))
     assert sorted(j.variant for j in jobs) == sorted(supported_variants("llama"))
     for job in jobs:
         config = ComponentsConfig(**job.config)
         assert config.train.arch == "llama" and config.trials >= 3 and config.window_s >= 1
         names = [s.name for s in config.settings()]
-        assert names[:2] == ["forward/base/T2048/B4/H32/C2048", "forward/base/T16384/B1/H32/C2048"]
-        assert names[2:] == (["training/base/T2048/B4/H32/C2048"] if job.variant == "sdpa" else [])
+        long = ["forward/base/T16384/B1/H32/C2048"] if job.variant in ("sdpa", "mla", "sliding_window", "linear") else []
+        assert names == ["forward/base/T2048/B4/H32/C2048", *long] + (
+            ["training/base/T2048/B4/H32/C2048"] if job.variant == "sdpa" else [])
 
 
 @pytest.mark.slow

@@ -56,6 +56,23 @@ def test_config_resolves_cells_and_refuses_bad_values() -> None:
             tiny_config(**bad)
 
 
+def test_cut_cells_leave_out_named_cells_and_never_the_reference() -> None:
+    """`cut_cells`: a variant's job measures its grid less the cells named (whole names or a leading part of one);
+    every other job, the reference's included, its whole grid. A cut of the reference, of every cell, or one that
+    names no cell is refused before any GPU work."""
+    cut = {"flash": ["decode"], "gqa": ["decode/eager/B3", "prefill/eager/B2/T40"]}
+    flash = tiny_config("flash", reference="sdpa", cut_cells=cut)
+    assert [name for name in flash.cells()] == ["prefill/eager/B2/T16", "prefill/eager/B2/T40"]
+    assert all("decode" not in name for name in flash.result_names())
+    gqa = tiny_config("gqa", reference="sdpa", cut_cells=cut)
+    assert sorted(gqa.cells()) == ["decode/eager/B1/T24", "decode/eager/B1/T8", "prefill/eager/B2/T16"]
+    assert len(tiny_config("sdpa", reference="sdpa", cut_cells=cut).cells()) == 2 + 4 + 4  # generate included
+    for bad in ({"sdpa": ["decode"]}, {"flash": ["decode", "prefill"]}, {"flash": ["decode/graph"]},
+                {"flash": ["dec"]}, {"nonesuch": ["decode"]}):
+        with pytest.raises((ValueError, KeyError)):
+            tiny_config("flash", reference="sdpa", cut_cells=bad)
+
+
 def test_grid_measures_every_cell_with_its_accounting(tmp_path) -> None:
     """Every cell of the sdpa grid (prefill, decode, transformers' generate with both caches) gives its trials;
     tokens, FLOPs and the caches' bytes follow from the cell's shape."""
@@ -197,8 +214,10 @@ def test_profile_plans_one_inference_job_per_variant() -> None:
 
 
 def test_the_llama_profile_pairs_every_cell_with_the_native_attention() -> None:
-    """#27: prefill at 2K/16K/64K and decode at batch 1/16/64 after 2K/32K, each paired with the 8-KV-head sdpa."""
+    """#27: prefill at 2K/16K/64K and decode at batch 1/16/64 after 2K/32K, each paired with the 8-KV-head sdpa; the
+    grid cut to the GPU budget by cells, never the reference."""
     from attnlib.registry import supported_variants
+    from attnlib.report.inference import SAME_DECODE
 
     jobs = plan(load_profile("llama-inference"), supported_variants("llama"))
     for job in jobs:
@@ -207,10 +226,17 @@ def test_the_llama_profile_pairs_every_cell_with_the_native_attention() -> None:
         assert config.prefill_lens == [2048, 16384, 65536] and config.decode_context_lens == [2048, 32768]
         assert all(config.paired(c) for c in config.cells() if not c.startswith("generate"))
         assert "num_key_value_heads" not in config.model_overrides("sdpa")  # the reference: native 8 KV heads
+        decoded = {(b, t) for phase, _, b, t in config.cells().values() if phase == "decode"}
+        if job.variant == "sdpa":  # the reference keeps the whole grid
+            assert decoded == {(b, t) for b in (1, 16, 64) for t in (2048, 32768)}
+        elif job.variant in SAME_DECODE:  # the native attention's own step: prefill alone
+            assert not decoded and len(config.cells()) == 3
+        else:  # the budget's cut: batch 16 left out, never the first and last
+            assert decoded == {(b, t) for b in (1, 64) for t in (2048, 32768)}
 
 
 def inference_result(variant: str, mode: str, phase: str, batch: int, context: int, trial: int, ms_per_step: float,
-                     j_per_token: float, status: str = "ok") -> InferenceResult:
+                     j_per_token: float, status: str = "ok", cut_cells: dict | None = None) -> InferenceResult:
     new = 0 if phase == "prefill" else 256
     reps = 4
     steps = reps * new or None
@@ -223,7 +249,7 @@ def inference_result(variant: str, mode: str, phase: str, batch: int, context: i
     provenance = Provenance(attnlib_commit="abc", versions={}, python="3.12", device="NVIDIA H100 80GB HBM3",
                             device_uuid="GPU-0", created="2026-11-24T00:00:00+00:00")
     config = InferenceConfig(train=TrainConfig(variant=variant), prefill_lens=[512, 4096], decode_batch_sizes=[1, 64],
-                             decode_context_lens=[512, 4096], other_decode_cells={}).to_dict()
+                             decode_context_lens=[512, 4096], other_decode_cells={}, cut_cells=cut_cells or {}).to_dict()
     return InferenceResult(
         variant=variant, mode=mode, phase=phase, batch_size=batch, context_len=context, new_tokens=new, trial=trial,
         order_seed=1, status=status, provenance=provenance, config=config, measurement=m,
@@ -295,6 +321,30 @@ def test_inference_report_writes_tables_figures_and_the_sections_macros(tmp_path
     assert "mla &  &  & not measured" in table
     for figure in ("inference_decode_energy", "inference_decode_latency", "inference_cache_bytes"):
         assert (tmp_path / "figures" / "inference" / f"{figure}.pdf").exists()
+
+
+def test_inference_report_says_cut_where_the_profile_left_a_cell_out(tmp_path) -> None:
+    """A cell that `cut_cells` left out reads "cut" in the prefill and savings tables, not "not measured" (a gap)."""
+    results = tmp_path / "inference"
+    cut = {"gqa": ["decode/cudagraph/B64", "prefill/eager/B16/T4096"]}
+    for trial in range(2):
+        cells = [(v, "cudagraph", "decode", b, t) for v in ("sdpa", "gqa") for b in (1, 64) for t in (512, 4096)
+                 if (v, b) != ("gqa", 64)]
+        cells += [(v, "eager", "prefill", 16, t) for v in ("sdpa", "gqa") for t in (512, 4096) if (v, t) != ("gqa", 4096)]
+        for variant, mode, phase, batch, context in cells:
+            write_result(results / "raw" / f"{variant}_{phase}_{batch}_{context}_{trial}.json",
+                         inference_result(variant, mode, phase, batch, context, trial, 2.0, 0.1 + 0.001 * trial,
+                                          cut_cells=cut))
+    (results / "calibration").mkdir()
+    (results / "calibration" / "GPU-0.json").write_text(json.dumps(
+        {"uuid": "GPU-0", "tflops": 700.0, "j_per_flop": 1e-12, "bandwidth": {"gb_per_s": 3000.0}}))
+    paper = tmp_path / "paperdir"
+    paper.mkdir()
+    shutil.copy(REPO / "paper" / "inference.tex", paper / "inference.tex")
+    build_report(results, "inference", tmp_path / "figures", paper)
+    generated = paper / "generated" / "inference"
+    assert "gqa & 1.00, indistinguishable & cut &" in (generated / "savings.tex").read_text()
+    assert re.search(r"gqa & 2\.0 & [^&]+ & cut &", (generated / "prefill.tex").read_text())
 
 
 @pytest.mark.slow

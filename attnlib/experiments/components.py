@@ -66,6 +66,9 @@ class ComponentsConfig:
     train: TrainConfig
     seq_lens: list[int] = field(default_factory=lambda: [512, 8192])
     tokens_per_call: int = 8192  # batch_size(T) = tokens_per_call // T, at least 1
+    # variant -> the lengths of seq_lens its job leaves out to fit the GPU budget (the report says "cut" there); a
+    # job keeps at least one
+    cut_seq_lens: dict[str, list[int]] = field(default_factory=dict)
     sensitivity_variant: str | None = "sdpa"
     sensitivity_seq_len: int = 512
     sensitivity: dict[str, list[int]] = field(default_factory=lambda: {
@@ -93,6 +96,11 @@ class ComponentsConfig:
             raise ValueError(f"window_s and idle_s must be > 0, got {self.window_s}, {self.idle_s}")
         for variant in self.training_variants:
             get_variant(variant)
+        for variant, cut in self.cut_seq_lens.items():
+            get_variant(variant)  # an unknown name fails here
+            if set(cut) - set(self.seq_lens) or not set(self.seq_lens) - set(cut):
+                raise ValueError(f"cut_seq_lens: {variant!r} may leave out some of seq_lens {self.seq_lens}, not all; "
+                                 f"got {cut}")
         for setting in self.settings():  # bad model parameters (a width the heads do not divide) fail here
             build_config(self.train.variant, arch=self.train.arch, **self.model_overrides(setting))
 
@@ -100,12 +108,13 @@ class ComponentsConfig:
         return max(1, self.tokens_per_call // seq_len)
 
     def settings(self) -> list[Setting]:
-        """The base model at every length, then (the sensitivity variant's job) one setting per axis value that
-        differs from the base at `sensitivity_seq_len`: heads vary at fixed width, and a width keeps the head
-        dimension (64 in GPT-2 small: 8 heads at 512, 16 at 1024)."""
+        """The base model at every length not cut for the job's variant, then (the sensitivity variant's job) one
+        setting per axis value that differs from the base at `sensitivity_seq_len`: heads vary at fixed width, and
+        a width keeps the head dimension (64 in GPT-2 small: 8 heads at 512, 16 at 1024)."""
         dims = dims_of(build_config(self.train.variant, arch=self.train.arch, **self.train.model))
         base = dict(n_head=dims.heads, n_embd=dims.width)
-        out = [Setting("base", t, self.batch_size(t), **base) for t in self.seq_lens]
+        cut = self.cut_seq_lens.get(self.train.variant, [])
+        out = [Setting("base", t, self.batch_size(t), **base) for t in self.seq_lens if t not in cut]
         if self.train.variant == self.sensitivity_variant:
             t = self.sensitivity_seq_len
             reference = dict(batch_size=self.batch_size(t), **base)

@@ -76,6 +76,10 @@ class InferenceConfig:
     other_decode_cells: dict[str, list[list[int]]] = field(default_factory=lambda: {"eager": [[1, 512]]})
     hf_anchor: bool = True  # the sdpa job also measures transformers' generate, at the decode batches, first context
     reference: str | None = None  # pair every prefill and decode cell with this variant's (protocol v3); None: unpaired
+    # variant -> the cells its job leaves out to fit the GPU budget: a cell name ("decode/cudagraph/B16/T2048") or
+    # any leading part of one ("decode": every decode cell; "decode/cudagraph/B16": batch 16 at every context); the
+    # report says "cut" there. The reference (the A/A control in every cell) is never cut, and no job is cut whole.
+    cut_cells: dict[str, list[str]] = field(default_factory=dict)
     warm_s: float = 5.0  # a paired cell: the two works alternate this long before its first round
     trials: int = 3
     window_s: float = 2.0  # >= 2 s: >= 20 updates of the energy counter
@@ -102,6 +106,13 @@ class InferenceConfig:
         if self.window_s <= 0 or self.idle_s <= 0 or self.warm_s < 0:
             raise ValueError(f"window_s and idle_s must be > 0 and warm_s >= 0, got {self.window_s}, {self.idle_s}, "
                              f"{self.warm_s}")
+        for variant, cut in self.cut_cells.items():
+            get_variant(variant)  # an unknown name fails here
+            grid = self._grid(variant)
+            unmatched = [c for c in cut if not any(is_cut(name, [c]) for name in grid)]
+            if variant == self.reference or unmatched or all(is_cut(name, cut) for name in grid):
+                raise ValueError(f"cut_cells: {variant!r} may leave out some of its cells {list(grid)}, not all, and "
+                                 f"the reference none; each entry a cell or a leading part of one; got {cut}")
         build_config(self.train.variant, arch=self.train.arch, **self.model_overrides())  # bad parameters fail here
         if self.reference is not None:
             build_config(self.reference, arch=self.train.arch, **self.model_overrides(self.reference))
@@ -135,15 +146,21 @@ class InferenceConfig:
         return ROLES if self.paired(cell) else (None,)
 
     def cells(self) -> dict[str, tuple[str, str, int, int]]:
-        """Cell name -> (phase, mode, batch_size, context_len), in a fixed order."""
-        out = {f"prefill/eager/B{self.prefill_batch_size}/T{t}": ("prefill", "eager", self.prefill_batch_size, t)
+        """Cell name -> (phase, mode, batch_size, context_len) of this job, in a fixed order: the grid less the
+        cells cut for its variant."""
+        cut = self.cut_cells.get(self.train.variant, [])
+        return {name: cell for name, cell in self._grid(self.train.variant).items() if not is_cut(name, cut)}
+
+    def _grid(self, variant: str) -> dict[str, tuple[str, str, int, int]]:
+        """Every cell of `variant`'s job before cuts."""
+        out = {cell_name("prefill", "eager", self.prefill_batch_size, t): ("prefill", "eager", self.prefill_batch_size, t)
                for t in self.prefill_lens}
         decode = [(self.decode_mode, b, t) for t in self.decode_context_lens for b in self.decode_batch_sizes]
         decode += [cell for cell in self._other_cells() if cell[0] != self.decode_mode]
-        out |= {f"decode/{m}/B{b}/T{t}": ("decode", m, b, t) for m, b, t in decode}
-        if self.hf_anchor and self.train.variant == ANCHOR_VARIANT:
+        out |= {cell_name("decode", m, b, t): ("decode", m, b, t) for m, b, t in decode}
+        if self.hf_anchor and variant == ANCHOR_VARIANT:
             t = self.decode_context_lens[0]
-            out |= {f"generate/{m}/B{b}/T{t}": ("generate", m, b, t)
+            out |= {cell_name("generate", m, b, t): ("generate", m, b, t)
                     for m in ANCHOR_MODES for b in self.decode_batch_sizes}
         return out
 
@@ -160,6 +177,16 @@ class InferenceConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def cell_name(phase: str, mode: str, batch: int, context: int) -> str:
+    return f"{phase}/{mode}/B{batch}/T{context}"
+
+
+def is_cut(cell: str, cut: list[str]) -> bool:
+    """Whether `cut` (`InferenceConfig.cut_cells` of one variant) names `cell` or a leading part of its name
+    ("decode" cuts "decode/cudagraph/B1/T2048")."""
+    return any(cell == c or cell.startswith(c.rstrip("/") + "/") for c in cut)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from ..experiments.inference import cell_name, is_cut
 from ..registry import VARIANTS
 from ..results import read_run
 from . import latex
@@ -164,9 +165,10 @@ def decode_table(summary: pd.DataFrame, mode: str, context_lens: list[int], batc
     return latex.booktabs(header, body, "lrrrr" + ("l" if any_paired else "") + "rr")
 
 
-def prefill_table(summary: pd.DataFrame) -> str:
+def prefill_table(summary: pd.DataFrame, cut: dict[str, list[str]] | None = None) -> str:
     """The paper's prefill table: per variant, one column per prompt length, ms per prefill and mJ per prompt token
-    with its interval (a status where the cell did not run)."""
+    with its interval (a status where the cell did not run, "cut" where `cut`, `InferenceConfig.cut_cells`, left it
+    out)."""
     rows = summary[summary.phase == "prefill"] if len(summary) else summary
     lengths = sorted(rows.context_len.unique()) if len(rows) else []
     body = []
@@ -176,7 +178,9 @@ def prefill_table(summary: pd.DataFrame) -> str:
         for t in lengths:
             r = cells.loc[t] if t in cells.index else None
             if r is None or r.status != "ok":
-                line += [r.status if r is not None else "", ""]
+                left_out = is_cut(cell_name("prefill", "eager", int(group.batch_size.iloc[0]), t),
+                                  (cut or {}).get(variant, []))
+                line += [r.status if r is not None else "cut" if left_out else "", ""]
                 continue
             line += [latex.fmt(r.ms_mean, ",.1f"), latex.pm(r.gpu_j_per_token_mean, r.gpu_j_per_token_ci95, ".3f", 1e3)]
         body.append(line)
@@ -236,12 +240,13 @@ def _saving_words(c: Comparison | str | None, between_job_spread: float | None =
 
 
 def savings_table(summary: pd.DataFrame, training: pd.DataFrame | None, mode: str, cells: list[tuple[int, int]],
-                  train_seq_len: int, between_job_spread: float | None) -> str:
+                  train_seq_len: int, between_job_spread: float | None, cut: dict[str, list[str]] | None = None) -> str:
     """The paper's savings table: per variant, its decode energy per token over the reference's at each of `cells`
     ((batch, context)) beside its training energy per token over the reference's at `train_seq_len` (eager, the
     long-context results), worded as the intervals allow. A `SAME_DECODE` variant's decode is the reference's own
     computation, so it is not compared; another's difference no larger than `between_job_spread` (a fraction, see
-    `same_decode_spread`) is called what it is. Every variant of the family is a row, measured or not."""
+    `same_decode_spread`) is called what it is; a cell that `cut` (`InferenceConfig.cut_cells`) left out says "cut".
+    Every variant of the family is a row, measured or not."""
     t = (training[(training.seq_len == train_seq_len) & (training["mode"] == "eager")]
          if training is not None and len(training) else None)
     measured = set(summary.variant) if len(summary) else set()
@@ -252,7 +257,8 @@ def savings_table(summary: pd.DataFrame, training: pd.DataFrame | None, mode: st
         elif variant in SAME_DECODE:
             decode = [f"{REFERENCE}'s own step"] * len(cells)
         else:
-            decode = [_saving_words(decode_comparison(summary, variant, mode, b, c), between_job_spread)
+            decode = ["cut" if is_cut(cell_name("decode", mode, b, c), (cut or {}).get(variant, []))
+                      else _saving_words(decode_comparison(summary, variant, mode, b, c), between_job_spread)
                       for b, c in cells]
         status = [] if t is None else list(t[t.variant == variant].status)
         trained = (status[0] if status and status[0] != "ok" else "not measured" if t is None
@@ -315,11 +321,12 @@ def build_inference_report(frame: pd.DataFrame, calibrations: dict[str, dict], r
     for name, table in (("summary", summary), ("decode", decode)):
         table.to_csv(results_dir / f"{name}.csv", index=False)
         table.to_csv(generated / f"{name}.csv", index=False)
-    config = frame[frame.kind == "inference"].iloc[0].config if (frame.kind == "inference").any() else {}
-    mode = config.get("decode_mode", "graph")
+    windows = frame[frame.kind == "inference"]
+    config = windows.sort_values("created").iloc[-1].config if len(windows) else {}  # the profile's grid as now
+    mode, cut = config.get("decode_mode", "graph"), config.get("cut_cells", {})
     contexts, batches = config.get("decode_context_lens", [512]), config.get("decode_batch_sizes", [1])
     (generated / "decode.tex").write_text(decode_table(summary, mode, contexts, [batches[0], batches[-1]]))
-    (generated / "prefill.tex").write_text(prefill_table(summary))
+    (generated / "prefill.tex").write_text(prefill_table(summary, cut))
     out = figures_dir / label
     decode_energy_vs_batch(summary, out, contexts[0], mode)
     decode_latency_vs_context(summary, out, mode)
@@ -331,7 +338,7 @@ def build_inference_report(frame: pd.DataFrame, calibrations: dict[str, dict], r
     anchor = _cell(summary, REFERENCE, "hf_static", "generate", batches[0], contexts[0])
     spread, spread_variants = same_decode_spread(summary, mode)
     (generated / "savings.tex").write_text(savings_table(
-        summary, training, mode, [(batches[0], contexts[0]), (batches[-1], contexts[-1])], contexts[-1], spread))
+        summary, training, mode, [(batches[0], contexts[0]), (batches[-1], contexts[-1])], contexts[-1], spread, cut))
     macros = {
         "InferenceDevice": frame.device.dropna().iloc[0] if frame.device.notna().any() else "n/a",
         "InferenceNewTokens": str(config.get("new_tokens", "n/a")),
