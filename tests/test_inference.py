@@ -67,8 +67,12 @@ def test_cut_cells_leave_out_named_cells_and_never_the_reference() -> None:
     gqa = tiny_config("gqa", reference="sdpa", cut_cells=cut)
     assert sorted(gqa.cells()) == ["decode/eager/B1/T24", "decode/eager/B1/T8", "prefill/eager/B2/T16"]
     assert len(tiny_config("sdpa", reference="sdpa", cut_cells=cut).cells()) == 2 + 4 + 4  # generate included
+    every_job = {"*": ["decode/eager/B3/T24"], "flash": ["decode"]}  # a cell cut from the grid: the reference's too
+    assert "decode/eager/B3/T24" not in tiny_config("sdpa", reference="sdpa", cut_cells=every_job).cells()
+    assert sorted(tiny_config("gqa", reference="sdpa", cut_cells=every_job).cells())[:3] == [
+        "decode/eager/B1/T24", "decode/eager/B1/T8", "decode/eager/B3/T8"]
     for bad in ({"sdpa": ["decode"]}, {"flash": ["decode", "prefill"]}, {"flash": ["decode/graph"]},
-                {"flash": ["dec"]}, {"nonesuch": ["decode"]}):
+                {"flash": ["dec"]}, {"nonesuch": ["decode"]}, {"*": ["decode"], "flash": ["prefill"]}):
         with pytest.raises((ValueError, KeyError)):
             tiny_config("flash", reference="sdpa", cut_cells=bad)
 
@@ -227,12 +231,12 @@ def test_the_llama_profile_pairs_every_cell_with_the_native_attention() -> None:
         assert all(config.paired(c) for c in config.cells() if not c.startswith("generate"))
         assert "num_key_value_heads" not in config.model_overrides("sdpa")  # the reference: native 8 KV heads
         decoded = {(b, t) for phase, _, b, t in config.cells().values() if phase == "decode"}
-        if job.variant == "sdpa":  # the reference keeps the whole grid
-            assert decoded == {(b, t) for b in (1, 16, 64) for t in (2048, 32768)}
+        if job.variant == "sdpa":  # the reference keeps the grid, less the cell whose pair exceeds the card
+            assert decoded == {(b, t) for b in (1, 16, 64) for t in (2048, 32768)} - {(64, 32768)}
         elif job.variant in SAME_DECODE:  # the native attention's own step: prefill alone
             assert not decoded and len(config.cells()) == 3
-        else:  # the budget's cut: batch 16 left out, never the first and last
-            assert decoded == {(b, t) for b in (1, 64) for t in (2048, 32768)}
+        else:  # the budget's cut: batch 1 and each context's largest batch
+            assert decoded == {(1, 2048), (64, 2048), (1, 32768), (16, 32768)}
 
 
 def inference_result(variant: str, mode: str, phase: str, batch: int, context: int, trial: int, ms_per_step: float,

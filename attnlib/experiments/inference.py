@@ -58,6 +58,7 @@ ANCHOR_MODES = ("hf_dynamic", "hf_static")
 # modes that compile (transformers may compile generate's static-cache forward): such a cell compiles once and
 # runs all its windows at its first visit; the others ("cudagraph" captures in milliseconds) are interleaved
 COMPILED_MODES = ("compile", "graph", "hf_static")
+EVERY_JOB = "*"  # a key of `cut_cells`: the cells it names are cut from every job
 
 
 @dataclass
@@ -78,7 +79,9 @@ class InferenceConfig:
     reference: str | None = None  # pair every prefill and decode cell with this variant's (protocol v3); None: unpaired
     # variant -> the cells its job leaves out to fit the GPU budget: a cell name ("decode/cudagraph/B16/T2048") or
     # any leading part of one ("decode": every decode cell; "decode/cudagraph/B16": batch 16 at every context); the
-    # report says "cut" there. The reference (the A/A control in every cell) is never cut, and no job is cut whole.
+    # report says "cut" there. The reference (the A/A control in every cell) is never cut alone, and no job is cut
+    # whole; EVERY_JOB ("*") cuts a cell from the grid, every job's, the reference's included (a cell whose pair does
+    # not fit on the card).
     cut_cells: dict[str, list[str]] = field(default_factory=dict)
     warm_s: float = 5.0  # a paired cell: the two works alternate this long before its first round
     trials: int = 3
@@ -107,12 +110,14 @@ class InferenceConfig:
             raise ValueError(f"window_s and idle_s must be > 0 and warm_s >= 0, got {self.window_s}, {self.idle_s}, "
                              f"{self.warm_s}")
         for variant, cut in self.cut_cells.items():
-            get_variant(variant)  # an unknown name fails here
-            grid = self._grid(variant)
+            if variant != EVERY_JOB:
+                get_variant(variant)  # an unknown name fails here
+            grid = self._grid(self.train.variant if variant == EVERY_JOB else variant)
             unmatched = [c for c in cut if not any(is_cut(name, [c]) for name in grid)]
-            if variant == self.reference or unmatched or all(is_cut(name, cut) for name in grid):
+            whole = all(is_cut(name, variant_cut(self.cut_cells, variant)) for name in grid)
+            if variant == self.reference or unmatched or whole:
                 raise ValueError(f"cut_cells: {variant!r} may leave out some of its cells {list(grid)}, not all, and "
-                                 f"the reference none; each entry a cell or a leading part of one; got {cut}")
+                                 f"the reference none of its own; each entry a cell or a leading part of one; got {cut}")
         build_config(self.train.variant, arch=self.train.arch, **self.model_overrides())  # bad parameters fail here
         if self.reference is not None:
             build_config(self.reference, arch=self.train.arch, **self.model_overrides(self.reference))
@@ -148,7 +153,7 @@ class InferenceConfig:
     def cells(self) -> dict[str, tuple[str, str, int, int]]:
         """Cell name -> (phase, mode, batch_size, context_len) of this job, in a fixed order: the grid less the
         cells cut for its variant."""
-        cut = self.cut_cells.get(self.train.variant, [])
+        cut = variant_cut(self.cut_cells, self.train.variant)
         return {name: cell for name, cell in self._grid(self.train.variant).items() if not is_cut(name, cut)}
 
     def _grid(self, variant: str) -> dict[str, tuple[str, str, int, int]]:
@@ -183,9 +188,14 @@ def cell_name(phase: str, mode: str, batch: int, context: int) -> str:
     return f"{phase}/{mode}/B{batch}/T{context}"
 
 
+def variant_cut(cut_cells: dict[str, list[str]], variant: str) -> list[str]:
+    """What `InferenceConfig.cut_cells` leaves out of `variant`'s job: the grid's cuts and its own."""
+    return [*cut_cells.get(EVERY_JOB, []), *(cut_cells.get(variant, []) if variant != EVERY_JOB else [])]
+
+
 def is_cut(cell: str, cut: list[str]) -> bool:
-    """Whether `cut` (`InferenceConfig.cut_cells` of one variant) names `cell` or a leading part of its name
-    ("decode" cuts "decode/cudagraph/B1/T2048")."""
+    """Whether `cut` (one variant's `variant_cut`) names `cell` or a leading part of its name ("decode" cuts
+    "decode/cudagraph/B1/T2048")."""
     return any(cell == c or cell.startswith(c.rstrip("/") + "/") for c in cut)
 
 

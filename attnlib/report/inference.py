@@ -13,7 +13,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from ..experiments.inference import cell_name, is_cut
+from ..experiments.inference import cell_name, is_cut, variant_cut
 from ..registry import VARIANTS
 from ..results import read_run
 from . import latex
@@ -179,7 +179,7 @@ def prefill_table(summary: pd.DataFrame, cut: dict[str, list[str]] | None = None
             r = cells.loc[t] if t in cells.index else None
             if r is None or r.status != "ok":
                 left_out = is_cut(cell_name("prefill", "eager", int(group.batch_size.iloc[0]), t),
-                                  (cut or {}).get(variant, []))
+                                  variant_cut(cut or {}, variant))
                 line += [r.status if r is not None else "cut" if left_out else "", ""]
                 continue
             line += [latex.fmt(r.ms_mean, ",.1f"), latex.pm(r.gpu_j_per_token_mean, r.gpu_j_per_token_ci95, ".3f", 1e3)]
@@ -257,7 +257,7 @@ def savings_table(summary: pd.DataFrame, training: pd.DataFrame | None, mode: st
         elif variant in SAME_DECODE:
             decode = [f"{REFERENCE}'s own step"] * len(cells)
         else:
-            decode = ["cut" if is_cut(cell_name("decode", mode, b, c), (cut or {}).get(variant, []))
+            decode = ["cut" if is_cut(cell_name("decode", mode, b, c), variant_cut(cut or {}, variant))
                       else _saving_words(decode_comparison(summary, variant, mode, b, c), between_job_spread)
                       for b, c in cells]
         status = [] if t is None else list(t[t.variant == variant].status)
@@ -325,7 +325,11 @@ def build_inference_report(frame: pd.DataFrame, calibrations: dict[str, dict], r
     config = windows.sort_values("created").iloc[-1].config if len(windows) else {}  # the profile's grid as now
     mode, cut = config.get("decode_mode", "graph"), config.get("cut_cells", {})
     contexts, batches = config.get("decode_context_lens", [512]), config.get("decode_batch_sizes", [1])
-    (generated / "decode.tex").write_text(decode_table(summary, mode, contexts, [batches[0], batches[-1]]))
+    # the largest batch the grid keeps after the longest context (a cell whose pair does not fit is cut from it)
+    kept = [b for b in batches if not is_cut(cell_name("decode", mode, b, contexts[-1]), variant_cut(cut, REFERENCE))]
+    last_batch = max(kept or batches)
+    shown = sorted({batches[0], last_batch, batches[-1]})
+    (generated / "decode.tex").write_text(decode_table(summary, mode, contexts, shown))
     (generated / "prefill.tex").write_text(prefill_table(summary, cut))
     out = figures_dir / label
     decode_energy_vs_batch(summary, out, contexts[0], mode)
@@ -338,7 +342,7 @@ def build_inference_report(frame: pd.DataFrame, calibrations: dict[str, dict], r
     anchor = _cell(summary, REFERENCE, "hf_static", "generate", batches[0], contexts[0])
     spread, spread_variants = same_decode_spread(summary, mode)
     (generated / "savings.tex").write_text(savings_table(
-        summary, training, mode, [(batches[0], contexts[0]), (batches[-1], contexts[-1])], contexts[-1], spread, cut))
+        summary, training, mode, [(batches[0], contexts[0]), (last_batch, contexts[-1])], contexts[-1], spread, cut))
     macros = {
         "InferenceDevice": frame.device.dropna().iloc[0] if frame.device.notna().any() else "n/a",
         "InferenceNewTokens": str(config.get("new_tokens", "n/a")),
@@ -354,8 +358,8 @@ def build_inference_report(frame: pd.DataFrame, calibrations: dict[str, dict], r
         "InferenceAnchorJPerToken": latex.pm(anchor.j_per_token_mean.iloc[0], anchor.j_per_token_ci95.iloc[0], ".3f")
         if len(anchor) else "n/a",
         "InferenceFirstBatch": str(batches[0]), "InferenceFirstContext": str(contexts[0]),
-        "InferenceLastBatch": str(batches[-1]), "InferenceLastContext": str(contexts[-1]),
-        "InferenceSavingsBrief": decode_savings_brief(summary, mode, batches[-1], contexts[-1], spread),
+        "InferenceLastBatch": str(last_batch), "InferenceLastContext": str(contexts[-1]),
+        "InferenceSavingsBrief": decode_savings_brief(summary, mode, last_batch, contexts[-1], spread),
         "InferenceSameDecode": ", ".join(SAME_DECODE),
         "InferenceSameDecodeSpreadPct": latex.fmt(spread, ".0f", 100),
         "InferenceSameDecodeMeasured": str(spread_variants),
