@@ -66,6 +66,16 @@ def training_flops_per_token(model: GPT2LMHeadModel, seq_len: int) -> FlopCount:
     )
 
 
+def attention_balance_length(model: GPT2LMHeadModel) -> float:
+    """The length T at which exact causal attention's training FLOPs per token equal the dense ones (6 x P_matmul)
+    in `model` (its family's native attention): past it the attention core is most of a step's arithmetic, which
+    is where a mechanism that cuts the core can pay off. Attention per token grows as T + 1, so one count fixes it.
+    It grows with the width: a wider model's crossovers are expected at longer contexts."""
+    probe = 1024
+    count = training_flops_per_token(model, probe)
+    return count.dense_flops_per_token / (count.attention_flops_per_token / (probe + 1)) - 1
+
+
 def layer_flops(attention: nn.Module, config: GPT2Config, seq_len: int, batch_size: int, backward: bool) -> float:
     """One call of one attention layer alone (`attention`: its projections and core) on `batch_size` sequences of
     `seq_len`, mask-exact: 2 x its projection weights per token and the core's forward count, times 3 and 3.5

@@ -103,6 +103,24 @@ def test_the_two_models_side_by_side_pair_each_mechanism_measured_on_both(tmp_pa
     assert r"\newcommand{\dataDecisionSideBySideSame}{none}" in macros
 
 
+def test_crossovers_side_by_side_with_the_width_s_prediction(tmp_path) -> None:
+    """Each mechanism's long-context crossover on both models with its bounds; the width's prediction (GPT-2's
+    crossover scaled by the two balance lengths) only for a mechanism that cuts the core's arithmetic."""
+    columns = ["variant", "measured", "crossover_seq_len", "ci_low", "ci_high"]
+    write(tmp_path, "longcontext", "crossover.csv", [dict(zip(columns, row)) for row in (
+        ("linear", True, 2048.0, 1536.0, 3072.0), ("flash", True, None, 512.0, None), ("lsh", True, 11000.0, None, None))])
+    write(tmp_path, "llama-longcontext", "crossover.csv", [dict(zip(columns, row)) for row in (
+        ("linear", True, 6144.0, 4096.0, None), ("flash", False, None, None, None))])
+    build_decisions(tmp_path, tmp_path / "paper_dir", tmp_path / "figures")
+    out = tmp_path / "paper_dir" / "generated" / "decisions"
+    table = (out / "crossovers.tex").read_text()
+    assert "linear & 2.0K [1.5K, 3.0K] & 6.0K [4.0K, --] & 5.6K" in table  # 2048 x 32.3K / 11.5K
+    assert "flash & none up to 64K [0.5K, --] & not yet measured & --" in table and "lsh" not in table
+    macros = (out / "macros.tex").read_text()
+    assert r"\newcommand{\dataDecisionBalanceGptTwo}{11K}" in macros and r"\dataDecisionBalanceLlama}{32K}" in macros
+    assert r"\newcommand{\dataDecisionBalanceRatio}{2.8}" in macros and r"\dataDecisionCrossovers}{2}" in macros
+
+
 def test_paired_cells_without_their_a_a_control_claim_nothing(tmp_path) -> None:
     write(tmp_path, "longcontext", "summary.csv", [  # the reference's own job (its A/A control) is not measured yet
         paired("linear", "graph", 0.86, 0.85, 0.87, "cheaper", seq_len=8192)])

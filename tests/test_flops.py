@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 import attnlib
-from attnlib.flops import causal_attention_flops, counted_training_flops, matmul_parameters, training_flops_per_token
+from attnlib.flops import (attention_balance_length, causal_attention_flops, counted_training_flops, matmul_parameters,
+                           training_flops_per_token)
 from conftest import SEQ_LEN, TINY, random_tokens, tiny_model
 
 
@@ -35,6 +36,18 @@ def test_gpt2_small_flops_per_token() -> None:
     count = training_flops_per_token(model, 512)
     assert count.matmul_parameters == 12 * (768 * 2304 + 768 * 768 + 2 * 768 * 3072) + 768 * 50257
     assert count.training_flops_per_token == pytest.approx(6 * count.matmul_parameters + 3.5 * 4 * 513 / 2 * 768 * 12)
+
+
+def test_the_balance_length_is_where_attention_equals_the_dense_flops() -> None:
+    """Below the balance length exact attention is the smaller part of a training step's FLOPs, above it the
+    larger; the wider model's lies further out (GPT-2 small: about 11K tokens)."""
+    model = attnlib.build_model("sdpa", n_layer=12)
+    balance = attention_balance_length(model)
+    for length, smaller in ((int(balance), True), (int(balance) + 1, False)):
+        count = training_flops_per_token(model, length)
+        assert (count.attention_flops_per_token < count.dense_flops_per_token) == smaller
+    assert 11 * 1024 < balance < 12 * 1024
+    assert attention_balance_length(attnlib.build_model("sdpa", n_layer=12, n_embd=1536, n_head=24)) > 1.5 * balance
 
 
 def test_sliding_window_counts_the_band() -> None:

@@ -322,6 +322,80 @@ def mode_effect_words(effect: pd.DataFrame) -> str:
             f"({mfu(gpt2)}) and {pct(llama)} on the 1B model ({mfu(llama)}): the mode effect {trend}.")
 
 
+LONG_TABLES = {"gpt2": "longcontext", "llama": "llama-longcontext"}  # each family's paired long-context folder
+
+
+def balance_lengths() -> dict[str, float]:
+    """Per family, the length at which its native attention's training FLOPs per token equal the dense ones
+    (`flops.attention_balance_length`, on a model built on the meta device: shapes, no weights)."""
+    import torch
+
+    from ..flops import attention_balance_length
+    from ..model import build_model
+
+    with torch.device("meta"):
+        return {arch: attention_balance_length(build_model(REFERENCE, arch=arch)) for arch in LONG_TABLES}
+
+
+def cuts_core_arithmetic(variant: str, seq_len: int = 65536) -> bool:
+    """Whether `variant`'s attention does at most half the exact core's training FLOPs per token at `seq_len` on
+    GPT-2 small (a window, a linear state, hashing): the mechanisms whose crossover the width argument predicts."""
+    import torch
+
+    from ..flops import training_flops_per_token
+    from ..model import build_model
+
+    with torch.device("meta"):
+        own, exact = (training_flops_per_token(build_model(v, n_positions=seq_len), seq_len).attention_flops_per_token
+                      for v in (variant, REFERENCE))
+    return own <= exact / 2
+
+
+def crossovers_frame(results_root: Path, balance: dict[str, float]) -> pd.DataFrame:
+    """Per mechanism with a long-context crossover row on both models (each family's paired fastest mode): the
+    length from which it stays cheaper than the native attention on each (`longcontext.crossover_frame`: the
+    estimate and its 95% bounds, empty where it never does within the grid or is not yet claimed), and, for a
+    mechanism that cuts the core's arithmetic (`cuts_core_arithmetic`), the 1B crossover the width alone predicts:
+    GPT-2's scaled by the ratio of the two `balance` lengths."""
+    tables = {arch: _read(results_root / folder / "crossover.csv") for arch, folder in LONG_TABLES.items()}
+    if any(t.empty or "variant" not in t for t in tables.values()):
+        return pd.DataFrame()
+    gpt2, llama = (tables[arch].set_index("variant") for arch in ("gpt2", "llama"))
+    scale = balance["llama"] / balance["gpt2"]
+    rows = []
+    for variant in [v for v in gpt2.index if v in llama.index]:
+        row = {"variant": variant}
+        for arch, table in (("gpt2", gpt2), ("llama", llama)):
+            r = table.loc[variant]
+            row |= {f"{arch}_measured": bool(r.measured), f"{arch}_crossover": r.crossover_seq_len,
+                    f"{arch}_low": r.ci_low, f"{arch}_high": r.ci_high}
+        row["llama_predicted"] = row["gpt2_crossover"] * scale if cuts_core_arithmetic(variant) else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _length(tokens: float) -> str:
+    """Tokens in K = 1024: "--" for none, one decimal below 10K ("1.8K"), none above ("45K")."""
+    return "--" if pd.isna(tokens) else f"{tokens / 1024:.{1 if tokens < 10 * 1024 else 0}f}K"
+
+
+def crossovers_table(crossovers: pd.DataFrame, longest: int = 65536) -> str:
+    """The crossovers side by side: each model's estimate with its 95% bounds ("none up to 64K" where the estimate
+    never stays cheaper, "--" for an open bound, "not yet measured" where its row is incomplete), then the width's
+    prediction for the 1B model."""
+    def cell(r: pd.Series, arch: str) -> str:
+        if not r[f"{arch}_measured"]:
+            return "not yet measured"
+        estimate = (f"none up to {_length(longest)}" if pd.isna(r[f"{arch}_crossover"])
+                    else _length(r[f"{arch}_crossover"]))
+        bounds = r[[f"{arch}_low", f"{arch}_high"]]
+        return estimate if bounds.isna().all() else f"{estimate} [{', '.join(_length(b) for b in bounds)}]"
+
+    body = [[r.variant, cell(r, "gpt2"), cell(r, "llama"), _length(r.llama_predicted)]
+            for _, r in crossovers.iterrows()]
+    return booktabs(["variant", "GPT-2 small", "1B (measured)", "1B (width predicts)"], body, "llll")
+
+
 def side_by_side_words(pairs: pd.DataFrame) -> dict[str, str]:
     """`Same`: the mechanisms whose verdict against the native attention is the same on both models; `Changed`:
     the others, each with its two verdicts (the words of `frames.verdicts`)."""
@@ -351,11 +425,19 @@ def build_decisions(results_root: Path, paper_dir: Path, figures_dir: Path) -> p
     front = front_frame(results_root)
     front.to_csv(out / "quality_front.csv", index=False)
     front_figure(front, figures_dir / "decisions")
+    balance = balance_lengths()
+    crossovers = crossovers_frame(results_root, balance)
+    crossovers.to_csv(out / "crossovers.csv", index=False)
+    (out / "crossovers.tex").write_text(crossovers_table(crossovers) if len(crossovers) else "")
     filled = int((decisions.measured & (decisions.variants > 0)).sum())  # an A/A control alone fills no regime
     (out / "macros.tex").write_text(
         f"\\newcommand{{\\dataDecisionRegimes}}{{{len(decisions)}}}\n"
         f"\\newcommand{{\\dataDecisionRegimesMeasured}}{{{filled}}}\n"
         f"\\newcommand{{\\dataDecisionSideBySide}}{{{len(pairs)}}}\n"
         + "".join(f"\\newcommand{{\\dataDecisionSideBySide{k}}}{{{v}}}\n" for k, v in side_by_side_words(pairs).items())
-        + f"\\newcommand{{\\dataDecisionModeEffect}}{{{mode_effect_words(mode_effect_frame(results_root))}}}\n")
+        + f"\\newcommand{{\\dataDecisionModeEffect}}{{{mode_effect_words(mode_effect_frame(results_root))}}}\n"
+        + f"\\newcommand{{\\dataDecisionBalanceGptTwo}}{{{_length(balance['gpt2'])}}}\n"
+        + f"\\newcommand{{\\dataDecisionBalanceLlama}}{{{_length(balance['llama'])}}}\n"
+        + f"\\newcommand{{\\dataDecisionBalanceRatio}}{{{fmt(balance['llama'] / balance['gpt2'], '.1f')}}}\n"
+        + f"\\newcommand{{\\dataDecisionCrossovers}}{{{len(crossovers)}}}\n")
     return decisions
