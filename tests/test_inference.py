@@ -327,6 +327,18 @@ def test_inference_report_writes_tables_figures_and_the_sections_macros(tmp_path
         assert (tmp_path / "figures" / "inference" / f"{figure}.pdf").exists()
 
 
+def test_decode_goals_are_reached_or_not_with_the_figure() -> None:
+    from attnlib.report.inference import decode_goals_words
+
+    reference = pd.DataFrame({"status": ["ok"], "floor_multiple": [2.53], "j_per_token_mean": [0.66]})
+    anchor = pd.DataFrame({"status": ["ok"], "j_per_token_mean": [0.85]})
+    words = decode_goals_words(reference, anchor)
+    assert "its memory floor is not reached (2.53$\\times$, goal 1.5$\\times$)" in words
+    assert "against the anchor is not reached (0.78$\\times$, goal 0.5$\\times$)" in words
+    assert "floor is reached (1.20" in decode_goals_words(reference.assign(floor_multiple=1.2), anchor)
+    assert decode_goals_words(reference, anchor.iloc[:0]) == ""
+
+
 def test_inference_report_says_cut_where_the_profile_left_a_cell_out(tmp_path) -> None:
     """A cell that `cut_cells` left out reads "cut" in the prefill and savings tables, not "not measured" (a gap)."""
     results = tmp_path / "inference"

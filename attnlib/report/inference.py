@@ -286,6 +286,24 @@ def decode_savings_brief(summary: pd.DataFrame, mode: str, batch: int, context: 
         f" less energy per generated token than {REFERENCE}")
 
 
+FLOOR_GOAL, ANCHOR_GOAL = 1.5, 0.5  # the native decode step at batch 1: x its memory floor; x the anchor's J/token
+
+
+def decode_goals_words(reference: pd.DataFrame, anchor: pd.DataFrame) -> str:
+    """The two goals for the native attention's decode at batch 1, each reached or not with the figure reached: its
+    step within `FLOOR_GOAL` x its memory floor, and at most `ANCHOR_GOAL` x the energy per generated token of
+    transformers' static-cache generate (`reference`, `anchor`: their summary rows); "" until both are measured."""
+    if reference.empty or anchor.empty or reference.status.iloc[0] != "ok" or anchor.status.iloc[0] != "ok":
+        return ""
+    floor, energy = reference.floor_multiple.iloc[0], reference.j_per_token_mean.iloc[0] / anchor.j_per_token_mean.iloc[0]
+
+    def goal(value: float, target: float, what: str) -> str:
+        return f"{what} {'reached' if value <= target else 'not reached'} ({value:.2f}$\\times$, goal {target}$\\times$)"
+
+    return (f"Of the two goals for this step, {goal(floor, FLOOR_GOAL, 'its memory floor is')} and "
+            f"{goal(energy, ANCHOR_GOAL, 'its energy per generated token against the anchor is')}.")
+
+
 def not_measured(summary: pd.DataFrame) -> list[str]:
     """The variants of these results' model families with no cell in these results."""
     measured = set(summary.variant) if len(summary) else set()
@@ -357,6 +375,7 @@ def build_inference_report(frame: pd.DataFrame, calibrations: dict[str, dict], r
         "InferenceRefFloorMultiple": latex.fmt(reference.floor_multiple.iloc[0], ".1f") if len(reference) else "n/a",
         "InferenceAnchorJPerToken": latex.pm(anchor.j_per_token_mean.iloc[0], anchor.j_per_token_ci95.iloc[0], ".3f")
         if len(anchor) else "n/a",
+        "InferenceDecodeGoals": decode_goals_words(reference, anchor),
         "InferenceFirstBatch": str(batches[0]), "InferenceFirstContext": str(contexts[0]),
         "InferenceLastBatch": str(last_batch), "InferenceLastContext": str(contexts[-1]),
         "InferenceSavingsBrief": decode_savings_brief(summary, mode, last_batch, contexts[-1], spread),
