@@ -333,8 +333,9 @@ def test_decode_goals_are_reached_or_not_with_the_figure() -> None:
     reference = pd.DataFrame({"status": ["ok"], "floor_multiple": [2.53], "j_per_token_mean": [0.66]})
     anchor = pd.DataFrame({"status": ["ok"], "j_per_token_mean": [0.85]})
     words = decode_goals_words(reference, anchor)
-    assert "its memory floor is not reached (2.53$\\times$, goal 1.5$\\times$)" in words
-    assert "against the anchor is not reached (0.78$\\times$, goal 0.5$\\times$)" in words
+    assert words == ("Of the two goals for this step, a step within 1.5$\\times$ its memory floor is not reached "
+                     "(2.53$\\times$) and energy per generated token at most 0.5$\\times$ the anchor's is not reached "
+                     "(0.78$\\times$).")
     assert "floor is reached (1.20" in decode_goals_words(reference.assign(floor_multiple=1.2), anchor)
     assert decode_goals_words(reference, anchor.iloc[:0]) == ""
 

@@ -16,7 +16,7 @@ from ..registry import VARIANTS
 from ..results import read_run
 from . import latex
 from .figures import _empty, _save
-from .frames import aggregate, family_of, family_variants, with_calibration
+from .frames import aggregate, family_of, family_variants, latest_config, with_calibration
 
 MODEL_KEYS = ["variant", "setting", "seq_len", "batch_size", "n_head", "n_embd", "phase"]
 KEYS = [*MODEL_KEYS, "component"]
@@ -299,9 +299,9 @@ def build_components_report(frame: pd.DataFrame, calibrations: dict[str, dict], 
     for name, table in (("summary", summary), ("coverage", coverage)):
         table.to_csv(results_dir / f"{name}.csv", index=False)
         table.to_csv(generated / f"{name}.csv", index=False)
-    windows = frame[frame.kind == "component"]
-    config = windows.sort_values("created").iloc[-1].config if len(windows) else {}  # the profile's grid as now
-    (generated / "coverage.tex").write_text(coverage_table(coverage, config.get("cut_seq_lens")) if len(coverage) else "")
+    config = latest_config(frame[frame.kind == "component"])
+    table = coverage_table(coverage, config.get("cut_seq_lens")) if len(coverage) else ""
+    (generated / "coverage.tex").write_text(table)
     sensitivity = (sensitivity_rows(coverage, config.get("sensitivity_variant"), config.get("sensitivity_seq_len"))
                    if len(coverage) else coverage)
     (generated / "sensitivity.tex").write_text(sensitivity_table(sensitivity))

@@ -44,6 +44,12 @@ RATIO_QUANTITIES = ("gpu_j_per_token", "tokens_per_s", "gpu_power_mean_w")
 MODE_ORDER = {"eager": 0, "compile": 1, "graph": 2}
 
 
+def latest_config(windows: pd.DataFrame) -> dict[str, Any]:
+    """The job config of the latest of `windows` (`{}` for none): the grid as the latest job ran it, its cuts
+    included, which a table reads instead of the first job's."""
+    return windows.sort_values("created").iloc[-1].config if len(windows) else {}
+
+
 def load_calibrations(results_dir: Path) -> dict[str, dict]:
     """Each GPU's calibrated bf16 GEMM peak and J/FLOP (`calibration/<card uuid>.json`, `attnlib.calibrate_peak`),
     by card; empty when the run measured none (a CPU run)."""

@@ -19,7 +19,7 @@ from ..results import read_run
 from . import latex
 from .figures import _empty, _save, variant_color, variant_marker
 from .frames import (TRIAL_QUANTITIES, Comparison, aggregate, compare, family_of, family_variants, paired_frame,
-                     verdicts, with_calibration)
+                     latest_config, verdicts, with_calibration)
 
 KEYS = ["variant", "mode", "phase", "batch_size", "context_len"]
 REFERENCE = "sdpa"
@@ -295,13 +295,18 @@ def decode_goals_words(reference: pd.DataFrame, anchor: pd.DataFrame) -> str:
     transformers' static-cache generate (`reference`, `anchor`: their summary rows); "" until both are measured."""
     if reference.empty or anchor.empty or reference.status.iloc[0] != "ok" or anchor.status.iloc[0] != "ok":
         return ""
-    floor, energy = reference.floor_multiple.iloc[0], reference.j_per_token_mean.iloc[0] / anchor.j_per_token_mean.iloc[0]
+    floor = reference.floor_multiple.iloc[0]
+    energy = reference.j_per_token_mean.iloc[0] / anchor.j_per_token_mean.iloc[0]
 
-    def goal(value: float, target: float, what: str) -> str:
-        return f"{what} {'reached' if value <= target else 'not reached'} ({value:.2f}$\\times$, goal {target}$\\times$)"
+    times = "$\\times$"
 
-    return (f"Of the two goals for this step, {goal(floor, FLOOR_GOAL, 'its memory floor is')} and "
-            f"{goal(energy, ANCHOR_GOAL, 'its energy per generated token against the anchor is')}.")
+    def goal(value: float, target: float, what: str) -> str:  # what: the goal, "{}" where its multiple goes
+        verdict = "reached" if value <= target else "not reached"
+        return f"{what.format(f'{target}{times}')} is {verdict} ({value:.2f}{times})"
+
+    floor_goal = goal(floor, FLOOR_GOAL, "a step within {} its memory floor")
+    anchor_goal = goal(energy, ANCHOR_GOAL, "energy per generated token at most {} the anchor's")
+    return f"Of the two goals for this step, {floor_goal} and {anchor_goal}."
 
 
 def not_measured(summary: pd.DataFrame) -> list[str]:
@@ -339,8 +344,7 @@ def build_inference_report(frame: pd.DataFrame, calibrations: dict[str, dict], r
     for name, table in (("summary", summary), ("decode", decode)):
         table.to_csv(results_dir / f"{name}.csv", index=False)
         table.to_csv(generated / f"{name}.csv", index=False)
-    windows = frame[frame.kind == "inference"]
-    config = windows.sort_values("created").iloc[-1].config if len(windows) else {}  # the profile's grid as now
+    config = latest_config(frame[frame.kind == "inference"])
     mode, cut = config.get("decode_mode", "graph"), config.get("cut_cells", {})
     contexts, batches = config.get("decode_context_lens", [512]), config.get("decode_batch_sizes", [1])
     # the largest batch the grid keeps after the longest context (a cell whose pair does not fit is cut from it)

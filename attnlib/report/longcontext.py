@@ -15,7 +15,7 @@ from . import figures, latex
 from .figures import GIB
 from ..experiments._paired import REFERENCE
 from .frames import (INDISTINGUISHABLE, TRIAL_QUANTITIES, VERDICT_WORDS, aggregate, family_of, family_variants,
-                     paired_frame, provenance_text, verdicts, with_calibration)
+                     latest_config, paired_frame, provenance_text, verdicts, with_calibration)
 
 # quantity -> whether lower is better; peak memory has no interval (one maximum per cell)
 CROSSOVER_QUANTITIES = {"gpu_j_per_token": True, "tokens_per_s": False, "peak_mem_bytes": True}
@@ -354,7 +354,7 @@ def build_longcontext_report(frame: pd.DataFrame, calibrations: dict[str, dict],
     sweeps = frame[frame.kind == "sweep"]
     paired_windows = sweeps[sweeps.role.notna()] if "role" in sweeps else sweeps.iloc[:0]
     windows = paired_windows if len(paired_windows) else sweeps
-    config = windows.sort_values("created").iloc[-1].config if len(sweeps) else {}  # the profile's grid as now
+    config = latest_config(windows)
     fast_mode = config.get("fast_mode") or "graph"
     grid, cut = config.get("fast_mode_seq_lens"), config.get("cut_seq_lens", {})
     fast = crossover_frame(sweep, mode=fast_mode, expected=family_variants(frame), grid=grid, cut=cut)
