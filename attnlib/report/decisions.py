@@ -325,29 +325,31 @@ def mode_effect_words(effect: pd.DataFrame) -> str:
 LONG_TABLES = {"gpt2": "longcontext", "llama": "llama-longcontext"}  # each family's paired long-context folder
 
 
-def balance_lengths() -> dict[str, float]:
-    """Per family, the length at which its native attention's training FLOPs per token equal the dense ones
-    (`flops.attention_balance_length`, on a model built on the meta device: shapes, no weights)."""
+def _meta_model(variant: str, **config):
+    """`variant`'s model built on the meta device: its shapes for a FLOP count, no weights allocated."""
     import torch
 
-    from ..flops import attention_balance_length
     from ..model import build_model
 
     with torch.device("meta"):
-        return {arch: attention_balance_length(build_model(REFERENCE, arch=arch)) for arch in LONG_TABLES}
+        return build_model(variant, **config)
+
+
+def balance_lengths() -> dict[str, float]:
+    """Per family, the length at which its native attention's training FLOPs per token equal the dense ones
+    (`flops.attention_balance_length`)."""
+    from ..flops import attention_balance_length
+
+    return {arch: attention_balance_length(_meta_model(REFERENCE, arch=arch)) for arch in LONG_TABLES}
 
 
 def cuts_core_arithmetic(variant: str, seq_len: int = 65536) -> bool:
     """Whether `variant`'s attention does at most half the exact core's training FLOPs per token at `seq_len` on
     GPT-2 small (a window, a linear state, hashing): the mechanisms whose crossover the width argument predicts."""
-    import torch
-
     from ..flops import training_flops_per_token
-    from ..model import build_model
 
-    with torch.device("meta"):
-        own, exact = (training_flops_per_token(build_model(v, n_positions=seq_len), seq_len).attention_flops_per_token
-                      for v in (variant, REFERENCE))
+    own, exact = (training_flops_per_token(_meta_model(v, n_positions=seq_len), seq_len).attention_flops_per_token
+                  for v in (variant, REFERENCE))
     return own <= exact / 2
 
 
@@ -412,7 +414,8 @@ def build_decisions(results_root: Path, paper_dir: Path, figures_dir: Path) -> p
     """`paper/generated/decisions/`: decisions.csv, the LaTeX table the paper opens with and the README's Markdown,
     the count of regimes with mechanisms paired beside their A/A control (`\\dataDecisionRegimesMeasured` of
     `\\dataDecisionRegimes`), and the two models side by side (models_side_by_side.csv,
-    `figures/decisions/models_side_by_side`, `\\dataDecisionSideBySide` mechanisms)."""
+    `figures/decisions/models_side_by_side`, `\\dataDecisionSideBySide` mechanisms), and the long-context crossovers
+    on both models beside the width's prediction (crossovers.csv and .tex, the balance lengths' macros)."""
     decisions = decision_frame(results_root)
     out = paper_dir / "generated" / "decisions"
     out.mkdir(parents=True, exist_ok=True)
