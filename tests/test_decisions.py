@@ -114,10 +114,10 @@ def test_crossovers_side_by_side_with_the_width_s_prediction(tmp_path) -> None:
     build_decisions(tmp_path, tmp_path / "paper_dir", tmp_path / "figures")
     out = tmp_path / "paper_dir" / "generated" / "decisions"
     table = (out / "crossovers.tex").read_text()
-    assert "linear & 2.0K [1.5K, 3.0K] & 6.0K [4.0K, --] & 5.6K" in table  # 2048 x 32.3K / 11.5K
-    assert "flash & none up to 64K [0.5K, --] & not yet measured & --" in table and "lsh" not in table
+    assert "linear & 2K [1.5K, 3K] & 6K [4K, \\textgreater{} 64K] & 5.63K" in table  # 2048 x 32.3K / 11.5K
+    assert "flash & none up to 64K & not measured & --" in table and "lsh" not in table
     macros = (out / "macros.tex").read_text()
-    assert r"\newcommand{\dataDecisionBalanceGptTwo}{11K}" in macros and r"\dataDecisionBalanceLlama}{32K}" in macros
+    assert r"\newcommand{\dataDecisionBalanceGptTwo}{11.2K}" in macros and r"\dataDecisionBalanceLlama}{31.6K}" in macros
     assert r"\newcommand{\dataDecisionBalanceRatio}{2.8}" in macros and r"\dataDecisionCrossovers}{2}" in macros
 
 

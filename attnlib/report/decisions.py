@@ -19,6 +19,7 @@ from ..experiments._paired import REFERENCE
 from ..registry import supported_variants
 from .figures import _empty, _save, plt, ratio_axis, variant_color, variant_marker
 from .latex import booktabs, fmt, ratio_text
+from .longcontext import crossover_cell, seq_label
 from .quality import loss_difference
 
 QUANTITY = "gpu_j_per_token"  # energy per token: the quantity every decision is about
@@ -323,6 +324,7 @@ def mode_effect_words(effect: pd.DataFrame) -> str:
 
 
 LONG_TABLES = {"gpt2": "longcontext", "llama": "llama-longcontext"}  # each family's paired long-context folder
+LONGEST = 65536  # the longest length of both long-context grids
 
 
 def _meta_model(variant: str, **config):
@@ -354,46 +356,25 @@ def cuts_core_arithmetic(variant: str, seq_len: int = 65536) -> bool:
 
 
 def crossovers_frame(results_root: Path, balance: dict[str, float]) -> pd.DataFrame:
-    """Per mechanism with a long-context crossover row on both models (each family's paired fastest mode): the
-    length from which it stays cheaper than the native attention on each (`longcontext.crossover_frame`: the
-    estimate and its 95% bounds, empty where it never does within the grid or is not yet claimed), and, for a
-    mechanism that cuts the core's arithmetic (`cuts_core_arithmetic`), the 1B crossover the width alone predicts:
-    GPT-2's scaled by the ratio of the two `balance` lengths."""
+    """Per mechanism with a long-context crossover row on both models (each family's paired fastest mode,
+    `longcontext.crossover_frame`): the length from which it stays cheaper than the native attention on each, as
+    the crossover table prints it (`crossover_cell`), and, for a mechanism that cuts the core's arithmetic
+    (`cuts_core_arithmetic`), the 1B crossover the width alone predicts: GPT-2's scaled by the ratio of the two
+    `balance` lengths."""
     tables = {arch: _read(results_root / folder / "crossover.csv") for arch, folder in LONG_TABLES.items()}
     if any(t.empty or "variant" not in t for t in tables.values()):
         return pd.DataFrame()
-    gpt2, llama = (tables[arch].set_index("variant") for arch in ("gpt2", "llama"))
+    gpt2, llama = ({r.variant: r for _, r in tables[arch].iterrows()} for arch in ("gpt2", "llama"))
     scale = balance["llama"] / balance["gpt2"]
-    rows = []
-    for variant in [v for v in gpt2.index if v in llama.index]:
-        row = {"variant": variant}
-        for arch, table in (("gpt2", gpt2), ("llama", llama)):
-            r = table.loc[variant]
-            row |= {f"{arch}_measured": bool(r.measured), f"{arch}_crossover": r.crossover_seq_len,
-                    f"{arch}_low": r.ci_low, f"{arch}_high": r.ci_high}
-        row["llama_predicted"] = row["gpt2_crossover"] * scale if cuts_core_arithmetic(variant) else float("nan")
-        rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame([
+        {"variant": v, "gpt2": crossover_cell(gpt2[v], "", LONGEST), "llama": crossover_cell(llama[v], "", LONGEST),
+         "llama_predicted": (gpt2[v].crossover_seq_len * scale if cuts_core_arithmetic(v) else float("nan"))}
+        for v in gpt2 if v in llama])
 
 
-def _length(tokens: float) -> str:
-    """Tokens in K = 1024: "--" for none, one decimal below 10K ("1.8K"), none above ("45K")."""
-    return "--" if pd.isna(tokens) else f"{tokens / 1024:.{1 if tokens < 10 * 1024 else 0}f}K"
-
-
-def crossovers_table(crossovers: pd.DataFrame, longest: int = 65536) -> str:
-    """The crossovers side by side: each model's estimate with its 95% bounds ("none up to 64K" where the estimate
-    never stays cheaper, "--" for an open bound, "not yet measured" where its row is incomplete), then the width's
-    prediction for the 1B model."""
-    def cell(r: pd.Series, arch: str) -> str:
-        if not r[f"{arch}_measured"]:
-            return "not yet measured"
-        estimate = (f"none up to {_length(longest)}" if pd.isna(r[f"{arch}_crossover"])
-                    else _length(r[f"{arch}_crossover"]))
-        bounds = r[[f"{arch}_low", f"{arch}_high"]]
-        return estimate if bounds.isna().all() else f"{estimate} [{', '.join(_length(b) for b in bounds)}]"
-
-    body = [[r.variant, cell(r, "gpt2"), cell(r, "llama"), _length(r.llama_predicted)]
+def crossovers_table(crossovers: pd.DataFrame) -> str:
+    """The crossovers side by side, then the width's prediction for the 1B model ("--": none)."""
+    body = [[r.variant, r.gpt2, r.llama, "--" if pd.isna(r.llama_predicted) else seq_label(r.llama_predicted)]
             for _, r in crossovers.iterrows()]
     return booktabs(["variant", "GPT-2 small", "1B (measured)", "1B (width predicts)"], body, "llll")
 
@@ -439,8 +420,8 @@ def build_decisions(results_root: Path, paper_dir: Path, figures_dir: Path) -> p
         f"\\newcommand{{\\dataDecisionSideBySide}}{{{len(pairs)}}}\n"
         + "".join(f"\\newcommand{{\\dataDecisionSideBySide{k}}}{{{v}}}\n" for k, v in side_by_side_words(pairs).items())
         + f"\\newcommand{{\\dataDecisionModeEffect}}{{{mode_effect_words(mode_effect_frame(results_root))}}}\n"
-        + f"\\newcommand{{\\dataDecisionBalanceGptTwo}}{{{_length(balance['gpt2'])}}}\n"
-        + f"\\newcommand{{\\dataDecisionBalanceLlama}}{{{_length(balance['llama'])}}}\n"
+        + f"\\newcommand{{\\dataDecisionBalanceGptTwo}}{{{seq_label(balance['gpt2'])}}}\n"
+        + f"\\newcommand{{\\dataDecisionBalanceLlama}}{{{seq_label(balance['llama'])}}}\n"
         + f"\\newcommand{{\\dataDecisionBalanceRatio}}{{{fmt(balance['llama'] / balance['gpt2'], '.1f')}}}\n"
         + f"\\newcommand{{\\dataDecisionCrossovers}}{{{len(crossovers)}}}\n")
     return decisions

@@ -191,29 +191,34 @@ def seq_label(seq_len: float | None) -> str:
     return f"{seq_len / 1024:.3g}K" if seq_len >= 1000 else f"{seq_len:.0f}"
 
 
+def crossover_cell(row, prefix: str, top: int, with_interval: bool = True) -> str:
+    """One crossover as a table prints it (a row of `crossover_frame`, None for none; `prefix` picks the quantity):
+    the length with the range its intervals allow ("1.82K [1.74K, 3.13K]", "> 64K" for a bound open past the grid),
+    "none up to 64K", or why there is none yet (lengths measured so far, a grid cut, not measured)."""
+    if row is None or not row.get("measured", False):
+        done = row.get("lengths_measured") if row is not None else None
+        if row is not None and row.get("lengths_cut", 0) > 0:
+            return f"grid cut to {int(row['lengths_grid'] - row['lengths_cut'])} lengths: not claimed"
+        return (f"{int(done)} of {int(row['lengths_grid'])} lengths so far" if done and not pd.isna(done)
+                else "not measured")
+    point = row.get(f"{prefix}crossover_seq_len")
+    if point is None or pd.isna(point):
+        return f"none up to {seq_label(top)}"
+    if not with_interval:
+        return seq_label(point)
+    late = row.get(f"{prefix}ci_high")  # none: the interval (or the A/A bound) keeps it open past the grid
+    late = f"> {seq_label(top)}" if late is None or pd.isna(late) else seq_label(late)
+    return f"{seq_label(point)} [{seq_label(row.get(f'{prefix}ci_low'))}, {late}]"
+
+
 def crossover_table(fast: pd.DataFrame, eager: pd.DataFrame, max_seq_len: int, eager_max_seq_len: int) -> str:
     """The paper's crossover table: per variant, from which length it beats the reference for good, with the
     length range the intervals allow: in the fast mode (paired) for energy, throughput and memory, and eager (the
     second curve) for energy."""
-    def cell(row, prefix: str, top: int, with_interval: bool = True) -> str:
-        if row is None or not row.get("measured", False):
-            done = row.get("lengths_measured") if row is not None else None
-            if row is not None and row.get("lengths_cut", 0) > 0:
-                return f"grid cut to {int(row['lengths_grid'] - row['lengths_cut'])} lengths: not claimed"
-            return (f"{int(done)} of {int(row['lengths_grid'])} lengths so far" if done and not pd.isna(done)
-                    else "not measured")
-        point = row.get(f"{prefix}crossover_seq_len")
-        if point is None or pd.isna(point):
-            return f"none up to {seq_label(top)}"
-        if not with_interval:
-            return seq_label(point)
-        late = row.get(f"{prefix}ci_high")  # none: the interval (or the A/A bound) keeps it open past the grid
-        late = f"> {seq_label(top)}" if late is None or pd.isna(late) else seq_label(late)
-        return f"{seq_label(point)} [{seq_label(row.get(f'{prefix}ci_low'))}, {late}]"
-
     variants = list(dict.fromkeys([*fast.get("variant", []), *eager.get("variant", [])]))
     by = lambda frame: {r.variant: r for _, r in frame.iterrows()} if len(frame) else {}  # noqa: E731
     fast_rows, eager_rows = by(fast), by(eager)
+    cell = crossover_cell
     rows = [[v, cell(fast_rows.get(v), "", max_seq_len), cell(fast_rows.get(v), "tokens_per_s_", max_seq_len),
              cell(fast_rows.get(v), "peak_mem_", max_seq_len, False), cell(eager_rows.get(v), "", eager_max_seq_len)]
             for v in variants]
