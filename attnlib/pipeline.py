@@ -307,7 +307,9 @@ def check_device(results_dir: Path) -> None:
 def run(profile: Profile, variants: list[str], results_dir: Path, cache_dir: Path, force: bool = False,
         max_minutes: float | None = None, stop_minutes: float | None = None) -> int:
     """Execute the plan; returns the number of jobs still to do (0 when complete). No job starts after
-    `max_minutes`; a job still running at `stop_minutes` is stopped, and the chunk, its time included, is recorded."""
+    `max_minutes`, nor when less time is left before `stop_minutes` than the shortest job this run has finished took
+    (it would only be stopped); a job still running at `stop_minutes` is stopped, and the chunk, its time included,
+    is recorded."""
     start = time.monotonic()
     since = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     jobs = plan(profile, variants)
@@ -317,6 +319,7 @@ def run(profile: Profile, variants: list[str], results_dir: Path, cache_dir: Pat
         return 0
     calibrate(results_dir)
     ran: list[str] = []
+    finished_s: list[float] = []  # how long each job that finished in this run took
     left = 0
     for index, job in enumerate(todo):
         if index and max_minutes is not None and time.monotonic() - start > max_minutes * 60:  # >= 1 job per call
@@ -325,15 +328,18 @@ def run(profile: Profile, variants: list[str], results_dir: Path, cache_dir: Pat
             break
         job_start = time.monotonic()
         timeout_s = None if stop_minutes is None else stop_minutes * 60 - (job_start - start)
-        if timeout_s is not None and timeout_s < 1:
+        if timeout_s is not None and timeout_s < max(1.0, min(finished_s, default=0.0)):
             left += len(todo) - index
-            print(f"stopped at {stop_minutes} min; {left} jobs left: run again to resume", flush=True)
+            print(f"stopped {timeout_s:.0f} s before {stop_minutes} min, too little for a job; {left} jobs left: "
+                  "run again to resume", flush=True)
             break
         if force:  # a resuming job keeps the results it finds: forced, it finds none
             for name in job.result_names():
                 (results_dir / "raw" / name).unlink(missing_ok=True)
         finished = execute(job, results_dir, cache_dir, timeout_s)
         ran.append(job.name if finished else f"{job.name} (stopped or failed; resumed by the next run)")
+        if finished:
+            finished_s.append(time.monotonic() - job_start)
         left += 0 if finished else 1
         statuses = [json.loads(p.read_text())["status"] for p in (results_dir / "raw" / n for n in job.result_names())
                     if p.exists()]

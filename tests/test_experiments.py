@@ -392,6 +392,26 @@ def test_stop_minutes_bounds_a_job_and_the_chunk_is_recorded(tmp_path, monkeypat
     assert len(timeouts) == 1 and 25 < timeouts[0] <= 30 and "stopped" in chunk["jobs"][0]
 
 
+def test_no_job_starts_that_the_stop_would_cut_short(tmp_path, monkeypatch) -> None:
+    """Once a job has finished, the next starts only if the time left before `stop_minutes` is at least as long as
+    the shortest finished job took: a job begun with less would be stopped, its GPU time spent for nothing."""
+    clock = [0.0]
+    started = []
+
+    def takes_two_minutes(job, results_dir, cache_dir, timeout_s) -> bool:
+        started.append(job.name)
+        clock[0] += 120
+        return True
+
+    monkeypatch.setattr(pipeline.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(pipeline, "execute", takes_two_minutes)
+    monkeypatch.setattr(pipeline, "calibrate", lambda results_dir: None)
+    jobs = pipeline.plan(load_profile("smoke"), ["sdpa", "gqa"])
+    assert len(jobs) >= 3
+    left = pipeline.run(load_profile("smoke"), ["sdpa", "gqa"], tmp_path, tmp_path, stop_minutes=5)
+    assert len(started) == 2 and left == len(jobs) - 2  # at 4 min, 1 min left is less than a 2-minute job
+
+
 def test_trimmed_notebooks_keep_results_plots_and_errors(tmp_path) -> None:
     outputs = [{"output_type": "stream", "name": "stderr", "text": "TqdmWarning: IProgress not found"},
                {"output_type": "stream", "name": "stdout", "text": "ok"},
