@@ -258,13 +258,16 @@ def tidy_executed(notebook: Path) -> None:
 def calibrate(results_dir: Path) -> None:
     """On a GPU, measure its bf16 GEMM peak and J/FLOP once per card and results folder
     (`calibration/<card uuid>.json`), in its own process: the report divides each result by its card's figures
-    for MFU and for energy as a multiple of the floor."""
+    for MFU and for energy as a multiple of the floor. A card that a sibling results folder has calibrated is copied
+    from there."""
     import torch
 
     if not torch.cuda.is_available():
         return
+    siblings = sorted(str(d) for d in results_dir.resolve().parent.glob("*/calibration")
+                      if d.parent != results_dir.resolve())
     done = subprocess.run([sys.executable, "-m", "attnlib.measurement.calibrate",
-                           "--out-dir", str(results_dir / "calibration")])
+                           "--out-dir", str(results_dir / "calibration"), "--reuse", *siblings])
     if done.returncode != 0:
         print("calibration failed: MFU and floor multiples will be n/a in the tables", flush=True)
 

@@ -13,6 +13,7 @@ import subprocess
 import tarfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -410,6 +411,23 @@ def test_no_job_starts_that_the_stop_would_cut_short(tmp_path, monkeypatch) -> N
     assert len(jobs) >= 3
     left = pipeline.run(load_profile("smoke"), ["sdpa", "gqa"], tmp_path, tmp_path, stop_minutes=5)
     assert len(started) == 2 and left == len(jobs) - 2  # at 4 min, 1 min left is less than a 2-minute job
+
+
+def test_calibration_offers_the_sibling_folders_calibrations(tmp_path, monkeypatch) -> None:
+    """A call that measures several results folders on one card calibrates it once: the calibration process is
+    handed every sibling folder's calibrations to copy from, never its own folder's."""
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(pipeline.subprocess, "run", lambda args: calls.append(args) or SimpleNamespace(returncode=0))
+    for name in ("llama", "llama-inference", "quality"):
+        (tmp_path / name / "calibration").mkdir(parents=True)
+    (tmp_path / "smoke").mkdir()  # no calibration folder: nothing to offer
+    pipeline.calibrate(tmp_path / "llama-inference")
+    args = calls[0]
+    offered = args[args.index("--reuse") + 1:]
+    assert offered == [str((tmp_path / n / "calibration").resolve()) for n in ("llama", "quality")]
 
 
 def test_trimmed_notebooks_keep_results_plots_and_errors(tmp_path) -> None:

@@ -370,11 +370,15 @@ def test_calibrations_on_the_cpu_measure_rates_and_no_energy(tmp_path) -> None:
     with pytest.raises(ValueError, match="nbytes"):
         calibrate_bandwidth(nbytes=10)
     main(["--out-dir", str(tmp_path), "--seconds", "0.05", "--size", "64", "--nbytes", str(2**20)])
-    written = json.loads((tmp_path / "cpu.json").read_text())
+    written = written_first = json.loads((tmp_path / "cpu.json").read_text())
     assert written["tflops"] > 0 and written["bandwidth"]["gb_per_s"] > 0
     main(["--out-dir", str(tmp_path / "bad"), "--seconds", "0.05", "--size", "64", "--nbytes", "10"])
     written = json.loads((tmp_path / "bad" / "cpu.json").read_text())  # the GEMM floor kept, the failure said
     assert written["tflops"] > 0 and "nbytes" in written["bandwidth"]["error"]
+    # a card another folder calibrated is copied, naming its source, not measured again (its figures unchanged)
+    main(["--out-dir", str(tmp_path / "copy"), "--size", "10", "--reuse", str(tmp_path / "none"), str(tmp_path)])
+    copied = json.loads((tmp_path / "copy" / "cpu.json").read_text())
+    assert copied.pop("reused_from") == str(tmp_path / "cpu.json") and copied == written_first
 
 
 def test_a_codecarbon_task_without_energy_is_no_estimate_not_a_zero() -> None:

@@ -129,7 +129,9 @@ def main(argv: list[str] | None = None) -> None:
     """`python -m attnlib.measurement.calibrate --out-dir results/paper/calibration`: writes `<card uuid>.json`
     (the GEMM figures, and the read bandwidth under `bandwidth`) for the first visible GPU unless that card is
     already calibrated. The pipeline runs it in its own process
-    before the trials, once per GPU it uses."""
+    before the trials, once per GPU it uses. `--reuse DIR...`: calibration folders of other results folders; a
+    card one of them has calibrated is copied from there (with `reused_from`), not measured again: the figures are
+    the card's, and a call that measures several folders on one card spends its seconds once."""
     import argparse
     import json
     from pathlib import Path
@@ -139,12 +141,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--size", type=int, default=8192, help="GEMM size (square)")
     parser.add_argument("--nbytes", type=int, default=2**32, help="buffer read by the bandwidth calibration")
+    parser.add_argument("--reuse", type=Path, nargs="*", default=[], help="other calibration folders to copy from")
     args = parser.parse_args(argv)
     uuid = gpu_uuid() if torch.cuda.is_available() else "cpu"
     out = args.out_dir / f"{uuid}.json"
     if out.exists():
         print(f"calibrate_peak: {uuid} already calibrated ({out})")
         return
+    for source in (folder / f"{uuid}.json" for folder in args.reuse):
+        if source.exists():
+            args.out_dir.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({**json.loads(source.read_text()), "reused_from": str(source)}, indent=1))
+            print(f"calibrate_peak: {uuid} calibrated in {source}; copied")
+            return
     calibration = calibrate_peak(size=args.size, seconds=args.seconds)
     try:
         bandwidth = calibrate_bandwidth(nbytes=args.nbytes, seconds=args.seconds / 2).to_dict()
