@@ -219,7 +219,7 @@ def test_profile_plans_one_inference_job_per_variant() -> None:
 
 def test_the_llama_profile_pairs_every_cell_with_the_native_attention() -> None:
     """#27: prefill at 2K/16K/64K and decode at batch 1/16/64 after 2K/32K, each paired with the 8-KV-head sdpa; the
-    grid cut to the GPU budget by cells, never the reference."""
+    grid cut to the GPU budget by cells, never the reference's."""
     from attnlib.registry import supported_variants
     from attnlib.report.inference import SAME_DECODE
 
@@ -231,10 +231,14 @@ def test_the_llama_profile_pairs_every_cell_with_the_native_attention() -> None:
         assert all(config.paired(c) for c in config.cells() if not c.startswith("generate"))
         assert "num_key_value_heads" not in config.model_overrides("sdpa")  # the reference: native 8 KV heads
         decoded = {(b, t) for phase, _, b, t in config.cells().values() if phase == "decode"}
+        prefilled = {t for phase, _, _, t in config.cells().values() if phase == "prefill"}
         if job.variant == "sdpa":  # the reference keeps the grid, less the cell whose pair exceeds the card
             assert decoded == {(b, t) for b in (1, 16, 64) for t in (2048, 32768)} - {(64, 32768)}
-        elif job.variant in SAME_DECODE:  # the native attention's own step: prefill alone
-            assert not decoded and len(config.cells()) == 3
+            assert prefilled == {2048, 16384, 65536}
+            continue
+        assert prefilled == {2048, 65536}  # the budget's cut: 16K prefill is the reference's alone
+        if job.variant in SAME_DECODE:  # the native attention's own step: prefill alone
+            assert not decoded and len(config.cells()) == 2
         else:  # the budget's cut: batch 1 and each context's largest batch
             assert decoded == {(1, 2048), (64, 2048), (1, 32768), (16, 32768)}
 

@@ -47,7 +47,7 @@ REGIMES: tuple[Regime, ...] = (  # K = 1024 tokens
     Regime("llama", "training, T = 2K", "llama", ("compile", "eager")),
     Regime("llama", "training, T = 32K", "llama-longcontext", ("compile",), (("seq_len", 32768),)),
     Regime("llama", "training, T = 64K", "llama-longcontext", ("compile",), (("seq_len", 65536),)),
-    Regime("llama", "prefill, T = 16K", "llama-inference", ("eager",), (("phase", "prefill"), ("context_len", 16384))),
+    Regime("llama", "prefill, T = 64K", "llama-inference", ("eager",), (("phase", "prefill"), ("context_len", 65536))),
     Regime("llama", "decode, batch 1, after 2K", "llama-inference", ("cudagraph",),
            (("phase", "decode"), ("batch_size", 1), ("context_len", 2048))),
     Regime("llama", "decode, batch 16, after 32K", "llama-inference", ("cudagraph",),  # batch 64: the pair's two
