@@ -64,9 +64,9 @@ for step in "${plan[@]}"; do
   fi
 done
 # Every folder touched so far into $OUT/results.tgz (whole, then renamed: never half an archive) and into the stash,
-# after each step and when the call is killed (a call past its limit is sent SIGTERM; bash runs the trap once the
-# step's process has died of it too): a call that overruns still returns what it measured. Give the call a limit of
-# at least STOP_MINUTES plus a minute (wheels, preflight, packing).
+# after each step and when the call is stopped (a call past its limit is sent SIGTERM): a call that overruns still
+# returns what it measured. Give the call a limit of at least STOP_MINUTES plus a minute (wheels, preflight, packing),
+# and no more STOP_MINUTES than the device time left allows (the device shortens a call's limit to it).
 pack() {
   [ ${#touched[@]} -gt 0 ] || return 0
   local folders archive=${OUT:-/tmp}/results.tgz
@@ -74,7 +74,13 @@ pack() {
   tar czf "$archive.part" $folders && mv "$archive.part" "$archive"
   for folder in $folders; do mkdir -p "$stash/$folder" && cp -a "$folder/." "$stash/$folder/"; done
 }
-trap 'echo "== the call was stopped: packing what it measured"; pack; exit 143' TERM INT
+# Each step runs in the background and the queue waits for it: a TERM sent to this shell alone (as `timeout` sends
+# it) interrupts the wait at once, where a step run in the foreground would hold the trap until it ended, and a
+# call's last seconds would pass with nothing packed. The trap stops the step, then packs.
+step_pid=
+run_step() { "$@" & step_pid=$!; wait "$step_pid"; }
+trap 'echo "== the call was stopped: packing what it measured"; [ -z "$step_pid" ] || kill "$step_pid" 2>/dev/null
+      pack; exit 143' TERM INT
 left_s() { awk -v m="$1" -v e=$((SECONDS - start)) 'BEGIN { printf "%.2f", m - e / 60 }'; }  # minutes
 at_least() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }'; }
 
@@ -99,13 +105,14 @@ for step in "${plan[@]}"; do
       "$first" 2>/dev/null && continue  # done: written, and no row failed (a check reruns its failed rows)
     echo "== $rest (until ${stop} min)"
     touched+=("$folder")
-    timeout "$(awk -v s="$(left_s "$stop")" 'BEGIN { printf "%d", s * 60 }')" $rest || { echo "stopped or failed: $rest"; break; }
+    run_step timeout "$(awk -v s="$(left_s "$stop")" 'BEGIN { printf "%d", s * 60 }')" $rest \
+      || { echo "stopped or failed: $rest"; break; }
     pack
   else
     echo "== profile $first into $folder"
     touched+=("$folder")
-    python -m attnlib.pipeline run --profile "$first" --results "$folder" --max-minutes "$(left_s "$minutes")" \
-      --stop-minutes "$(left_s "$stop")" $rest
+    run_step python -m attnlib.pipeline run --profile "$first" --results "$folder" \
+      --max-minutes "$(left_s "$minutes")" --stop-minutes "$(left_s "$stop")" $rest
     [ $? -eq 0 ] || break  # jobs left: the next call resumes here
     pack
   fi

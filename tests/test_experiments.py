@@ -569,8 +569,10 @@ def test_a_gpu_queue_step_hands_its_options_to_the_pipeline(tmp_path) -> None:
     assert call.endswith("--variants sdpa") and out.count("pipeline: ") == 1
 
 
-def test_a_gpu_call_stopped_mid_step_still_returns_what_it_measured(tmp_path) -> None:
-    """A call that runs past its limit is sent SIGTERM: the queue packs the folders it touched into $OUT before it
+@pytest.mark.parametrize("whole_group", [True, False])
+def test_a_gpu_call_stopped_mid_step_still_returns_what_it_measured(tmp_path, whole_group: bool) -> None:
+    """A call that runs past its limit is sent SIGTERM, to its whole process group or (as `timeout` does) to the
+    queue's shell alone while the step runs on: the queue packs the folders it touched into $OUT at once, before it
     exits, so the windows written before the kill come back; a step that ends packs at once too."""
     (tmp_path / "scripts").mkdir()
     shutil.copy(REPO / "scripts" / "device_queue.sh", tmp_path / "scripts")
@@ -588,8 +590,11 @@ def test_a_gpu_call_stopped_mid_step_still_returns_what_it_measured(tmp_path) ->
         if (tmp_path / "results" / "quality" / "raw" / "window0.json").exists():
             break
         time.sleep(0.1)
-    os.killpg(call.pid, signal.SIGTERM)  # as a call's limit does: the whole group
-    out, _ = call.communicate(timeout=20)
+    (os.killpg if whole_group else os.kill)(call.pid, signal.SIGTERM)
+    try:  # the step's fake sleeps 30 s, holding the output open: the trap must stop it, not wait for it
+        out, _ = call.communicate(timeout=10)
+    finally:
+        subprocess.run(["pkill", "-KILL", "-s", str(call.pid)])  # nothing left behind if it did not
     assert call.returncode == 143 and "the call was stopped: packing what it measured" in out
     with tarfile.open(tmp_path / "out" / "results.tgz") as archive:
         assert "results/quality/raw/window0.json" in archive.getnames()
