@@ -18,6 +18,14 @@ minutes=${1:-7.5} stop=${STOP_MINUTES:-8.4}
 : "${ATTNLIB_COMMIT:?set ATTNLIB_COMMIT to the full commit of the tree you send (git rev-parse HEAD)}"
 [ -f .tok/tokenizer.model ] && export ATTNLIB_LLAMA3_TOKENIZER=$PWD/.tok/tokenizer.model
 export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor TRITON_CACHE_DIR=$PWD/.cache/triton PYTHONUNBUFFERED=1
+# fla's Triton kernels autotune on their first use of a shape (two minutes of the 1B linear job's first step, on a
+# machine that starts bare at every session), and fla has Triton keep each choice in its cache
+# (<key>/<kernel>.autotune.json; the key hashes the kernel's source, Triton and the GPU's architecture, so a choice
+# made for other code or another card is never found). The choices travel between calls in .autotune/ (ignored;
+# carry it): copied into the cache before the first step, and those the call made come back in results.tgz. Only the
+# warm-up is shortened: the kernels run with the configuration autotuning picked on a card of the same kind.
+autotune=.autotune
+[ -d "$autotune" ] && mkdir -p "$TRITON_CACHE_DIR" && cp -rn "$autotune/." "$TRITON_CACHE_DIR/"
 
 # step: "profile NAME FOLDER [OPTIONS...]" (OPTIONS go to the pipeline: "--variants sdpa" runs that job alone, and the
 # profile's own step later runs the rest) or "check OUTPUT FOLDER COMMAND..." (COMMAND writes OUTPUT into FOLDER);
@@ -71,7 +79,10 @@ pack() {
   [ ${#touched[@]} -gt 0 ] || return 0
   local folders archive=${OUT:-/tmp}/results.tgz
   folders=$(printf '%s\n' "${touched[@]}" | sort -u)
-  tar czf "$archive.part" $folders && mv "$archive.part" "$archive"
+  # the autotuning choices travel beside the results (see .autotune above)
+  [ -d "$TRITON_CACHE_DIR" ] && (cd "$TRITON_CACHE_DIR" && find . -name '*.autotune.json' -print0 \
+    | xargs -0 -r sh -c 'mkdir -p "$0" && cp --parents "$@" "$0"' "$OLDPWD/$autotune")
+  tar czf "$archive.part" $folders $([ -d "$autotune" ] && echo "$autotune") && mv "$archive.part" "$archive"
   for folder in $folders; do mkdir -p "$stash/$folder" && cp -a "$folder/." "$stash/$folder/"; done
 }
 # Each step runs in the background and the queue waits for it: a TERM sent to this shell alone (as `timeout` sends

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fit a GPU call under the 64 MiB it may carry (the tracked tree, .whl and .tok together), then put the tree back.
+# Fit a GPU call under the 64 MiB it may carry (the tracked tree, .whl, .tok and .autotune together), then put the
+# tree back.
 #
 #   bash scripts/device_tree.sh slim   # before the calls: the tree the queue needs, wheels trimmed, size printed
 #   bash scripts/device_tree.sh full   # after them, before any report is rebuilt: every committed file back
@@ -46,9 +47,11 @@ case "${1:-}" in
     fi
     # the files present: those left out fail stat, and travel no more than their sizes count
     tracked=$({ git ls-files -z | xargs -0 stat -c %s 2>/dev/null || true; } | awk '{s += $1} END {print s + 0}')
-    carried=$(find .whl .tok -type f -exec stat -c %s {} + 2>/dev/null | awk '{s += $1} END {print s + 0}')
+    carried=$({ find .whl .tok .autotune -type f -exec stat -c %s {} + 2>/dev/null || true; } \
+      | awk '{s += $1} END {print s + 0}')  # a folder that is not there counts nothing
     awk -v t="$tracked" -v c="$carried" -v l="$limit_mib" 'BEGIN {
-      printf "a call carries %.1f MiB: %.1f tracked, %.1f in .whl and .tok (limit %d)\n", (t + c) / 2^20, t / 2^20, c / 2^20, l
+      printf "a call carries %.1f MiB: %.1f tracked, %.1f in .whl, .tok and .autotune (limit %d)\n", (t + c) / 2^20, t / 2^20,
+        c / 2^20, l
       exit (t + c > l * 2^20) }' || { echo "too large: carry less, or leave out more"; exit 1; }
     ;;
   full)

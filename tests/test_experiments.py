@@ -569,6 +569,33 @@ def test_a_gpu_queue_step_hands_its_options_to_the_pipeline(tmp_path) -> None:
     assert call.endswith("--variants sdpa") and out.count("pipeline: ") == 1
 
 
+def test_the_gpu_queue_carries_the_autotuning_choices_between_calls(tmp_path) -> None:
+    """Triton's cached autotuning choices (fla's kernels) sent in .autotune/ are in the cache before the first step,
+    and the choices a call made come back in results.tgz under .autotune/, beside the results; nothing else of the
+    cache travels."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(REPO / "scripts" / "device_queue.sh", tmp_path / "scripts")
+    (tmp_path / "bin").mkdir()
+    sent = tmp_path / ".autotune" / "k1" / "chunk_fwd.autotune.json"
+    sent.parent.mkdir(parents=True)
+    sent.write_text('{"configs_timings": "sent"}')
+    step = ('test -f "$TRITON_CACHE_DIR/k1/chunk_fwd.autotune.json" || exit 3; mkdir -p "$TRITON_CACHE_DIR/k2" '
+            '&& echo "{}" > "$TRITON_CACHE_DIR/k2/chunk_bwd.autotune.json" && echo x > "$TRITON_CACHE_DIR/k2/k.cubin"')
+    for name, body in (("nvidia-smi", "echo 'NVIDIA H100 80GB HBM3'"), ("python", step)):
+        (tmp_path / "bin" / name).write_text(f"#!/bin/sh\n{body}\n")
+        (tmp_path / "bin" / name).chmod(0o755)
+    (tmp_path / "out").mkdir()
+    out = subprocess.run(["bash", "scripts/device_queue.sh", "1"], cwd=tmp_path, check=True, text=True,
+                         capture_output=True, env={"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "ATTNLIB_COMMIT": "0" * 40,
+                                                   "ONLY": "llama-longcontext .*--variants", "SKIP_PREFLIGHT": "1",
+                                                   "OUT": str(tmp_path / "out")}).stdout
+    assert "touched: results/llama-longcontext" in out
+    with tarfile.open(tmp_path / "out" / "results.tgz") as archive:
+        tuned = sorted(n for n in archive.getnames() if n.startswith(".autotune/") and n.endswith(".json"))
+        assert not any(n.endswith(".cubin") for n in archive.getnames())
+    assert tuned == [".autotune/k1/chunk_fwd.autotune.json", ".autotune/k2/chunk_bwd.autotune.json"]
+
+
 @pytest.mark.parametrize("whole_group", [True, False])
 def test_a_gpu_call_stopped_mid_step_still_returns_what_it_measured(tmp_path, whole_group: bool) -> None:
     """A call that runs past its limit is sent SIGTERM, to its whole process group or (as `timeout` does) to the
