@@ -79,10 +79,10 @@ pack() {
   [ ${#touched[@]} -gt 0 ] || return 0
   local folders archive=${OUT:-/tmp}/results.tgz
   folders=$(printf '%s\n' "${touched[@]}" | sort -u)
-  # the autotuning choices travel beside the results (see .autotune above)
-  [ -d "$TRITON_CACHE_DIR" ] && (cd "$TRITON_CACHE_DIR" && find . -name '*.autotune.json' -print0 \
-    | xargs -0 -r sh -c 'mkdir -p "$0" && cp --parents "$@" "$0"' "$OLDPWD/$autotune")
-  tar czf "$archive.part" $folders $([ -d "$autotune" ] && echo "$autotune") && mv "$archive.part" "$archive"
+  local tuned=$PWD/$autotune  # the autotuning choices travel beside the results (see .autotune above)
+  mkdir -p "$tuned" "$TRITON_CACHE_DIR"
+  (cd "$TRITON_CACHE_DIR" && find . -name '*.autotune.json' -exec cp --parents -t "$tuned" {} +)
+  tar czf "$archive.part" $folders "$autotune" && mv "$archive.part" "$archive"
   for folder in $folders; do mkdir -p "$stash/$folder" && cp -a "$folder/." "$stash/$folder/"; done
 }
 # Each step runs in the background and the queue waits for it: a TERM sent to this shell alone (as `timeout` sends

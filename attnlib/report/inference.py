@@ -297,7 +297,6 @@ def decode_goals_words(reference: pd.DataFrame, anchor: pd.DataFrame) -> str:
         return ""
     floor = reference.floor_multiple.iloc[0]
     energy = reference.j_per_token_mean.iloc[0] / anchor.j_per_token_mean.iloc[0]
-
     times = "$\\times$"
 
     def goal(value: float, target: float, what: str) -> str:  # what: the goal, "{}" where its multiple goes
