@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import GPT2Config
+from transformers import Cache, GPT2Config
 from transformers.pytorch_utils import Conv1D
 
 
@@ -37,7 +37,7 @@ def require_self_attention(query: torch.Tensor, key: torch.Tensor, variant: str)
         )
 
 
-def layer_cache(kwargs: dict, past_key_values=None):
+def layer_cache(kwargs: dict, past_key_values: Cache | None = None) -> Cache | None:
     """The KV cache transformers passes an attention module: `cache=` from 5.25 on, `past_key_values=` before."""
     cache = kwargs.get("cache")
     return cache if cache is not None else past_key_values

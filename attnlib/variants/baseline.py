@@ -8,14 +8,20 @@ whole-model `torch.compile` never needs transformers' mask builder (see `attnlib
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..registry import VariantSpec, register
 from ._common import repeat_kv
 
 
-def eager_causal_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+def eager_causal_attention(
+    module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+    attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0, **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
     """transformers attention core: `[B, H, Tq, D]` queries, `[B, H, Tk, D]` keys/values in, `([B, Tq, H, D],
     None)` out. `attention_mask`: None (plain causal from the first key, and one query sees every key, as
     transformers assumes without a mask: `attnlib.variants.sdpa.sdpa_causal`) or a boolean `[B, 1, Tq, Tk]` mask

@@ -7,6 +7,10 @@ no FlashAttention kernel: plain SDPA runs, and `kernel("cpu")` says so.
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
+from torch import nn
 from torch.nn.attention import SDPBackend
 
 from ..registry import VariantSpec, register
@@ -25,7 +29,10 @@ def kernel(device: str) -> str:
     return "flash_attn.flash_attn_func (FA2)" if flash_attn_func is not None else "sdpa FLASH_ATTENTION (FA2)"
 
 
-def flash_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+def flash_attention(
+    module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+    attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0, **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
     """transformers attention core: `[B, H, T, D]` in, `([B, T, H, D], None)` out."""
     require_plain_full_causal(attention_mask, kwargs, "flash")
     if query.is_cuda and flash_attn_func is not None:

@@ -9,11 +9,12 @@ attention costs about half of dense. Compiled on CUDA; FlexAttention has no CPU 
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.flex_attention import create_block_mask, create_mask, flex_attention
+from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, create_mask, flex_attention
 
 from ..registry import VariantSpec, register
 from ._common import require_plain_full_causal, strict_recompiles
@@ -22,7 +23,8 @@ from .sdpa import is_gqa, sdpa_causal
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def causal_mask_mod(b, h, q_idx, kv_idx):
+def causal_mask_mod(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+    """Query i sees keys 0 ... i."""
     return q_idx >= kv_idx
 
 
@@ -35,7 +37,7 @@ strict_recompiles()  # one compiled flex_attention per shape and grad mode; neve
 
 
 @functools.lru_cache(maxsize=32)
-def block_mask(mask_mod: MaskMod, q_len: int, kv_len: int, device: str):
+def block_mask(mask_mod: MaskMod, q_len: int, kv_len: int, device: str) -> BlockMask:
     """The BlockMask of `mask_mod` for `q_len` queries over `kv_len` keys, built once per shape."""
     return create_block_mask(mask_mod, B=None, H=None, Q_LEN=q_len, KV_LEN=kv_len, device=device)
 
@@ -57,7 +59,10 @@ def flex_masked(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, sca
     return out.transpose(1, 2)
 
 
-def flex_causal_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+def flex_causal_attention(
+    module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+    attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0, **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
     """transformers attention core: `[B, H, T, D]` in, `([B, T, H, D], None)` out. Causality runs from the first
     key (`sdpa_causal` says why); one query over a cache (a decode step) sees every key, which SDPA computes
     exactly, without compiling a FlexAttention kernel per cache length."""

@@ -19,8 +19,11 @@ model trained with it learns under that positional signal.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import GPT2Config
 
 from ..archs import dims_of
@@ -149,7 +152,10 @@ def uses_fla(query: torch.Tensor) -> bool:
     return query.is_cuda and chunk_simple_gla_fwd is not None
 
 
-def linear_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+def linear_attention(
+    module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+    attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0, **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
     """transformers attention core: `[B, H, T, D]` in, `([B, T, H, D], None)` out. `scaling` does not apply:
     the normalisation by phi(q)^T z_i makes the output scale-free."""
     require_plain_causal(attention_mask, "linear")

@@ -7,10 +7,13 @@ Also home of `sdpa_causal`, the pinned-backend call that `flash` and `cudnn` use
 
 from __future__ import annotations
 
+from typing import Any
+
 import contextlib
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..registry import VariantSpec, register
@@ -48,7 +51,10 @@ def sdpa_causal(
     return out.transpose(1, 2)
 
 
-def sdpa_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+def sdpa_attention(
+    module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+    attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0, **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
     """transformers attention core: `[B, H, T, D]` in, `([B, T, H, D], None)` out; honours padding masks."""
     require_no_softcap(kwargs, "sdpa")
     if attention_mask is None:

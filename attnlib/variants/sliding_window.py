@@ -7,28 +7,32 @@ On CPU the same mask is applied densely (see `flex`). `window >= T` equals full 
 
 from __future__ import annotations
 
+from typing import Any
+
 import functools
 
+import torch
+from torch import nn
 from transformers import GPT2Config
 
 from ..archs import dims_of
 from ..registry import VariantSpec, register
 from ._common import require_no_softcap, require_plain_causal, require_positive
-from .flex import causal_mask_mod, flex_masked
+from .flex import MaskMod, causal_mask_mod, flex_masked
 from .sdpa import sdpa_causal
 
 
 @functools.lru_cache(maxsize=32)
-def sliding_window_mask_mod(window: int, offset: int = 0):
+def sliding_window_mask_mod(window: int, offset: int = 0) -> MaskMod:
     """Query i (at position i + `offset` among the keys: keys from before the queries, e.g. a halo) sees the
     keys i + offset - window + 1 ... i + offset."""
-    def mask_mod(b, h, q_idx, kv_idx):
+    def mask_mod(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
         return (q_idx + offset >= kv_idx) & (q_idx + offset - kv_idx < window)
 
     return mask_mod
 
 
-def layer_window(module, kwargs: dict) -> int | None:
+def layer_window(module: nn.Module, kwargs: dict) -> int | None:
     """The window of this layer: the `sliding_window` its model passes (None: a full-attention layer of a model
     with mixed layer types), else attnlib's GPT-2 `config.window`, else the model config's `sliding_window`;
     `ValueError` where none is set (a model without sliding-window layers)."""
@@ -42,7 +46,10 @@ def layer_window(module, kwargs: dict) -> int | None:
     return window
 
 
-def sliding_window_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+def sliding_window_attention(
+    module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+    attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0, **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
     """transformers attention core. Causality runs from the first key (`sdpa_causal` says why); one query over a
     cache (a decode step) sees the window's last keys: SDPA over them, exactly."""
     require_plain_causal(attention_mask, "sliding_window")
