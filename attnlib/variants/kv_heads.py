@@ -3,9 +3,9 @@
 Llama-3.2-1B shares each of its 8 key/value heads among 4 of its 32 query heads (grouped-query attention, Ainslie et
 al., 2023, arXiv:2305.13245). The axis around that native point is the model's own `num_key_value_heads`: 32 is
 multi-head attention (Vaswani et al., 2017; every query head its own keys and values, 4x the KV projections and the
-KV cache), 1 is multi-query attention (Shazeer, 2019, arXiv:1911.02150; one shared head, a quarter of them). Both run
-Llama's own attention module with sdpa's core, so they differ from the `sdpa` row only in that count: the
-attention FLOPs are the same, the projections and the cache are not. On GPT-2 the axis is `gqa`'s `n_kv_head`
+KV cache), 1 is multi-query attention (Shazeer, 2019, arXiv:1911.02150; one shared head, an eighth of the native
+KV). Both run Llama's own attention module with sdpa's core, so they differ from the `sdpa` row only in that count:
+the attention FLOPs are the same, the projections and the cache are not. On GPT-2 the axis is `gqa`'s `n_kv_head`
 (GPT-2 small is multi-head already), so these two have no GPT-2 form.
 
     >>> model = attnlib.build_model("mqa", arch="llama", num_hidden_layers=2)
