@@ -23,12 +23,12 @@ def run_all(*args: str, repo: Path = REPO) -> subprocess.CompletedProcess:
                           timeout=1800)
 
 
-def repository_copy(to: Path) -> Path:
-    """The tracked files of the checkout (less the committed measurements) copied to `to`: a run there writes its
-    results, figures and PDF into the copy, never into the working tree."""
+def repository_copy(to: Path, results: bool = False) -> Path:
+    """The tracked files of the checkout (the committed measurements only with `results`) copied to `to`: a run
+    there writes its results, figures and PDF into the copy, never into the working tree."""
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True)
     for name in tracked.stdout.split("\0"):
-        if name and not name.startswith("results/") and (REPO / name).is_file():
+        if name and (results or not name.startswith("results/")) and (REPO / name).is_file():
             (to / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, to / name)
     return to
@@ -76,6 +76,18 @@ def test_smoke_profile_end_to_end(tmp_path) -> None:
     again = run_all("--profile", "smoke", "--report-only", repo=repo)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (repo / "paper" / "generated" / "smoke" / "summary.tex").read_text() == table
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (shutil.which("latexmk") or os.environ.get("CI")), reason="the PDF build needs LaTeX")
+def test_the_reviewer_path_without_a_gpu_rebuilds_the_committed_paper_byte_for_byte(tmp_path) -> None:
+    """`./run_all.sh` on a machine without a GPU rebuilds the paper from the committed results; the PDF it writes
+    (dates from the newest result, SOURCE_DATE_EPOCH) is the committed one to the byte, in another folder too."""
+    repo = repository_copy(tmp_path / "attnlib", results=True)
+    done = run_all(repo=repo)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "paper/paper.pdf" in done.stdout
+    assert (repo / "paper" / "paper.pdf").read_bytes() == (REPO / "paper" / "paper.pdf").read_bytes()
 
 
 @pytest.mark.slow
