@@ -7,9 +7,8 @@ Also home of `sdpa_causal`, the pinned-backend call that `flash` and `cudnn` use
 
 from __future__ import annotations
 
-from typing import Any
-
 import contextlib
+from typing import Any
 
 import torch
 import torch.nn.functional as F

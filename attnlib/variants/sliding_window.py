@@ -7,9 +7,8 @@ On CPU the same mask is applied densely (see `flex`). `window >= T` equals full 
 
 from __future__ import annotations
 
-from typing import Any
-
 import functools
+from typing import Any
 
 import torch
 from torch import nn
